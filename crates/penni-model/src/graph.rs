@@ -1,0 +1,463 @@
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::tensor::Tensor;
+
+/// Hyper-parameters of an ordinary 2-D convolution. Padding is (top, left, bottom, right) so that
+/// asymmetric ONNX/TensorFlow paddings are representable without an extra pad layer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Conv2d {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 4],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+    pub bias: bool,
+}
+
+/// A PENNI convolution: every kernel w[n, c] is a combination of `num_bases` shared basis kernels,
+/// w[n, c] = sum_j coefficients[n * C/groups + c, j] * bases[j]. Parameters: `bases` (d x kh*kw),
+/// `coefficients` (N*C/groups x d, pruned entries are exactly zero), optional `bias` (N).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecomposedConv2d {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: [usize; 2],
+    pub num_bases: usize,
+    pub stride: [usize; 2],
+    pub padding: [usize; 4],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+    pub bias: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pool2d {
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 4],
+    #[serde(default)]
+    pub ceil_mode: bool,
+    /// Average pooling only: whether zero padding counts in the divisor.
+    #[serde(default)]
+    pub count_include_pad: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Op {
+    Conv2d(Conv2d),
+    DecomposedConv2d(DecomposedConv2d),
+    BatchNorm2d { channels: usize, eps: f32 },
+    Relu,
+    /// Element-wise clamp to [min, max] (ReLU6 is Clip { min: 0, max: 6 }).
+    Clip { min: f32, max: f32 },
+    MaxPool2d(Pool2d),
+    AvgPool2d(Pool2d),
+    GlobalAvgPool,
+    /// Element-wise sum of all inputs (residual connections).
+    Add,
+    Flatten,
+    Linear { in_features: usize, out_features: usize, bias: bool },
+}
+
+impl Op {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Conv2d(_) => "Conv2d",
+            Op::DecomposedConv2d(_) => "DecomposedConv2d",
+            Op::BatchNorm2d { .. } => "BatchNorm2d",
+            Op::Relu => "ReLU",
+            Op::Clip { .. } => "Clip",
+            Op::MaxPool2d(_) => "MaxPool2d",
+            Op::AvgPool2d(_) => "AvgPool2d",
+            Op::GlobalAvgPool => "GlobalAvgPool",
+            Op::Add => "Add",
+            Op::Flatten => "Flatten",
+            Op::Linear { .. } => "Linear",
+        }
+    }
+
+    /// The parameters this op owns, with the shape each must have. The single source of truth
+    /// for validation, file loading and every consumer that walks parameters.
+    pub fn param_shapes(&self) -> Vec<(&'static str, Vec<usize>)> {
+        match self {
+            Op::Conv2d(c) => {
+                let mut v = vec![(
+                    "weight",
+                    vec![c.out_channels, c.in_channels / c.groups.max(1), c.kernel[0], c.kernel[1]],
+                )];
+                if c.bias {
+                    v.push(("bias", vec![c.out_channels]));
+                }
+                v
+            }
+            Op::DecomposedConv2d(c) => {
+                let mut v = vec![
+                    ("bases", vec![c.num_bases, c.kernel[0].saturating_mul(c.kernel[1])]),
+                    (
+                        "coefficients",
+                        vec![c.out_channels.saturating_mul(c.in_channels / c.groups.max(1)), c.num_bases],
+                    ),
+                ];
+                if c.bias {
+                    v.push(("bias", vec![c.out_channels]));
+                }
+                v
+            }
+            Op::BatchNorm2d { channels, .. } => vec![
+                ("weight", vec![*channels]),
+                ("bias", vec![*channels]),
+                ("running_mean", vec![*channels]),
+                ("running_var", vec![*channels]),
+            ],
+            Op::Linear { in_features, out_features, bias } => {
+                let mut v = vec![("weight", vec![*out_features, *in_features])];
+                if *bias {
+                    v.push(("bias", vec![*out_features]));
+                }
+                v
+            }
+            _ => vec![],
+        }
+    }
+
+    fn expected_inputs(&self) -> Option<usize> {
+        match self {
+            Op::Add => None,
+            _ => Some(1),
+        }
+    }
+}
+
+/// One layer: reads named tensors, writes one named tensor, owns its parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub op: Op,
+    pub inputs: Vec<String>,
+    pub output: String,
+    pub params: BTreeMap<String, Tensor>,
+}
+
+impl Node {
+    pub fn param(&self, name: &str) -> Result<&Tensor> {
+        self.params.get(name).ok_or_else(|| ModelError::Param {
+            node: self.name.clone(),
+            param: name.into(),
+            message: "missing".into(),
+        })
+    }
+
+    pub fn param_mut(&mut self, name: &str) -> Result<&mut Tensor> {
+        let node = self.name.clone();
+        self.params.get_mut(name).ok_or(ModelError::Param {
+            node,
+            param: name.into(),
+            message: "missing".into(),
+        })
+    }
+}
+
+/// The activation shape of one example (the batch dimension is implicit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Shape {
+    /// channels x height x width
+    Map { c: usize, h: usize, w: usize },
+    Vector(usize),
+}
+
+/// Per-example activation size beyond which a model is rejected rather than run (16 GiB of f32).
+pub const MAX_ACTIVATION: usize = 1 << 32;
+
+impl Shape {
+    pub fn numel_checked(&self) -> Option<usize> {
+        match *self {
+            Shape::Map { c, h, w } => crate::tensor::checked_numel(&[c, h, w]),
+            Shape::Vector(n) => Some(n),
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        match *self {
+            Shape::Map { c, h, w } => c * h * w,
+            Shape::Vector(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for Shape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shape::Map { c, h, w } => write!(f, "{c}x{h}x{w}"),
+            Shape::Vector(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Input {
+    pub name: String,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// A CNN as a list of nodes in execution (topological) order, one image input, one output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model {
+    pub name: String,
+    pub input: Input,
+    pub nodes: Vec<Node>,
+    pub output: String,
+}
+
+/// Output size of a sliding window along one axis; `None` when the window does not fit.
+pub fn window_out(size: usize, kernel: usize, stride: usize, pad_lo: usize, pad_hi: usize, dilation: usize, ceil: bool) -> Option<usize> {
+    let span = dilation.checked_mul(kernel.checked_sub(1)?)?.checked_add(1)?;
+    let padded = size.checked_add(pad_lo)?.checked_add(pad_hi)?;
+    if padded < span || stride == 0 {
+        return None;
+    }
+    let mut out = (padded - span) / stride + 1;
+    // ceil_mode adds a partial window only if it starts inside the input or left padding (as PyTorch/ONNX).
+    if ceil && (padded - span) % stride != 0 && (out * stride) < size + pad_lo {
+        out += 1;
+    }
+    Some(out)
+}
+
+impl Model {
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> Option<&mut Node> {
+        self.nodes.iter_mut().find(|n| n.name == name)
+    }
+
+    pub fn input_shape(&self) -> Shape {
+        Shape::Map { c: self.input.channels, h: self.input.height, w: self.input.width }
+    }
+
+    /// Checks structure, parameters and shapes together; returns the shape of every tensor.
+    /// Everything that loads or builds a model calls this, so the rest of penni can trust a Model.
+    pub fn validate(&self) -> Result<HashMap<String, Shape>> {
+        let mut names = HashSet::new();
+        for node in &self.nodes {
+            if node.name.is_empty() {
+                return Err(ModelError::Graph("a node has an empty name".into()));
+            }
+            if !names.insert(node.name.as_str()) {
+                return Err(ModelError::Graph(format!("two nodes are named '{}'", node.name)));
+            }
+            self.check_params(node)?;
+        }
+        self.infer_shapes()
+    }
+
+    fn check_params(&self, node: &Node) -> Result<()> {
+        let expected = node.op.param_shapes();
+        for (pname, shape) in &expected {
+            let t = node.param(pname)?;
+            if &t.shape != shape {
+                return Err(ModelError::Param {
+                    node: node.name.clone(),
+                    param: pname.to_string(),
+                    message: format!("shape {:?}, expected {:?}", t.shape, shape),
+                });
+            }
+            if Some(t.data.len()) != crate::tensor::checked_numel(shape) {
+                return Err(ModelError::Param {
+                    node: node.name.clone(),
+                    param: pname.to_string(),
+                    message: format!("{} values for shape {:?}", t.data.len(), shape),
+                });
+            }
+            if !t.is_finite() {
+                return Err(ModelError::Param {
+                    node: node.name.clone(),
+                    param: pname.to_string(),
+                    message: "contains NaN or infinite values".into(),
+                });
+            }
+        }
+        if let Some(extra) = node.params.keys().find(|k| !expected.iter().any(|(p, _)| p == k)) {
+            return Err(ModelError::Param {
+                node: node.name.clone(),
+                param: extra.clone(),
+                message: format!("not a parameter of {}", node.op.kind()),
+            });
+        }
+        if let Op::BatchNorm2d { .. } = node.op {
+            if node.params["running_var"].data.iter().any(|v| *v < 0.0) {
+                return Err(ModelError::Param {
+                    node: node.name.clone(),
+                    param: "running_var".into(),
+                    message: "negative variance".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Shapes of every tensor (input, each node output). Nodes must be in topological order:
+    /// an input that no earlier node produced is reported (this also catches cycles).
+    pub fn infer_shapes(&self) -> Result<HashMap<String, Shape>> {
+        let mut shapes = HashMap::new();
+        let (c, h, w) = (self.input.channels, self.input.height, self.input.width);
+        if c == 0 || h == 0 || w == 0 || crate::tensor::checked_numel(&[c, h, w]).is_none_or(|n| n > MAX_ACTIVATION) {
+            return Err(ModelError::Graph(format!("input '{}' has a zero dimension {c}x{h}x{w}", self.input.name)));
+        }
+        shapes.insert(self.input.name.clone(), self.input_shape());
+        for node in &self.nodes {
+            let mut ins = Vec::with_capacity(node.inputs.len());
+            for name in &node.inputs {
+                match shapes.get(name) {
+                    Some(s) => ins.push(*s),
+                    None => {
+                        return Err(shape_err(
+                            node,
+                            format!("input '{name}' is not produced by the model input or any earlier node (dangling name, wrong order or a cycle)"),
+                        ));
+                    }
+                }
+            }
+            let out = node_output_shape(node, &ins)?;
+            if out.numel_checked().is_none_or(|n| n > MAX_ACTIVATION) {
+                return Err(shape_err(node, format!("output {out} is larger than {MAX_ACTIVATION} values per example")));
+            }
+            if shapes.insert(node.output.clone(), out).is_some() {
+                return Err(shape_err(node, format!("output '{}' is written twice", node.output)));
+            }
+        }
+        if !shapes.contains_key(&self.output) {
+            return Err(ModelError::Graph(format!("model output '{}' is not produced by any node", self.output)));
+        }
+        Ok(shapes)
+    }
+
+    pub fn output_shape(&self) -> Result<Shape> {
+        Ok(self.infer_shapes()?[&self.output])
+    }
+
+    /// The nodes that read a tensor.
+    pub fn consumers(&self, tensor: &str) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&i| self.nodes[i].inputs.iter().any(|n| n == tensor)).collect()
+    }
+
+    /// The node that writes a tensor (`None` for the model input).
+    pub fn producer(&self, tensor: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.output == tensor)
+    }
+}
+
+fn shape_err(node: &Node, message: String) -> ModelError {
+    ModelError::Shape { node: node.name.clone(), message }
+}
+
+fn expect_map(node: &Node, s: Shape) -> Result<(usize, usize, usize)> {
+    match s {
+        Shape::Map { c, h, w } => Ok((c, h, w)),
+        Shape::Vector(n) => Err(shape_err(node, format!("expects a CxHxW feature map, got a vector of {n}"))),
+    }
+}
+
+fn positive(node: &Node, what: &str, v: &[usize]) -> Result<()> {
+    if v.contains(&0) {
+        return Err(shape_err(node, format!("{what} must be positive, got {v:?}")));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_out(node: &Node, input: Shape, in_ch: usize, out_ch: usize, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 4], dilation: [usize; 2], groups: usize) -> Result<Shape> {
+    let (c, h, w) = expect_map(node, input)?;
+    positive(node, "kernel", &kernel)?;
+    positive(node, "stride", &stride)?;
+    positive(node, "dilation", &dilation)?;
+    positive(node, "channels and groups", &[in_ch, out_ch, groups])?;
+    if c != in_ch {
+        return Err(shape_err(node, format!("expects {in_ch} input channels, got {c}")));
+    }
+    if in_ch % groups != 0 || out_ch % groups != 0 {
+        return Err(shape_err(node, format!("groups {groups} must divide in ({in_ch}) and out ({out_ch}) channels")));
+    }
+    let oh = window_out(h, kernel[0], stride[0], padding[0], padding[2], dilation[0], false);
+    let ow = window_out(w, kernel[1], stride[1], padding[1], padding[3], dilation[1], false);
+    match (oh, ow) {
+        (Some(oh), Some(ow)) if oh > 0 && ow > 0 => Ok(Shape::Map { c: out_ch, h: oh, w: ow }),
+        _ => Err(shape_err(node, format!("kernel {kernel:?} (dilation {dilation:?}) does not fit the {h}x{w} input with padding {padding:?}"))),
+    }
+}
+
+pub(crate) fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
+    if let Some(n) = node.op.expected_inputs() {
+        if ins.len() != n {
+            return Err(shape_err(node, format!("expects {n} input(s), got {}", ins.len())));
+        }
+    }
+    match &node.op {
+        Op::Conv2d(c) => conv_out(node, ins[0], c.in_channels, c.out_channels, c.kernel, c.stride, c.padding, c.dilation, c.groups),
+        Op::DecomposedConv2d(c) => {
+            if c.num_bases == 0 {
+                return Err(shape_err(node, "needs at least one basis".into()));
+            }
+            conv_out(node, ins[0], c.in_channels, c.out_channels, c.kernel, c.stride, c.padding, c.dilation, c.groups)
+        }
+        Op::BatchNorm2d { channels, eps } => {
+            let (c, _, _) = expect_map(node, ins[0])?;
+            if c != *channels {
+                return Err(shape_err(node, format!("expects {channels} channels, got {c}")));
+            }
+            if !(eps.is_finite() && *eps >= 0.0) {
+                return Err(shape_err(node, format!("eps must be a finite non-negative number, got {eps}")));
+            }
+            Ok(ins[0])
+        }
+        Op::Relu => Ok(ins[0]),
+        Op::Clip { min, max } => {
+            if min.is_nan() || max.is_nan() || min > max {
+                return Err(shape_err(node, format!("clip range [{min}, {max}] is empty")));
+            }
+            Ok(ins[0])
+        }
+        Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
+            let (c, h, w) = expect_map(node, ins[0])?;
+            positive(node, "kernel", &p.kernel)?;
+            positive(node, "stride", &p.stride)?;
+            if p.padding[0] >= p.kernel[0] + 1 || p.padding[1] >= p.kernel[1] + 1 {
+                return Err(shape_err(node, format!("padding {:?} larger than the kernel {:?}", p.padding, p.kernel)));
+            }
+            let oh = window_out(h, p.kernel[0], p.stride[0], p.padding[0], p.padding[2], 1, p.ceil_mode);
+            let ow = window_out(w, p.kernel[1], p.stride[1], p.padding[1], p.padding[3], 1, p.ceil_mode);
+            match (oh, ow) {
+                (Some(oh), Some(ow)) if oh > 0 && ow > 0 => Ok(Shape::Map { c, h: oh, w: ow }),
+                _ => Err(shape_err(node, format!("pooling window {:?} does not fit the {h}x{w} input (is the input image too small for this network? try padding it)", p.kernel))),
+            }
+        }
+        Op::GlobalAvgPool => {
+            let (c, _, _) = expect_map(node, ins[0])?;
+            Ok(Shape::Map { c, h: 1, w: 1 })
+        }
+        Op::Add => {
+            if ins.len() < 2 {
+                return Err(shape_err(node, format!("expects at least 2 inputs, got {}", ins.len())));
+            }
+            if let Some(s) = ins.iter().find(|s| **s != ins[0]) {
+                return Err(shape_err(node, format!("inputs have different shapes: {} and {s}", ins[0])));
+            }
+            Ok(ins[0])
+        }
+        Op::Flatten => Ok(Shape::Vector(ins[0].numel())),
+        Op::Linear { in_features, out_features, .. } => match ins[0] {
+            Shape::Vector(n) if n == *in_features && *out_features > 0 => Ok(Shape::Vector(*out_features)),
+            Shape::Vector(n) => Err(shape_err(node, format!("expects {in_features} features, got {n}"))),
+            s => Err(shape_err(node, format!("expects a flat vector, got a {s} map (add a Flatten)"))),
+        },
+    }
+}

@@ -1,0 +1,195 @@
+use std::collections::BTreeMap;
+
+use penni_model::zoo::{self, ZooOptions};
+use penni_model::{DecomposedConv2d, Extras, Model, ModelError, Node, Op, Shape, Tensor, io, model_cost};
+
+fn zoo_model(name: &str) -> Model {
+    zoo::build(name, &ZooOptions::default()).unwrap()
+}
+
+// Hand-computed (conv: Cin*Cout*k*k weights, * H'W' MACs; BN: 2 per channel; linear 512*10+10).
+#[test]
+fn zoo_parameter_and_mac_counts_match_hand_computed_figures() {
+    let expect = [
+        ("resnet18", 11_164_352, 11_173_962, 555_422_720),
+        ("resnet20", 270_896, 272_474, 40_813_184),
+        ("resnet56", 851_504, 855_770, 125_747_840),
+        ("vgg16", 14_715_584, 14_724_042, 313_201_664),
+    ];
+    for (name, paper_params, all_params, macs) in expect {
+        let t = model_cost(&zoo_model(name)).unwrap().totals;
+        // paper style: conv and linear weights; all: also biases and batchnorm scale/shift
+        assert_eq!(t.params_paper, paper_params, "{name} paper params");
+        assert_eq!(t.params_all, all_params, "{name} all params");
+        assert_eq!(t.macs_paper, macs, "{name} MACs");
+    }
+}
+
+#[test]
+fn zoo_options_change_the_graph() {
+    let opts = ZooOptions { in_channels: 1, height: 28, width: 28, num_classes: 7, width_multiplier: 0.5, seed: 1 };
+    let m = zoo::build("resnet20", &opts).unwrap();
+    assert_eq!(m.output_shape().unwrap(), Shape::Vector(7));
+    let stem = m.node("stem.conv").unwrap();
+    assert_eq!(stem.params["weight"].shape, vec![8, 1, 3, 3]);
+    // same seed, same weights; other seed, other weights
+    assert_eq!(m, zoo::build("resnet20", &opts).unwrap());
+    assert_ne!(m, zoo::build("resnet20", &ZooOptions { seed: 2, ..opts }).unwrap());
+}
+
+#[test]
+fn vgg_on_a_too_small_image_is_a_clear_error() {
+    let opts = ZooOptions { in_channels: 1, height: 28, width: 28, ..Default::default() };
+    let err = zoo::build("vgg16", &opts).unwrap_err().to_string();
+    assert!(err.contains("pool5") && err.contains("too small"), "{err}");
+    assert!(zoo::build("alexnet", &opts).unwrap_err().to_string().contains("resnet18"));
+}
+
+fn decomposed_model() -> Model {
+    let mut m = zoo::build("resnet20", &ZooOptions { width_multiplier: 0.25, ..Default::default() }).unwrap();
+    let node = m.node_mut("layer1.0.1.conv").unwrap();
+    let Op::Conv2d(c) = node.op.clone() else { panic!() };
+    let rows = c.out_channels * c.in_channels;
+    let coefficients: Vec<f32> = (0..rows * 3).map(|i| if i % 4 == 0 { i as f32 * 0.5 - 3.0 } else { 0.0 }).collect();
+    node.op = Op::DecomposedConv2d(DecomposedConv2d {
+        in_channels: c.in_channels,
+        out_channels: c.out_channels,
+        kernel: c.kernel,
+        num_bases: 3,
+        stride: c.stride,
+        padding: c.padding,
+        dilation: c.dilation,
+        groups: 1,
+        bias: true,
+    });
+    node.params = BTreeMap::from([
+        ("bases".into(), Tensor::new(vec![3, 9], (0..27).map(|i| i as f32 / 7.0).collect()).unwrap()),
+        ("coefficients".into(), Tensor::new(vec![rows, 3], coefficients).unwrap()),
+        ("bias".into(), Tensor::full(vec![c.out_channels], 0.25)),
+    ]);
+    m.validate().unwrap();
+    m
+}
+
+#[test]
+fn save_load_round_trip_is_exact_including_sparse_tensors_and_extras() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = decomposed_model();
+    let mut extras = Extras::default();
+    extras.metadata.insert("epoch".into(), "3".into());
+    extras.tensors.insert("momentum/x".into(), Tensor::new(vec![2, 2], vec![0.0, 1.5, 0.0, 0.0]).unwrap());
+    let path = dir.path().join("m.penni");
+    io::save_with_extras(&m, &extras, &path).unwrap();
+    let (back, back_extras) = io::load_with_extras(&path).unwrap();
+    assert_eq!(back, m);
+    assert_eq!(back_extras.metadata, extras.metadata);
+    assert_eq!(back_extras.tensors, extras.tensors);
+    let zoo_path = dir.path().join("z.penni");
+    let z = zoo_model("resnet20");
+    io::save(&z, &zoo_path).unwrap();
+    assert_eq!(io::load(&zoo_path).unwrap(), z);
+    assert!(std::fs::metadata(&zoo_path).unwrap().len() > 272_474 * 4);
+}
+
+#[test]
+fn pruned_tensors_are_stored_sparse() {
+    let mut m = zoo_model("resnet20");
+    let dense = io::to_bytes(&m, &Extras::default()).unwrap().len();
+    for node in &mut m.nodes {
+        if let Some(w) = node.params.get_mut("weight") {
+            if w.shape.len() == 4 {
+                for (i, v) in w.data.iter_mut().enumerate() {
+                    if i % 10 != 0 {
+                        *v = 0.0;
+                    }
+                }
+            }
+        }
+    }
+    let sparse = io::to_bytes(&m, &Extras::default()).unwrap().len();
+    assert!(sparse * 4 < dense, "sparse {sparse} dense {dense}");
+}
+
+fn load_bytes(bytes: &[u8]) -> Result<Model, ModelError> {
+    io::from_bytes(bytes, std::path::Path::new("test.penni")).map(|r| r.0)
+}
+
+#[test]
+fn corrupt_truncated_foreign_and_newer_files_are_clear_errors() {
+    let m = zoo_model("resnet20");
+    let good = io::to_bytes(&m, &Extras::default()).unwrap();
+    assert!(load_bytes(&good).is_ok());
+
+    let mut flipped = good.clone();
+    let last = flipped.len() - 10;
+    flipped[last] ^= 0x55;
+    let e = load_bytes(&flipped).unwrap_err().to_string();
+    assert!(e.contains("checksum") && e.contains("test.penni"), "{e}");
+
+    let e = load_bytes(&good[..good.len() / 2]).unwrap_err().to_string();
+    assert!(e.contains("not a valid .penni"), "{e}");
+    assert!(load_bytes(b"").is_err());
+    assert!(load_bytes(&[0xff; 64]).is_err());
+
+    // a newer format version is refused with a hint, not misread
+    let needle = b"\"format_version\":\"1\"";
+    let at = good.windows(needle.len()).position(|w| w == needle).expect("version in header");
+    let mut newer = good.clone();
+    newer[at + needle.len() - 2] = b'9';
+    let e = load_bytes(&newer).unwrap_err();
+    assert!(matches!(e, ModelError::NewerFormat { found: 9, .. }), "{e}");
+    assert!(e.to_string().contains("upgrade"));
+
+    // a safetensors file that is not a penni model
+    let plain = safetensors::serialize(Vec::<(String, safetensors::tensor::TensorView)>::new(), None).unwrap();
+    assert!(load_bytes(&plain).unwrap_err().to_string().contains("not a penni model"));
+}
+
+fn node(name: &str, op: Op, inputs: &[&str]) -> Node {
+    Node { name: name.into(), op, inputs: inputs.iter().map(|s| s.to_string()).collect(), output: name.into(), params: BTreeMap::new() }
+}
+
+#[test]
+fn invalid_graphs_are_reported_with_the_node_name() {
+    let mut m = zoo_model("resnet20");
+    m.nodes[3].inputs = vec!["nowhere".into()];
+    let e = m.validate().unwrap_err().to_string();
+    assert!(e.contains("nowhere") && e.contains(&m.nodes[3].name), "{e}");
+
+    // a cycle: a node reading its own output
+    let mut m = zoo_model("resnet20");
+    let out = m.nodes[2].output.clone();
+    m.nodes[2].inputs = vec![out];
+    assert!(m.validate().unwrap_err().to_string().contains("cycle"));
+
+    let mut m = zoo_model("resnet20");
+    m.nodes[0].params.get_mut("weight").unwrap().data[5] = f32::NAN;
+    assert!(m.validate().unwrap_err().to_string().contains("NaN"));
+
+    let mut m = zoo_model("resnet20");
+    m.nodes[0].params.get_mut("weight").unwrap().shape = vec![16, 3, 9, 1];
+    assert!(m.validate().unwrap_err().to_string().contains("shape"));
+
+    let mut m = zoo_model("resnet20");
+    let fc = m.nodes.len() - 1;
+    m.nodes[fc].inputs = vec!["pool".into()];
+    assert!(m.validate().unwrap_err().to_string().contains("Flatten"));
+
+    let mut m = zoo_model("resnet20");
+    m.nodes.push(node("bad_add", Op::Add, &["stem.relu", "layer3.2.relu"]));
+    let e = m.validate().unwrap_err().to_string();
+    assert!(e.contains("bad_add") && e.contains("different shapes"), "{e}");
+}
+
+#[test]
+fn shapes_follow_strides_paddings_and_ceil_mode() {
+    use penni_model::graph::window_out;
+    assert_eq!(window_out(32, 3, 1, 1, 1, 1, false), Some(32));
+    assert_eq!(window_out(32, 3, 2, 1, 1, 1, false), Some(16));
+    assert_eq!(window_out(7, 3, 2, 0, 0, 1, false), Some(3));
+    assert_eq!(window_out(6, 3, 2, 0, 0, 1, true), Some(3));
+    assert_eq!(window_out(6, 3, 2, 0, 0, 1, false), Some(2));
+    assert_eq!(window_out(5, 3, 1, 0, 0, 2, false), Some(1));
+    assert_eq!(window_out(2, 3, 1, 0, 0, 1, false), None);
+    assert_eq!(window_out(5, 2, 2, 0, 1, 1, false), Some(3));
+}
