@@ -5,6 +5,7 @@ pub mod cost;
 pub mod error;
 pub mod graph;
 pub mod io;
+pub mod reference;
 pub mod tensor;
 pub mod zoo;
 

@@ -193,3 +193,33 @@ fn shapes_follow_strides_paddings_and_ceil_mode() {
     assert_eq!(window_out(2, 3, 1, 0, 0, 1, false), None);
     assert_eq!(window_out(5, 2, 2, 0, 1, 1, false), Some(3));
 }
+
+#[test]
+fn reference_forward_matches_hand_computed_conv_pool_linear() {
+    use penni_model::reference::{Activation, forward};
+    use penni_model::zoo::GraphBuilder;
+    use penni_model::{Conv2d, Input, Pool2d};
+    let mut b = GraphBuilder::new("tiny", Input { name: "x".into(), channels: 1, height: 3, width: 3 }, 0);
+    // 2x2 conv of ones, stride 1, padding only on the bottom/right (asymmetric), with bias 0.5
+    let conv = Conv2d { in_channels: 1, out_channels: 1, kernel: [2, 2], stride: [1, 1], padding: [0, 0, 1, 1], dilation: [1, 1], groups: 1, bias: true };
+    let params = BTreeMap::from([
+        ("weight".to_string(), Tensor::full(vec![1, 1, 2, 2], 1.0)),
+        ("bias".to_string(), Tensor::full(vec![1], 0.5)),
+    ]);
+    let c = b.push("conv", Op::Conv2d(conv), &["x"], params);
+    let pool = Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0; 4], ceil_mode: true, count_include_pad: false };
+    let p = b.push("avg", Op::AvgPool2d(pool), &[&c], BTreeMap::new());
+    let f = b.flatten("flat", &p);
+    let m = b.finish(&f).unwrap();
+    let x = Activation { n: 1, shape: Shape::Map { c: 1, h: 3, w: 3 }, data: (1..=9).map(|v| v as f32).collect() };
+    let y = forward(&m, &x).unwrap();
+    // conv output (3x3): [12.5,16.5,9.5 | 24.5,28.5,15.5 | 15.5,17.5,9.5]; ceil-mode 2x2 average pool of that:
+    let expect = [(12.5 + 16.5 + 24.5 + 28.5) / 4.0, (9.5 + 15.5) / 2.0, (15.5 + 17.5) / 2.0, 9.5];
+    assert_eq!(y.shape, Shape::Vector(4));
+    for (a, e) in y.data.iter().zip(expect) {
+        assert!((a - e).abs() < 1e-5, "{:?} vs {expect:?}", y.data);
+    }
+    // wrong input shape is an error, not a panic
+    let bad = Activation { n: 1, shape: Shape::Map { c: 2, h: 3, w: 3 }, data: vec![0.0; 18] };
+    assert!(forward(&m, &bad).is_err());
+}

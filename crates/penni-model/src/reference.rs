@@ -1,0 +1,203 @@
+//! A direct, unoptimised evaluation of the IR in inference mode (batchnorm uses running
+//! statistics). It is the yardstick that the engine, the compressor and the ONNX code are tested
+//! against: simple loops that follow the definitions, in f64 accumulators.
+
+use std::collections::HashMap;
+
+use crate::error::{ModelError, Result};
+use crate::graph::{Model, Node, Op, Pool2d, Shape};
+
+/// A batch of activations: `n` examples of `shape`, row-major.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Activation {
+    pub n: usize,
+    pub shape: Shape,
+    pub data: Vec<f32>,
+}
+
+/// Kernel of a decomposed conv as a dense (N, C/groups, kh, kw) weight: coefficients x bases.
+pub fn decomposed_weight(node: &Node) -> Result<Vec<f32>> {
+    let Op::DecomposedConv2d(c) = &node.op else {
+        return Err(ModelError::Graph(format!("'{}' is not a decomposed conv", node.name)));
+    };
+    let a = node.param("coefficients")?;
+    let b = node.param("bases")?;
+    let (d, kk) = (c.num_bases, c.kernel[0] * c.kernel[1]);
+    let rows = a.shape[0];
+    let mut w = vec![0f32; rows * kk];
+    for r in 0..rows {
+        for j in 0..d {
+            let coef = a.data[r * d + j];
+            if coef != 0.0 {
+                for t in 0..kk {
+                    w[r * kk + t] += coef * b.data[j * kk + t];
+                }
+            }
+        }
+    }
+    Ok(w)
+}
+
+pub fn forward(model: &Model, input: &Activation) -> Result<Activation> {
+    let shapes = model.validate()?;
+    if input.shape != model.input_shape() || input.data.len() != input.n * input.shape.numel() {
+        return Err(ModelError::Graph(format!(
+            "input is {} x {} ({} values), the model takes N x {}",
+            input.n,
+            input.shape,
+            input.data.len(),
+            model.input_shape()
+        )));
+    }
+    let mut env: HashMap<&str, Activation> = HashMap::new();
+    env.insert(&model.input.name, input.clone());
+    for node in &model.nodes {
+        let ins: Vec<&Activation> = node.inputs.iter().map(|i| &env[i.as_str()]).collect();
+        let out_shape = shapes[&node.output];
+        let y = eval_node(node, &ins, out_shape)?;
+        env.insert(&node.output, y);
+    }
+    Ok(env.remove(model.output.as_str()).expect("validated output"))
+}
+
+fn dims(s: Shape) -> (usize, usize, usize) {
+    match s {
+        Shape::Map { c, h, w } => (c, h, w),
+        Shape::Vector(n) => (n, 1, 1),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv(x: &Activation, out: Shape, weight: &[f32], bias: Option<&[f32]>, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 4], dilation: [usize; 2], groups: usize) -> Vec<f32> {
+    let (c, h, w) = dims(x.shape);
+    let (oc, oh, ow) = dims(out);
+    let (cg, og) = (c / groups, oc / groups);
+    let mut y = vec![0f32; x.n * oc * oh * ow];
+    for n in 0..x.n {
+        for o in 0..oc {
+            let g = o / og;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = bias.map_or(0.0, |b| b[o] as f64);
+                    for ci in 0..cg {
+                        let cin = g * cg + ci;
+                        for ky in 0..kernel[0] {
+                            let iy = (oy * stride[0] + ky * dilation[0]) as isize - padding[0] as isize;
+                            if iy < 0 || iy >= h as isize {
+                                continue;
+                            }
+                            for kx in 0..kernel[1] {
+                                let ix = (ox * stride[1] + kx * dilation[1]) as isize - padding[1] as isize;
+                                if ix < 0 || ix >= w as isize {
+                                    continue;
+                                }
+                                let wv = weight[((o * cg + ci) * kernel[0] + ky) * kernel[1] + kx];
+                                let xv = x.data[((n * c + cin) * h + iy as usize) * w + ix as usize];
+                                acc += wv as f64 * xv as f64;
+                            }
+                        }
+                    }
+                    y[((n * oc + o) * oh + oy) * ow + ox] = acc as f32;
+                }
+            }
+        }
+    }
+    y
+}
+
+fn pool(x: &Activation, out: Shape, p: &Pool2d, max: bool) -> Vec<f32> {
+    let (c, h, w) = dims(x.shape);
+    let (_, oh, ow) = dims(out);
+    let mut y = vec![0f32; x.n * c * oh * ow];
+    for nc in 0..x.n * c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let (mut m, mut s, mut cnt, mut padded_cnt) = (f32::NEG_INFINITY, 0f64, 0usize, 0usize);
+                for ky in 0..p.kernel[0] {
+                    for kx in 0..p.kernel[1] {
+                        let iy = (oy * p.stride[0] + ky) as isize - p.padding[0] as isize;
+                        let ix = (ox * p.stride[1] + kx) as isize - p.padding[1] as isize;
+                        // windows may run past the padded border in ceil mode; those cells never count
+                        if iy < h as isize + p.padding[2] as isize && ix < w as isize + p.padding[3] as isize {
+                            padded_cnt += 1;
+                        }
+                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                            continue;
+                        }
+                        let v = x.data[(nc * h + iy as usize) * w + ix as usize];
+                        m = m.max(v);
+                        s += v as f64;
+                        cnt += 1;
+                    }
+                }
+                let div = if p.count_include_pad { padded_cnt } else { cnt };
+                y[(nc * oh + oy) * ow + ox] = if max { m } else { (s / div.max(1) as f64) as f32 };
+            }
+        }
+    }
+    y
+}
+
+fn eval_node(node: &Node, ins: &[&Activation], out: Shape) -> Result<Activation> {
+    let x = ins[0];
+    let n = x.n;
+    let data = match &node.op {
+        Op::Conv2d(c) => {
+            let bias = node.params.get("bias").map(|b| b.data.as_slice());
+            conv(x, out, &node.param("weight")?.data, bias, c.kernel, c.stride, c.padding, c.dilation, c.groups)
+        }
+        Op::DecomposedConv2d(c) => {
+            let w = decomposed_weight(node)?;
+            let bias = node.params.get("bias").map(|b| b.data.as_slice());
+            conv(x, out, &w, bias, c.kernel, c.stride, c.padding, c.dilation, c.groups)
+        }
+        Op::BatchNorm2d { eps, .. } => {
+            let (c, h, w) = dims(x.shape);
+            let (g, b) = (&node.param("weight")?.data, &node.param("bias")?.data);
+            let (m, v) = (&node.param("running_mean")?.data, &node.param("running_var")?.data);
+            let mut y = x.data.clone();
+            for (i, chunk) in y.chunks_mut(h * w).enumerate() {
+                let ch = i % c;
+                let scale = g[ch] as f64 / (v[ch] as f64 + *eps as f64).sqrt();
+                for v in chunk {
+                    *v = ((*v as f64 - m[ch] as f64) * scale + b[ch] as f64) as f32;
+                }
+            }
+            y
+        }
+        Op::Relu => x.data.iter().map(|v| v.max(0.0)).collect(),
+        Op::Clip { min, max } => x.data.iter().map(|v| v.clamp(*min, *max)).collect(),
+        Op::MaxPool2d(p) => pool(x, out, p, true),
+        Op::AvgPool2d(p) => pool(x, out, p, false),
+        Op::GlobalAvgPool => {
+            let (_, h, w) = dims(x.shape);
+            x.data.chunks(h * w).map(|ch| (ch.iter().map(|v| *v as f64).sum::<f64>() / (h * w) as f64) as f32).collect()
+        }
+        Op::Add => {
+            let mut y = x.data.clone();
+            for other in &ins[1..] {
+                for (a, b) in y.iter_mut().zip(&other.data) {
+                    *a += b;
+                }
+            }
+            y
+        }
+        Op::Flatten => x.data.clone(),
+        Op::Linear { in_features, out_features, .. } => {
+            let w = &node.param("weight")?.data;
+            let b = node.params.get("bias");
+            let mut y = vec![0f32; n * out_features];
+            for i in 0..n {
+                for o in 0..*out_features {
+                    let mut acc = b.map_or(0.0, |b| b.data[o] as f64);
+                    for k in 0..*in_features {
+                        acc += w[o * in_features + k] as f64 * x.data[i * in_features + k] as f64;
+                    }
+                    y[i * out_features + o] = acc as f32;
+                }
+            }
+            y
+        }
+    };
+    Ok(Activation { n, shape: out, data })
+}
