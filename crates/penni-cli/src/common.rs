@@ -1,0 +1,148 @@
+//! What several commands share: choosing a dataset, loading or building a model, and the
+//! preprocessing a model expects (kept in the model file so inference normalises the same way).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use penni_data::{Dataset, Split, Transform};
+use penni_model::zoo::{self, ZooOptions};
+use penni_model::{Extras, Model, io};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum DatasetKind {
+    FashionMnist,
+    Mnist,
+    Cifar10,
+    Cifar100,
+    /// A folder with `train/` and `test/`, each holding one sub-folder of PNGs per class.
+    Folder,
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Which dataset to use.
+    #[arg(long, value_enum, default_value = "fashion-mnist")]
+    pub dataset: DatasetKind,
+    /// Where the dataset lives. Default for Fashion-MNIST: $PENNI_DATA_DIR, else
+    /// /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist; scripts/fetch-data.sh installs it).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Use only this many training examples (a seeded random subset); 0 = all.
+    #[arg(long, default_value_t = 0)]
+    pub train_subset: usize,
+    /// Use only this many test examples; 0 = all.
+    #[arg(long, default_value_t = 0)]
+    pub test_subset: usize,
+    /// Zero-pad images (centred) to this size, e.g. 32 turns 28x28 Fashion-MNIST into 32x32.
+    #[arg(long)]
+    pub pad_to: Option<usize>,
+}
+
+pub struct LoadedData {
+    pub train: Dataset,
+    pub test: Dataset,
+}
+
+fn load_split(args: &DataArgs, split: Split) -> Result<Dataset> {
+    let explicit = args.data_dir.as_deref();
+    let dir = || -> Result<PathBuf> {
+        match explicit {
+            Some(d) => Ok(d.to_path_buf()),
+            None => bail!("--data-dir is required for this dataset"),
+        }
+    };
+    Ok(match args.dataset {
+        DatasetKind::FashionMnist => penni_data::load_fashion_mnist(&penni_data::resolve_data_dir(explicit)?, split)?,
+        DatasetKind::Mnist => penni_data::load_mnist(&dir()?, split)?,
+        DatasetKind::Cifar10 => penni_data::load_cifar10(&dir()?, split)?,
+        DatasetKind::Cifar100 => penni_data::load_cifar100(&dir()?, split)?,
+        DatasetKind::Folder => {
+            let sub = if split == Split::Train { "train" } else { "test" };
+            penni_data::load_image_folder(&dir()?.join(sub))?
+        }
+    })
+}
+
+impl DataArgs {
+    pub fn load(&self, seed: u64, need_train: bool) -> Result<LoadedData> {
+        let mut train = if need_train { load_split(self, Split::Train)? } else { load_split(self, Split::Test)? };
+        let mut test = load_split(self, Split::Test)?;
+        if self.train_subset > 0 && need_train {
+            train = train.subset(self.train_subset.min(train.len()), seed);
+        }
+        if self.test_subset > 0 {
+            test = test.subset(self.test_subset.min(test.len()), seed.wrapping_add(1));
+        }
+        Ok(LoadedData { train, test })
+    }
+}
+
+/// The input preprocessing a trained model expects, stored in its `.penni` file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Preprocess {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    pub pad_to: Option<(usize, usize)>,
+    #[serde(default)]
+    pub class_names: Vec<String>,
+}
+
+const PREPROCESS_KEY: &str = "preprocess";
+
+impl Preprocess {
+    pub fn eval_transform(&self) -> Transform {
+        Transform { pad_to: self.pad_to, crop_padding: 0, hflip: false, mean: self.mean.clone(), std: self.std.clone() }
+    }
+}
+
+pub struct LoadedModel {
+    pub model: Model,
+    pub preprocess: Option<Preprocess>,
+}
+
+pub fn load_model(path: &Path) -> Result<LoadedModel> {
+    let (model, extras) = io::load_with_extras(path)?;
+    let preprocess = match extras.metadata.get(PREPROCESS_KEY) {
+        Some(s) => Some(serde_json::from_str(s).with_context(|| format!("{}: unreadable preprocessing record", path.display()))?),
+        None => None,
+    };
+    Ok(LoadedModel { model, preprocess })
+}
+
+pub fn save_model(model: &Model, preprocess: Option<&Preprocess>, path: &Path) -> Result<()> {
+    let mut extras = Extras::default();
+    if let Some(p) = preprocess {
+        extras.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(p)?);
+    }
+    io::save_with_extras(model, &extras, path)?;
+    Ok(())
+}
+
+/// A model argument is a `.penni` file or the name of a zoo model.
+pub fn is_zoo_name(spec: &str) -> bool {
+    zoo::ZOO_NAMES.contains(&spec)
+}
+
+pub fn build_zoo(name: &str, channels: usize, height: usize, width: usize, classes: usize, width_multiplier: f32, seed: u64) -> Result<Model> {
+    let opts = ZooOptions { in_channels: channels, height, width, num_classes: classes, width_multiplier, seed };
+    Ok(zoo::build(name, &opts)?)
+}
+
+pub fn parse_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| p.trim().parse::<T>().map_err(|_| anyhow::anyhow!("{what}: '{p}' is not a valid value")))
+        .collect()
+}
+
+/// Human-readable large counts: 11.17M, 556.4M, 1.2k.
+pub fn human(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2}G", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
+        n if n >= 10_000 => format!("{:.1}k", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}

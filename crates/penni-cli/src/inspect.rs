@@ -1,0 +1,67 @@
+use anyhow::Result;
+use clap::Args;
+use penni_model::{model_cost, Shape};
+
+use crate::common::{self, human};
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// A .penni file, or a zoo model name (vgg16, resnet18, resnet20, resnet56) built for --input.
+    pub model: String,
+    /// Input size for zoo models: CxHxW.
+    #[arg(long, default_value = "3x32x32")]
+    pub input: String,
+    /// Number of classes for zoo models.
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    /// Width multiplier for zoo models.
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f32,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn shapes(s: &[Shape]) -> String {
+    s.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+pub fn run(args: InspectArgs) -> Result<()> {
+    let model = if common::is_zoo_name(&args.model) {
+        let dims: Vec<usize> = args.input.split('x').map(|d| d.parse()).collect::<Result<_, _>>()
+            .map_err(|_| anyhow::anyhow!("--input must look like 3x32x32, got '{}'", args.input))?;
+        let [c, h, w] = dims[..] else { anyhow::bail!("--input must look like 3x32x32, got '{}'", args.input) };
+        common::build_zoo(&args.model, c, h, w, args.classes, args.width, 0)?
+    } else {
+        common::load_model(args.model.as_ref())?.model
+    };
+    let cost = model_cost(&model)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&cost)?);
+        return Ok(());
+    }
+    println!("model {} (input {}x{}x{})", model.name, model.input.channels, model.input.height, model.input.width);
+    println!(
+        "{:<28} {:<17} {:<22} {:<12} {:>10} {:>10} {:>10} {:>10}",
+        "layer", "type", "input", "output", "params", "params*", "MACs", "MACs*"
+    );
+    for l in &cost.layers {
+        println!(
+            "{:<28} {:<17} {:<22} {:<12} {:>10} {:>10} {:>10} {:>10}",
+            l.node, l.kind, shapes(&l.input_shapes), l.output_shape.to_string(),
+            human(l.params_all), human(l.params_paper), human(l.macs_all), human(l.macs_paper)
+        );
+    }
+    let t = &cost.totals;
+    println!(
+        "total: {} parameters ({}), {} MACs ({}) per image",
+        human(t.params_all), t.params_all, human(t.macs_all), t.macs_all
+    );
+    println!(
+        "paper-style*: {} parameters ({}), {} MACs ({})",
+        human(t.params_paper), t.params_paper, human(t.macs_paper), t.macs_paper
+    );
+    println!("params/MACs count everything stored and computed (weights, bases, biases, batchnorm);");
+    println!("* counts as the PENNI paper does: non-zero conv/linear weights and coefficients, conv/linear MACs only.");
+    Ok(())
+}

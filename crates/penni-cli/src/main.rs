@@ -1,0 +1,76 @@
+//! `penni`: compress convolutional networks with PENNI and run them fast on a CPU.
+
+mod common;
+mod demo;
+mod inspect;
+mod train_cmd;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "penni", version, about = "Compress CNNs with PENNI (pruned kernel sharing) and run them fast on a CPU", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a zoo model (or continue a .penni model) on a dataset, with checkpoints and --resume.
+    Train(train_cmd::TrainArgs),
+    /// Top-1 accuracy and loss of a .penni model on a dataset's test split.
+    Eval(EvalArgs),
+    /// Per-layer table of a model: type, shapes, parameters and multiply-accumulates, with totals.
+    Inspect(inspect::InspectArgs),
+    /// Set up and run the built-in example end to end on a Fashion-MNIST subset.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// The .penni model to evaluate.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    data: common::DataArgs,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let loaded = common::load_model(&args.model)?;
+    let data = args.data.load(0, false)?;
+    let transform = match &loaded.preprocess {
+        Some(p) => p.eval_transform(),
+        None => penni_data::Transform { pad_to: args.data.pad_to.map(|p| (p, p)), ..Default::default() },
+    };
+    let e = penni_train::evaluate(&loaded.model, &data.test, &transform, args.batch_size)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&e)?);
+    } else {
+        println!("{}: top-1 {:.2}% loss {:.4} on {} examples", args.model.display(), e.top1 * 100.0, e.loss, e.examples);
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => train_cmd::run(a),
+        Command::Eval(a) => eval(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Demo(a) => demo::run(a),
+    };
+    if let Err(e) = result {
+        // One clear line (with its causes) and a non-zero exit; never a panic trace.
+        let causes: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!("error: {}", causes.join(": "));
+        std::process::exit(1);
+    }
+}

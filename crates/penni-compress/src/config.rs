@@ -1,0 +1,253 @@
+//! Every PENNI hyper-parameter in one TOML file. Defaults are the paper's (penni-spec.md), so an
+//! empty file is a valid config. Unknown keys are rejected (a typo must not silently fall back
+//! to a default) and every out-of-range value is reported at once.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decompose::{DecomposeOptions, Init};
+use crate::error::{CompressError, Result};
+use crate::pipeline::PhaseTraining;
+use crate::prune::PruneOptions;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Seed handed to the trainer (shuffling, augmentation); the fine-tune phase gets seed + 1.
+    pub seed: u64,
+    pub decompose: DecomposeConfig,
+    pub retrain: RetrainConfig,
+    pub prune: PruneConfig,
+    pub finetune: FinetuneConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DecomposeConfig {
+    /// Bases per layer (clamped to k*k).
+    pub d: usize,
+    pub init: Init,
+    /// Per-layer d, by node name.
+    pub layers: BTreeMap<String, usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrainConfig {
+    pub epochs: usize,
+    pub lr: f64,
+    /// Fractions of `epochs` at which the learning rate is multiplied by `gamma`.
+    pub milestones: Vec<f64>,
+    pub gamma: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub batch_size: usize,
+    /// Weight of the L1 term sum |coefficients| added to the loss.
+    pub lambda: f64,
+    /// Epochs per turn when alternating coefficients and bases (epoch 0 trains coefficients).
+    pub alternate_interval: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PruneConfig {
+    /// Zero every value below s standard deviations of its layer.
+    pub s: f64,
+    pub prune_1x1: bool,
+    pub prune_linear: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FinetuneConfig {
+    pub epochs: usize,
+    pub lr: f64,
+    pub milestones: Vec<f64>,
+    pub gamma: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub batch_size: usize,
+}
+
+impl Default for DecomposeConfig {
+    fn default() -> Self {
+        Self { d: 5, init: Init::Svd, layers: BTreeMap::new() }
+    }
+}
+
+impl Default for RetrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 100,
+            lr: 0.01,
+            milestones: vec![0.5, 0.75],
+            gamma: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+            batch_size: 128,
+            lambda: 1e-4,
+            alternate_interval: 2,
+        }
+    }
+}
+
+impl Default for PruneConfig {
+    fn default() -> Self {
+        Self { s: 1.0, prune_1x1: true, prune_linear: false }
+    }
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self { epochs: 30, lr: 0.01, milestones: vec![0.5, 0.75], gamma: 0.1, momentum: 0.9, nesterov: true, weight_decay: 1e-4, batch_size: 128 }
+    }
+}
+
+/// Milestone fractions -> epoch indices (floor, as `int(0.75 * epochs)`), kept in 1..epochs.
+pub fn milestone_epochs(fractions: &[f64], epochs: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = fractions.iter().map(|f| (f * epochs as f64).floor() as usize).filter(|e| *e >= 1 && *e < epochs).collect();
+    v.dedup();
+    v
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_schedule(p: &mut Vec<String>, section: &str, lr: f64, milestones: &[f64], gamma: f64, momentum: f64, weight_decay: f64, batch_size: usize) {
+    if !(lr.is_finite() && lr > 0.0) {
+        p.push(format!("{section}.lr must be > 0, got {lr}"));
+    }
+    if !(gamma.is_finite() && gamma > 0.0) {
+        p.push(format!("{section}.gamma must be > 0, got {gamma}"));
+    }
+    if !(momentum.is_finite() && (0.0..1.0).contains(&momentum)) {
+        p.push(format!("{section}.momentum must be in [0, 1), got {momentum}"));
+    }
+    if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+        p.push(format!("{section}.weight_decay must be >= 0, got {weight_decay}"));
+    }
+    if batch_size == 0 {
+        p.push(format!("{section}.batch_size must be >= 1, got 0"));
+    }
+    for m in milestones {
+        if !(m.is_finite() && *m > 0.0 && *m <= 1.0) {
+            p.push(format!("{section}.milestones: {m} is not a fraction of the epochs in (0, 1]"));
+        }
+    }
+    if milestones.windows(2).any(|w| w[0] > w[1]) {
+        p.push(format!("{section}.milestones must be in ascending order, got {milestones:?}"));
+    }
+}
+
+/// "line 3 (in [retrain]): unknown field `lamda`, expected one of ... (at `lamda = 0.1`)": one
+/// line that names the key, for a CLI that prints one line per error.
+fn one_line_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    let Some(span) = e.span() else { return msg };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    let section = text[..start].lines().rev().map(str::trim).find(|l| l.starts_with('[')).map(|l| format!(" (in {l})")).unwrap_or_default();
+    format!("line {line_no}{section}: {msg} (at `{line}`)")
+}
+
+impl Config {
+    /// Parses and validates a config. Syntax errors, unknown keys and wrong types name the key
+    /// and line; range errors are all listed.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let cfg: Config = toml::from_str(text).map_err(|e| CompressError::ConfigParse { path: None, message: one_line_error(text, &e) })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| CompressError::Io { path: path.to_path_buf(), source })?;
+        Self::from_toml_str(&text).map_err(|e| match e {
+            CompressError::ConfigParse { message, .. } => CompressError::ConfigParse { path: Some(path.to_path_buf()), message },
+            CompressError::ConfigInvalid { problems, .. } => CompressError::ConfigInvalid { path: Some(path.to_path_buf()), problems },
+            other => other,
+        })
+    }
+
+    pub fn to_toml_string(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| CompressError::ConfigParse { path: None, message: e.to_string() })
+    }
+
+    /// Checks every value; lists all problems at once, each naming its key.
+    pub fn validate(&self) -> Result<()> {
+        let mut p = Vec::new();
+        if self.decompose.d == 0 {
+            p.push("decompose.d must be >= 1, got 0".to_string());
+        }
+        for (name, d) in &self.decompose.layers {
+            if *d == 0 {
+                p.push(format!("decompose.layers.\"{name}\" must be >= 1, got 0"));
+            }
+        }
+        let r = &self.retrain;
+        check_schedule(&mut p, "retrain", r.lr, &r.milestones, r.gamma, r.momentum, r.weight_decay, r.batch_size);
+        if !(r.lambda.is_finite() && r.lambda >= 0.0) {
+            p.push(format!("retrain.lambda must be >= 0, got {}", r.lambda));
+        }
+        if r.alternate_interval == 0 {
+            p.push("retrain.alternate_interval must be >= 1, got 0".into());
+        }
+        if !(self.prune.s.is_finite() && self.prune.s > 0.0) {
+            p.push(format!("prune.s must be > 0, got {}", self.prune.s));
+        }
+        let f = &self.finetune;
+        check_schedule(&mut p, "finetune", f.lr, &f.milestones, f.gamma, f.momentum, f.weight_decay, f.batch_size);
+        if p.is_empty() { Ok(()) } else { Err(CompressError::ConfigInvalid { path: None, problems: p }) }
+    }
+
+    pub fn decompose_options(&self) -> DecomposeOptions {
+        DecomposeOptions { d: self.decompose.d, per_layer: self.decompose.layers.clone(), init: self.decompose.init }
+    }
+
+    pub fn prune_options(&self) -> PruneOptions {
+        PruneOptions { s: self.prune.s as f32, prune_1x1: self.prune.prune_1x1, prune_linear: self.prune.prune_linear }
+    }
+
+    /// The retraining phase: L1 on coefficients, alternating factors, nothing frozen.
+    pub fn retrain_phase(&self) -> PhaseTraining {
+        let r = &self.retrain;
+        PhaseTraining {
+            name: "retrain".into(),
+            epochs: r.epochs,
+            lr: r.lr,
+            milestones: milestone_epochs(&r.milestones, r.epochs),
+            gamma: r.gamma,
+            momentum: r.momentum,
+            nesterov: r.nesterov,
+            weight_decay: r.weight_decay,
+            batch_size: r.batch_size,
+            l1_coefficients: r.lambda,
+            alternate_interval: Some(r.alternate_interval),
+            freeze_zeros: false,
+            seed: self.seed,
+        }
+    }
+
+    /// The fine-tuning phase: no L1, joint training, pruned zeros held at zero.
+    pub fn finetune_phase(&self) -> PhaseTraining {
+        let f = &self.finetune;
+        PhaseTraining {
+            name: "finetune".into(),
+            epochs: f.epochs,
+            lr: f.lr,
+            milestones: milestone_epochs(&f.milestones, f.epochs),
+            gamma: f.gamma,
+            momentum: f.momentum,
+            nesterov: f.nesterov,
+            weight_decay: f.weight_decay,
+            batch_size: f.batch_size,
+            l1_coefficients: 0.0,
+            alternate_interval: None,
+            freeze_zeros: true,
+            seed: self.seed.wrapping_add(1),
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! PENNI ("Pruned Kernel Sharing for Efficient CNN Inference") as pure passes on the penni IR,
+//! plus the pipeline that strings them together with training.
+//!
+//! Layers of the API, low to high:
+//! - [`linalg`]: the small symmetric eigen-solver the decomposition needs;
+//! - [`groups::DependencyGraph`]: which tensors share channels (residual groups);
+//! - passes: [`decompose()`], [`prune()`], [`shrink()`], each `&Model -> (Model, report)`;
+//! - [`compress`]: decompose -> retrain -> prune -> fine-tune -> shrink with checkpoints and
+//!   resume, training reached through the [`Trainer`] trait; [`Config`] holds every setting;
+//! - [`report`]: per-phase records as a table, JSON and SVG.
+
+pub mod config;
+pub mod decompose;
+pub mod error;
+pub mod groups;
+pub mod linalg;
+pub mod pipeline;
+pub mod prune;
+pub mod report;
+pub mod shrink;
+
+pub use config::Config;
+pub use decompose::{DecomposeOptions, DecomposeReport, Init, decompose};
+pub use error::{CompressError, Result};
+pub use groups::{ChannelGroup, DependencyGraph};
+pub use pipeline::{CompressOutcome, Phase, PhaseTraining, Trainer, compress};
+pub use prune::{PruneOptions, PruneReport, prune};
+pub use report::{CompressionReport, PhaseRecord};
+pub use shrink::{ShrinkReport, shrink};

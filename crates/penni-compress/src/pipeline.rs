@@ -1,0 +1,363 @@
+//! The PENNI pipeline: decompose -> retrain -> prune -> fine-tune -> shrink, with every phase's
+//! model checkpointed in a run directory so that a stopped run resumes where it stopped.
+//!
+//! Run directory layout:
+//! - `state.json`: completed phases, fingerprints of the config and input model, the report so far
+//! - `config.toml`: the effective config of the run
+//! - `1-decompose.penni` ... `5-shrink.penni`: the model after each phase
+//! - `retrain/`, `finetune/`: the trainer's own epoch checkpoints (it resumes from them)
+//! - `report.txt`, `report.json`, `report.svg`: refreshed after every phase
+//! - `progress.jsonl`: one JSON line per phase start/end
+//!
+//! Training lives in another crate; it is reached through the [`Trainer`] trait so that this
+//! crate stays free of the deep-learning framework.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use penni_model::io::{load_with_extras, save_with_extras, write_atomic};
+use penni_model::{Extras, Model};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::decompose::decompose;
+use crate::error::{CompressError, Result};
+use crate::prune::prune;
+use crate::report::{CompressionReport, PhaseRecord, ReportFiles};
+use crate::shrink::shrink;
+
+/// How one training phase must train. Semantics the trainer implements:
+/// - loss = cross-entropy + `l1_coefficients` * sum |coefficients| over decomposed layers;
+/// - `alternate_interval = Some(k)`: epoch 0 trains coefficients with bases frozen, the next k
+///   epochs bases with coefficients frozen, the next k coefficients, ...; `None`: both together.
+///   Batchnorm and linear layers always train;
+/// - `freeze_zeros`: entries of conv/linear weights and coefficients that are exactly zero at the
+///   start stay exactly zero (gradient and update masked);
+/// - SGD with `momentum`/`nesterov`/`weight_decay`; the lr of epoch e is
+///   `lr * gamma^(number of milestones <= e)` (milestones are epoch indices).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhaseTraining {
+    pub name: String,
+    pub epochs: usize,
+    pub lr: f64,
+    pub milestones: Vec<usize>,
+    pub gamma: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub batch_size: usize,
+    pub l1_coefficients: f64,
+    pub alternate_interval: Option<usize>,
+    pub freeze_zeros: bool,
+    pub seed: u64,
+}
+
+/// Training and evaluation, supplied by the caller (penni-train implements it).
+pub trait Trainer {
+    /// Trains a copy of `model` and returns it with the same graph and new values. Epoch
+    /// checkpoints go to `checkpoint_dir` (created by the pipeline), so a rerun resumes there.
+    fn train(&mut self, model: &Model, phase: &PhaseTraining, checkpoint_dir: &Path) -> Result<Model>;
+    /// Top-1 accuracy on the evaluation set, as a fraction in [0, 1].
+    fn evaluate(&mut self, model: &Model) -> Result<f32>;
+}
+
+/// The phases, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Decompose,
+    Retrain,
+    Prune,
+    Finetune,
+    Shrink,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [Phase::Decompose, Phase::Retrain, Phase::Prune, Phase::Finetune, Phase::Shrink];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Decompose => "decompose",
+            Phase::Retrain => "retrain",
+            Phase::Prune => "prune",
+            Phase::Finetune => "finetune",
+            Phase::Shrink => "shrink",
+        }
+    }
+
+    /// File of the model after this phase, inside the run directory.
+    pub fn checkpoint_file(self) -> String {
+        let i = Phase::ALL.iter().position(|p| *p == self).unwrap_or(0) + 1;
+        format!("{i}-{}.penni", self.name())
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+const STATE_FORMAT: &str = "penni-compress-run";
+const STATE_VERSION: u32 = 1;
+
+/// What `state.json` holds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunState {
+    pub format: String,
+    pub version: u32,
+    pub config_fingerprint: String,
+    pub model_fingerprint: String,
+    /// Phases whose checkpoint is written, in order.
+    pub completed: Vec<Phase>,
+    pub report: CompressionReport,
+}
+
+/// What `compress` returns.
+#[derive(Clone, Debug)]
+pub struct CompressOutcome {
+    pub model: Model,
+    pub report: CompressionReport,
+    /// The last phase that was already complete when this call started.
+    pub resumed_after: Option<Phase>,
+    /// Phases this call ran.
+    pub phases_run: Vec<Phase>,
+    pub report_files: ReportFiles,
+    pub final_checkpoint: PathBuf,
+}
+
+/// 64-bit FNV-1a: a stable fingerprint (std's hasher is not stable across releases).
+struct Fnv(u64);
+impl Fnv {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+    fn bytes(&mut self, b: &[u8]) {
+        for x in b {
+            self.0 = (self.0 ^ *x as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // separator, so that ("ab","c") and ("a","bc") differ
+        self.0 = (self.0 ^ 0xff).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+/// Fingerprint of a model's graph and values.
+pub fn model_fingerprint(model: &Model) -> String {
+    let mut h = Fnv::new();
+    h.bytes(model.name.as_bytes());
+    h.bytes(format!("{:?}", model.input).as_bytes());
+    h.bytes(model.output.as_bytes());
+    for n in &model.nodes {
+        h.bytes(n.name.as_bytes());
+        h.bytes(format!("{:?}|{:?}|{}", n.op, n.inputs, n.output).as_bytes());
+        for (p, t) in &n.params {
+            h.bytes(p.as_bytes());
+            h.bytes(format!("{:?}", t.shape).as_bytes());
+            let bytes: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            h.bytes(&bytes);
+        }
+    }
+    h.hex()
+}
+
+fn config_fingerprint(config: &Config) -> Result<String> {
+    let json = serde_json::to_string(config).map_err(|e| CompressError::Invalid(format!("config does not serialise: {e}")))?;
+    let mut h = Fnv::new();
+    h.bytes(json.as_bytes());
+    Ok(h.hex())
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CompressError + '_ {
+    move |source| CompressError::Io { path: path.to_path_buf(), source }
+}
+
+fn state_err(path: &Path, message: impl Into<String>) -> CompressError {
+    CompressError::State { path: path.to_path_buf(), message: message.into() }
+}
+
+fn write_state(path: &Path, state: &RunState) -> Result<()> {
+    let json = serde_json::to_string_pretty(state).map_err(|e| state_err(path, format!("does not serialise: {e}")))?;
+    write_atomic(path, json.as_bytes())?;
+    Ok(())
+}
+
+fn read_state(path: &Path) -> Result<RunState> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let state: RunState = serde_json::from_str(&text).map_err(|e| state_err(path, format!("unreadable ({e}); delete the run directory to start over")))?;
+    if state.format != STATE_FORMAT {
+        return Err(state_err(path, format!("not a penni compression run (format '{}')", state.format)));
+    }
+    if state.version > STATE_VERSION {
+        return Err(state_err(path, format!("written by a newer penni (version {}, this build reads up to {STATE_VERSION})", state.version)));
+    }
+    if !Phase::ALL.starts_with(&state.completed) {
+        return Err(state_err(path, format!("completed phases {:?} are not a prefix of the pipeline", state.completed)));
+    }
+    Ok(state)
+}
+
+/// Appends one line to the progress log; a log failure never stops a run.
+fn log_progress(run_dir: &Path, event: serde_json::Value) {
+    let path = run_dir.join("progress.jsonl");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "{event}");
+    }
+}
+
+fn unix_time() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A trained model must have the graph it was given: training only changes values.
+fn check_same_graph(before: &Model, after: &Model, phase: &str) -> Result<()> {
+    after.validate().map_err(|e| CompressError::Trainer(format!("{phase}: returned an invalid model: {e}")))?;
+    if before.nodes.len() != after.nodes.len() || before.input != after.input || before.output != after.output {
+        return Err(CompressError::Trainer(format!("{phase}: returned a model with another graph")));
+    }
+    for (a, b) in before.nodes.iter().zip(&after.nodes) {
+        if a.name != b.name || a.op != b.op || a.inputs != b.inputs || a.output != b.output {
+            return Err(CompressError::Trainer(format!("{phase}: node '{}' changed its structure during training", a.name)));
+        }
+    }
+    Ok(())
+}
+
+/// Zeros of `before` (conv/linear weights, coefficients) that are no longer zero in `after`.
+fn revived_zeros(before: &Model, after: &Model) -> usize {
+    let mut n = 0;
+    for (a, b) in before.nodes.iter().zip(&after.nodes) {
+        for p in ["weight", "coefficients"] {
+            if matches!(a.op, penni_model::Op::BatchNorm2d { .. }) {
+                continue;
+            }
+            if let (Some(x), Some(y)) = (a.params.get(p), b.params.get(p)) {
+                n += x.data.iter().zip(&y.data).filter(|(x, y)| **x == 0.0 && **y != 0.0).count();
+            }
+        }
+    }
+    n
+}
+
+fn evaluate(trainer: &mut dyn Trainer, model: &Model, phase: &str) -> Result<f32> {
+    let a = trainer.evaluate(model)?;
+    if !(a.is_finite() && (0.0..=1.0).contains(&a)) {
+        return Err(CompressError::Trainer(format!("{phase}: evaluate returned {a}, expected a top-1 fraction in [0, 1]")));
+    }
+    Ok(a)
+}
+
+/// Runs (or resumes) the whole pipeline on `model` in `run_dir`.
+///
+/// A run directory belongs to one model and one config: resuming with a different one is an
+/// error (start a new directory), because the checkpoints would not match the request.
+pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_dir: &Path) -> Result<CompressOutcome> {
+    config.validate()?;
+    model.validate()?;
+    std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+    let state_path = run_dir.join("state.json");
+    let cfg_fp = config_fingerprint(config)?;
+    let model_fp = model_fingerprint(model);
+    let mut state = if state_path.exists() {
+        let s = read_state(&state_path)?;
+        if s.config_fingerprint != cfg_fp {
+            return Err(state_err(&state_path, "this run was started with a different config (see config.toml there); use a new run directory or the same config"));
+        }
+        if s.model_fingerprint != model_fp {
+            return Err(state_err(&state_path, "this run was started from a different model; use a new run directory"));
+        }
+        s
+    } else {
+        write_atomic(&run_dir.join("config.toml"), config.to_toml_string()?.as_bytes())?;
+        let top1 = evaluate(trainer, model, "baseline")?;
+        let mut report = CompressionReport::new(&model.name);
+        report.phases.push(PhaseRecord::measure("baseline", model, Some(top1))?);
+        let s = RunState { format: STATE_FORMAT.into(), version: STATE_VERSION, config_fingerprint: cfg_fp.clone(), model_fingerprint: model_fp, completed: vec![], report };
+        write_state(&state_path, &s)?;
+        s
+    };
+    let resumed_after = state.completed.last().copied();
+    let mut current = match resumed_after {
+        None => model.clone(),
+        Some(p) => {
+            let path = run_dir.join(p.checkpoint_file());
+            let (m, extras) = load_with_extras(&path).map_err(|e| state_err(&state_path, format!("cannot load the {p} checkpoint: {e}")))?;
+            if extras.metadata.get("penni_compress.phase").map(String::as_str) != Some(p.name()) {
+                return Err(state_err(&path, format!("is not the checkpoint of phase {p}")));
+            }
+            m
+        }
+    };
+    let mut phases_run = Vec::new();
+    for phase in Phase::ALL.into_iter().skip(state.completed.len()) {
+        log_progress(run_dir, serde_json::json!({"event": "phase_start", "phase": phase.name(), "time": unix_time()}));
+        let next = match phase {
+            Phase::Decompose => {
+                let (m, r) = decompose(&current, &config.decompose_options())?;
+                state.report.decompose = Some(r);
+                m
+            }
+            Phase::Prune => {
+                let (m, r) = prune(&current, &config.prune_options())?;
+                state.report.prune = Some(r);
+                m
+            }
+            Phase::Shrink => {
+                let (m, r) = shrink(&current)?;
+                state.report.shrink = Some(r);
+                m
+            }
+            Phase::Retrain | Phase::Finetune => {
+                let spec = if phase == Phase::Retrain { config.retrain_phase() } else { config.finetune_phase() };
+                if spec.epochs == 0 {
+                    current.clone()
+                } else {
+                    let dir = run_dir.join(phase.name());
+                    std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+                    let m = trainer.train(&current, &spec, &dir)?;
+                    check_same_graph(&current, &m, phase.name())?;
+                    if spec.freeze_zeros {
+                        let revived = revived_zeros(&current, &m);
+                        if revived > 0 {
+                            state.report.notes.push(format!("{phase}: the trainer made {revived} pruned entries non-zero (freeze_zeros was asked for)"));
+                        }
+                    }
+                    m
+                }
+            }
+        };
+        let top1 = evaluate(trainer, &next, phase.name())?;
+        let record = PhaseRecord::measure(phase.name(), &next, Some(top1))?;
+        let extras = Extras {
+            metadata: BTreeMap::from([("penni_compress.phase".to_string(), phase.name().to_string()), ("penni_compress.config".to_string(), cfg_fp.clone())]),
+            tensors: BTreeMap::new(),
+        };
+        // checkpoint first, then the state that points at it: a crash in between redoes the phase
+        save_with_extras(&next, &extras, &run_dir.join(phase.checkpoint_file()))?;
+        state.report.phases.retain(|p| p.phase != phase.name());
+        state.report.phases.push(record.clone());
+        state.completed.push(phase);
+        write_state(&state_path, &state)?;
+        state.report.write(run_dir)?;
+        log_progress(
+            run_dir,
+            serde_json::json!({"event": "phase_done", "phase": phase.name(), "time": unix_time(), "top1": top1,
+                "params_paper": record.cost.params_paper, "params_all": record.cost.params_all,
+                "macs_paper": record.cost.macs_paper, "macs_all": record.cost.macs_all}),
+        );
+        phases_run.push(phase);
+        current = next;
+    }
+    let report_files = state.report.write(run_dir)?;
+    Ok(CompressOutcome {
+        model: current,
+        report: state.report,
+        resumed_after,
+        phases_run,
+        report_files,
+        final_checkpoint: run_dir.join(Phase::Shrink.checkpoint_file()),
+    })
+}

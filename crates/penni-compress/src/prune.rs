@@ -1,0 +1,108 @@
+//! PENNI step 3: magnitude pruning relative to each layer's spread. Per layer, every coefficient
+//! with |a| < s * std(A) is set to exactly zero (std over all entries of the layer, population
+//! form). 1x1 convs (on by default) and linear layers (off by default) use the same rule on their
+//! weights. Keeping the zeros during fine-tuning is the trainer's job (`freeze_zeros`).
+
+use penni_model::{Model, Op};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CompressError, Result};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PruneOptions {
+    /// Threshold in standard deviations of the layer's values.
+    pub s: f32,
+    pub prune_1x1: bool,
+    pub prune_linear: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        Self { s: 1.0, prune_1x1: true, prune_linear: false }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PrunedLayer {
+    pub node: String,
+    /// "coefficients" for a decomposed conv, "weight" for a 1x1 conv or linear layer.
+    pub param: String,
+    pub total: usize,
+    /// Exact zeros after pruning (including those that were already zero).
+    pub zeros: usize,
+    pub sparsity: f64,
+    pub threshold: f32,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PruneReport {
+    pub layers: Vec<PrunedLayer>,
+    /// Zeros / entries over the decomposed layers' coefficients only.
+    pub coefficient_sparsity: f64,
+    /// Zeros / entries over every pruned tensor.
+    pub total_sparsity: f64,
+}
+
+/// Population standard deviation in f64 (the spread of the layer's values).
+fn std_dev(v: &[f32]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let n = v.len() as f64;
+    let mean = v.iter().map(|x| *x as f64).sum::<f64>() / n;
+    (v.iter().map(|x| (*x as f64 - mean).powi(2)).sum::<f64>() / n).sqrt()
+}
+
+/// Zeros every entry below `s * std` in place; returns (threshold, zeros after).
+pub fn prune_values(values: &mut [f32], s: f32) -> (f32, usize) {
+    let threshold = (s as f64 * std_dev(values)) as f32;
+    for v in values.iter_mut() {
+        if v.abs() < threshold {
+            *v = 0.0;
+        }
+    }
+    (threshold, values.iter().filter(|v| **v == 0.0).count())
+}
+
+pub fn prune(model: &Model, opts: &PruneOptions) -> Result<(Model, PruneReport)> {
+    model.validate()?;
+    if !(opts.s.is_finite() && opts.s > 0.0) {
+        return Err(CompressError::Invalid(format!("prune: s must be a positive number, got {}", opts.s)));
+    }
+    let mut out = model.clone();
+    let mut report = PruneReport::default();
+    let (mut coef_zeros, mut coef_total, mut all_zeros, mut all_total) = (0usize, 0usize, 0usize, 0usize);
+    for node in &mut out.nodes {
+        let param = match &node.op {
+            Op::DecomposedConv2d(_) => "coefficients",
+            Op::Conv2d(c) if c.kernel[0] * c.kernel[1] == 1 && opts.prune_1x1 => "weight",
+            Op::Linear { .. } if opts.prune_linear => "weight",
+            _ => continue,
+        };
+        let name = node.name.clone();
+        let t = node.param_mut(param)?;
+        let (threshold, zeros) = prune_values(&mut t.data, opts.s);
+        let total = t.data.len();
+        if param == "coefficients" {
+            coef_zeros += zeros;
+            coef_total += total;
+        }
+        all_zeros += zeros;
+        all_total += total;
+        report.layers.push(PrunedLayer {
+            node: name,
+            param: param.into(),
+            total,
+            zeros,
+            sparsity: ratio(zeros, total),
+            threshold,
+        });
+    }
+    report.coefficient_sparsity = ratio(coef_zeros, coef_total);
+    report.total_sparsity = ratio(all_zeros, all_total);
+    Ok((out, report))
+}
+
+pub(crate) fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}

@@ -1,0 +1,248 @@
+//! The pipeline with a fake trainer: phases, checkpoints, resume, and the contract checks on
+//! what a trainer returns. Also the report outputs.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use penni_compress::pipeline::RunState;
+use penni_compress::report::PhaseRecord;
+use penni_compress::{CompressError, CompressionReport, Config, Phase, PhaseTraining, Trainer, compress};
+use penni_model::{Model, Op};
+
+/// Deterministic stand-in for penni-train: scales every non-zero weight, coefficient and basis
+/// by 1.01 (so zeros stay zeros, as `freeze_zeros` asks) and can be told to fail in a phase.
+#[derive(Default)]
+struct FakeTrainer {
+    trained: Vec<PhaseTraining>,
+    evaluations: usize,
+    fail_in: Option<&'static str>,
+    change_graph: bool,
+    accuracy: f32,
+}
+
+impl FakeTrainer {
+    fn new() -> Self {
+        Self { accuracy: 0.9, ..Default::default() }
+    }
+}
+
+impl Trainer for FakeTrainer {
+    fn train(&mut self, model: &Model, phase: &PhaseTraining, checkpoint_dir: &Path) -> penni_compress::Result<Model> {
+        assert!(checkpoint_dir.is_dir(), "the pipeline creates the checkpoint directory");
+        assert!(checkpoint_dir.ends_with(&phase.name));
+        if self.fail_in == Some(phase.name.as_str()) {
+            return Err(CompressError::Trainer(format!("interrupted in {}", phase.name)));
+        }
+        self.trained.push(phase.clone());
+        let mut m = model.clone();
+        for node in &mut m.nodes {
+            if matches!(node.op, Op::BatchNorm2d { .. }) {
+                continue;
+            }
+            for t in node.params.values_mut() {
+                t.data.iter_mut().for_each(|v| *v *= 1.01);
+            }
+        }
+        if self.change_graph {
+            m.nodes.pop();
+        }
+        Ok(m)
+    }
+
+    fn evaluate(&mut self, _model: &Model) -> penni_compress::Result<f32> {
+        self.evaluations += 1;
+        Ok(self.accuracy)
+    }
+}
+
+fn small_config() -> Config {
+    let mut c = Config::default();
+    c.retrain.epochs = 4;
+    c.finetune.epochs = 2;
+    c
+}
+
+fn model() -> Model {
+    let mut m = zoo("resnet20", 8, 31);
+    randomize_batchnorm(&mut m, 32);
+    m
+}
+
+fn started_phases(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("progress.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["event"] == "phase_start")
+        .map(|v| v["phase"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn full_run_checkpoints_every_phase_and_hands_the_trainer_the_right_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let m = model();
+    let mut t = FakeTrainer::new();
+    let out = compress(&m, &small_config(), &mut t, &run).unwrap();
+    assert_eq!(out.phases_run, Phase::ALL);
+    assert_eq!(out.resumed_after, None);
+    for p in Phase::ALL {
+        assert!(run.join(p.checkpoint_file()).is_file(), "{p}");
+    }
+    assert_eq!(penni_model::load(&out.final_checkpoint).unwrap(), out.model);
+    // retrain: L1 + alternation; fine-tune: frozen zeros, no L1
+    assert_eq!(t.trained.len(), 2);
+    let (r, f) = (&t.trained[0], &t.trained[1]);
+    assert_eq!((r.name.as_str(), r.epochs, r.l1_coefficients, r.alternate_interval, r.freeze_zeros), ("retrain", 4, 1e-4, Some(2), false));
+    assert_eq!(r.milestones, vec![2, 3]);
+    assert_eq!((f.name.as_str(), f.epochs, f.l1_coefficients, f.alternate_interval, f.freeze_zeros), ("finetune", 2, 0.0, None, true));
+    assert_eq!(t.evaluations, 6, "baseline + one per phase");
+    // the report: six records with accuracy, shrinking made it smaller than the decomposition
+    let names: Vec<&str> = out.report.phases.iter().map(|p| p.phase.as_str()).collect();
+    assert_eq!(names, ["baseline", "decompose", "retrain", "prune", "finetune", "shrink"]);
+    assert!(out.report.phases.iter().all(|p| p.top1 == Some(0.9)));
+    let cost = |n: &str| out.report.phase(n).unwrap().cost.clone();
+    assert!(cost("prune").params_paper < cost("decompose").params_paper);
+    assert!(cost("shrink").params_all <= cost("finetune").params_all);
+    assert!(out.report.decompose.is_some() && out.report.prune.is_some() && out.report.shrink.is_some());
+    assert!(out.report.notes.is_empty(), "{:?}", out.report.notes);
+    for f in [&out.report_files.table, &out.report_files.json, &out.report_files.svg] {
+        assert!(f.is_file());
+    }
+    let state: RunState = serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state.completed, Phase::ALL);
+    assert_eq!(Config::load(&run.join("config.toml")).unwrap(), small_config());
+    // shrinking kept the fine-tuned function
+    let finetuned = penni_model::load(&run.join(Phase::Finetune.checkpoint_file())).unwrap();
+    assert_same_outputs(&finetuned, &out.model, 1e-5, "pipeline shrink");
+    // running again finds everything done
+    let mut t2 = FakeTrainer::new();
+    let again = compress(&m, &small_config(), &mut t2, &run).unwrap();
+    assert!(again.phases_run.is_empty());
+    assert_eq!(again.model, out.model);
+    assert!(t2.trained.is_empty());
+}
+
+#[test]
+fn a_run_stopped_in_phase_2_resumes_there_without_redoing_phase_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let m = model();
+    let mut t = FakeTrainer { fail_in: Some("retrain"), ..FakeTrainer::new() };
+    let err = compress(&m, &small_config(), &mut t, &run).unwrap_err();
+    assert!(matches!(err, CompressError::Trainer(_)), "{err}");
+    let state: RunState = serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
+    assert_eq!(state.completed, [Phase::Decompose]);
+    let decomposed = std::fs::read(run.join(Phase::Decompose.checkpoint_file())).unwrap();
+
+    let mut t2 = FakeTrainer::new();
+    let out = compress(&m, &small_config(), &mut t2, &run).unwrap();
+    assert_eq!(out.resumed_after, Some(Phase::Decompose));
+    assert_eq!(out.phases_run, [Phase::Retrain, Phase::Prune, Phase::Finetune, Phase::Shrink]);
+    assert_eq!(started_phases(&run), ["decompose", "retrain", "retrain", "prune", "finetune", "shrink"], "decompose ran once");
+    assert_eq!(std::fs::read(run.join(Phase::Decompose.checkpoint_file())).unwrap(), decomposed, "phase 1 checkpoint untouched");
+    assert_eq!(t2.evaluations, 4, "no new baseline evaluation");
+    let names: Vec<&str> = out.report.phases.iter().map(|p| p.phase.as_str()).collect();
+    assert_eq!(names, ["baseline", "decompose", "retrain", "prune", "finetune", "shrink"]);
+
+    // the same result as a run that was never interrupted
+    let run2 = dir.path().join("run2");
+    let straight = compress(&m, &small_config(), &mut FakeTrainer::new(), &run2).unwrap();
+    assert_eq!(straight.model, out.model);
+}
+
+#[test]
+fn a_run_stopped_in_finetune_resumes_with_the_pruned_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let m = model();
+    let mut t = FakeTrainer { fail_in: Some("finetune"), ..FakeTrainer::new() };
+    assert!(compress(&m, &small_config(), &mut t, &run).is_err());
+    let mut t2 = FakeTrainer::new();
+    let out = compress(&m, &small_config(), &mut t2, &run).unwrap();
+    assert_eq!(out.resumed_after, Some(Phase::Prune));
+    assert_eq!(t2.trained.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["finetune"]);
+}
+
+#[test]
+fn resuming_with_another_config_or_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let m = model();
+    let mut t = FakeTrainer { fail_in: Some("retrain"), ..FakeTrainer::new() };
+    let _ = compress(&m, &small_config(), &mut t, &run);
+    let mut other = small_config();
+    other.prune.s = 0.5;
+    let err = compress(&m, &other, &mut FakeTrainer::new(), &run).unwrap_err();
+    assert!(matches!(err, CompressError::State { .. }) && err.to_string().contains("different config"), "{err}");
+    let err = compress(&zoo("resnet20", 8, 99), &small_config(), &mut FakeTrainer::new(), &run).unwrap_err();
+    assert!(err.to_string().contains("different model"), "{err}");
+    std::fs::write(run.join("state.json"), "{ not json").unwrap();
+    let err = compress(&m, &small_config(), &mut FakeTrainer::new(), &run).unwrap_err();
+    assert!(matches!(err, CompressError::State { .. }), "{err}");
+}
+
+#[test]
+fn trainer_results_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model();
+    let err = compress(&m, &small_config(), &mut FakeTrainer { change_graph: true, ..FakeTrainer::new() }, &dir.path().join("a")).unwrap_err();
+    assert!(matches!(err, CompressError::Trainer(_)), "{err}");
+    let err = compress(&m, &small_config(), &mut FakeTrainer { accuracy: 93.4, ..FakeTrainer::new() }, &dir.path().join("b")).unwrap_err();
+    assert!(err.to_string().contains("fraction"), "{err}");
+    let mut bad = small_config();
+    bad.retrain.lr = 0.0;
+    assert!(matches!(compress(&m, &bad, &mut FakeTrainer::new(), &dir.path().join("c")), Err(CompressError::ConfigInvalid { .. })));
+}
+
+#[test]
+fn zero_epoch_phases_skip_the_trainer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = small_config();
+    c.retrain.epochs = 0;
+    c.finetune.epochs = 0;
+    let mut t = FakeTrainer::new();
+    let out = compress(&model(), &c, &mut t, &dir.path().join("run")).unwrap();
+    assert!(t.trained.is_empty());
+    assert_eq!(out.phases_run.len(), 5);
+}
+
+#[test]
+fn report_renders_as_table_json_and_svg() {
+    let m = model();
+    let (d, dr) = penni_compress::decompose(&m, &Default::default()).unwrap();
+    let (p, pr) = penni_compress::prune(&d, &Default::default()).unwrap();
+    let (s, sr) = penni_compress::shrink(&p).unwrap();
+    let mut r = CompressionReport::new("resnet20 <test>");
+    r.phases.push(PhaseRecord::measure("baseline", &m, Some(0.9125)).unwrap());
+    r.phases.push(PhaseRecord::measure("decompose", &d, None).unwrap());
+    r.phases.push(PhaseRecord::measure("prune", &p, Some(0.5)).unwrap());
+    r.phases.push(PhaseRecord::measure("shrink", &s, Some(0.5)).unwrap());
+    r.decompose = Some(dr);
+    r.prune = Some(pr.clone());
+    r.shrink = Some(sr);
+    let pr_rec = r.phase("prune").unwrap();
+    assert!((pr_rec.coefficient_sparsity.unwrap() - pr.coefficient_sparsity).abs() < 1e-12);
+    assert_eq!(r.phase("baseline").unwrap().coefficient_sparsity, None);
+    let stem = r.phase("decompose").unwrap().layers.iter().find(|l| l.node == "stem.conv").unwrap();
+    assert_eq!((stem.in_channels, stem.out_channels, stem.bases), (3, 4, Some(5)));
+
+    let table = r.to_table();
+    for needle in ["params (paper)", "params (all)", "MACs (paper)", "MACs (all)", "91.25%", "stem.conv", "paper: non-zero", "all: paper +", "channel group"] {
+        assert!(table.contains(needle), "table lacks '{needle}':\n{table}");
+    }
+    let json = r.to_json().unwrap();
+    let back: CompressionReport = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, r);
+    let svg = r.to_svg();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("resnet20 &lt;test&gt;"), "labels are escaped");
+    assert!(svg.matches("<rect").count() > 4 * 2 + 20);
+    let dir = tempfile::tempdir().unwrap();
+    let files = r.write(dir.path()).unwrap();
+    assert_eq!(std::fs::read_to_string(&files.table).unwrap(), table);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3, "no temporary files left");
+}

@@ -1,0 +1,576 @@
+//! The training loop: SGD with (Nesterov) momentum and weight decay, learning-rate schedules,
+//! PENNI's sparse retraining rules (L1 on coefficients, alternating factors, frozen zeros),
+//! per-epoch atomic checkpoints and exact resume.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Tensor, TensorData};
+use penni_data::{BatchIter, Dataset, Transform};
+use penni_model::{Extras, Model, io};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::net::{Net, ParamKind, to_tensor, to_vec};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum LrSchedule {
+    Constant,
+    /// Multiply by `gamma` at each milestone epoch.
+    MultiStep { milestones: Vec<usize>, gamma: f64 },
+    /// Cosine decay from the base rate to zero over the run.
+    Cosine,
+}
+
+impl LrSchedule {
+    pub fn lr(&self, base: f64, epoch: usize, epochs: usize) -> f64 {
+        match self {
+            LrSchedule::Constant => base,
+            LrSchedule::MultiStep { milestones, gamma } => {
+                base * gamma.powi(milestones.iter().filter(|m| epoch >= **m).count() as i32)
+            }
+            LrSchedule::Cosine => base * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs.max(1) as f64).cos()),
+        }
+    }
+}
+
+/// Everything that determines the result of a run; a checkpoint records it so that `--resume`
+/// refuses to continue a run with different settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainOptions {
+    /// Names the phase in logs and errors ("train", "retrain", "fine-tune").
+    pub phase: String,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub schedule: LrSchedule,
+    pub seed: u64,
+    /// Adds `l1_coefficients * sum |coefficients|` over decomposed layers to the loss.
+    pub l1_coefficients: f64,
+    /// PENNI's alternation: epoch 0 trains the coefficients (bases frozen), the next
+    /// `interval` epochs the bases (coefficients frozen), and so on. Other parameters always train.
+    pub alternate_interval: Option<usize>,
+    /// Entries of weights and coefficients that are exactly zero at the start stay exactly zero.
+    pub freeze_zeros: bool,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            phase: "train".into(),
+            epochs: 10,
+            batch_size: 128,
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+            schedule: LrSchedule::Cosine,
+            seed: 0,
+            l1_coefficients: 0.0,
+            alternate_interval: None,
+            freeze_zeros: false,
+        }
+    }
+}
+
+impl TrainOptions {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.batch_size == 0 {
+            return bad("batch size must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("learning rate must be a positive number, got {}", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return bad(format!("momentum must be in [0, 1), got {}", self.momentum));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!("weight decay must be >= 0, got {}", self.weight_decay));
+        }
+        if !(self.l1_coefficients.is_finite() && self.l1_coefficients >= 0.0) {
+            return bad(format!("L1 strength must be >= 0, got {}", self.l1_coefficients));
+        }
+        if self.alternate_interval == Some(0) {
+            return bad("alternation interval must be at least 1 epoch".into());
+        }
+        if let LrSchedule::MultiStep { gamma, .. } = self.schedule {
+            if !(gamma.is_finite() && gamma > 0.0) {
+                return bad(format!("learning-rate factor gamma must be positive, got {gamma}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Which factor of the decomposed convs trains in `epoch` under the alternation rule.
+    pub fn frozen_kind(&self, epoch: usize) -> Option<ParamKind> {
+        let interval = self.alternate_interval?;
+        let trains_bases = epoch >= 1 && ((epoch - 1) / interval) % 2 == 0;
+        Some(if trains_bases { ParamKind::Coefficients } else { ParamKind::Bases })
+    }
+}
+
+/// Where a run keeps its files and how it reports.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Checkpoints (`checkpoint.penni`, `checkpoint.prev.penni`) go here, one per epoch.
+    pub checkpoint_dir: Option<PathBuf>,
+    /// Continue from the checkpoint in `checkpoint_dir` if there is one.
+    pub resume: bool,
+    /// JSON-lines metrics, one line per epoch, appended.
+    pub metrics_log: Option<PathBuf>,
+    /// Show a progress bar (only drawn when stderr is a terminal).
+    pub progress: bool,
+    /// Stop (with `TrainError::Stopped`) after this many epochs in total: simulates an interruption.
+    pub stop_after_epochs: Option<usize>,
+}
+
+/// The data a run reads; the transforms own augmentation and normalisation.
+pub struct TrainData<'a> {
+    pub train: &'a Dataset,
+    pub test: Option<&'a Dataset>,
+    pub train_transform: Transform,
+    pub test_transform: Transform,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    pub phase: String,
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_top1: f64,
+    pub test_loss: Option<f64>,
+    pub test_top1: Option<f64>,
+    pub seconds: f64,
+    pub trained: String,
+}
+
+pub struct TrainOutcome {
+    pub model: Model,
+    pub history: Vec<EpochRecord>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Evaluation {
+    pub top1: f64,
+    pub loss: f64,
+    pub examples: usize,
+}
+
+pub const CHECKPOINT: &str = "checkpoint.penni";
+pub const PREVIOUS_CHECKPOINT: &str = "checkpoint.prev.penni";
+
+/// The training device: burn's flex CPU backend.
+pub fn device() -> Device {
+    Device::flex()
+}
+
+fn check_data(model: &Model, ds: &Dataset, t: &Transform, what: &str) -> Result<()> {
+    for (name, v) in [("mean", &t.mean), ("std", &t.std)] {
+        if !(v.is_empty() || v.len() == 1 || v.len() == ds.channels) {
+            return Err(TrainError::Config(format!("{name} has {} values for {}-channel images", v.len(), ds.channels)));
+        }
+    }
+    if t.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+        return Err(TrainError::Config("std values must be positive".into()));
+    }
+    let (c, h, w) = t.output_dims(ds.channels, ds.height, ds.width);
+    let i = &model.input;
+    if (c, h, w) != (i.channels, i.height, i.width) {
+        return Err(TrainError::Config(format!(
+            "the {what} images are {c}x{h}x{w} after the transform, the model '{}' takes {}x{}x{} (use --pad-to or another model input size)",
+            model.name, i.channels, i.height, i.width
+        )));
+    }
+    let classes = match model.output_shape()? {
+        penni_model::Shape::Vector(n) => n,
+        s => return Err(TrainError::Config(format!("the model's output is a {s} map, a classifier must output a vector"))),
+    };
+    if ds.num_classes > classes {
+        return Err(TrainError::Config(format!("the {what} data has {} classes, the model outputs {classes}", ds.num_classes)));
+    }
+    if ds.is_empty() {
+        return Err(TrainError::Config(format!("the {what} dataset is empty")));
+    }
+    Ok(())
+}
+
+fn batch_tensors(b: &penni_data::Batch, classes: usize, device: &Device) -> (Tensor<4>, Vec<i64>, Tensor<2>) {
+    let x = Tensor::from_data(TensorData::new(b.images.clone(), [b.batch_size, b.channels, b.height, b.width]), device);
+    let mut onehot = vec![0f32; b.batch_size * classes];
+    for (i, l) in b.labels.iter().enumerate() {
+        onehot[i * classes + *l as usize] = 1.0;
+    }
+    let y = Tensor::from_data(TensorData::new(onehot, [b.batch_size, classes]), device);
+    (x, b.labels.clone(), y)
+}
+
+/// Correct predictions in a batch of logits.
+fn correct(logits: &[f32], labels: &[i64], classes: usize) -> usize {
+    labels
+        .iter()
+        .enumerate()
+        .filter(|(i, l)| {
+            let row = &logits[i * classes..(i + 1) * classes];
+            let best = row.iter().enumerate().fold(0, |b, (j, v)| if *v > row[b] { j } else { b });
+            best as i64 == **l
+        })
+        .count()
+}
+
+/// Top-1 accuracy and mean cross-entropy of a model in inference mode.
+pub fn evaluate(model: &Model, ds: &Dataset, transform: &Transform, batch_size: usize) -> Result<Evaluation> {
+    check_data(model, ds, transform, "evaluation")?;
+    let dev = device();
+    let mut net = Net::from_model(model, &dev);
+    let classes = model.output_shape()?.numel();
+    let (mut hits, mut loss_sum) = (0usize, 0f64);
+    for b in BatchIter::new(ds, batch_size.max(1), transform, false, false, 0, 0, false) {
+        let (x, labels, onehot) = batch_tensors(&b, classes, &dev);
+        let logits = net.forward(model, x, false)?;
+        let nll = -(log_softmax(logits.clone(), 1) * onehot).sum().into_scalar::<f32>();
+        loss_sum += nll as f64;
+        hits += correct(&to_vec(logits), &labels, classes);
+    }
+    Ok(Evaluation { top1: hits as f64 / ds.len() as f64, loss: loss_sum / ds.len() as f64, examples: ds.len() })
+}
+
+/// Momentum buffers, one per parameter slot, kept across epochs and in checkpoints.
+struct Sgd {
+    momentum: Vec<Option<Tensor<1>>>,
+}
+
+struct Checkpoint {
+    model: Model,
+    epochs_done: usize,
+    momentum: Vec<Option<Vec<f32>>>,
+    masks: Vec<Option<Vec<f32>>>,
+    history: Vec<EpochRecord>,
+}
+
+fn slot_key(net: &Net, model: &Model, i: usize) -> String {
+    let s = &net.slots[i];
+    format!("{}.{}", model.nodes[s.node].name, s.name)
+}
+
+fn save_checkpoint(dir: &Path, model: &Model, net: &Net, sgd: &Sgd, masks: &[Option<Tensor<1>>], opts: &TrainOptions, epochs_done: usize, history: &[EpochRecord]) -> Result<()> {
+    let mut extras = Extras::default();
+    extras.metadata.insert("train.options".into(), serde_json::to_string(opts).expect("options serialise"));
+    extras.metadata.insert("train.epochs_done".into(), epochs_done.to_string());
+    extras.metadata.insert("train.history".into(), serde_json::to_string(history).expect("history serialises"));
+    for i in 0..net.slots.len() {
+        let key = slot_key(net, model, i);
+        let shape = vec![net.slots[i].shape.iter().product()];
+        if let Some(m) = &sgd.momentum[i] {
+            extras.tensors.insert(format!("momentum/{key}"), penni_model::Tensor { shape: shape.clone(), data: to_vec(m.clone()) });
+        }
+        if let Some(m) = &masks[i] {
+            extras.tensors.insert(format!("mask/{key}"), penni_model::Tensor { shape, data: to_vec(m.clone()) });
+        }
+    }
+    let current = dir.join(CHECKPOINT);
+    if current.exists() {
+        std::fs::rename(&current, dir.join(PREVIOUS_CHECKPOINT)).map_err(|source| TrainError::Io { path: current.clone(), source })?;
+    }
+    io::save_with_extras(&net.to_model(model), &extras, &current)?;
+    Ok(())
+}
+
+fn read_checkpoint(path: &Path, model: &Model, opts: &TrainOptions) -> Result<Checkpoint> {
+    let (ck_model, extras) = io::load_with_extras(path)?;
+    let recorded: TrainOptions = extras
+        .metadata
+        .get("train.options")
+        .and_then(|s| serde_json::from_str(s).ok())
+        .ok_or_else(|| TrainError::Checkpoint(format!("{}: not a training checkpoint", path.display())))?;
+    if &recorded != opts {
+        return Err(TrainError::Checkpoint(format!(
+            "{}: the checkpoint was made with different training options ({recorded:?}); start a new run or use the same options",
+            path.display()
+        )));
+    }
+    let same_graph = ck_model.nodes.len() == model.nodes.len()
+        && ck_model.nodes.iter().zip(&model.nodes).all(|(a, b)| a.name == b.name && a.op == b.op && a.inputs == b.inputs);
+    if !same_graph || ck_model.input != model.input {
+        return Err(TrainError::Checkpoint(format!("{}: the checkpoint holds a different model", path.display())));
+    }
+    let epochs_done = extras.metadata.get("train.epochs_done").and_then(|s| s.parse().ok()).unwrap_or(0);
+    let history = extras.metadata.get("train.history").and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+    let net = Net::from_model(&ck_model, &Device::flex());
+    let fetch = |prefix: &str| -> Vec<Option<Vec<f32>>> {
+        (0..net.slots.len()).map(|i| extras.tensors.get(&format!("{prefix}/{}", slot_key(&net, &ck_model, i))).map(|t| t.data.clone())).collect()
+    };
+    Ok(Checkpoint { momentum: fetch("momentum"), masks: fetch("mask"), model: ck_model, epochs_done, history })
+}
+
+/// Loads the newest readable checkpoint: a corrupt latest one falls back to the previous.
+fn load_resume_point(dir: &Path, model: &Model, opts: &TrainOptions) -> Result<Option<Checkpoint>> {
+    let latest = dir.join(CHECKPOINT);
+    let prev = dir.join(PREVIOUS_CHECKPOINT);
+    if !latest.exists() && !prev.exists() {
+        return Ok(None);
+    }
+    match read_checkpoint(&latest, model, opts) {
+        Ok(c) => Ok(Some(c)),
+        Err(e @ TrainError::Checkpoint(_)) => Err(e),
+        Err(e) if prev.exists() => {
+            eprintln!("warning: {e}; resuming from the previous checkpoint {}", prev.display());
+            read_checkpoint(&prev, model, opts).map(Some)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn append_log(path: &Path, rec: &EpochRecord) -> Result<()> {
+    let io = |source| TrainError::Io { path: path.to_path_buf(), source };
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
+    writeln!(f, "{}", serde_json::to_string(rec).expect("record serialises")).map_err(io)
+}
+
+/// The first parameter holding NaN/Inf, to name the layer in a divergence error.
+fn first_non_finite(net: &Net, model: &Model) -> Option<String> {
+    (0..net.slots.len()).find(|&i| to_vec(net.values[i].clone().inner()).iter().any(|v| !v.is_finite())).map(|i| slot_key(net, model, i))
+}
+
+/// Trains `model` and returns it with the trained weights written back.
+pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOptions) -> Result<TrainOutcome> {
+    opts.validate()?;
+    model.validate()?;
+    check_data(model, data.train, &data.train_transform, "training")?;
+    if let Some(test) = data.test {
+        check_data(model, test, &data.test_transform, "test")?;
+    }
+    let classes = model.output_shape()?.numel();
+    let dev = device();
+    let ad = dev.clone().autodiff();
+
+    let mut start_epoch = 0;
+    let mut history = vec![];
+    let mut current = model.clone();
+    let mut resumed: Option<Checkpoint> = None;
+    if let Some(dir) = &run.checkpoint_dir {
+        std::fs::create_dir_all(dir).map_err(|source| TrainError::Io { path: dir.clone(), source })?;
+        if run.resume {
+            resumed = load_resume_point(dir, model, opts)?;
+        }
+    }
+    if let Some(ck) = &resumed {
+        start_epoch = ck.epochs_done;
+        history = ck.history.clone();
+        current = ck.model.clone();
+    }
+    let mut net = Net::from_model(&current, &dev);
+    let n_slots = net.slots.len();
+    let mut sgd = Sgd { momentum: vec![None; n_slots] };
+    // Masks: 1 where a parameter may change, 0 where it was zero at the start of the run.
+    let mut masks: Vec<Option<Tensor<1>>> = vec![None; n_slots];
+    match &resumed {
+        Some(ck) => {
+            for i in 0..n_slots {
+                sgd.momentum[i] = ck.momentum[i].as_ref().map(|v| to_tensor(v, &dev));
+                masks[i] = ck.masks[i].as_ref().map(|v| to_tensor(v, &dev));
+            }
+        }
+        None if opts.freeze_zeros => {
+            for (i, slot) in net.slots.iter().enumerate() {
+                if matches!(slot.kind, ParamKind::Weight | ParamKind::Coefficients) {
+                    let v = &current.nodes[slot.node].params[&slot.name].data;
+                    if v.contains(&0.0) {
+                        masks[i] = Some(to_tensor(&v.iter().map(|x| if *x == 0.0 { 0.0 } else { 1.0 }).collect::<Vec<_>>(), &dev));
+                    }
+                }
+            }
+        }
+        None => {}
+    }
+
+    let coef_slots: Vec<usize> = (0..n_slots).filter(|&i| net.slots[i].kind == ParamKind::Coefficients).collect();
+    for epoch in start_epoch..opts.epochs {
+        if run.stop_after_epochs.is_some_and(|s| epoch >= s) {
+            return Err(TrainError::Stopped(epoch));
+        }
+        let started = Instant::now();
+        let lr = opts.schedule.lr(opts.lr, epoch, opts.epochs);
+        let frozen = opts.frozen_kind(epoch);
+        let trains = |k: ParamKind| Some(k) != frozen;
+        let iter = BatchIter::new(data.train, opts.batch_size, &data.train_transform, true, true, opts.seed, epoch as u64, true);
+        let steps = iter.num_batches();
+        if steps == 0 {
+            return Err(TrainError::Config(format!(
+                "the training set ({} examples) is smaller than one batch ({})",
+                data.train.len(),
+                opts.batch_size
+            )));
+        }
+        let bar = progress_bar(run.progress, steps as u64, &format!("{} epoch {}/{}", opts.phase, epoch + 1, opts.epochs));
+        let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
+        for (step, b) in iter.enumerate() {
+            // Leaves for this step: trainable parameters track gradients, frozen ones are constants.
+            let leaves: Vec<Tensor<1>> = (0..n_slots)
+                .map(|i| {
+                    let v = net.values[i].clone().inner().autodiff();
+                    if trains(net.slots[i].kind) { v.require_grad() } else { v }
+                })
+                .collect();
+            net.values = leaves;
+            let (x, labels, onehot) = batch_tensors(&b, classes, &ad);
+            let logits = net.forward(&current, x, true)?;
+            let ce = -(log_softmax(logits.clone(), 1) * onehot).sum() / b.batch_size as f64;
+            let mut loss = ce.clone();
+            if opts.l1_coefficients > 0.0 {
+                for &i in &coef_slots {
+                    loss = loss + net.values[i].clone().abs().sum() * opts.l1_coefficients;
+                }
+            }
+            let grads = loss.backward();
+            let ce_value = ce.into_scalar::<f32>() as f64;
+            if !ce_value.is_finite() {
+                let what = first_non_finite(&net, &current).map_or_else(
+                    || format!("the loss became {ce_value}"),
+                    |p| format!("the loss became {ce_value}; first non-finite parameter: {p}"),
+                );
+                return Err(TrainError::Diverged {
+                    phase: opts.phase.clone(),
+                    epoch,
+                    step,
+                    what,
+                    checkpoint: run.checkpoint_dir.as_ref().map(|d| d.join(CHECKPOINT)).filter(|p| p.exists()),
+                });
+            }
+            loss_sum += ce_value * b.batch_size as f64;
+            hits += correct(&to_vec(logits.inner()), &labels, classes);
+            seen += b.batch_size;
+            for i in 0..n_slots {
+                let p = net.values[i].clone().inner();
+                let Some(mut g) = net.values[i].grad(&grads) else {
+                    net.values[i] = p;
+                    continue;
+                };
+                if opts.weight_decay > 0.0 {
+                    g = g + p.clone() * opts.weight_decay;
+                }
+                let update = if opts.momentum > 0.0 {
+                    let buf = match sgd.momentum[i].take() {
+                        Some(buf) => buf * opts.momentum + g.clone(),
+                        None => g.clone(),
+                    };
+                    sgd.momentum[i] = Some(buf.clone());
+                    if opts.nesterov { g + buf * opts.momentum } else { buf }
+                } else {
+                    g
+                };
+                let mut next = p - update * lr;
+                if let Some(m) = &masks[i] {
+                    next = next * m.clone();
+                }
+                net.values[i] = next;
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        for v in net.values.iter_mut() {
+            *v = v.clone().inner();
+        }
+        let trained_model = net.to_model(&current);
+        let (test_loss, test_top1) = match data.test {
+            Some(test) => {
+                let e = evaluate(&trained_model, test, &data.test_transform, 256)?;
+                (Some(e.loss), Some(e.top1))
+            }
+            None => (None, None),
+        };
+        let rec = EpochRecord {
+            phase: opts.phase.clone(),
+            epoch,
+            lr,
+            train_loss: loss_sum / seen as f64,
+            train_top1: hits as f64 / seen as f64,
+            test_loss,
+            test_top1,
+            seconds: started.elapsed().as_secs_f64(),
+            trained: match frozen {
+                Some(ParamKind::Bases) => "coefficients".into(),
+                Some(_) => "bases".into(),
+                None => "all".into(),
+            },
+        };
+        if !rec.train_loss.is_finite() {
+            return Err(TrainError::Diverged { phase: opts.phase.clone(), epoch, step: steps, what: "the epoch's mean loss is not finite".into(), checkpoint: None });
+        }
+        history.push(rec.clone());
+        if let Some(log) = &run.metrics_log {
+            append_log(log, &rec)?;
+        }
+        if run.progress {
+            eprintln!(
+                "{} epoch {}/{}: lr {:.4} loss {:.4} train top-1 {:.2}%{} ({:.0}s)",
+                opts.phase,
+                epoch + 1,
+                opts.epochs,
+                lr,
+                rec.train_loss,
+                rec.train_top1 * 100.0,
+                rec.test_top1.map(|t| format!(" test top-1 {:.2}%", t * 100.0)).unwrap_or_default(),
+                rec.seconds
+            );
+        }
+        current = trained_model;
+        if let Some(dir) = &run.checkpoint_dir {
+            save_checkpoint(dir, &current, &net, &sgd, &masks, opts, epoch + 1, &history)?;
+        }
+    }
+    Ok(TrainOutcome { model: net.to_model(&current), history })
+}
+
+fn progress_bar(enabled: bool, len: u64, msg: &str) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}<{eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(msg.to_string());
+    bar
+}
+
+/// Per-parameter gradients of the cross-entropy loss on one batch, for tests and diagnostics.
+pub fn gradients(model: &Model, x: &[f32], labels: &[i64]) -> Result<BTreeMap<String, Vec<f32>>> {
+    let ad = device().autodiff();
+    let mut net = Net::from_model(model, &ad);
+    net.values = net.values.into_iter().map(|v| v.require_grad()).collect();
+    let i = &model.input;
+    let n = labels.len();
+    let xt = Tensor::from_data(TensorData::new(x.to_vec(), [n, i.channels, i.height, i.width]), &ad);
+    let classes = model.output_shape()?.numel();
+    let mut onehot = vec![0f32; n * classes];
+    for (k, l) in labels.iter().enumerate() {
+        onehot[k * classes + *l as usize] = 1.0;
+    }
+    let y = Tensor::from_data(TensorData::new(onehot, [n, classes]), &ad);
+    let logits = net.forward(model, xt, false)?;
+    let loss = -(log_softmax(logits, 1) * y).sum() / n as f64;
+    let grads = loss.backward();
+    Ok((0..net.slots.len())
+        .filter_map(|k| net.values[k].grad(&grads).map(|g| (slot_key(&net, model, k), to_vec(g))))
+        .collect())
+}
+
+/// Inference-mode forward pass through burn, for comparing against other implementations.
+pub fn forward(model: &Model, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    let dev = device();
+    let mut net = Net::from_model(model, &dev);
+    let i = &model.input;
+    let xt = Tensor::from_data(TensorData::new(x.to_vec(), [n, i.channels, i.height, i.width]), &dev);
+    Ok(to_vec(net.forward(model, xt, false)?))
+}
