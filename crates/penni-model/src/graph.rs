@@ -395,7 +395,7 @@ fn conv_out(node: &Node, input: Shape, in_ch: usize, out_ch: usize, kernel: [usi
     }
 }
 
-pub(crate) fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
+pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
     if let Some(n) = node.op.expected_inputs() {
         if ins.len() != n {
             return Err(shape_err(node, format!("expects {n} input(s), got {}", ins.len())));

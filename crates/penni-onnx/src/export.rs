@@ -1,0 +1,333 @@
+//! penni IR -> ONNX. Dense layers map one to one onto standard operators; a PENNI layer becomes
+//! the two-stage computation it stands for (basis conv with group = C, then a 1x1 conv with the
+//! coefficients), so any ONNX runtime executes it, and a metadata entry lets `import` rebuild
+//! the PENNI layer exactly.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use penni_model::{Model, Node, Op, Shape};
+use prost::Message;
+
+use crate::error::OnnxError;
+use crate::import::DECOMPOSED_KEY;
+use crate::proto::*;
+use crate::tensor::encode_f32;
+
+/// The operator set written: opset 13 is run by every onnxruntime of the last years.
+pub const EXPORT_OPSET: i64 = 13;
+/// IR version 7 is the one that goes with opset 13.
+pub const EXPORT_IR_VERSION: i64 = 7;
+
+/// Serialises a model to ONNX bytes.
+pub fn export_bytes(model: &Model) -> Result<Vec<u8>, OnnxError> {
+    let proto = export_proto(model)?;
+    if proto.encoded_len() > i32::MAX as usize {
+        return Err(OnnxError::Export {
+            model: model.name.clone(),
+            message: format!(
+                "the model needs {} bytes; ONNX files without external data are limited to 2 GiB",
+                proto.encoded_len()
+            ),
+        });
+    }
+    Ok(proto.encode_to_vec())
+}
+
+/// Writes a `.onnx` file atomically (temporary file + rename).
+pub fn export_file(model: &Model, path: &Path) -> Result<(), OnnxError> {
+    let bytes = export_bytes(model)?;
+    penni_model::io::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// Unique names in one namespace: a generated name never collides with one the model uses.
+struct Names(HashSet<String>);
+
+impl Names {
+    fn fresh(&mut self, base: String) -> String {
+        let mut s = base.clone();
+        let mut k = 1;
+        while self.0.contains(&s) {
+            k += 1;
+            s = format!("{base}.{k}");
+        }
+        self.0.insert(s.clone());
+        s
+    }
+}
+
+fn attr_int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INT,
+        i: v,
+        ..Default::default()
+    }
+}
+
+fn attr_ints(name: &str, v: &[usize]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INTS,
+        ints: v.iter().map(|&x| x as i64).collect(),
+        ..Default::default()
+    }
+}
+
+fn attr_float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::FLOAT,
+        f: v,
+        ..Default::default()
+    }
+}
+
+fn node(
+    op: &str,
+    name: &str,
+    inputs: Vec<String>,
+    output: &str,
+    attribute: Vec<AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: inputs,
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, dims: &[usize]) -> ValueInfoProto {
+    let mut dim = vec![Dimension {
+        dim_param: Some("N".into()),
+        ..Default::default()
+    }];
+    dim.extend(dims.iter().map(|&d| Dimension {
+        dim_value: Some(d as i64),
+        ..Default::default()
+    }));
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TypeProtoTensor {
+                elem_type: data_type::FLOAT,
+                shape: Some(TensorShapeProto { dim }),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_attrs(
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 4],
+    dilation: [usize; 2],
+    groups: usize,
+) -> Vec<AttributeProto> {
+    vec![
+        attr_ints("kernel_shape", &kernel),
+        attr_ints("strides", &stride),
+        attr_ints("pads", &padding),
+        attr_ints("dilations", &dilation),
+        attr_int("group", groups as i64),
+    ]
+}
+
+/// Builds the ModelProto (exposed so tools can add metadata before writing).
+pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
+    let shapes = model.validate()?;
+    let mut tensors = Names(
+        std::iter::once(model.input.name.clone())
+            .chain(model.nodes.iter().map(|n| n.output.clone()))
+            .collect(),
+    );
+    let mut node_names = Names(model.nodes.iter().map(|n| n.name.clone()).collect());
+    let mut nodes = Vec::new();
+    let mut inits = Vec::new();
+    let mut meta = Vec::new();
+    let mut param =
+        |tensors: &mut Names, n: &Node, p: &str, dims: &[usize], data: &[f32]| -> String {
+            let name = tensors.fresh(format!("{}.{p}", n.name));
+            inits.push(encode_f32(&name, dims, data));
+            name
+        };
+    for n in &model.nodes {
+        let x = n.inputs.first().cloned().unwrap_or_default();
+        match &n.op {
+            Op::Conv2d(c) => {
+                let w = n.param("weight")?;
+                let mut ins = vec![x, param(&mut tensors, n, "weight", &w.shape, &w.data)];
+                if let Some(b) = n.params.get("bias") {
+                    ins.push(param(&mut tensors, n, "bias", &b.shape, &b.data));
+                }
+                nodes.push(node(
+                    "Conv",
+                    &n.name,
+                    ins,
+                    &n.output,
+                    conv_attrs(c.kernel, c.stride, c.padding, c.dilation, c.groups),
+                ));
+            }
+            Op::DecomposedConv2d(c) => {
+                let (cin, d, kk) = (c.in_channels, c.num_bases, c.kernel[0] * c.kernel[1]);
+                let bases = n.param("bases")?;
+                let coef = n.param("coefficients")?;
+                // Stage 1: every input channel convolved with each of the d bases.
+                let mut w1 = Vec::with_capacity(cin * d * kk);
+                for _ in 0..cin {
+                    w1.extend_from_slice(&bases.data);
+                }
+                let w1_name = param(
+                    &mut tensors,
+                    n,
+                    "bases",
+                    &[cin * d, 1, c.kernel[0], c.kernel[1]],
+                    &w1,
+                );
+                let mid = tensors.fresh(format!("{}.basis_maps", n.output));
+                let stage1 = node_names.fresh(format!("{}.basis", n.name));
+                nodes.push(node(
+                    "Conv",
+                    &stage1,
+                    vec![x, w1_name],
+                    &mid,
+                    conv_attrs(c.kernel, c.stride, c.padding, c.dilation, cin),
+                ));
+                // Stage 2: 1x1 conv whose weight (N, C/g*d) is the coefficient matrix, regrouped.
+                let cpg = cin / c.groups;
+                let mut w2 = vec![0f32; c.out_channels * cpg * d];
+                for o in 0..c.out_channels {
+                    for cl in 0..cpg {
+                        for j in 0..d {
+                            w2[o * cpg * d + cl * d + j] = coef.data[(o * cpg + cl) * d + j];
+                        }
+                    }
+                }
+                let mut ins = vec![
+                    mid,
+                    param(
+                        &mut tensors,
+                        n,
+                        "coefficients",
+                        &[c.out_channels, cpg * d, 1, 1],
+                        &w2,
+                    ),
+                ];
+                if let Some(b) = n.params.get("bias") {
+                    ins.push(param(&mut tensors, n, "bias", &b.shape, &b.data));
+                }
+                nodes.push(node(
+                    "Conv",
+                    &n.name,
+                    ins,
+                    &n.output,
+                    conv_attrs([1, 1], [1, 1], [0; 4], [1, 1], c.groups),
+                ));
+                meta.push(StringStringEntryProto {
+                    key: format!("{DECOMPOSED_KEY}{}", n.name),
+                    value: stage1,
+                });
+            }
+            Op::BatchNorm2d { eps, .. } => {
+                let mut ins = vec![x];
+                for p in ["weight", "bias", "running_mean", "running_var"] {
+                    let t = n.param(p)?;
+                    ins.push(param(&mut tensors, n, p, &t.shape, &t.data));
+                }
+                nodes.push(node(
+                    "BatchNormalization",
+                    &n.name,
+                    ins,
+                    &n.output,
+                    vec![attr_float("epsilon", *eps)],
+                ));
+            }
+            Op::Relu => nodes.push(node("Relu", &n.name, vec![x], &n.output, vec![])),
+            Op::Clip { min, max } => {
+                let lo = param(&mut tensors, n, "min", &[], &[*min]);
+                let hi = param(&mut tensors, n, "max", &[], &[*max]);
+                nodes.push(node("Clip", &n.name, vec![x, lo, hi], &n.output, vec![]));
+            }
+            Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
+                let mut attrs = vec![
+                    attr_ints("kernel_shape", &p.kernel),
+                    attr_ints("strides", &p.stride),
+                    attr_ints("pads", &p.padding),
+                    attr_int("ceil_mode", p.ceil_mode as i64),
+                ];
+                let op = if let Op::AvgPool2d(_) = n.op {
+                    attrs.push(attr_int("count_include_pad", p.count_include_pad as i64));
+                    "AveragePool"
+                } else {
+                    "MaxPool"
+                };
+                nodes.push(node(op, &n.name, vec![x], &n.output, attrs));
+            }
+            Op::GlobalAvgPool => nodes.push(node(
+                "GlobalAveragePool",
+                &n.name,
+                vec![x],
+                &n.output,
+                vec![],
+            )),
+            // ONNX Add is binary; Sum takes any number of inputs and re-imports as one Add.
+            Op::Add => {
+                let op = if n.inputs.len() == 2 { "Add" } else { "Sum" };
+                nodes.push(node(op, &n.name, n.inputs.clone(), &n.output, vec![]));
+            }
+            Op::Flatten => nodes.push(node(
+                "Flatten",
+                &n.name,
+                vec![x],
+                &n.output,
+                vec![attr_int("axis", 1)],
+            )),
+            Op::Linear { .. } => {
+                let w = n.param("weight")?;
+                let mut ins = vec![x, param(&mut tensors, n, "weight", &w.shape, &w.data)];
+                if let Some(b) = n.params.get("bias") {
+                    ins.push(param(&mut tensors, n, "bias", &b.shape, &b.data));
+                }
+                nodes.push(node(
+                    "Gemm",
+                    &n.name,
+                    ins,
+                    &n.output,
+                    vec![attr_int("transB", 1)],
+                ));
+            }
+        }
+    }
+    let out_dims = match shapes[&model.output] {
+        Shape::Map { c, h, w } => vec![c, h, w],
+        Shape::Vector(f) => vec![f],
+    };
+    let graph = GraphProto {
+        name: model.name.clone(),
+        node: nodes,
+        initializer: inits,
+        input: vec![value_info(
+            &model.input.name,
+            &[model.input.channels, model.input.height, model.input.width],
+        )],
+        output: vec![value_info(&model.output, &out_dims)],
+        ..Default::default()
+    };
+    Ok(ModelProto {
+        ir_version: EXPORT_IR_VERSION,
+        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: EXPORT_OPSET }],
+        producer_name: "penni".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: "Exported by penni. PENNI layers are written as a basis conv (group = C) followed by a 1x1 coefficient conv.".into(),
+        graph: Some(graph),
+        metadata_props: meta,
+        ..Default::default()
+    })
+}

@@ -1,0 +1,281 @@
+use std::collections::BTreeMap;
+
+use penni_data::{Dataset, Transform};
+use penni_model::reference::{self, Activation};
+use penni_model::zoo::{self, GraphBuilder, InitRng, ZooOptions};
+use penni_model::{DecomposedConv2d, Input, Model, Op, Shape, Tensor};
+use penni_train::{LrSchedule, RunOptions, TrainData, TrainError, TrainOptions, train};
+
+/// Images whose class shows in a bright square's position: learnable in a few steps.
+fn synthetic(n: usize, seed: u64) -> Dataset {
+    let mut rng = InitRng::new(seed);
+    let (h, w) = (8, 8);
+    let mut images = vec![0u8; n * h * w];
+    let mut labels = vec![0u16; n];
+    for i in 0..n {
+        let label = (rng.next_u64() % 4) as usize;
+        labels[i] = label as u16;
+        let img = &mut images[i * h * w..(i + 1) * h * w];
+        for v in img.iter_mut() {
+            *v = (rng.next_u64() % 60) as u8;
+        }
+        let (y0, x0) = ((label / 2) * 4, (label % 2) * 4);
+        for y in y0..y0 + 4 {
+            for x in x0..x0 + 4 {
+                img[y * w + x] = 200;
+            }
+        }
+    }
+    Dataset { images, labels, channels: 1, height: h, width: w, num_classes: 4, class_names: (0..4).map(|c| c.to_string()).collect() }
+}
+
+/// A small CNN with one decomposed conv, batchnorm, residual add, pooling and a linear layer.
+fn small_model(seed: u64) -> Model {
+    let mut b = GraphBuilder::new("small", Input { name: "input".into(), channels: 1, height: 8, width: 8 }, seed);
+    let x = b.input();
+    let x = b.conv_bn("stem.", &x, 6, 3, 1, true);
+    let y = b.conv_bn("body.", &x, 6, 3, 1, false);
+    let s = b.add("add", &[&x, &y]);
+    let r = b.relu("relu", &s);
+    let p = b.max_pool("pool", &r, 2, 2);
+    let f = b.flatten("flat", &p);
+    let o = b.linear("fc", &f, 4);
+    let mut m = b.finish(&o).unwrap();
+    decompose_node(&mut m, "body.conv", 4, seed);
+    m
+}
+
+/// Replaces a conv by a decomposed conv with random factors (tests need no SVD).
+fn decompose_node(m: &mut Model, name: &str, d: usize, seed: u64) {
+    let mut rng = InitRng::new(seed + 7);
+    let node = m.node_mut(name).unwrap();
+    let Op::Conv2d(c) = node.op.clone() else { panic!("{name} is not a conv") };
+    let kk = c.kernel[0] * c.kernel[1];
+    let rows = c.out_channels * c.in_channels / c.groups;
+    node.op = Op::DecomposedConv2d(DecomposedConv2d {
+        in_channels: c.in_channels,
+        out_channels: c.out_channels,
+        kernel: c.kernel,
+        num_bases: d,
+        stride: c.stride,
+        padding: c.padding,
+        dilation: c.dilation,
+        groups: c.groups,
+        bias: true,
+    });
+    node.params = BTreeMap::from([
+        ("bases".into(), Tensor::new(vec![d, kk], (0..d * kk).map(|_| rng.normal() * 0.5).collect()).unwrap()),
+        ("coefficients".into(), Tensor::new(vec![rows, d], (0..rows * d).map(|_| rng.normal() * 0.3).collect()).unwrap()),
+        ("bias".into(), Tensor::new(vec![c.out_channels], (0..c.out_channels).map(|_| rng.normal() * 0.1).collect()).unwrap()),
+    ]);
+}
+
+fn randomise_bn(m: &mut Model, seed: u64) {
+    let mut rng = InitRng::new(seed);
+    for node in &mut m.nodes {
+        if let Op::BatchNorm2d { .. } = node.op {
+            for (name, t) in node.params.iter_mut() {
+                for v in t.data.iter_mut() {
+                    *v = match name.as_str() {
+                        "running_var" => 0.5 + rng.uniform(),
+                        "weight" => 0.5 + rng.uniform(),
+                        _ => rng.normal() * 0.3,
+                    };
+                }
+            }
+        }
+    }
+}
+
+fn random_input(m: &Model, n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = InitRng::new(seed);
+    (0..n * m.input_shape().numel()).map(|_| rng.normal()).collect()
+}
+
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+#[test]
+fn burn_forward_matches_the_reference_forward() {
+    let mut models = vec![small_model(1)];
+    let mut r20 = zoo::build("resnet20", &ZooOptions { width_multiplier: 0.5, height: 16, width: 16, ..Default::default() }).unwrap();
+    decompose_node(&mut r20, "layer2.0.1.conv", 5, 3);
+    models.push(r20);
+    for mut m in models {
+        randomise_bn(&mut m, 5);
+        let x = random_input(&m, 2, 9);
+        let burn_out = penni_train::forward(&m, &x, 2).unwrap();
+        let reference = reference::forward(&m, &Activation { n: 2, shape: m.input_shape(), data: x }).unwrap();
+        let d = max_rel_diff(&burn_out, &reference.data);
+        assert!(d < 1e-4, "{}: burn and reference differ by {d}", m.name);
+    }
+}
+
+/// Cross-entropy of the reference forward pass, in f64, for finite differences.
+fn reference_loss(m: &Model, x: &[f32], labels: &[i64]) -> f64 {
+    let out = reference::forward(m, &Activation { n: labels.len(), shape: m.input_shape(), data: x.to_vec() }).unwrap();
+    let k = out.shape.numel();
+    let mut loss = 0.0;
+    for (i, l) in labels.iter().enumerate() {
+        let row: Vec<f64> = out.data[i * k..(i + 1) * k].iter().map(|v| *v as f64).collect();
+        let max = row.iter().cloned().fold(f64::MIN, f64::max);
+        let lse = max + row.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+        loss += lse - row[*l as usize];
+    }
+    loss / labels.len() as f64
+}
+
+#[test]
+fn gradients_of_a_decomposed_conv_reach_bases_and_coefficients_and_match_finite_differences() {
+    let mut m = small_model(2);
+    randomise_bn(&mut m, 3);
+    // max-pool switches are kinks that finite differences cannot step over: average instead
+    let pool = m.node_mut("pool").unwrap();
+    let Op::MaxPool2d(p) = pool.op.clone() else { panic!() };
+    pool.op = Op::AvgPool2d(p);
+    let x = random_input(&m, 3, 4);
+    let labels = vec![0i64, 2, 3];
+    let grads = penni_train::gradients(&m, &x, &labels).unwrap();
+    for param in ["bases", "coefficients"] {
+        let key = format!("body.conv.{param}");
+        let g = &grads[&key];
+        assert!(g.iter().map(|v| v.abs()).sum::<f32>() > 1e-4, "{key} gets no gradient");
+        // central differences on a few entries
+        for idx in [0usize, 5, g.len() - 1] {
+            let h = 2e-3f32;
+            let mut plus = m.clone();
+            plus.node_mut("body.conv").unwrap().params.get_mut(param).unwrap().data[idx] += h;
+            let mut minus = m.clone();
+            minus.node_mut("body.conv").unwrap().params.get_mut(param).unwrap().data[idx] -= h;
+            let numeric = (reference_loss(&plus, &x, &labels) - reference_loss(&minus, &x, &labels)) / (2.0 * h as f64);
+            let analytic = g[idx] as f64;
+            assert!(
+                (numeric - analytic).abs() <= 2e-3 + 0.05 * numeric.abs(),
+                "{key}[{idx}]: analytic {analytic} vs numeric {numeric}"
+            );
+        }
+    }
+}
+
+fn quick_opts(epochs: usize) -> TrainOptions {
+    TrainOptions {
+        phase: "test".into(),
+        epochs,
+        batch_size: 32,
+        lr: 0.05,
+        schedule: LrSchedule::Cosine,
+        weight_decay: 1e-4,
+        ..Default::default()
+    }
+}
+
+fn data(ds: &Dataset) -> TrainData<'_> {
+    let t = Transform { mean: vec![0.3], std: vec![0.3], ..Default::default() };
+    TrainData { train: ds, test: Some(ds), train_transform: Transform { crop_padding: 1, ..t.clone() }, test_transform: t }
+}
+
+#[test]
+fn resume_after_a_stop_ends_with_the_same_weights_as_an_uninterrupted_run() {
+    let ds = synthetic(256, 1);
+    let m = small_model(3);
+    let opts = quick_opts(3);
+    let dir = tempfile::tempdir().unwrap();
+    let whole = train(&m, &data(&ds), &opts, &RunOptions { checkpoint_dir: Some(dir.path().join("a")), ..Default::default() }).unwrap();
+
+    let run = RunOptions { checkpoint_dir: Some(dir.path().join("b")), stop_after_epochs: Some(1), ..Default::default() };
+    assert!(matches!(train(&m, &data(&ds), &opts, &run), Err(TrainError::Stopped(1))));
+    let run = RunOptions { checkpoint_dir: Some(dir.path().join("b")), resume: true, ..Default::default() };
+    let resumed = train(&m, &data(&ds), &opts, &run).unwrap();
+    assert_eq!(resumed.history.len(), 3);
+    assert_eq!(resumed.model, whole.model, "resumed run differs from the uninterrupted one");
+
+    // a checkpoint from other options is refused, not silently mixed
+    let other = TrainOptions { lr: 0.01, ..opts.clone() };
+    let err = train(&m, &data(&ds), &other, &run).err().unwrap().to_string();
+    assert!(err.contains("different training options"), "{err}");
+
+    // a corrupt latest checkpoint falls back to the previous one
+    let ck = dir.path().join("b").join("checkpoint.penni");
+    let mut bytes = std::fs::read(&ck).unwrap();
+    let n = bytes.len();
+    bytes[n - 3] ^= 0xff;
+    std::fs::write(&ck, bytes).unwrap();
+    let longer = TrainOptions { epochs: 3, ..opts };
+    let again = train(&m, &data(&ds), &longer, &run).unwrap();
+    assert_eq!(again.history.len(), 3);
+}
+
+#[test]
+fn alternation_freezes_one_factor_per_epoch_and_frozen_zeros_stay_zero() {
+    let ds = synthetic(128, 2);
+    let mut m = small_model(4);
+    // prune: a third of the coefficients and some stem weights are exactly zero
+    let coef = &mut m.node_mut("body.conv").unwrap().params.get_mut("coefficients").unwrap().data;
+    for (i, v) in coef.iter_mut().enumerate() {
+        if i % 3 == 0 {
+            *v = 0.0;
+        }
+    }
+    let zeros: Vec<bool> = coef.iter().map(|v| *v == 0.0).collect();
+    let opts = TrainOptions { alternate_interval: Some(2), freeze_zeros: true, l1_coefficients: 1e-3, ..quick_opts(3) };
+    let dir = tempfile::tempdir().unwrap();
+    let param = |m: &Model, p: &str| m.node("body.conv").unwrap().params[p].data.clone();
+    let mut prev = m.clone();
+    for epoch in 1..=3 {
+        let run = RunOptions { checkpoint_dir: Some(dir.path().to_path_buf()), resume: true, stop_after_epochs: Some(epoch), ..Default::default() };
+        let _ = train(&m, &data(&ds), &opts, &run);
+        let (now, _) = penni_model::io::load_with_extras(&dir.path().join("checkpoint.penni")).unwrap();
+        let (bases_same, coef_same) = (param(&now, "bases") == param(&prev, "bases"), param(&now, "coefficients") == param(&prev, "coefficients"));
+        // epoch index 0 trains coefficients, 1 and 2 train bases
+        if epoch == 1 {
+            assert!(bases_same && !coef_same, "epoch 0 must train only the coefficients");
+        } else {
+            assert!(!bases_same && coef_same, "epoch {} must train only the bases", epoch - 1);
+        }
+        // batchnorm and linear always train
+        assert_ne!(now.node("fc").unwrap().params["weight"], prev.node("fc").unwrap().params["weight"]);
+        for (v, z) in param(&now, "coefficients").iter().zip(&zeros) {
+            assert!(!z || *v == 0.0, "a frozen zero changed");
+        }
+        prev = now;
+    }
+}
+
+#[test]
+fn a_short_run_lowers_the_loss_and_beats_chance() {
+    let ds = synthetic(512, 3);
+    let test = synthetic(256, 4);
+    let m = small_model(5);
+    let d = TrainData { test: Some(&test), ..data(&ds) };
+    let before = penni_train::evaluate(&m, &test, &d.test_transform, 64).unwrap();
+    let out = train(&m, &d, &quick_opts(3), &RunOptions::default()).unwrap();
+    let after = penni_train::evaluate(&out.model, &test, &d.test_transform, 64).unwrap();
+    assert!(out.history[2].train_loss < out.history[0].train_loss, "{:?}", out.history);
+    assert!(after.loss < before.loss);
+    assert!(after.top1 > 0.5, "top-1 {} is not above chance (0.25)", after.top1);
+}
+
+#[test]
+fn divergence_stops_with_a_message_naming_phase_and_epoch() {
+    let ds = synthetic(128, 5);
+    let m = small_model(6);
+    let opts = TrainOptions { lr: 1e12, momentum: 0.0, ..quick_opts(2) };
+    let err = train(&m, &data(&ds), &opts, &RunOptions::default()).err().expect("must diverge");
+    let msg = err.to_string();
+    assert!(matches!(err, TrainError::Diverged { .. }), "{msg}");
+    assert!(msg.contains("phase 'test'") && msg.contains("epoch"), "{msg}");
+}
+
+#[test]
+fn bad_options_and_mismatched_data_are_clear_errors() {
+    let ds = synthetic(64, 6);
+    let m = small_model(7);
+    let e = train(&m, &data(&ds), &TrainOptions { lr: -1.0, ..quick_opts(1) }, &RunOptions::default()).err().unwrap();
+    assert!(e.to_string().contains("learning rate"), "{e}");
+    let wrong = zoo::build("resnet20", &ZooOptions { in_channels: 3, height: 8, width: 8, num_classes: 4, ..Default::default() }).unwrap();
+    let e = train(&wrong, &data(&ds), &quick_opts(1), &RunOptions::default()).err().unwrap();
+    assert!(e.to_string().contains("takes 3x8x8"), "{e}");
+    assert_eq!(m.output_shape().unwrap(), Shape::Vector(4));
+}
