@@ -102,7 +102,15 @@ pub struct LoadedModel {
     pub preprocess: Option<Preprocess>,
 }
 
+fn is_onnx(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// Loads a `.penni` or an `.onnx` model (by extension; an ONNX file carries no preprocessing).
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
+    if is_onnx(path) {
+        return Ok(LoadedModel { model: penni_onnx::import_file(path)?, preprocess: None });
+    }
     let (model, extras) = io::load_with_extras(path)?;
     let preprocess = match extras.metadata.get(PREPROCESS_KEY) {
         Some(s) => Some(serde_json::from_str(s).with_context(|| format!("{}: unreadable preprocessing record", path.display()))?),
@@ -111,7 +119,12 @@ pub fn load_model(path: &Path) -> Result<LoadedModel> {
     Ok(LoadedModel { model, preprocess })
 }
 
+/// Saves as `.penni`, or as ONNX when the path ends in `.onnx`.
 pub fn save_model(model: &Model, preprocess: Option<&Preprocess>, path: &Path) -> Result<()> {
+    if is_onnx(path) {
+        penni_onnx::export_file(model, path)?;
+        return Ok(());
+    }
     let mut extras = Extras::default();
     if let Some(p) = preprocess {
         extras.metadata.insert(PREPROCESS_KEY.into(), serde_json::to_string(p)?);

@@ -1,6 +1,7 @@
 //! `penni`: compress convolutional networks with PENNI and run them fast on a CPU.
 
 mod common;
+mod compress_cmd;
 mod demo;
 mod inspect;
 mod train_cmd;
@@ -25,6 +26,10 @@ enum Command {
     Eval(EvalArgs),
     /// Per-layer table of a model: type, shapes, parameters and multiply-accumulates, with totals.
     Inspect(inspect::InspectArgs),
+    /// Compress a trained model with PENNI: decompose, sparse retraining, prune, fine-tune, shrink.
+    Compress(compress_cmd::CompressArgs),
+    /// Convert a model between .penni and .onnx (by file extension).
+    Convert(ConvertArgs),
     /// Set up and run the built-in example end to end on a Fashion-MNIST subset.
     Demo(demo::DemoArgs),
 }
@@ -41,6 +46,28 @@ struct EvalArgs {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+struct ConvertArgs {
+    /// The model to read (.penni or .onnx).
+    input: PathBuf,
+    /// The file to write (.penni or .onnx).
+    output: PathBuf,
+}
+
+fn convert(args: ConvertArgs) -> Result<()> {
+    let loaded = common::load_model(&args.input)?;
+    common::save_model(&loaded.model, loaded.preprocess.as_ref(), &args.output)?;
+    let cost = penni_model::model_cost(&loaded.model)?.totals;
+    println!(
+        "{} -> {} ({} nodes, {} parameters)",
+        args.input.display(),
+        args.output.display(),
+        loaded.model.nodes.len(),
+        common::human(cost.params_all)
+    );
+    Ok(())
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
@@ -65,6 +92,8 @@ fn main() {
         Command::Train(a) => train_cmd::run(a),
         Command::Eval(a) => eval(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Compress(a) => compress_cmd::run(a),
+        Command::Convert(a) => convert(a),
         Command::Demo(a) => demo::run(a),
     };
     if let Err(e) = result {

@@ -5,6 +5,7 @@
 #   PENNI_CACHE        where the wheel and data go (default: <repo>/target/onnx-testdata)
 #   PENNI_PYTHON       python with pip to download with (default: python3)
 #   PENNI_ONNX_VERBOSE=1  print the reason of every failing case
+#   --fetch-only       only fetch the data and print its directory (scripts/test.sh uses this)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -36,5 +37,9 @@ PY
     touch "$data/.complete"
 fi
 
+if [[ "${1:-}" == "--fetch-only" ]]; then
+    echo "$data"
+    exit 0
+fi
 cd "$repo"
 PENNI_ONNX_TESTDATA="$data" exec cargo test -p penni-onnx --test conformance -- --nocapture "$@"

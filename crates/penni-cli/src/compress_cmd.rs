@@ -1,0 +1,158 @@
+//! `penni compress`: the PENNI pipeline (penni-compress) with training by penni-train.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use penni_compress::{CompressError, Config, PhaseTraining, Trainer};
+use penni_data::{Dataset, Transform};
+use penni_model::Model;
+use penni_train::{LrSchedule, RunOptions, TrainData, TrainOptions};
+
+use crate::common::{self, DataArgs, Preprocess};
+
+#[derive(Args, Debug)]
+pub struct CompressArgs {
+    /// The trained model to compress: a .penni file or an .onnx file.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// TOML file with the PENNI settings (see crates/penni-compress/examples/penni.toml);
+    /// without it the paper's defaults apply (100 retraining + 30 fine-tuning epochs).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Override the config's retraining epochs.
+    #[arg(long)]
+    pub retrain_epochs: Option<usize>,
+    /// Override the config's fine-tuning epochs.
+    #[arg(long)]
+    pub finetune_epochs: Option<usize>,
+    /// Where to write the compressed model (.penni, or .onnx to export it).
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Run directory: per-phase checkpoints, epoch checkpoints, reports (default: <out>.run).
+    /// Rerunning the same command resumes a stopped run where it stopped.
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Per-channel input mean for models without stored preprocessing (e.g. ONNX), comma-separated.
+    #[arg(long)]
+    pub mean: Option<String>,
+    /// Per-channel input std for models without stored preprocessing, comma-separated.
+    #[arg(long)]
+    pub std: Option<String>,
+    #[arg(long, default_value_t = 2)]
+    pub crop_padding: usize,
+    #[arg(long)]
+    pub no_flip: bool,
+}
+
+/// penni-train behind penni-compress's `Trainer`, on one dataset.
+pub struct BurnTrainer<'a> {
+    pub train: &'a Dataset,
+    pub test: &'a Dataset,
+    pub train_transform: Transform,
+    pub test_transform: Transform,
+}
+
+impl Trainer for BurnTrainer<'_> {
+    fn train(&mut self, model: &Model, phase: &PhaseTraining, checkpoint_dir: &Path) -> penni_compress::Result<Model> {
+        let opts = TrainOptions {
+            phase: phase.name.clone(),
+            epochs: phase.epochs,
+            batch_size: phase.batch_size,
+            lr: phase.lr,
+            momentum: phase.momentum,
+            nesterov: phase.nesterov,
+            weight_decay: phase.weight_decay,
+            schedule: LrSchedule::MultiStep { milestones: phase.milestones.clone(), gamma: phase.gamma },
+            seed: phase.seed,
+            l1_coefficients: phase.l1_coefficients,
+            alternate_interval: phase.alternate_interval,
+            freeze_zeros: phase.freeze_zeros,
+        };
+        let run = RunOptions {
+            checkpoint_dir: Some(checkpoint_dir.to_path_buf()),
+            resume: true,
+            metrics_log: Some(checkpoint_dir.join("metrics.jsonl")),
+            progress: true,
+            stop_after_epochs: None,
+        };
+        let data = TrainData {
+            train: self.train,
+            test: Some(self.test),
+            train_transform: self.train_transform.clone(),
+            test_transform: self.test_transform.clone(),
+        };
+        penni_train::train(model, &data, &opts, &run).map(|o| o.model).map_err(|e| CompressError::Trainer(e.to_string()))
+    }
+
+    fn evaluate(&mut self, model: &Model) -> penni_compress::Result<f32> {
+        penni_train::evaluate(model, self.test, &self.test_transform, 256)
+            .map(|e| e.top1 as f32)
+            .map_err(|e| CompressError::Trainer(e.to_string()))
+    }
+}
+
+pub fn run(args: CompressArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(e) = args.retrain_epochs {
+        config.retrain.epochs = e;
+    }
+    if let Some(e) = args.finetune_epochs {
+        config.finetune.epochs = e;
+    }
+    config.validate()?;
+    let loaded = common::load_model(&args.model)?;
+    let data = args.data.load(config.seed, true)?;
+    let preprocess = match (loaded.preprocess, &args.mean, &args.std) {
+        (Some(p), None, None) => p,
+        (stored, mean, std) => {
+            let (dm, ds) = penni_data::channel_stats(&data.train);
+            let pad_to = stored.as_ref().and_then(|p| p.pad_to).or(args.data.pad_to.map(|p| (p, p)));
+            Preprocess {
+                mean: mean.as_deref().map(|m| common::parse_list(m, "--mean")).transpose()?.unwrap_or(dm),
+                std: std.as_deref().map(|s| common::parse_list(s, "--std")).transpose()?.unwrap_or(ds),
+                pad_to,
+                class_names: data.train.class_names.clone(),
+            }
+        }
+    };
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
+        let mut p = args.out.clone().into_os_string();
+        p.push(".run");
+        PathBuf::from(p)
+    });
+    let outcome = compress_with(&loaded.model, &config, &data.train, &data.test, &preprocess, args.crop_padding, !args.no_flip, &run_dir)?;
+    common::save_model(&outcome.model, Some(&preprocess), &args.out)?;
+    println!("{}", outcome.report.to_table());
+    println!(
+        "compressed model written to {}; reports: {}",
+        args.out.display(),
+        run_dir.join("report.{txt,json,svg}").display()
+    );
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn compress_with(
+    model: &Model,
+    config: &Config,
+    train: &Dataset,
+    test: &Dataset,
+    pre: &Preprocess,
+    crop_padding: usize,
+    flip: bool,
+    run_dir: &Path,
+) -> Result<penni_compress::CompressOutcome> {
+    let mut trainer = BurnTrainer {
+        train,
+        test,
+        train_transform: Transform { crop_padding, hflip: flip, ..pre.eval_transform() },
+        test_transform: pre.eval_transform(),
+    };
+    penni_compress::compress(model, config, &mut trainer, run_dir).with_context(|| format!("compressing (run directory {})", run_dir.display()))
+}
