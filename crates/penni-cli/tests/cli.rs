@@ -1,0 +1,164 @@
+//! The `penni` program as a user runs it: real processes, real files, Fashion-MNIST from
+//! scripts/fetch-data.sh (scripts/test.sh installs it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn penni() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_penni"))
+}
+
+fn run(args: &[&str]) -> Output {
+    penni().args(args).output().expect("penni runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// A user error: exit code 1, one `error:` line, no panic.
+fn assert_clean_failure(o: &Output, expect: &str) {
+    let t = text(o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("error:") && t.contains(expect), "expected '{expect}' in: {t}");
+    assert!(!t.contains("panicked"), "{t}");
+}
+
+#[test]
+fn inspect_prints_the_resnet18_totals() {
+    let o = run(&["inspect", "resnet18"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("11.17M parameters (11173962)"), "{t}");
+    assert!(t.contains("556.") || t.contains("0.56G"), "{t}");
+    assert!(t.contains("layer4.1.2.conv"), "{t}");
+    let json = run(&["inspect", "resnet20", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["totals"]["params_all"], 272474);
+}
+
+#[test]
+fn bad_inputs_are_one_clear_error_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.penni");
+    std::fs::write(&garbage, b"this is not a model at all").unwrap();
+    assert_clean_failure(&run(&["inspect", garbage.to_str().unwrap()]), "garbage.penni");
+    assert_clean_failure(&run(&["eval", "--model", "/nonexistent/model.penni"]), "/nonexistent/model.penni");
+    let out = dir.path().join("m.penni");
+    assert_clean_failure(
+        &run(&["train", "--model", "resnet20", "--data-dir", "/nonexistent/data", "--out", out.to_str().unwrap()]),
+        "/nonexistent/data",
+    );
+    assert!(!out.exists(), "no output file after a failure");
+    assert_clean_failure(&run(&["inspect", "alexnet"]), "alexnet");
+    assert_clean_failure(&run(&["inspect", "resnet20", "--input", "3x32"]), "3x32x32");
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[retrain]\nepochs = -3\n").unwrap();
+    let model = dir.path().join("z.penni");
+    let o = run(&["train", "--model", "resnet20", "--width", "0.25", "--train-subset", "64", "--test-subset", "32", "--epochs", "1", "--batch-size", "32", "--out", model.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_clean_failure(&run(&["compress", "--model", model.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "--out", "x.penni"]), "epochs");
+    assert_clean_failure(&run(&["train", "--model", "resnet20", "--lr=-1", "--train-subset", "64", "--out", out.to_str().unwrap()]), "learning rate");
+}
+
+fn load(p: &Path) -> penni_model::Model {
+    penni_model::load(p).unwrap()
+}
+
+/// Starts `args`, waits until `ready` exists plus a moment, then kills the process with SIGKILL.
+fn kill_when(args: &[String], ready: &Path, extra_wait: Duration) {
+    let mut child = penni().args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let start = Instant::now();
+    while !ready.exists() {
+        assert!(start.elapsed() < Duration::from_secs(600), "{} never appeared", ready.display());
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the run ended ({status}) before it could be killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(extra_wait);
+    child.kill().unwrap(); // SIGKILL: no chance to clean up
+    child.wait().unwrap();
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn train_killed_mid_epoch_resumes_to_the_uninterrupted_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = |out: &PathBuf| {
+        strings(&[
+            "train", "--model", "resnet20", "--width", "0.25", "--train-subset", "1024", "--test-subset", "128",
+            "--epochs", "3", "--batch-size", "64", "--seed", "3", "--out", out.to_str().unwrap(),
+        ])
+    };
+    let whole = dir.path().join("whole.penni");
+    let o = penni().args(base(&whole)).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+
+    let killed = dir.path().join("killed.penni");
+    let run_dir = PathBuf::from(format!("{}.run", killed.display()));
+    // killed during the second epoch, after the first checkpoint was written
+    kill_when(&base(&killed), &run_dir.join("checkpoint.penni"), Duration::from_millis(300));
+    assert!(!killed.exists(), "the killed run must not leave an output model");
+    let mut resume = base(&killed);
+    resume.push("--resume".into());
+    let o = penni().args(&resume).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(load(&killed), load(&whole), "resumed training differs from the uninterrupted run");
+    let log = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    assert!(log.lines().count() >= 3, "{log}");
+}
+
+#[test]
+fn compress_killed_mid_run_resumes_to_the_uninterrupted_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("dense.penni");
+    let o = run(&[
+        "train", "--model", "resnet20", "--width", "0.25", "--train-subset", "512", "--test-subset", "128",
+        "--epochs", "1", "--batch-size", "64", "--out", model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[retrain]\nepochs = 2\nbatch_size = 64\n[finetune]\nepochs = 2\nbatch_size = 64\n").unwrap();
+    let args = |out: &PathBuf| {
+        strings(&[
+            "compress", "--model", model.to_str().unwrap(), "--train-subset", "512", "--test-subset", "128",
+            "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(),
+        ])
+    };
+    let whole = dir.path().join("whole.penni");
+    let o = penni().args(args(&whole)).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("shrink"), "{}", text(&o));
+
+    let killed = dir.path().join("killed.penni");
+    let run_dir = PathBuf::from(format!("{}.run", killed.display()));
+    // killed inside the retraining phase, after its first epoch checkpoint
+    kill_when(&args(&killed), &run_dir.join("retrain").join("checkpoint.penni"), Duration::from_millis(200));
+    assert!(!killed.exists());
+    let o = penni().args(args(&killed)).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(load(&killed), load(&whole), "resumed compression differs from the uninterrupted run");
+    for f in ["report.txt", "report.json", "report.svg"] {
+        assert!(run_dir.join(f).exists(), "{f} missing");
+    }
+}
+
+#[test]
+fn convert_round_trips_through_onnx() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.penni");
+    let o = run(&["train", "--model", "resnet20", "--width", "0.25", "--train-subset", "64", "--test-subset", "32", "--epochs", "1", "--batch-size", "32", "--out", model.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let onnx = dir.path().join("m.onnx");
+    assert!(run(&["convert", model.to_str().unwrap(), onnx.to_str().unwrap()]).status.success());
+    let back = dir.path().join("back.penni");
+    assert!(run(&["convert", onnx.to_str().unwrap(), back.to_str().unwrap()]).status.success());
+    assert_eq!(load(&back), load(&model));
+    let o = run(&["inspect", onnx.to_str().unwrap()]);
+    assert!(o.status.success() && text(&o).contains("total:"), "{}", text(&o));
+}
