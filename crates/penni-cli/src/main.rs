@@ -3,6 +3,7 @@
 mod common;
 mod compress_cmd;
 mod demo;
+mod engine_cmd;
 mod inspect;
 mod train_cmd;
 
@@ -28,6 +29,12 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Compress a trained model with PENNI: decompose, sparse retraining, prune, fine-tune, shrink.
     Compress(compress_cmd::CompressArgs),
+    /// Run a model on .npy or PNG inputs with the inference engine; prints the top classes.
+    Infer(engine_cmd::InferArgs),
+    /// Latency (median, p90), throughput and memory of the inference engine on a model.
+    Bench(engine_cmd::BenchArgs),
+    /// Time per layer (planned step) of the inference engine on a model.
+    Profile(engine_cmd::ProfileArgs),
     /// Convert a model between .penni and .onnx (by file extension).
     Convert(ConvertArgs),
     /// Set up and run the built-in example end to end on a Fashion-MNIST subset.
@@ -94,6 +101,9 @@ fn main() {
         Command::Inspect(a) => inspect::run(a),
         Command::Compress(a) => compress_cmd::run(a),
         Command::Convert(a) => convert(a),
+        Command::Infer(a) => engine_cmd::infer(a),
+        Command::Bench(a) => engine_cmd::bench(a),
+        Command::Profile(a) => engine_cmd::profile(a),
         Command::Demo(a) => demo::run(a),
     };
     if let Err(e) = result {

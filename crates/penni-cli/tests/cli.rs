@@ -162,3 +162,41 @@ fn convert_round_trips_through_onnx() {
     let o = run(&["inspect", onnx.to_str().unwrap()]);
     assert!(o.status.success() && text(&o).contains("total:"), "{}", text(&o));
 }
+
+#[test]
+fn infer_classifies_png_images_and_writes_scores() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m.penni");
+    let o = run(&["train", "--model", "resnet20", "--width", "0.25", "--train-subset", "256", "--test-subset", "32", "--epochs", "1", "--batch-size", "32", "--out", model.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let mut images = vec![];
+    for k in 0..2u8 {
+        let path = dir.path().join(format!("img{k}.png"));
+        let f = std::fs::File::create(&path).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(f), 28, 28);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let pixels: Vec<u8> = (0..28 * 28).map(|i| ((i as u8).wrapping_mul(13)).wrapping_add(k * 60)).collect();
+        enc.write_header().unwrap().write_image_data(&pixels).unwrap();
+        images.push(path);
+    }
+    let scores = dir.path().join("scores.npy");
+    let mut args = vec!["infer".to_string(), "--model".into(), model.to_str().unwrap().into(), "--input".into()];
+    args.extend(images.iter().map(|p| p.to_str().unwrap().to_string()));
+    args.extend(["--output".into(), scores.to_str().unwrap().into(), "--top-k".into(), "2".into()]);
+    let o = penni().args(&args).output().unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    // Fashion-MNIST class names come from the model file
+    let names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+    assert!(t.contains("img0.png:") && names.iter().any(|n| t.contains(n)), "{t}");
+    let (shape, _) = penni_onnx::npy::read_f32(&std::fs::read(&scores).unwrap()).unwrap();
+    assert_eq!(shape, vec![2, 10]);
+    // a wrong-size image is a clear error
+    let big = dir.path().join("big.png");
+    let f = std::fs::File::create(&big).unwrap();
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(f), 30, 30);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.write_header().unwrap().write_image_data(&[0u8; 900]).unwrap();
+    assert_clean_failure(&run(&["infer", "--model", model.to_str().unwrap(), "--input", big.to_str().unwrap()]), "big.png");
+}

@@ -293,15 +293,14 @@ impl Model {
                 message: format!("not a parameter of {}", node.op.kind()),
             });
         }
-        if let Op::BatchNorm2d { .. } = node.op {
-            if node.params["running_var"].data.iter().any(|v| *v < 0.0) {
+        if let Op::BatchNorm2d { .. } = node.op
+            && node.params["running_var"].data.iter().any(|v| *v < 0.0) {
                 return Err(ModelError::Param {
                     node: node.name.clone(),
                     param: "running_var".into(),
                     message: "negative variance".into(),
                 });
             }
-        }
         Ok(())
     }
 
@@ -384,7 +383,7 @@ fn conv_out(node: &Node, input: Shape, in_ch: usize, out_ch: usize, kernel: [usi
     if c != in_ch {
         return Err(shape_err(node, format!("expects {in_ch} input channels, got {c}")));
     }
-    if in_ch % groups != 0 || out_ch % groups != 0 {
+    if !in_ch.is_multiple_of(groups) || !out_ch.is_multiple_of(groups) {
         return Err(shape_err(node, format!("groups {groups} must divide in ({in_ch}) and out ({out_ch}) channels")));
     }
     let oh = window_out(h, kernel[0], stride[0], padding[0], padding[2], dilation[0], false);
@@ -396,11 +395,10 @@ fn conv_out(node: &Node, input: Shape, in_ch: usize, out_ch: usize, kernel: [usi
 }
 
 pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
-    if let Some(n) = node.op.expected_inputs() {
-        if ins.len() != n {
+    if let Some(n) = node.op.expected_inputs()
+        && ins.len() != n {
             return Err(shape_err(node, format!("expects {n} input(s), got {}", ins.len())));
         }
-    }
     match &node.op {
         Op::Conv2d(c) => conv_out(node, ins[0], c.in_channels, c.out_channels, c.kernel, c.stride, c.padding, c.dilation, c.groups),
         Op::DecomposedConv2d(c) => {
@@ -430,7 +428,8 @@ pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
             let (c, h, w) = expect_map(node, ins[0])?;
             positive(node, "kernel", &p.kernel)?;
             positive(node, "stride", &p.stride)?;
-            if p.padding[0] >= p.kernel[0] + 1 || p.padding[1] >= p.kernel[1] + 1 {
+            // a window made only of padding has no input to pool
+            if p.padding[0].max(p.padding[2]) >= p.kernel[0] || p.padding[1].max(p.padding[3]) >= p.kernel[1] {
                 return Err(shape_err(node, format!("padding {:?} larger than the kernel {:?}", p.padding, p.kernel)));
             }
             let oh = window_out(h, p.kernel[0], p.stride[0], p.padding[0], p.padding[2], 1, p.ceil_mode);

@@ -1,0 +1,553 @@
+//! Dense convolution as an implicit GEMM on the channel-blocked layout (no im2col buffer).
+//!
+//! A task computes, for a group of OB output-channel blocks (16 channels each, one vector per
+//! pixel), a tile of R row segments of QC consecutive output pixels: R*QC*OB accumulators that
+//! stay in registers while the kernel walks input blocks, kernel taps and the 16 input channels of
+//! a block, broadcasting one input value per pixel against OB packed weight vectors. Segments may
+//! come from any row of any image, so small maps and batches fill the tile as well as large maps.
+//! 1x1 convolutions are the same loop with one tap: a GEMM straight on the activations.
+//! The sum over (input block, tap, channel) always runs in the same order, so the result of every
+//! output does not depend on the variant or the thread that computed it.
+
+use std::array::from_fn;
+
+use penni_model::{Conv2d, DecomposedConv2d};
+
+use crate::arena::AVec;
+use crate::error::EngineError;
+use crate::plan::{Act, ActV, Ctx, MapLay, ValId};
+use crate::simd::{L, Simd, isa_dispatch};
+
+/// A run of QC output pixels in one row; the first `skip` are stored by another segment (the
+/// last segment of a row is shifted left to stay inside the row). `skip == QC` stores nothing.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Seg {
+    pub img: u32,
+    pub oy: u32,
+    pub ox: u32,
+    pub skip: u32,
+}
+
+/// Cuts every output row of every image into segments of `qc` pixels and pads the list to a
+/// multiple of `r` segments with segments that store nothing.
+pub(crate) fn segments(batch: usize, h: usize, w: usize, qc: usize, r: usize) -> Vec<Seg> {
+    let mut segs = Vec::new();
+    for img in 0..batch {
+        for oy in 0..h {
+            let mut ox = 0;
+            while ox < w {
+                let start = ox.min(w - qc);
+                segs.push(Seg {
+                    img: img as u32,
+                    oy: oy as u32,
+                    ox: start as u32,
+                    skip: (ox - start) as u32,
+                });
+                ox += qc;
+            }
+        }
+    }
+    let last = *segs.last().unwrap_or(&Seg {
+        img: 0,
+        oy: 0,
+        ox: 0,
+        skip: 0,
+    });
+    while segs.len() % r != 0 {
+        segs.push(Seg { skip: qc as u32, ..last });
+    }
+    segs
+}
+
+/// Register tiles (output blocks OB, segments R, pixels per segment QC): R*QC*OB accumulators.
+const VARIANTS: &[(usize, usize, usize)] = &[
+    (1, 3, 8),
+    (1, 6, 4),
+    (1, 12, 2),
+    (1, 16, 1),
+    (1, 4, 4),
+    (2, 3, 4),
+    (2, 6, 2),
+    (2, 12, 1),
+    (2, 2, 4),
+    (4, 1, 6),
+    (4, 2, 3),
+    (4, 3, 2),
+    (4, 6, 1),
+    (4, 1, 4),
+];
+
+/// How many taps ahead the weights are prefetched (a tap is 16 x OB cache lines).
+const PREFETCH_TAPS: usize = 8;
+
+/// Bytes of one group's weights a task keeps in L2 while it runs all its tiles over them
+/// (larger groups are split along the input channels: K-blocking).
+const KCHUNK_BYTES: usize = 256 * 1024;
+
+/// Picks the register tile with the least estimated time: wasted pixels (segments shifted or
+/// padded), the load/FMA balance of the tile, the weight traffic from L2 and how evenly the
+/// tasks spread over the threads.
+pub(crate) fn choose_tile(
+    nb: usize,
+    h: usize,
+    w: usize,
+    batch: usize,
+    sx: usize,
+    steps: usize,
+    threads: usize,
+    max_ob: usize,
+) -> (usize, usize, usize) {
+    // weights that do not fit in L2 stream from L3 (about 10 bytes per cycle and core) on the
+    // first tile of every K-chunk; the other tiles of the task re-read them from L2
+    let from_l3 = nb * L * steps * 4 > 1536 * 1024;
+    let mut best = (f64::INFINITY, (1, 16, 1));
+    for &(ob, r, qc) in VARIANTS {
+        if ob > max_ob || (qc > 1 && (sx > 2 || qc > w)) {
+            continue;
+        }
+        let segs = batch * h * w.div_ceil(qc);
+        let tiles = segs.div_ceil(r);
+        let groups = nb.div_ceil(ob);
+        let p = r * qc;
+        let spill = if r > 10 { r / 2 } else { 0 };
+        let per_step = f64::max((ob * p) as f64 / 2.0, (ob + p + spill) as f64 / 2.5).max((ob * 64) as f64 / 32.0);
+        let chunks = (4 * threads).div_ceil(groups).clamp(1, tiles.max(1));
+        let per_task = tiles.div_ceil(chunks) as f64;
+        let first = if from_l3 { (128.0 / p as f64 / 10.0).max(1.0) } else { 1.0 };
+        let task = per_step * steps as f64 * (per_task - 1.0 + first);
+        let rounds = (groups * chunks).div_ceil(threads.max(1)) as f64;
+        let t = rounds * task * (1.0 + 0.02 * ob as f64).recip();
+        if t < best.0 {
+            best = (t, (ob, r, qc));
+        }
+    }
+    best.1
+}
+
+pub(crate) struct ConvGroup {
+    ob0: usize,
+    /// Output blocks of this group that exist (the last group may be partial).
+    nvalid: usize,
+    /// Offsets (floats) of every (input block, ky, kx) from a pixel's receptive-field origin.
+    taps: Vec<isize>,
+    w_off: usize,
+    /// Ranges of `taps` whose weights fit in L2 together (one range if the group is small).
+    kchunks: Vec<(usize, usize)>,
+}
+
+/// The hyper-parameters of a convolution, dense or (reconstructed) decomposed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 4],
+    pub dilation: [usize; 2],
+    pub groups: usize,
+}
+
+impl From<&Conv2d> for ConvSpec {
+    fn from(c: &Conv2d) -> Self {
+        ConvSpec {
+            in_channels: c.in_channels,
+            out_channels: c.out_channels,
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+            dilation: c.dilation,
+            groups: c.groups,
+        }
+    }
+}
+
+impl From<&DecomposedConv2d> for ConvSpec {
+    fn from(c: &DecomposedConv2d) -> Self {
+        ConvSpec {
+            in_channels: c.in_channels,
+            out_channels: c.out_channels,
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+            dilation: c.dilation,
+            groups: c.groups,
+        }
+    }
+}
+
+pub(crate) struct ConvStep {
+    x: ValId,
+    y: ValId,
+    res: Vec<ValId>,
+    act: Act,
+    xl: MapLay,
+    yl: MapLay,
+    rl: Vec<MapLay>,
+    stride: [usize; 2],
+    kernel: [usize; 2],
+    icn: usize,
+    /// Weights larger than L2: prefetch them a few taps ahead (one core's sequential stream
+    /// from memory is otherwise latency-bound).
+    prefetch: bool,
+    ob: usize,
+    r: usize,
+    qc: usize,
+    groups: Vec<ConvGroup>,
+    weights: AVec,
+    bias: AVec,
+    segs: Vec<Seg>,
+    tiles: usize,
+    chunks: usize,
+    row0: isize,
+    col0: isize,
+    batch: usize,
+    pub macs: u64,
+}
+
+/// Most residual inputs an epilogue adds.
+pub(crate) const MAX_RES: usize = 3;
+
+impl ConvStep {
+    /// Packs `weight` (N x C/groups x kh x kw), scaled per output channel by `scale`, and the
+    /// bias `scale*b + shift`, for input layout `xl` and output layout `yl`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: &str,
+        c: &ConvSpec,
+        w: &[f32],
+        b: Option<&[f32]>,
+        scale: &[f64],
+        shift: &[f64],
+        x: ValId,
+        xl: MapLay,
+        y: ValId,
+        yl: MapLay,
+        res: Vec<ValId>,
+        rl: Vec<MapLay>,
+        act: Act,
+        batch: usize,
+        threads: usize,
+    ) -> Result<ConvStep, EngineError> {
+        let unsupported = |m: String| EngineError::Unsupported {
+            node: name.to_string(),
+            message: m,
+        };
+        if res.len() > MAX_RES {
+            return Err(unsupported(format!("more than {MAX_RES} residual inputs")));
+        }
+        for k in 0..4 {
+            if xl.pad[k] < c.padding[k] {
+                return Err(EngineError::Internal(format!(
+                    "'{name}': input storage has less padding than the convolution"
+                )));
+            }
+        }
+        let (n_out, n_in, g) = (c.out_channels, c.in_channels, c.groups);
+        let (cg, og) = (n_in / g, n_out / g);
+        let (kh, kw) = (c.kernel[0], c.kernel[1]);
+        let nb = n_out.div_ceil(L);
+        let nib = n_in.div_ceil(L);
+        // a single narrow input block (an RGB stem): loop over its real channels only
+        let icn = if n_in < L { n_in } else { L };
+        let ntaps_avg = if g == 1 {
+            nib * kh * kw
+        } else {
+            (cg.div_ceil(L) + 1).min(nib) * kh * kw
+        };
+        let (ob, r, qc) = choose_tile(nb, yl.h, yl.w, batch, c.stride[1], ntaps_avg * icn, threads, 4);
+        let ws = xl.ws() as isize;
+
+        let mut groups = Vec::new();
+        let mut packed: Vec<f32> = Vec::new();
+        let mut ob0 = 0;
+        while ob0 < nb {
+            let nvalid = ob.min(nb - ob0);
+            // input blocks that any output channel of the group reads
+            let (mut lo, mut hi) = (usize::MAX, 0usize);
+            for oc in ob0 * L..((ob0 + nvalid) * L).min(n_out) {
+                let gi = oc / og;
+                lo = lo.min(gi * cg / L);
+                hi = hi.max(((gi + 1) * cg).div_ceil(L));
+            }
+            let w_off = packed.len();
+            let mut taps = Vec::new();
+            for ib in lo..hi {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        taps.push(
+                            (ib * xl.plane()) as isize + ((ky * c.dilation[0]) as isize * ws + (kx * c.dilation[1]) as isize) * L as isize,
+                        );
+                        for ic in 0..icn {
+                            for o in 0..ob {
+                                for lane in 0..L {
+                                    let oc = (ob0 + o) * L + lane;
+                                    let ci = ib * L + ic;
+                                    let v = if o < nvalid && oc < n_out && ci < n_in && ci / cg == oc / og {
+                                        let idx = ((oc * cg + ci % cg) * kh + ky) * kw + kx;
+                                        (w[idx] as f64 * scale[oc]) as f32
+                                    } else {
+                                        0.0
+                                    };
+                                    packed.push(v);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let per = (KCHUNK_BYTES / (icn * ob * L * 4)).max(1);
+            let kchunks = (0..taps.len()).step_by(per).map(|k| (k, (k + per).min(taps.len()))).collect();
+            groups.push(ConvGroup {
+                ob0,
+                nvalid,
+                taps,
+                w_off,
+                kchunks,
+            });
+            ob0 += ob;
+        }
+        let mut bias = vec![0f32; groups.len() * ob * L];
+        for oc in 0..n_out {
+            bias[oc] = (b.map_or(0.0, |b| b[oc] as f64) * scale[oc] + shift[oc]) as f32;
+        }
+        let segs = segments(batch, yl.h, yl.w, qc, r);
+        let tiles = segs.len() / r;
+        let chunks = (4 * threads).div_ceil(groups.len()).clamp(1, tiles.max(1));
+        let macs = (n_out * cg * kh * kw * yl.h * yl.w * batch) as u64;
+        Ok(ConvStep {
+            x,
+            y,
+            res,
+            act,
+            xl,
+            yl,
+            rl,
+            stride: c.stride,
+            kernel: c.kernel,
+            icn,
+            prefetch: packed.len() * 4 > 1536 * 1024 && tiles <= 16,
+            ob,
+            r,
+            qc,
+            groups,
+            weights: AVec::from_slice(&packed),
+            bias: AVec::from_slice(&bias),
+            segs,
+            tiles,
+            chunks,
+            row0: xl.pad[0] as isize - c.padding[0] as isize,
+            col0: xl.pad[1] as isize - c.padding[1] as isize,
+            batch,
+            macs,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "conv {}x{} s{} {}->{} [ob{} {}x{}]",
+            self.kernel[0], self.kernel[1], self.stride[0], self.xl.c, self.yl.c, self.ob, self.r, self.qc
+        )
+    }
+
+    pub fn weight_floats(&self) -> usize {
+        self.weights.len() + self.bias.len()
+    }
+
+    pub fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
+        crate::ops::zero_borders(ctx, self.y, self.batch);
+        let n = self.groups.len() * self.chunks;
+        ctx.par(n, &|t, _| {
+            let (g, c) = (t / self.chunks, t % self.chunks);
+            let (t0, t1) = (c * self.tiles / self.chunks, (c + 1) * self.tiles / self.chunks);
+            run_tiles(ctx.isa, self, ctx, g, t0, t1);
+        })
+    }
+}
+
+isa_dispatch!(fn run_tiles => tiles_dyn(st: &ConvStep, ctx: &Ctx, g: usize, t0: usize, t1: usize));
+
+#[inline(always)]
+unsafe fn tiles_dyn<S: Simd>(st: &ConvStep, ctx: &Ctx, g: usize, t0: usize, t1: usize) {
+    let sx = if st.qc > 1 { st.stride[1] } else { 1 };
+    macro_rules! go {
+        ($(($ob:literal, $r:literal, $qc:literal, $sx:literal)),*) => {
+            match (st.ob, st.r, st.qc, sx) {
+                $(($ob, $r, $qc, $sx) => unsafe { tiles::<S, $ob, $r, $qc, $sx>(st, ctx, g, t0, t1) },)*
+                _ => unreachable!("conv variant {:?}", (st.ob, st.r, st.qc, sx)),
+            }
+        };
+    }
+    go!(
+        (1, 3, 8, 1),
+        (1, 3, 8, 2),
+        (1, 6, 4, 1),
+        (1, 6, 4, 2),
+        (1, 12, 2, 1),
+        (1, 12, 2, 2),
+        (1, 16, 1, 1),
+        (1, 4, 4, 1),
+        (1, 4, 4, 2),
+        (2, 3, 4, 1),
+        (2, 3, 4, 2),
+        (2, 6, 2, 1),
+        (2, 6, 2, 2),
+        (2, 12, 1, 1),
+        (2, 2, 4, 1),
+        (2, 2, 4, 2),
+        (4, 1, 6, 1),
+        (4, 1, 6, 2),
+        (4, 2, 3, 1),
+        (4, 2, 3, 2),
+        (4, 3, 2, 1),
+        (4, 3, 2, 2),
+        (4, 6, 1, 1),
+        (4, 1, 4, 1),
+        (4, 1, 4, 2)
+    )
+}
+
+#[inline(always)]
+unsafe fn tiles<S: Simd, const OB: usize, const R: usize, const QC: usize, const SX: usize>(
+    st: &ConvStep,
+    ctx: &Ctx,
+    g: usize,
+    t0: usize,
+    t1: usize,
+) {
+    unsafe {
+        let grp = &st.groups[g];
+        let xb = ctx.ptr(st.x) as *const f32;
+        let yb = ctx.ptr(st.y);
+        let (xl, yl) = (&st.xl, &st.yl);
+        let (x_img, ws) = (xl.img() as isize, xl.ws() as isize);
+        let (sy, sx) = (st.stride[0] as isize, st.stride[1] as isize);
+        let w0 = st.weights.ptr().add(grp.w_off);
+        let bias = st.bias.ptr().add(grp.ob0 * L);
+        let act = ActV::<S>::new(st.act);
+        let nres = st.res.len();
+        let rb: [*const f32; MAX_RES] = from_fn(|k| {
+            if k < nres {
+                ctx.ptr(st.res[k]) as *const f32
+            } else {
+                std::ptr::null()
+            }
+        });
+        let bv: [S::V; OB] = from_fn(|o| S::load(bias.add(o * L)));
+        let nk = grp.kchunks.len();
+        let step_floats = st.icn * OB * L;
+        // K-blocking: every tile of the task runs over one chunk of the weights (which then
+        // stays in L2) before the next chunk; partial sums wait in the output buffer
+        for (ki, &(k0, k1)) in grp.kchunks.iter().enumerate() {
+            let (first, last) = (ki == 0, ki + 1 == nk);
+            let taps = &grp.taps[k0..k1];
+            let wk = w0.add(k0 * step_floats);
+            for tile in t0..t1 {
+                let segs = &st.segs[tile * R..tile * R + R];
+                let xs: [*const f32; R] = from_fn(|r| {
+                    let s = segs[r];
+                    xb.offset(s.img as isize * x_img + ((s.oy as isize * sy + st.row0) * ws + s.ox as isize * sx + st.col0) * L as isize)
+                });
+                let yp: [*mut f32; R] = from_fn(|r| {
+                    let s = segs[r];
+                    yb.add(s.img as usize * yl.img() + grp.ob0 * yl.plane() + yl.at(s.oy as usize, s.ox as usize))
+                });
+                let mut acc = [[bv; QC]; R];
+                if !first {
+                    for r in 0..R {
+                        for q in 0..QC {
+                            for o in 0..OB {
+                                if o < grp.nvalid {
+                                    acc[r][q][o] = S::load(yp[r].add(q * L + o * yl.plane()));
+                                }
+                            }
+                        }
+                    }
+                }
+                let mut wp = wk;
+                let wend = w0.add(grp.taps.len() * step_floats);
+                for &t in taps {
+                    if st.prefetch {
+                        let pf = wp.wrapping_add(PREFETCH_TAPS * step_floats);
+                        if pf < wend {
+                            for l in 0..st.icn * OB {
+                                S::prefetch(pf.add(l * L));
+                            }
+                        }
+                    }
+                    let xt: [*const f32; R] = from_fn(|r| xs[r].offset(t));
+                    for ic in 0..st.icn {
+                        let wv: [S::V; OB] = from_fn(|o| S::load(wp.add((ic * OB + o) * L)));
+                        for r in 0..R {
+                            for q in 0..QC {
+                                let xv = S::splat(*xt[r].add(q * SX * L + ic));
+                                for o in 0..OB {
+                                    acc[r][q][o] = S::fma(xv, wv[o], acc[r][q][o]);
+                                }
+                            }
+                        }
+                    }
+                    wp = wp.add(step_floats);
+                }
+                // Spill the accumulators once with constant indices (the epilogue's data-dependent
+                // loops would otherwise make the compiler keep `acc` in memory inside the hot loop).
+                let mut buf = std::mem::MaybeUninit::<[[[S::V; OB]; QC]; R]>::uninit();
+                let bp = buf.as_mut_ptr() as *mut S::V;
+                for r in 0..R {
+                    for q in 0..QC {
+                        for o in 0..OB {
+                            bp.add((r * QC + q) * OB + o).write(acc[r][q][o]);
+                        }
+                    }
+                }
+                // epilogue: residuals, activation, store (or the partial sums of a chunk)
+                for (r, s) in segs.iter().enumerate() {
+                    if s.skip as usize >= QC {
+                        continue;
+                    }
+                    let (img, oy, ox) = (s.img as usize, s.oy as usize, s.ox as usize);
+                    let rp: [*const f32; MAX_RES] = from_fn(|k| {
+                        if k < nres && last {
+                            let l = &st.rl[k];
+                            rb[k].add(img * l.img() + grp.ob0 * l.plane() + l.at(oy, ox))
+                        } else {
+                            std::ptr::null()
+                        }
+                    });
+                    for q in s.skip as usize..QC {
+                        for o in 0..grp.nvalid {
+                            let mut v = *bp.add((r * QC + q) * OB + o);
+                            if last {
+                                for k in 0..nres {
+                                    v = S::add(v, S::load(rp[k].add(q * L + o * st.rl[k].plane())));
+                                }
+                                v = act.apply(v);
+                            }
+                            S::store(yp[r].add(q * L + o * yl.plane()), v);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_cover_every_pixel_once() {
+        for (b, h, w, qc, r) in [(2, 3, 7, 4, 3), (1, 4, 4, 8, 2), (1, 1, 1, 1, 16), (3, 5, 9, 2, 6)] {
+            let qc = qc.min(w);
+            let segs = segments(b, h, w, qc, r);
+            assert_eq!(segs.len() % r, 0);
+            let mut hit = vec![0; b * h * w];
+            for s in &segs {
+                for q in s.skip as usize..qc {
+                    hit[(s.img as usize * h + s.oy as usize) * w + s.ox as usize + q] += 1;
+                }
+            }
+            assert!(hit.iter().all(|&c| c == 1), "{b} {h} {w} {qc} {r}");
+        }
+    }
+}

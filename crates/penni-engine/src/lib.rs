@@ -1,0 +1,120 @@
+//! penni-engine: a pure-Rust CPU inference engine for penni IR models, dense and
+//! PENNI-decomposed.
+//!
+//! ```no_run
+//! use penni_engine::{EngineOptions, Plan};
+//! let model = penni_model::zoo::build("resnet20", &Default::default()).unwrap();
+//! let mut plan = Plan::new(&model, 1, &EngineOptions::default()).unwrap();
+//! let logits = plan.run(&vec![0.0; 3 * 32 * 32]).unwrap();
+//! assert_eq!(logits.len(), 10);
+//! ```
+//!
+//! How it works. [`Plan::new`] compiles the graph once per batch size:
+//! - batchnorm is folded into the preceding convolution (for a decomposed convolution the
+//!   per-channel scale multiplies the coefficient rows and the shift becomes a bias); ReLU/Clip
+//!   chains become one clamp in the producer's epilogue; a residual add whose operand comes from
+//!   a convolution is added in that convolution's epilogue, before the activation;
+//! - two backends, chosen per model. Mostly-dense models use a channel-blocked layout (16
+//!   channels per pixel vector, one AVX-512 register, zero borders sized for the consumers'
+//!   padding) and an implicit-GEMM convolution with a register tile and K-blocking chosen per
+//!   layer (1x1 convolutions are a plain GEMM on the activations, no im2col). Mostly-decomposed
+//!   (PENNI) models use planar NCHW maps and kernels vectorised over 16 pixels: the basis stage
+//!   reads shifted pixel vectors of one channel with per-tap lane masks (no padding), the
+//!   combination is a CSR sparse matrix times pixel rows, nothing is transposed and dead
+//!   channels and bases cost nothing;
+//! - decomposed convolutions run in one of four dataflows picked per layer, see [`Strategy`];
+//! - a large batch runs as micro-batches (the whole network on a few images at a time) so that
+//!   activations stay in cache, unless the weights are the bigger stream;
+//! - every buffer and kernel scratch is placed in one arena by liveness;
+//! - work is split into tasks over a spinning thread pool (steps of a few microseconds stay on
+//!   one thread); each output value is computed in a fixed order, so results do not depend on
+//!   the thread count.
+//!
+//! Kernels are compiled for AVX-512 and for a portable fallback, chosen at run time.
+
+// Kernels index fixed-size register tiles with constant-bound loops on purpose (that is what
+// keeps the accumulators in registers), and kernel entry points take many geometric arguments.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
+mod arena;
+mod bench;
+mod conv;
+mod decomp;
+mod error;
+mod ops;
+mod plan;
+mod planar;
+mod pool;
+mod simd;
+
+pub use bench::{BenchReport, bench, peak_rss_bytes, pseudo_random_input};
+pub use error::EngineError;
+pub use plan::{EngineOptions, LayerTiming, Plan, Strategy};
+
+#[doc(hidden)]
+pub mod testing {
+    //! Hooks for this crate's own tests: plan with the portable kernels.
+    use crate::{EngineError, EngineOptions, Plan};
+
+    /// A plan that runs the portable kernels instead of the detected ISA's.
+    pub fn plan_fallback(model: &penni_model::Model, batch: usize, opts: &EngineOptions) -> Result<Plan, EngineError> {
+        Plan::with_isa(model, batch, opts, crate::simd::Isa::Fallback)
+    }
+
+    /// A plan on a forced backend (planar or channel-blocked) and, for the blocked backend's
+    /// basis-first layers, a forced combination orientation (over output channels or pixels).
+    pub fn plan_backend(
+        model: &penni_model::Model,
+        batch: usize,
+        opts: &EngineOptions,
+        planar: bool,
+        blocked_combination: Option<bool>,
+    ) -> Result<Plan, EngineError> {
+        Plan::with_knobs(
+            model,
+            batch,
+            opts,
+            crate::plan::Knobs {
+                isa: crate::simd::Isa::detect(),
+                blocked_combination,
+                planar: Some(planar),
+                micro_batch: None,
+            },
+        )
+    }
+
+    /// A plan that runs its batch in micro-batches of `micro` images (a divisor of the batch).
+    pub fn plan_micro(model: &penni_model::Model, batch: usize, opts: &EngineOptions, micro: usize) -> Result<Plan, EngineError> {
+        Plan::with_knobs(
+            model,
+            batch,
+            opts,
+            crate::plan::Knobs {
+                isa: crate::simd::Isa::detect(),
+                blocked_combination: None,
+                planar: None,
+                micro_batch: Some(micro),
+            },
+        )
+    }
+
+    /// Like `plan_backend`, with the portable kernels.
+    pub fn plan_backend_fallback(
+        model: &penni_model::Model,
+        batch: usize,
+        opts: &EngineOptions,
+        planar: bool,
+    ) -> Result<Plan, EngineError> {
+        Plan::with_knobs(
+            model,
+            batch,
+            opts,
+            crate::plan::Knobs {
+                isa: crate::simd::Isa::Fallback,
+                blocked_combination: None,
+                planar: Some(planar),
+                micro_batch: None,
+            },
+        )
+    }
+}

@@ -1,0 +1,336 @@
+//! Kernel tests: single-layer models with random shapes (strides 1-3, asymmetric padding,
+//! dilation, odd sizes, groups, kernels 1-5, 1-9 bases, any coefficient density) through the
+//! engine, compared with the reference forward pass. Every case also picks a backend and, for
+//! decomposed layers, a strategy at random, so each kernel variant meets odd shapes.
+mod common;
+use std::collections::BTreeMap;
+
+use common::*;
+use penni_engine::{EngineOptions, Strategy};
+use penni_model::zoo::{GraphBuilder, InitRng};
+use penni_model::{Conv2d, DecomposedConv2d, Input, Model, Op, Pool2d, Tensor};
+use proptest::prelude::*;
+use proptest::strategy::Strategy as _;
+
+const TOL: f64 = 1e-4;
+
+fn randn(rng: &mut InitRng, shape: Vec<usize>, std: f32) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::new(shape, (0..n).map(|_| rng.normal() * std).collect()).unwrap()
+}
+
+fn bn_params(rng: &mut InitRng, c: usize) -> BTreeMap<String, Tensor> {
+    let mut u = |lo: f32, hi: f32| Tensor::new(vec![c], (0..c).map(|_| lo + (hi - lo) * rng.uniform()).collect()).unwrap();
+    BTreeMap::from([
+        ("weight".into(), u(0.5, 1.5)),
+        ("bias".into(), u(-0.5, 0.5)),
+        ("running_mean".into(), u(-0.5, 0.5)),
+        ("running_var".into(), u(0.5, 2.0)),
+    ])
+}
+
+#[derive(Debug, Clone)]
+struct ConvCase {
+    cg: usize,
+    og: usize,
+    groups: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    padding: [usize; 4],
+    h: usize,
+    w: usize,
+    batch: usize,
+    bias: bool,
+    /// 0 none, 1 batchnorm, 2 batchnorm + relu, 3 clip, 4 residual add of a twin conv + relu
+    tail: usize,
+    /// decomposed: number of bases and fraction of non-zero coefficients
+    bases: usize,
+    density: f64,
+    planar: bool,
+    strategy: usize,
+    seed: u64,
+}
+
+fn conv_case() -> impl proptest::strategy::Strategy<Value = ConvCase> {
+    (
+        (1..6usize, 1..6usize, 1..4usize),
+        (
+            [1..6usize, 1..6usize],
+            [1..4usize, 1..4usize],
+            [1..3usize, 1..3usize],
+            [0..3usize, 0..3usize, 0..3usize, 0..3usize],
+        ),
+        (1..10usize, 1..10usize, 1..4usize, any::<bool>(), 0..5usize),
+        (1..10usize, 0.0..1.0f64, any::<bool>(), 0..5usize, any::<u64>()),
+    )
+        .prop_map(
+            |(
+                (cg, og, groups),
+                (kernel, stride, dilation, padding),
+                (h, w, batch, bias, tail),
+                (bases, density, planar, strategy, seed),
+            )| {
+                // grow the map until the window fits
+                let span = |k: usize, d: usize| (k - 1) * d + 1;
+                let h = h.max(span(kernel[0], dilation[0]).saturating_sub(padding[0] + padding[2]).max(1));
+                let w = w.max(span(kernel[1], dilation[1]).saturating_sub(padding[1] + padding[3]).max(1));
+                // wide enough channel counts now and then, to cross 16-channel blocks
+                let (cg, og) = if seed % 4 == 0 { (cg * 7, og * 5) } else { (cg, og) };
+                ConvCase {
+                    cg,
+                    og,
+                    groups,
+                    kernel,
+                    stride,
+                    dilation,
+                    padding,
+                    h,
+                    w,
+                    batch,
+                    bias,
+                    tail,
+                    bases,
+                    density,
+                    planar,
+                    strategy,
+                    seed,
+                }
+            },
+        )
+}
+
+/// x -> conv (dense or decomposed) -> tail, as a model.
+fn conv_model(cs: &ConvCase, decomposed: bool) -> Model {
+    let mut rng = InitRng::new(cs.seed);
+    let (c, n) = (cs.cg * cs.groups, cs.og * cs.groups);
+    let kk = cs.kernel[0] * cs.kernel[1];
+    let mut b = GraphBuilder::new(
+        "case",
+        Input {
+            name: "x".into(),
+            channels: c,
+            height: cs.h,
+            width: cs.w,
+        },
+        cs.seed,
+    );
+    let conv = |b: &mut GraphBuilder, name: &str, rng: &mut InitRng| -> String {
+        let mut params = BTreeMap::new();
+        if cs.bias {
+            params.insert("bias".into(), randn(rng, vec![n], 0.5));
+        }
+        let std = (1.0 / (cs.cg * kk) as f32).sqrt();
+        let op = if decomposed {
+            params.insert("bases".into(), randn(rng, vec![cs.bases, kk], 1.0));
+            let coefs: Vec<f32> = (0..n * cs.cg * cs.bases)
+                .map(|_| {
+                    if (rng.uniform() as f64) < cs.density {
+                        rng.normal() * std
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            params.insert("coefficients".into(), Tensor::new(vec![n * cs.cg, cs.bases], coefs).unwrap());
+            Op::DecomposedConv2d(DecomposedConv2d {
+                in_channels: c,
+                out_channels: n,
+                kernel: cs.kernel,
+                num_bases: cs.bases,
+                stride: cs.stride,
+                padding: cs.padding,
+                dilation: cs.dilation,
+                groups: cs.groups,
+                bias: cs.bias,
+            })
+        } else {
+            params.insert("weight".into(), randn(rng, vec![n, cs.cg, cs.kernel[0], cs.kernel[1]], std));
+            Op::Conv2d(Conv2d {
+                in_channels: c,
+                out_channels: n,
+                kernel: cs.kernel,
+                stride: cs.stride,
+                padding: cs.padding,
+                dilation: cs.dilation,
+                groups: cs.groups,
+                bias: cs.bias,
+            })
+        };
+        b.push(name, op, &["x"], params)
+    };
+    let y = conv(&mut b, "conv", &mut rng);
+    let out = match cs.tail {
+        1 => b.push("bn", Op::BatchNorm2d { channels: n, eps: 1e-5 }, &[&y], bn_params(&mut rng, n)),
+        2 => {
+            let t = b.push("bn", Op::BatchNorm2d { channels: n, eps: 1e-5 }, &[&y], bn_params(&mut rng, n));
+            b.push("relu", Op::Relu, &[&t], BTreeMap::new())
+        }
+        3 => b.push("clip", Op::Clip { min: -0.3, max: 0.4 }, &[&y], BTreeMap::new()),
+        4 => {
+            let z = conv(&mut b, "twin", &mut rng);
+            let s = b.push("add", Op::Add, &[&z, &y], BTreeMap::new());
+            b.push("relu", Op::Relu, &[&s], BTreeMap::new())
+        }
+        _ => y,
+    };
+    b.finish(&out).unwrap()
+}
+
+const STRATEGIES: [Strategy; 5] = [
+    Strategy::Auto,
+    Strategy::BasisFirst,
+    Strategy::MixFirst,
+    Strategy::Fused,
+    Strategy::Dense,
+];
+
+fn run_case(model: &Model, batch: usize, planar: bool, strategy: Strategy, threads: usize) -> Result<(), TestCaseError> {
+    let x = input(model, batch, 7);
+    let r = reference(model, batch, &x);
+    let opts = EngineOptions {
+        threads,
+        decomposed_strategy: strategy,
+    };
+    // now and then the portable kernels instead of the detected ISA's
+    let portable = r.len().is_multiple_of(5);
+    let mut plan = if portable {
+        penni_engine::testing::plan_backend_fallback(model, batch, &opts, planar)
+    } else {
+        penni_engine::testing::plan_backend(model, batch, &opts, planar, None)
+    }
+    .unwrap();
+    let y = plan.run(&x).unwrap();
+    let e = rel_err(y, &r);
+    // outputs that cancel to almost nothing: judge the error against the size of the summed
+    // terms (f32 round-off scales with them), still far below any real bug
+    let scale = r.iter().fold(0f64, |a, v| a.max(v.abs() as f64));
+    let diff = e * if scale == 0.0 { 1.0 } else { scale };
+    let ok = e < TOL || diff < 1e-6 * magnitude(model, batch, &x);
+    prop_assert!(ok, "relative error {e:.2e}, planar {planar}, {strategy:?}\n{:#?}", plan);
+    Ok(())
+}
+
+proptest! {
+    // 64 cases by default; PROPTEST_CASES=5000 for a deeper run
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64),
+        max_global_rejects: 1 << 20,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn dense_conv_matches_reference(cs in conv_case()) {
+        let m = conv_model(&cs, false);
+        run_case(&m, cs.batch, cs.planar, Strategy::Auto, 1 + cs.seed as usize % 3)?;
+    }
+
+    #[test]
+    fn decomposed_conv_matches_reference(cs in conv_case()) {
+        let m = conv_model(&cs, true);
+        run_case(&m, cs.batch, cs.planar, STRATEGIES[cs.strategy], 1 + cs.seed as usize % 3)?;
+    }
+
+    #[test]
+    fn pools_match_reference(
+        c in 1..20usize, h in 1..12usize, w in 1..12usize, k in [1..5usize, 1..5usize], s in [1..4usize, 1..4usize],
+        pad in [0..3usize, 0..3usize, 0..3usize, 0..3usize], ceil_mode in any::<bool>(), count_include_pad in any::<bool>(),
+        max in any::<bool>(), batch in 1..3usize, planar in any::<bool>(),
+    ) {
+        let pad = [pad[0].min(k[0]), pad[1].min(k[1]), pad[2].min(k[0]), pad[3].min(k[1])];
+        let (h, w) = (h.max(k[0]), w.max(k[1]));
+        let p = Pool2d { kernel: k, stride: s, padding: pad, ceil_mode, count_include_pad };
+        let mut b = GraphBuilder::new("pool", Input { name: "x".into(), channels: c, height: h, width: w }, 1);
+        let op = if max { Op::MaxPool2d(p) } else { Op::AvgPool2d(p) };
+        let y = b.push("pool", op, &["x"], BTreeMap::new());
+        // a fully padded window makes -inf (max) that the relative metric cannot compare
+        let Ok(m) = b.finish(&y) else { return Ok(()) };
+        let x = input(&m, batch, 3);
+        let r = reference(&m, batch, &x);
+        prop_assume!(r.iter().all(|v| v.is_finite()));
+        run_case(&m, batch, planar, Strategy::Auto, 2)?;
+    }
+}
+
+/// conv -> global pool -> flatten -> linear -> relu, and a standalone batchnorm, activation
+/// and three-way add: the steps that are not convolutions.
+#[test]
+fn other_ops_match_reference() {
+    let mut rng = InitRng::new(5);
+    let mut b = GraphBuilder::new(
+        "ops",
+        Input {
+            name: "x".into(),
+            channels: 5,
+            height: 7,
+            width: 6,
+        },
+        1,
+    );
+    let bn = b.push("bn", Op::BatchNorm2d { channels: 5, eps: 1e-3 }, &["x"], bn_params(&mut rng, 5));
+    let cl = b.push("clip", Op::Clip { min: -0.5, max: 0.7 }, &[&bn], BTreeMap::new());
+    let relu = b.push("relu", Op::Relu, &["x"], BTreeMap::new());
+    let add = b.push("add", Op::Add, &[&cl, &relu, "x"], BTreeMap::new());
+    let pool = b.push("gap", Op::GlobalAvgPool, &[&add], BTreeMap::new());
+    let f = b.push("flat", Op::Flatten, &[&pool], BTreeMap::new());
+    let lin = b.push(
+        "fc",
+        Op::Linear {
+            in_features: 5,
+            out_features: 3,
+            bias: true,
+        },
+        &[&f],
+        BTreeMap::from([
+            ("weight".into(), randn(&mut rng, vec![3, 5], 1.0)),
+            ("bias".into(), randn(&mut rng, vec![3], 1.0)),
+        ]),
+    );
+    let out = b.push("out", Op::Relu, &[&lin], BTreeMap::new());
+    let m = b.finish(&out).unwrap();
+    for planar in [false, true] {
+        for batch in [1, 3] {
+            run_case(&m, batch, planar, Strategy::Auto, 2).unwrap();
+        }
+    }
+    // a map as the model output, and flatten of a map straight into a linear layer
+    let mut b = GraphBuilder::new(
+        "ops2",
+        Input {
+            name: "x".into(),
+            channels: 3,
+            height: 5,
+            width: 4,
+        },
+        1,
+    );
+    let f = b.push("flat", Op::Flatten, &["x"], BTreeMap::new());
+    let lin = b.push(
+        "fc",
+        Op::Linear {
+            in_features: 60,
+            out_features: 7,
+            bias: false,
+        },
+        &[&f],
+        BTreeMap::from([("weight".into(), randn(&mut rng, vec![7, 60], 1.0))]),
+    );
+    let f2 = b.push("flat2", Op::Flatten, &[&lin], BTreeMap::new());
+    let m = b.finish(&f2).unwrap();
+    run_case(&m, 2, false, Strategy::Auto, 2).unwrap();
+    let mut b = GraphBuilder::new(
+        "ops3",
+        Input {
+            name: "x".into(),
+            channels: 3,
+            height: 5,
+            width: 4,
+        },
+        1,
+    );
+    let r = b.push("relu", Op::Relu, &["x"], BTreeMap::new());
+    let m = b.finish(&r).unwrap();
+    for planar in [false, true] {
+        run_case(&m, 2, planar, Strategy::Auto, 2).unwrap();
+    }
+}
