@@ -133,6 +133,13 @@ pub fn save_model(model: &Model, preprocess: Option<&Preprocess>, path: &Path) -
     Ok(())
 }
 
+/// `<out>.run`: where a command that writes `out` keeps its checkpoints, logs and reports.
+pub fn default_run_dir(out: &Path) -> PathBuf {
+    let mut p = out.as_os_str().to_owned();
+    p.push(".run");
+    PathBuf::from(p)
+}
+
 /// A model argument is a `.penni` file or the name of a zoo model.
 pub fn is_zoo_name(spec: &str) -> bool {
     zoo::ZOO_NAMES.contains(&spec)

@@ -121,11 +121,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
             }
         }
     };
-    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
-        let mut p = args.out.clone().into_os_string();
-        p.push(".run");
-        PathBuf::from(p)
-    });
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| common::default_run_dir(&args.out));
     let outcome = compress_with(&loaded.model, &config, &data.train, &data.test, &preprocess, args.crop_padding, !args.no_flip, &run_dir)?;
     common::save_model(&outcome.model, Some(&preprocess), &args.out)?;
     println!("{}", outcome.report.to_table());

@@ -18,18 +18,18 @@ pub struct DemoArgs {
     #[arg(long, default_value = "demo-out")]
     pub out_dir: PathBuf,
     /// Training examples to use (a seeded subset of the 60k).
-    #[arg(long, default_value_t = 8000)]
+    #[arg(long, default_value_t = 6000)]
     pub train_subset: usize,
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 1000)]
     pub test_subset: usize,
     /// Training epochs of the dense model.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 3)]
     pub epochs: usize,
     /// Sparse retraining epochs of the PENNI pipeline (the paper uses 100).
     #[arg(long, default_value_t = 2)]
     pub retrain_epochs: usize,
     /// Fine-tuning epochs after pruning (the paper uses 30).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 1)]
     pub finetune_epochs: usize,
 }
 

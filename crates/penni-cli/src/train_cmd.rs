@@ -114,11 +114,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         alternate_interval: None,
         freeze_zeros: false,
     };
-    let run_dir = args.run_dir.clone().unwrap_or_else(|| {
-        let mut p = args.out.clone().into_os_string();
-        p.push(".run");
-        PathBuf::from(p)
-    });
+    let run_dir = args.run_dir.clone().unwrap_or_else(|| common::default_run_dir(&args.out));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
     let run = RunOptions {
         checkpoint_dir: Some(run_dir.clone()),

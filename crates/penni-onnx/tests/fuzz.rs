@@ -173,4 +173,18 @@ proptest! {
             penni_onnx::export_bytes(&m).unwrap();
         }
     }
+
+    /// `.npy` inputs (penni infer): random and mutated files give errors, never panics.
+    #[test]
+    fn npy_files_never_panic(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6), cut in any::<usize>(), random in proptest::collection::vec(any::<u8>(), 0..160)) {
+        let _ = penni_onnx::npy::read_f32(&random);
+        let mut bytes = penni_onnx::npy::write_f32(&[2, 3, 4], &[0.5; 24]);
+        for (at, v) in flips {
+            let i = at % bytes.len();
+            bytes[i] = v;
+        }
+        let _ = penni_onnx::npy::read_f32(&bytes);
+        bytes.truncate(cut % (bytes.len() + 1));
+        let _ = penni_onnx::npy::read_f32(&bytes);
+    }
 }
