@@ -94,6 +94,13 @@ fn eval(args: EvalArgs) -> Result<()> {
 }
 
 fn main() {
+    // `penni inspect m | head` closes the pipe early: end quietly like other Unix tools instead of
+    // panicking in println! (Rust ignores SIGPIPE by default).
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => train_cmd::run(a),

@@ -39,6 +39,16 @@ fn inspect_prints_the_resnet18_totals() {
 }
 
 #[test]
+fn a_closed_output_pipe_ends_quietly() {
+    // `penni inspect vgg16 | head -1`: the reader goes away after one line.
+    let mut child = penni().args(["inspect", "vgg16"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let t = text(&o);
+    assert!(!t.contains("panicked"), "{t}");
+}
+
+#[test]
 fn bad_inputs_are_one_clear_error_line() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.penni");
