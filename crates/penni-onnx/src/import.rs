@@ -52,6 +52,15 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Dropout",
     "Constant",
     "ConstantOfShape",
+    "ReduceMean",
+    "Shape",
+    "Gather",
+    "Unsqueeze",
+    "Squeeze",
+    "Concat",
+    "Cast",
+    "CastLike",
+    "Expand",
 ];
 
 /// Largest constant penni will create by folding (ConstantOfShape), in values per tensor and
@@ -149,9 +158,45 @@ enum Value {
         producer: Option<usize>,
     },
     Const(Rc<Const>),
+    /// An int64 scalar or vector computed from the shape of a run-time tensor (Shape and the
+    /// Gather/Unsqueeze/Squeeze/Concat that exporters put after it to build a Reshape target):
+    /// at least one element is the run-time batch size, the others are known. A shape whose
+    /// elements are all known is a `Const` instead.
+    Dims {
+        scalar: bool,
+        dims: Vec<Dim>,
+    },
     /// Comes from something that could not be imported; consumers are only checked statically.
     Poisoned,
 }
+
+/// One element of a `Value::Dims`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dim {
+    Known(i64),
+    Batch,
+}
+
+/// A shape value, as a `Const` when every element is known.
+fn dims_value(scalar: bool, dims: Vec<Dim>) -> Value {
+    let known: Option<Vec<i64>> = dims
+        .iter()
+        .map(|d| match d {
+            Dim::Known(v) => Some(*v),
+            Dim::Batch => None,
+        })
+        .collect();
+    match known {
+        Some(v) => Value::Const(Rc::new(Const {
+            dims: if scalar { vec![] } else { vec![v.len()] },
+            data: Data::I64(v),
+        })),
+        None => Value::Dims { scalar, dims },
+    }
+}
+
+const BATCH_DEPENDENT: &str =
+    "depends on the run-time batch size (the batch dimension of the input is symbolic)";
 
 enum Problem {
     Unsupported(String),
@@ -405,6 +450,10 @@ impl<'g> Importer<'g> {
                 Ok(Value::Const(_)) => {
                     self.graph_issue(format!("the model output '{}' is a constant", o.name))
                 }
+                Ok(Value::Dims { .. }) => self.graph_issue(format!(
+                    "the model output '{}' is a shape, not a tensor computed from the image",
+                    o.name
+                )),
                 Ok(Value::Poisoned) => {}
                 Err(Problem::Fatal(e)) => return Err(e),
                 Err(Problem::Unsupported(m)) => self.graph_issue(m),
@@ -660,6 +709,9 @@ impl<'g> Importer<'g> {
             Value::Const(_) => unsupported(format!(
                 "input '{name}' is a constant; penni needs a run-time tensor computed from the image here"
             )),
+            Value::Dims { .. } => unsupported(format!(
+                "input '{name}' is a shape (computed by a Shape node); penni needs a run-time tensor computed from the image here"
+            )),
             Value::Poisoned => unsupported("input comes from an unsupported node"),
         }
     }
@@ -674,6 +726,7 @@ impl<'g> Importer<'g> {
             Value::Act { .. } => unsupported(format!(
                 "its {what} '{name}' is computed at run time; penni needs it to be a constant (an initializer or a Constant node; export with constant folding)"
             )),
+            Value::Dims { .. } => unsupported(format!("its {what} '{name}' {BATCH_DEPENDENT}")),
             Value::Poisoned => unsupported("input comes from an unsupported node"),
         }
     }
@@ -682,6 +735,54 @@ impl<'g> Importer<'g> {
         match self.constant(cx, i, what)? {
             Some(c) => Ok(c),
             None => Err(self.invalid(cx, format!("the {what} (input #{i}) is missing"))),
+        }
+    }
+
+    /// Input `i` as an int64 scalar or vector whose elements are known or the run-time batch
+    /// size (shapes, Reshape targets); the bool says whether it is a scalar.
+    fn int_values(&mut self, cx: &Ctx, i: usize, what: &str) -> PResult<(bool, Vec<Dim>)> {
+        let Some(name) = self.input_name(cx, i) else {
+            return Err(self.invalid(cx, format!("the {what} (input #{i}) is missing")));
+        };
+        match self.value(name)? {
+            Value::Dims { scalar, dims } => Ok((scalar, dims)),
+            Value::Const(c) => {
+                let Some(v) = c.i64s() else {
+                    return Err(self.invalid(cx, format!("the {what} must be an integer tensor")));
+                };
+                if c.dims.len() > 1 {
+                    return Err(self.invalid(
+                        cx,
+                        format!(
+                            "the {what} has shape {:?}; it must be a scalar or a vector",
+                            c.dims
+                        ),
+                    ));
+                }
+                Ok((
+                    c.dims.is_empty(),
+                    v.iter().map(|&x| Dim::Known(x)).collect(),
+                ))
+            }
+            Value::Act { .. } => unsupported(format!(
+                "its {what} '{name}' is computed at run time; penni needs it to be a constant (an initializer or a Constant node; export with constant folding)"
+            )),
+            Value::Poisoned => unsupported("input comes from an unsupported node"),
+        }
+    }
+
+    /// Integer list from an attribute (older opsets) or from constant input `i` (newer ones),
+    /// as Unsqueeze, Squeeze and ReduceMean moved their `axes`; `None` when absent.
+    fn axes(&mut self, cx: &Ctx, attr_until: i64, i: usize) -> PResult<Option<Vec<i64>>> {
+        if self.opset < attr_until {
+            return Ok(attr_ints(self, cx, "axes")?);
+        }
+        match self.constant(cx, i, "axes")? {
+            None => Ok(None),
+            Some(c) => match c.i64s() {
+                Some(v) if c.dims.len() <= 1 => Ok(Some(v.to_vec())),
+                _ => Err(self.invalid(cx, "axes must be a 1-D integer tensor")),
+            },
         }
     }
 
@@ -710,15 +811,28 @@ impl<'g> Importer<'g> {
         params: BTreeMap<String, Tensor>,
         fusable: bool,
     ) -> PResult<()> {
+        let Some(output) = cx.node.output.first().filter(|o| !o.is_empty()).cloned() else {
+            return Err(self.invalid(cx, "the node has no output"));
+        };
+        self.emit_to(cx, op, inputs, params, fusable, output)
+    }
+
+    /// Adds an IR node that writes `output` (an ONNX value name or a fresh tensor name).
+    fn emit_to(
+        &mut self,
+        cx: &Ctx,
+        op: Op,
+        inputs: Vec<String>,
+        params: BTreeMap<String, Tensor>,
+        fusable: bool,
+        output: String,
+    ) -> PResult<()> {
         let shapes: Vec<Shape> = inputs
             .iter()
             .map(|i| self.shape_of(i))
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| self.invalid(cx, "internal: input shape unknown"))?;
         let shape = infer(&op, &shapes).map_err(|m| self.invalid(cx, m))?;
-        let Some(output) = cx.node.output.first().filter(|o| !o.is_empty()).cloned() else {
-            return Err(self.invalid(cx, "the node has no output"));
-        };
         let name = self.fresh_node_name(&cx.label);
         let idx = self.nodes.len();
         self.ir_index_of.insert(cx.label.clone(), idx);
@@ -813,6 +927,13 @@ impl<'g> Importer<'g> {
                 "value_ints",
             ],
             "ConstantOfShape" => &["value"],
+            "ReduceMean" => &["axes", "keepdims", "noop_with_empty_axes"],
+            "Shape" => &["start", "end"],
+            "Gather" | "Concat" => &["axis"],
+            "Unsqueeze" | "Squeeze" => &["axes"],
+            "Cast" => &["to", "saturate"],
+            "CastLike" => &["saturate"],
+            "Expand" => &[],
             other => {
                 issues.push(format!("operator {other} is not supported"));
                 return Ok(());
@@ -932,6 +1053,28 @@ impl<'g> Importer<'g> {
             }
             "Constant" => self.constant_node(cx),
             "ConstantOfShape" => self.constant_of_shape(cx),
+            "ReduceMean" => self.reduce_mean(cx),
+            "Shape" => self.shape(cx),
+            "Gather" => self.gather(cx),
+            "Unsqueeze" => self.unsqueeze(cx),
+            "Squeeze" => self.squeeze(cx),
+            "Concat" => self.concat(cx),
+            "Cast" => {
+                let Some(to) = attr_int(self, cx, "to")? else {
+                    return Err(self.invalid(cx, "the 'to' attribute is missing"));
+                };
+                self.cast(cx, i32::try_from(to).unwrap_or(dt::UNDEFINED))
+            }
+            "CastLike" => {
+                let to = match self.value_of_input(cx, 1)? {
+                    Value::Act { .. } => dt::FLOAT,
+                    Value::Const(c) if c.is_float() => dt::FLOAT,
+                    Value::Const(_) | Value::Dims { .. } => dt::INT64,
+                    Value::Poisoned => return unsupported("input comes from an unsupported node"),
+                };
+                self.cast(cx, to)
+            }
+            "Expand" => self.expand(cx),
             other => unsupported(format!("operator {other} is not supported")),
         }
     }
@@ -1352,6 +1495,9 @@ impl<'g> Importer<'g> {
                     producer,
                 } => acts.push((tensor, shape, producer, cx.node.input[i].clone())),
                 Value::Const(c) => consts.push(c),
+                Value::Dims { .. } => {
+                    return unsupported(format!("input #{i} is a shape that {BATCH_DEPENDENT}"));
+                }
                 Value::Poisoned => return unsupported("input comes from an unsupported node"),
             }
         }
@@ -1550,12 +1696,31 @@ impl<'g> Importer<'g> {
     }
 
     fn reshape(&mut self, cx: &Ctx) -> PResult<()> {
-        let target = self.required_constant(cx, 1, "target shape")?;
-        let Some(t) = target.i64s().map(|t| t.to_vec()) else {
-            return Err(self.invalid(cx, "the target shape must be an int64 tensor"));
-        };
+        let (_, target) = self.int_values(cx, 1, "target shape")?;
         let allowzero = attr_int(self, cx, "allowzero")?.unwrap_or(0) != 0;
-        if let Value::Const(c) = self.value_of_input(cx, 0)? {
+        let input = self.value_of_input(cx, 0)?;
+        // A target built from the input's own Shape has the run-time batch size as its first
+        // element; for the batch-major tensors penni handles, that is "keep dimension 0".
+        if let Some(i) = target.iter().position(|d| *d == Dim::Batch)
+            && (i != 0 || !matches!(input, Value::Act { .. }))
+        {
+            return unsupported(format!(
+                "the target shape has the run-time batch size at axis {i}; only a leading batch dimension is supported"
+            ));
+        }
+        let t: Vec<i64> = target
+            .iter()
+            .map(|d| match d {
+                Dim::Known(v) => *v,
+                Dim::Batch => 0,
+            })
+            .collect();
+        if allowzero && target.contains(&Dim::Known(0)) && matches!(input, Value::Act { .. }) {
+            return unsupported(format!(
+                "Reshape to {t:?} with allowzero=1 makes an empty tensor"
+            ));
+        }
+        if let Value::Const(c) = input {
             let dims = resolve_reshape(&c.dims, &t, allowzero).map_err(|m| self.invalid(cx, m))?;
             self.set_output(
                 cx,
@@ -1566,12 +1731,26 @@ impl<'g> Importer<'g> {
             );
             return Ok(());
         }
-        let (x, s, _) = self.act(cx, 0)?;
-        if allowzero && t.contains(&0) {
-            return unsupported(format!(
-                "Reshape to {t:?} with allowzero=1 makes an empty tensor"
-            ));
+        if let Value::Dims { scalar, dims } = input {
+            // e.g. the batch size as a scalar reshaped to [1] or [-1] to build a target shape
+            let from = if scalar { vec![] } else { vec![dims.len()] };
+            let to = resolve_reshape(&from, &t, allowzero).map_err(|m| self.invalid(cx, m))?;
+            if to.len() > 1 {
+                return unsupported(format!(
+                    "Reshape of a shape to rank {}; shapes are scalars or vectors",
+                    to.len()
+                ));
+            }
+            self.set_output(
+                cx,
+                Value::Dims {
+                    scalar: to.is_empty(),
+                    dims,
+                },
+            );
+            return Ok(());
         }
+        let (x, s, _) = self.act(cx, 0)?;
         let numel = s.numel() as i64;
         let batch_ok = |b: i64| b == 0 || self.batch.is_none() || self.batch == Some(b);
         let flatten_like = t.len() == 2
@@ -1756,6 +1935,9 @@ impl<'g> Importer<'g> {
                 ..
             } => 4,
             Value::Act { .. } => 2,
+            Value::Dims { .. } => {
+                return unsupported(format!("Transpose of a shape that {BATCH_DEPENDENT}"));
+            }
             Value::Poisoned => return unsupported("input comes from an unsupported node"),
         };
         let perm: Vec<usize> = match attr_ints(self, cx, "perm")? {
@@ -1861,6 +2043,573 @@ impl<'g> Importer<'g> {
         };
         self.set_output(cx, Value::Const(Rc::new(Const { dims, data })));
         Ok(())
+    }
+
+    /// Counts `numel` folded values against the limits, so that a small file cannot make
+    /// penni build huge constants (repeated Concat doubles a tensor each time).
+    fn fold_budget(&mut self, cx: &Ctx, numel: Option<usize>) -> PResult<()> {
+        match numel {
+            Some(n)
+                if n <= MAX_FOLDED_VALUES
+                    && self.folded_total.saturating_add(n) <= MAX_FOLDED_TOTAL =>
+            {
+                self.folded_total += n;
+                Ok(())
+            }
+            _ => Err(self.invalid(cx, format!("would create a constant of {} values; penni creates at most {MAX_FOLDED_VALUES} per tensor and {MAX_FOLDED_TOTAL} in total", numel.map_or("too many".to_string(), |n| n.to_string())))),
+        }
+    }
+
+    /// An axis in [-rank, rank-1] as an index, or an InvalidNode error.
+    fn axis_index(&self, cx: &Ctx, axis: i64, rank: usize, what: &str) -> PResult<usize> {
+        let r = rank as i64;
+        if (-r..r).contains(&axis) {
+            Ok((if axis < 0 { axis + r } else { axis }) as usize)
+        } else {
+            Err(self.invalid(cx, format!("{what} {axis} is out of range for rank {rank}")))
+        }
+    }
+
+    /// Distinct axes in [-rank, rank-1], as sorted indices.
+    fn axis_set(&self, cx: &Ctx, axes: &[i64], rank: usize) -> PResult<Vec<usize>> {
+        let mut out = Vec::with_capacity(axes.len());
+        for &a in axes {
+            let i = self.axis_index(cx, a, rank, "axis")?;
+            if out.contains(&i) {
+                return Err(self.invalid(cx, format!("axes {axes:?} name axis {i} twice")));
+            }
+            out.push(i);
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// ReduceMean over the two spatial axes of a feature map is global average pooling (what
+    /// the dynamo exporter writes for AdaptiveAvgPool2d(1) and `x.mean((2, 3))`).
+    fn reduce_mean(&mut self, cx: &Ctx) -> PResult<()> {
+        let axes = self.axes(cx, 18, 1)?;
+        let keepdims = attr_int(self, cx, "keepdims")?.unwrap_or(1) != 0;
+        let noop_empty =
+            self.opset >= 18 && attr_int(self, cx, "noop_with_empty_axes")?.unwrap_or(0) != 0;
+        let (x, s, _) = self.act(cx, 0)?;
+        let rank = if matches!(s, Shape::Map { .. }) { 4 } else { 2 };
+        let axes = match axes {
+            Some(a) if !a.is_empty() => a,
+            _ if noop_empty => {
+                self.set_output(
+                    cx,
+                    Value::Act {
+                        tensor: x,
+                        shape: s,
+                        producer: None,
+                    },
+                );
+                return Ok(());
+            }
+            _ => return unsupported("ReduceMean over all axes averages over the batch"),
+        };
+        let set = self.axis_set(cx, &axes, rank)?;
+        if set != [2, 3] {
+            return unsupported(format!(
+                "ReduceMean over axes {axes:?} of a {s} tensor; only the mean over both spatial axes (global average pooling) is supported"
+            ));
+        }
+        if keepdims {
+            return self.emit(cx, Op::GlobalAvgPool, vec![x], BTreeMap::new(), false);
+        }
+        let pooled = self.fresh_tensor(&format!("{}.pooled", cx.label));
+        self.emit_to(
+            cx,
+            Op::GlobalAvgPool,
+            vec![x],
+            BTreeMap::new(),
+            false,
+            pooled.clone(),
+        )?;
+        self.emit(cx, Op::Flatten, vec![pooled], BTreeMap::new(), false)
+    }
+
+    /// ONNX Shape (with opset-15 start/end): the input's dimensions, the first one being the
+    /// run-time batch size for an activation with a symbolic batch.
+    fn shape(&mut self, cx: &Ctx) -> PResult<()> {
+        let dims: Vec<Dim> = match self.value_of_input(cx, 0)? {
+            Value::Act { shape, .. } => {
+                let rest = match shape {
+                    Shape::Map { c, h, w } => vec![c, h, w],
+                    Shape::Vector(n) => vec![n],
+                };
+                std::iter::once(self.batch.map_or(Dim::Batch, Dim::Known))
+                    .chain(rest.into_iter().map(|d| Dim::Known(d as i64)))
+                    .collect()
+            }
+            Value::Const(c) => c.dims.iter().map(|&d| Dim::Known(d as i64)).collect(),
+            Value::Dims { scalar: true, .. } => vec![],
+            Value::Dims { dims, .. } => vec![Dim::Known(dims.len() as i64)],
+            Value::Poisoned => return unsupported("input comes from an unsupported node"),
+        };
+        let r = dims.len() as i64;
+        let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+        let start = clamp(attr_int(self, cx, "start")?.unwrap_or(0));
+        let end = clamp(attr_int(self, cx, "end")?.unwrap_or(r));
+        let out = if start < end {
+            dims[start..end].to_vec()
+        } else {
+            vec![]
+        };
+        self.set_output(cx, dims_value(false, out));
+        Ok(())
+    }
+
+    /// ONNX Gather with constant indices, on a constant (folded) or on a shape.
+    fn gather(&mut self, cx: &Ctx) -> PResult<()> {
+        let axis = attr_int(self, cx, "axis")?.unwrap_or(0);
+        let idx = self.required_constant(cx, 1, "indices")?;
+        let Some(iv) = idx.i64s() else {
+            return Err(self.invalid(cx, "the indices must be an integer tensor"));
+        };
+        let data = self.value_of_input(cx, 0)?;
+        let rank = match &data {
+            Value::Const(c) => c.dims.len(),
+            Value::Dims { scalar, .. } => usize::from(!scalar),
+            Value::Act { .. } => {
+                return unsupported(
+                    "Gather of a run-time tensor (an embedding lookup or a selection of channels) is not supported",
+                );
+            }
+            Value::Poisoned => return unsupported("input comes from an unsupported node"),
+        };
+        if rank == 0 {
+            return Err(self.invalid(cx, "Gather needs data of rank 1 or more, got a scalar"));
+        }
+        let a = self.axis_index(cx, axis, rank, "axis")?;
+        let n = match &data {
+            Value::Const(c) => c.dims[a],
+            Value::Dims { dims, .. } => dims.len(),
+            _ => unreachable!(),
+        };
+        let picks = iv
+            .iter()
+            .map(|&i| {
+                let j = if i < 0 { i + n as i64 } else { i };
+                if (0..n as i64).contains(&j) {
+                    Ok(j as usize)
+                } else {
+                    Err(self.invalid(
+                        cx,
+                        format!("index {i} is out of range for a dimension of {n}"),
+                    ))
+                }
+            })
+            .collect::<PResult<Vec<usize>>>()?;
+        match data {
+            Value::Dims { dims, .. } => {
+                if idx.dims.len() > 1 {
+                    return unsupported(format!(
+                        "Gather of a shape with indices of shape {:?}; only scalar or 1-D indices are supported",
+                        idx.dims
+                    ));
+                }
+                let out = picks.iter().map(|&p| dims[p]).collect();
+                self.set_output(cx, dims_value(idx.dims.is_empty(), out));
+            }
+            Value::Const(c) => {
+                let outer: usize = c.dims[..a].iter().product();
+                let inner: usize = c.dims[a + 1..].iter().product();
+                let numel = outer
+                    .checked_mul(picks.len())
+                    .and_then(|v| v.checked_mul(inner));
+                self.fold_budget(cx, numel)?;
+                let mut dims = c.dims[..a].to_vec();
+                dims.extend(&idx.dims);
+                dims.extend(&c.dims[a + 1..]);
+                fn pick<T: Copy>(
+                    v: &[T],
+                    outer: usize,
+                    n: usize,
+                    inner: usize,
+                    picks: &[usize],
+                ) -> Vec<T> {
+                    let mut out = Vec::with_capacity(outer * picks.len() * inner);
+                    for o in 0..outer {
+                        for &p in picks {
+                            let at = (o * n + p) * inner;
+                            out.extend_from_slice(&v[at..at + inner]);
+                        }
+                    }
+                    out
+                }
+                let data = match &c.data {
+                    Data::F32(v) => Data::F32(pick(v, outer, n, inner, &picks)),
+                    Data::I64(v) => Data::I64(pick(v, outer, n, inner, &picks)),
+                };
+                self.set_output(cx, Value::Const(Rc::new(Const { dims, data })));
+            }
+            _ => unreachable!(),
+        }
+        Ok(())
+    }
+
+    /// ONNX Unsqueeze (axes an attribute before opset 13, an input from 13) on a constant or a
+    /// shape scalar.
+    fn unsqueeze(&mut self, cx: &Ctx) -> PResult<()> {
+        let Some(axes) = self.axes(cx, 13, 1)? else {
+            return Err(self.invalid(cx, "axes is missing"));
+        };
+        let v = self.value_of_input(cx, 0)?;
+        let in_rank = match &v {
+            Value::Const(c) => c.dims.len(),
+            Value::Dims { scalar, .. } => usize::from(!scalar),
+            Value::Act { .. } => {
+                return unsupported("Unsqueeze of a run-time tensor is not supported");
+            }
+            Value::Poisoned => return unsupported("input comes from an unsupported node"),
+        };
+        let out_rank = in_rank + axes.len();
+        let set = self.axis_set(cx, &axes, out_rank)?;
+        match v {
+            Value::Const(c) => {
+                let mut rest = c.dims.iter();
+                let dims = (0..out_rank)
+                    .map(|i| {
+                        if set.contains(&i) {
+                            1
+                        } else {
+                            *rest.next().unwrap()
+                        }
+                    })
+                    .collect();
+                self.set_output(
+                    cx,
+                    Value::Const(Rc::new(Const {
+                        dims,
+                        data: c.data.clone(),
+                    })),
+                );
+            }
+            Value::Dims { dims, .. } if out_rank == 1 => {
+                self.set_output(
+                    cx,
+                    Value::Dims {
+                        scalar: false,
+                        dims,
+                    },
+                );
+            }
+            _ => {
+                return unsupported(format!(
+                    "Unsqueeze of a shape to rank {out_rank}; shapes are scalars or vectors"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// ONNX Squeeze (axes an attribute before opset 13, an optional input from 13) on a
+    /// constant or a shape.
+    fn squeeze(&mut self, cx: &Ctx) -> PResult<()> {
+        let axes = self.axes(cx, 13, 1)?;
+        let v = self.value_of_input(cx, 0)?;
+        let dims: Vec<usize> = match &v {
+            Value::Const(c) => c.dims.clone(),
+            Value::Dims { scalar: true, .. } => vec![],
+            Value::Dims { dims, .. } => vec![dims.len()],
+            Value::Act { .. } => {
+                return unsupported("Squeeze of a run-time tensor is not supported");
+            }
+            Value::Poisoned => return unsupported("input comes from an unsupported node"),
+        };
+        let drop: Vec<usize> = match axes {
+            Some(a) => {
+                let set = self.axis_set(cx, &a, dims.len())?;
+                if let Some(&i) = set.iter().find(|&&i| dims[i] != 1) {
+                    return Err(self.invalid(
+                        cx,
+                        format!(
+                            "axis {i} has size {}; only axes of size 1 can be squeezed",
+                            dims[i]
+                        ),
+                    ));
+                }
+                set
+            }
+            None => (0..dims.len()).filter(|&i| dims[i] == 1).collect(),
+        };
+        let out: Vec<usize> = (0..dims.len())
+            .filter(|i| !drop.contains(i))
+            .map(|i| dims[i])
+            .collect();
+        let value = match v {
+            Value::Const(c) => Value::Const(Rc::new(Const {
+                dims: out,
+                data: c.data.clone(),
+            })),
+            Value::Dims { dims, .. } => Value::Dims {
+                scalar: out.is_empty(),
+                dims,
+            },
+            _ => unreachable!(),
+        };
+        self.set_output(cx, value);
+        Ok(())
+    }
+
+    /// ONNX Concat of constants (folded) or of shape vectors (a Reshape target being built).
+    fn concat(&mut self, cx: &Ctx) -> PResult<()> {
+        let Some(axis) = attr_int(self, cx, "axis")? else {
+            return Err(self.invalid(cx, "the axis attribute is missing"));
+        };
+        let mut parts = Vec::new();
+        for i in 0..cx.node.input.len() {
+            let v = self.value_of_input(cx, i)?;
+            match v {
+                Value::Act { .. } => {
+                    return unsupported(
+                        "Concat of run-time tensors (channel concatenation as in DenseNet or Inception) is not supported",
+                    );
+                }
+                Value::Poisoned => return unsupported("input comes from an unsupported node"),
+                v => parts.push(v),
+            }
+        }
+        if parts.is_empty() {
+            return Err(self.invalid(cx, "has no inputs"));
+        }
+        if parts.iter().any(|p| matches!(p, Value::Dims { .. })) {
+            let mut out = Vec::new();
+            for (i, p) in parts.iter().enumerate() {
+                match p {
+                    Value::Dims {
+                        scalar: false,
+                        dims,
+                    } => out.extend(dims),
+                    Value::Const(c) if c.dims.len() == 1 && c.i64s().is_some() => {
+                        out.extend(c.i64s().unwrap().iter().map(|&v| Dim::Known(v)));
+                    }
+                    _ => {
+                        return Err(self.invalid(
+                            cx,
+                            format!("input #{i} cannot be concatenated with a 1-D shape"),
+                        ));
+                    }
+                }
+            }
+            self.axis_index(cx, axis, 1, "axis")?;
+            self.set_output(cx, dims_value(false, out));
+            return Ok(());
+        }
+        let consts: Vec<Rc<Const>> = parts
+            .into_iter()
+            .map(|p| match p {
+                Value::Const(c) => c,
+                _ => unreachable!(),
+            })
+            .collect();
+        let first = &consts[0];
+        let rank = first.dims.len();
+        if rank == 0 {
+            return Err(self.invalid(cx, "Concat of scalars"));
+        }
+        let a = self.axis_index(cx, axis, rank, "axis")?;
+        let fits = |c: &Const| {
+            c.dims.len() == rank
+                && c.is_float() == first.is_float()
+                && (0..rank).all(|d| d == a || c.dims[d] == first.dims[d])
+        };
+        if let Some(c) = consts.iter().find(|c| !fits(c)) {
+            return Err(self.invalid(
+                cx,
+                format!(
+                    "cannot concatenate {:?} and {:?} (or float and integer tensors) along axis {a}",
+                    first.dims, c.dims
+                ),
+            ));
+        }
+        let total: usize = consts.iter().map(|c| c.dims[a]).sum();
+        let outer: usize = first.dims[..a].iter().product();
+        let inner: usize = first.dims[a + 1..].iter().product();
+        let numel = outer.checked_mul(total).and_then(|v| v.checked_mul(inner));
+        self.fold_budget(cx, numel)?;
+        let mut dims = first.dims.clone();
+        dims[a] = total;
+        let data = if first.is_float() {
+            let mut out = Vec::with_capacity(numel.unwrap_or(0));
+            for o in 0..outer {
+                for c in &consts {
+                    let len = c.dims[a] * inner;
+                    let Data::F32(v) = &c.data else {
+                        unreachable!()
+                    };
+                    out.extend_from_slice(&v[o * len..(o + 1) * len]);
+                }
+            }
+            Data::F32(out)
+        } else {
+            let mut out = Vec::with_capacity(numel.unwrap_or(0));
+            for o in 0..outer {
+                for c in &consts {
+                    let len = c.dims[a] * inner;
+                    let Data::I64(v) = &c.data else {
+                        unreachable!()
+                    };
+                    out.extend_from_slice(&v[o * len..(o + 1) * len]);
+                }
+            }
+            Data::I64(out)
+        };
+        self.set_output(cx, Value::Const(Rc::new(Const { dims, data })));
+        Ok(())
+    }
+
+    /// ONNX Cast (and CastLike, with the type of its second input) to a float or integer type:
+    /// folded on constants, the identity on float activations and on integer shapes.
+    fn cast(&mut self, cx: &Ctx, to: i32) -> PResult<()> {
+        let float = match to {
+            dt::FLOAT | dt::DOUBLE => true,
+            dt::INT64
+            | dt::INT32
+            | dt::INT16
+            | dt::INT8
+            | dt::UINT64
+            | dt::UINT32
+            | dt::UINT16
+            | dt::UINT8
+            | dt::BOOL => false,
+            other => {
+                return unsupported(format!(
+                    "Cast to {} is not supported (penni computes in float32)",
+                    dt::name(other)
+                ));
+            }
+        };
+        let out = match self.value_of_input(cx, 0)? {
+            Value::Act { tensor, shape, .. } if float => Value::Act {
+                tensor,
+                shape,
+                producer: None,
+            },
+            Value::Act { .. } => {
+                return unsupported(format!(
+                    "Cast of a run-time tensor to {} is not supported",
+                    dt::name(to)
+                ));
+            }
+            Value::Dims { .. } if float => {
+                return unsupported(format!(
+                    "Cast of a shape that {BATCH_DEPENDENT} to a float type"
+                ));
+            }
+            v @ Value::Dims { .. } => v,
+            Value::Const(c) => {
+                let data = if float {
+                    Data::F32(c.f32s())
+                } else {
+                    let ints: Vec<i64> = match &c.data {
+                        // float -> integer truncates toward zero (NaN becomes 0)
+                        Data::F32(v) if to == dt::BOOL => {
+                            v.iter().map(|x| (*x != 0.0) as i64).collect()
+                        }
+                        Data::F32(v) => v.iter().map(|x| x.trunc() as i64).collect(),
+                        Data::I64(v) => v.clone(),
+                    };
+                    Data::I64(ints.into_iter().map(|v| wrap_int(v, to)).collect())
+                };
+                Value::Const(Rc::new(Const {
+                    dims: c.dims.clone(),
+                    data,
+                }))
+            }
+            Value::Poisoned => return unsupported("input comes from an unsupported node"),
+        };
+        self.set_output(cx, out);
+        Ok(())
+    }
+
+    /// ONNX Expand (numpy-style broadcast to a shape) of a constant, folded.
+    fn expand(&mut self, cx: &Ctx) -> PResult<()> {
+        let (_, target) = self.int_values(cx, 1, "shape")?;
+        let c = match self.value_of_input(cx, 0)? {
+            Value::Const(c) => c,
+            Value::Act { .. } => {
+                return unsupported("Expand of a run-time tensor is not supported");
+            }
+            Value::Dims { .. } => {
+                return unsupported(format!("Expand of a shape that {BATCH_DEPENDENT}"));
+            }
+            Value::Poisoned => return unsupported("input comes from an unsupported node"),
+        };
+        let mut shape = Vec::with_capacity(target.len());
+        for d in &target {
+            match d {
+                Dim::Known(v) if *v >= 0 => shape.push(*v as usize),
+                Dim::Known(v) => {
+                    return Err(self.invalid(cx, format!("the shape has a negative dimension {v}")));
+                }
+                Dim::Batch => {
+                    return unsupported(format!("Expand to a shape that {BATCH_DEPENDENT}"));
+                }
+            }
+        }
+        let rank = c.dims.len().max(shape.len());
+        let pad = |d: &[usize]| -> Vec<usize> {
+            let mut v = vec![1; rank - d.len()];
+            v.extend(d);
+            v
+        };
+        let (from, want) = (pad(&c.dims), pad(&shape));
+        let mut dims = Vec::with_capacity(rank);
+        for (&a, &b) in from.iter().zip(&want) {
+            dims.push(match (a, b) {
+                _ if a == b || b == 1 => a,
+                (1, _) => b,
+                _ => {
+                    return Err(
+                        self.invalid(cx, format!("cannot broadcast {:?} to {shape:?}", c.dims))
+                    );
+                }
+            });
+        }
+        let numel = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        self.fold_budget(cx, numel)?;
+        let n = numel.unwrap_or(0);
+        // source index of every output element: strides of the input, 0 along broadcast axes
+        let mut strides = vec![0usize; rank];
+        let mut acc = 1;
+        for ax in (0..rank).rev() {
+            strides[ax] = if from[ax] == 1 { 0 } else { acc };
+            acc *= from[ax];
+        }
+        let mut src = Vec::with_capacity(n);
+        let mut idx = vec![0usize; rank];
+        for _ in 0..n {
+            src.push(idx.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>());
+            for ax in (0..rank).rev() {
+                idx[ax] += 1;
+                if idx[ax] < dims[ax] {
+                    break;
+                }
+                idx[ax] = 0;
+            }
+        }
+        let data = match &c.data {
+            Data::F32(v) => Data::F32(src.iter().map(|&i| v[i]).collect()),
+            Data::I64(v) => Data::I64(src.iter().map(|&i| v[i]).collect()),
+        };
+        self.set_output(cx, Value::Const(Rc::new(Const { dims, data })));
+        Ok(())
+    }
+}
+
+/// An integer as the ONNX integer type `to` would hold it (two's-complement wrap-around).
+fn wrap_int(v: i64, to: i32) -> i64 {
+    match to {
+        dt::INT32 => v as i32 as i64,
+        dt::INT16 => v as i16 as i64,
+        dt::INT8 => v as i8 as i64,
+        dt::UINT32 => v as u32 as i64,
+        dt::UINT16 => v as u16 as i64,
+        dt::UINT8 => v as u8 as i64,
+        dt::BOOL => (v != 0) as i64,
+        _ => v,
     }
 }
 

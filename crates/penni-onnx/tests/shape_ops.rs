@@ -1,0 +1,618 @@
+//! The patterns that PyTorch's exporters write around flatten and global pooling, built here
+//! without PyTorch (the real exports are tested in crates/penni-cli/tests/torch_flow.rs):
+//! shape arithmetic on a symbolic batch (Shape, Gather, Unsqueeze, Squeeze, Concat, Reshape),
+//! ReduceMean as global average pooling, and the constant folds of Cast, CastLike, Expand,
+//! Gather and Concat. Each imported model is checked against the reference forward pass of a
+//! hand-written IR model, or its folded weights against the values ONNX defines.
+
+use std::collections::BTreeMap;
+
+use penni_model::reference::{Activation, forward};
+use penni_model::zoo::InitRng;
+use penni_model::{Conv2d, Input, Model, Node, Op, Tensor};
+use penni_onnx::OnnxError;
+use penni_onnx::proto::*;
+
+fn floats(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: data_type::FLOAT,
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+fn ints64(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: data_type::INT64,
+        int64_data: data.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INTS,
+        ints: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn attr_int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::INT,
+        i: v,
+        ..Default::default()
+    }
+}
+
+fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        op_type: op.into(),
+        name: format!("/{output}"),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    }
+}
+
+fn vi(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            dim_value: *d,
+            dim_param: d.is_none().then(|| "batch".to_string()),
+            ..Default::default()
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TypeProtoTensor {
+                elem_type: data_type::FLOAT,
+                shape: Some(TensorShapeProto { dim }),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn rand(rng: &mut InitRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() * 0.3).collect()
+}
+
+/// Weights of the small model every test starts from: x (2 x 4 x 4) -> Conv 3x3 (3 out,
+/// padding 1) -> Relu -> [the pattern under test] -> Gemm (5 out).
+struct Weights {
+    conv_w: Vec<f32>,
+    conv_b: Vec<f32>,
+    fc_w: Vec<f32>,
+    fc_b: Vec<f32>,
+}
+
+fn weights(fc_in: usize) -> Weights {
+    let mut rng = InitRng::new(11);
+    Weights {
+        conv_w: rand(&mut rng, 3 * 2 * 9),
+        conv_b: rand(&mut rng, 3),
+        fc_w: rand(&mut rng, 5 * fc_in),
+        fc_b: rand(&mut rng, 5),
+    }
+}
+
+/// An ONNX model: `nodes` read "r" (the Relu output, 3 x 4 x 4) and write "flat" (N x fc_in).
+fn onnx_model(
+    opset: i64,
+    batch: Option<i64>,
+    fc_in: usize,
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+) -> ModelProto {
+    let w = weights(fc_in);
+    let mut node = vec![
+        node(
+            "Conv",
+            &["x", "conv.w", "conv.b"],
+            "c",
+            vec![attr_ints("pads", &[1, 1, 1, 1])],
+        ),
+        node("Relu", &["c"], "r", vec![]),
+    ];
+    node.extend(nodes);
+    node.push(node_gemm());
+    let mut initializer = vec![
+        floats("conv.w", &[3, 2, 3, 3], &w.conv_w),
+        floats("conv.b", &[3], &w.conv_b),
+        floats("fc.w", &[5, fc_in as i64], &w.fc_w),
+        floats("fc.b", &[5], &w.fc_b),
+    ];
+    initializer.extend(inits);
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: opset,
+        }],
+        producer_name: "pytorch".into(),
+        graph: Some(GraphProto {
+            name: "main_graph".into(),
+            node,
+            initializer,
+            input: vec![vi("x", &[batch, Some(2), Some(4), Some(4)])],
+            output: vec![vi("y", &[batch, Some(5)])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn node_gemm() -> NodeProto {
+    node(
+        "Gemm",
+        &["flat", "fc.w", "fc.b"],
+        "y",
+        vec![attr_int("transB", 1)],
+    )
+}
+
+/// The IR model the patterns must come out as: Conv, Relu, `mid`, Linear.
+fn ir_model(fc_in: usize, mid: &[Op]) -> Model {
+    let w = weights(fc_in);
+    let t = |shape: Vec<usize>, data: Vec<f32>| Tensor::new(shape, data).unwrap();
+    let mut nodes = vec![
+        Node {
+            name: "conv".into(),
+            op: Op::Conv2d(Conv2d {
+                in_channels: 2,
+                out_channels: 3,
+                kernel: [3, 3],
+                stride: [1, 1],
+                padding: [1; 4],
+                dilation: [1, 1],
+                groups: 1,
+                bias: true,
+            }),
+            inputs: vec!["x".into()],
+            output: "c".into(),
+            params: BTreeMap::from([
+                ("weight".into(), t(vec![3, 2, 3, 3], w.conv_w)),
+                ("bias".into(), t(vec![3], w.conv_b)),
+            ]),
+        },
+        Node {
+            name: "relu".into(),
+            op: Op::Relu,
+            inputs: vec!["c".into()],
+            output: "t0".into(),
+            params: BTreeMap::new(),
+        },
+    ];
+    for (i, op) in mid.iter().enumerate() {
+        nodes.push(Node {
+            name: format!("mid{i}"),
+            op: op.clone(),
+            inputs: vec![format!("t{i}")],
+            output: format!("t{}", i + 1),
+            params: BTreeMap::new(),
+        });
+    }
+    nodes.push(Node {
+        name: "fc".into(),
+        op: Op::Linear {
+            in_features: fc_in,
+            out_features: 5,
+            bias: true,
+        },
+        inputs: vec![format!("t{}", mid.len())],
+        output: "y".into(),
+        params: BTreeMap::from([
+            ("weight".into(), t(vec![5, fc_in], w.fc_w)),
+            ("bias".into(), t(vec![5], w.fc_b)),
+        ]),
+    });
+    let m = Model {
+        name: "expected".into(),
+        input: Input {
+            name: "x".into(),
+            channels: 2,
+            height: 4,
+            width: 4,
+        },
+        nodes,
+        output: "y".into(),
+    };
+    m.validate().unwrap();
+    m
+}
+
+fn import(p: &ModelProto) -> Result<Model, OnnxError> {
+    penni_onnx::import_proto(p, "test.onnx")
+}
+
+fn kinds(m: &Model) -> Vec<&'static str> {
+    m.nodes.iter().map(|n| n.op.kind()).collect()
+}
+
+/// Imports `p` and checks that it has the ops and computes the function of `ir_model(fc_in, mid)`.
+fn check(p: &ModelProto, fc_in: usize, mid: &[Op]) -> Model {
+    let got = import(p).unwrap_or_else(|e| panic!("{e}"));
+    let want = ir_model(fc_in, mid);
+    assert_eq!(kinds(&got), kinds(&want));
+    let mut rng = InitRng::new(3);
+    let x = Activation {
+        n: 3,
+        shape: want.input_shape(),
+        data: (0..3 * 32).map(|_| rng.normal()).collect(),
+    };
+    let (a, b) = (forward(&got, &x).unwrap(), forward(&want, &x).unwrap());
+    assert_eq!(a.data, b.data);
+    got
+}
+
+/// TorchScript's `x.view(x.size(0), -1)`: Shape -> Gather(0) -> Unsqueeze -> Concat with [-1].
+fn view_batch_minus_one(opset: i64) -> (Vec<NodeProto>, Vec<TensorProto>) {
+    let unsqueeze = if opset >= 13 {
+        node("Unsqueeze", &["n", "axes0"], "n1", vec![])
+    } else {
+        node("Unsqueeze", &["n"], "n1", vec![attr_ints("axes", &[0])])
+    };
+    let nodes = vec![
+        node("Shape", &["r"], "s", vec![]),
+        node("Gather", &["s", "zero"], "n", vec![attr_int("axis", 0)]),
+        unsqueeze,
+        node(
+            "Concat",
+            &["n1", "minus1"],
+            "target",
+            vec![attr_int("axis", 0)],
+        ),
+        node("Reshape", &["r", "target"], "flat", vec![]),
+    ];
+    let inits = vec![
+        ints64("zero", &[], &[0]),
+        ints64("axes0", &[1], &[0]),
+        ints64("minus1", &[1], &[-1]),
+    ];
+    (nodes, inits)
+}
+
+#[test]
+fn torchscript_view_with_the_run_time_batch_size_is_a_flatten() {
+    for opset in [11, 13, 17] {
+        for batch in [None, Some(3)] {
+            let (nodes, inits) = view_batch_minus_one(opset);
+            check(
+                &onnx_model(opset, batch, 48, nodes, inits),
+                48,
+                &[Op::Flatten],
+            );
+        }
+    }
+}
+
+#[test]
+fn dynamo_unoptimized_flatten_target_is_a_flatten() {
+    // Shape(start=0, end=1) -> Squeeze -> Reshape([-1]) -> Concat with [48] -> Reshape(allowzero=1)
+    let nodes = vec![
+        node(
+            "Shape",
+            &["r"],
+            "s",
+            vec![attr_int("start", 0), attr_int("end", 1)],
+        ),
+        node("Squeeze", &["s"], "n", vec![]),
+        node("Reshape", &["n", "minus1"], "n1", vec![]),
+        node(
+            "Concat",
+            &["n1", "feat"],
+            "target",
+            vec![attr_int("axis", 0)],
+        ),
+        node(
+            "Reshape",
+            &["r", "target"],
+            "flat",
+            vec![attr_int("allowzero", 1)],
+        ),
+    ];
+    let inits = vec![ints64("minus1", &[1], &[-1]), ints64("feat", &[1], &[48])];
+    check(&onnx_model(18, None, 48, nodes, inits), 48, &[Op::Flatten]);
+    // the shape without the batch: Shape(start=1) = [3, 4, 4], a constant
+    let nodes = vec![
+        node("Shape", &["r"], "s", vec![attr_int("start", -3)]),
+        node(
+            "Concat",
+            &["zero", "s"],
+            "target",
+            vec![attr_int("axis", 0)],
+        ),
+        node("Reshape", &["r", "target"], "same", vec![]),
+        node("Flatten", &["same"], "flat", vec![]),
+    ];
+    check(
+        &onnx_model(18, None, 48, nodes, vec![ints64("zero", &[1], &[0])]),
+        48,
+        &[Op::Flatten],
+    );
+}
+
+#[test]
+fn reduce_mean_over_space_is_global_average_pooling() {
+    // opset 18: axes as an input; keepdims=1 then Flatten, or keepdims=0
+    let nodes = vec![
+        node(
+            "ReduceMean",
+            &["r", "axes"],
+            "m",
+            vec![attr_int("keepdims", 1)],
+        ),
+        node(
+            "Reshape",
+            &["m", "target"],
+            "flat",
+            vec![attr_int("allowzero", 1)],
+        ),
+    ];
+    let inits = vec![
+        ints64("axes", &[2], &[-1, -2]),
+        ints64("target", &[2], &[-1, 3]),
+    ];
+    check(
+        &onnx_model(18, None, 3, nodes, inits),
+        3,
+        &[Op::GlobalAvgPool, Op::Flatten],
+    );
+    let nodes = vec![node(
+        "ReduceMean",
+        &["r", "axes"],
+        "flat",
+        vec![attr_int("keepdims", 0)],
+    )];
+    let inits = vec![ints64("axes", &[2], &[2, 3])];
+    check(
+        &onnx_model(18, None, 3, nodes, inits),
+        3,
+        &[Op::GlobalAvgPool, Op::Flatten],
+    );
+    // opset 13: axes as an attribute, keepdims defaults to 1
+    let nodes = vec![
+        node("ReduceMean", &["r"], "m", vec![attr_ints("axes", &[3, 2])]),
+        node("Flatten", &["m"], "flat", vec![]),
+    ];
+    check(
+        &onnx_model(13, Some(1), 3, nodes, vec![]),
+        3,
+        &[Op::GlobalAvgPool, Op::Flatten],
+    );
+    // opset 18, no axes and noop_with_empty_axes=1: the identity
+    let nodes = vec![
+        node(
+            "ReduceMean",
+            &["r"],
+            "m",
+            vec![attr_int("noop_with_empty_axes", 1)],
+        ),
+        node("Flatten", &["m"], "flat", vec![]),
+    ];
+    check(&onnx_model(18, None, 48, nodes, vec![]), 48, &[Op::Flatten]);
+}
+
+/// The weight of the imported Gemm, built from `w` by the pattern in `nodes`.
+fn folded_fc_weight(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, fc_in: usize) -> Vec<f32> {
+    let mut p = onnx_model(
+        13,
+        None,
+        fc_in,
+        vec![node("Flatten", &["r"], "flat", vec![])],
+        inits,
+    );
+    let g = p.graph.as_mut().unwrap();
+    g.initializer.retain(|t| t.name != "fc.w");
+    let last = g.node.len() - 1;
+    g.node.splice(last..last, nodes);
+    let m = import(&p).unwrap_or_else(|e| panic!("{e}"));
+    m.nodes.last().unwrap().params["weight"].data.clone()
+}
+
+#[test]
+fn constants_fold_as_onnx_defines() {
+    let ramp = |n: usize| (0..n).map(|i| i as f32).collect::<Vec<f32>>();
+    // Gather along axis 1 with a negative index, rows of a 5 x 2 x 48 constant
+    let w = folded_fc_weight(
+        vec![node(
+            "Gather",
+            &["big", "idx"],
+            "fc.w",
+            vec![attr_int("axis", 1)],
+        )],
+        vec![
+            floats("big", &[5, 2, 48], &ramp(480)),
+            ints64("idx", &[], &[-1]),
+        ],
+        48,
+    );
+    let want: Vec<f32> = (0..5)
+        .flat_map(|o| (0..48).map(move |k| (o * 96 + 48 + k) as f32))
+        .collect();
+    assert_eq!(w, want);
+    // Concat along axis 1 of 5 x 16 and 5 x 32
+    let w = folded_fc_weight(
+        vec![node(
+            "Concat",
+            &["a", "b"],
+            "fc.w",
+            vec![attr_int("axis", -1)],
+        )],
+        vec![
+            floats("a", &[5, 16], &ramp(80)),
+            floats("b", &[5, 32], &vec![-1.0; 160]),
+        ],
+        48,
+    );
+    for o in 0..5 {
+        assert_eq!(&w[o * 48..o * 48 + 16], &ramp(80)[o * 16..o * 16 + 16]);
+        assert!(w[o * 48 + 16..o * 48 + 48].iter().all(|v| *v == -1.0));
+    }
+    // Expand a 5 x 1 column to 5 x 48, its values cast to int32 (truncated) and back to float
+    let w = folded_fc_weight(
+        vec![
+            node(
+                "Cast",
+                &["col"],
+                "coli",
+                vec![attr_int("to", data_type::INT32 as i64)],
+            ),
+            node("Expand", &["coli", "shape"], "wide", vec![]),
+            node("CastLike", &["wide", "r"], "fc.w", vec![]),
+        ],
+        vec![
+            floats("col", &[5, 1], &[1.9, -1.9, 2.5, 0.0, -0.5]),
+            ints64("shape", &[2], &[1, 48]),
+        ],
+        48,
+    );
+    let want: Vec<f32> = [1.0, -1.0, 2.0, 0.0, 0.0]
+        .iter()
+        .flat_map(|v| vec![*v; 48])
+        .collect();
+    assert_eq!(w, want);
+    // Unsqueeze / Squeeze of constants only change the shape
+    let w = folded_fc_weight(
+        vec![
+            node("Unsqueeze", &["flat_w", "ax"], "u", vec![]),
+            node("Squeeze", &["u"], "fc.w", vec![]),
+        ],
+        vec![
+            floats("flat_w", &[5, 48], &ramp(240)),
+            ints64("ax", &[2], &[0, -1]),
+        ],
+        48,
+    );
+    assert_eq!(w, ramp(240));
+}
+
+#[test]
+fn what_penni_cannot_express_is_listed_together() {
+    // Gather and Concat of run-time tensors, a mean over channels, the batch size used as a
+    // feature count: all reported in one error
+    let nodes = vec![
+        node("Gather", &["r", "idx"], "g", vec![attr_int("axis", 1)]),
+        node("Concat", &["r", "r"], "cat", vec![attr_int("axis", 1)]),
+        node("ReduceMean", &["cat", "axes"], "m", vec![]),
+        node("Shape", &["g"], "s", vec![]),
+        node("Add", &["m", "s"], "mix", vec![]),
+        node("Shape", &["r"], "s2", vec![]),
+        node("Gather", &["s2", "zero"], "n", vec![]),
+        node("Unsqueeze", &["n", "zero1"], "n1", vec![]),
+        node(
+            "Concat",
+            &["minus1", "n1"],
+            "target",
+            vec![attr_int("axis", 0)],
+        ),
+        node("Reshape", &["r", "target"], "flat", vec![]),
+    ];
+    let inits = vec![
+        ints64("idx", &[1], &[0]),
+        ints64("axes", &[1], &[1]),
+        ints64("zero", &[], &[0]),
+        ints64("zero1", &[1], &[0]),
+        ints64("minus1", &[1], &[-1]),
+    ];
+    let mut p = onnx_model(17, None, 48, nodes, inits);
+    p.graph
+        .as_mut()
+        .unwrap()
+        .output
+        .push(vi("mix", &[None, Some(1)]));
+    let e = import(&p).unwrap_err();
+    let OnnxError::UnsupportedModel { issues, .. } = &e else {
+        panic!("{e}")
+    };
+    let text = e.to_string();
+    for (node, what) in [
+        ("/g", "Gather of a run-time tensor"),
+        ("/cat", "Concat of run-time tensors"),
+        ("/flat", "batch size at axis 1"),
+    ] {
+        assert!(
+            issues
+                .iter()
+                .any(|i| i.node == node && i.message.contains(what)),
+            "{node}: {what} missing from:\n{text}"
+        );
+    }
+    assert!(text.contains("2 outputs"), "{text}");
+}
+
+#[test]
+fn malformed_shape_ops_are_errors_not_panics() {
+    let bad: Vec<(Vec<NodeProto>, Vec<TensorProto>)> = vec![
+        // index out of range
+        (
+            vec![node("Gather", &["w", "idx"], "fc.w", vec![])],
+            vec![
+                floats("w", &[5, 48], &[0.0; 240]),
+                ints64("idx", &[1], &[7]),
+            ],
+        ),
+        // shapes that do not fit along the other axes
+        (
+            vec![node(
+                "Concat",
+                &["a", "b"],
+                "fc.w",
+                vec![attr_int("axis", 0)],
+            )],
+            vec![
+                floats("a", &[2, 48], &[0.0; 96]),
+                floats("b", &[3, 47], &[0.0; 141]),
+            ],
+        ),
+        // squeezing an axis that is not 1
+        (
+            vec![node("Squeeze", &["w", "ax"], "fc.w", vec![])],
+            vec![floats("w", &[5, 48], &[0.0; 240]), ints64("ax", &[1], &[0])],
+        ),
+        // not broadcastable
+        (
+            vec![node("Expand", &["w", "shape"], "fc.w", vec![])],
+            vec![
+                floats("w", &[5, 3], &[0.0; 15]),
+                ints64("shape", &[2], &[5, 48]),
+            ],
+        ),
+        // Expand asking for 2^50 values (every fold counts against the same limits as
+        // ConstantOfShape, so a chain of Concats cannot double a constant without end either)
+        (
+            vec![node("Expand", &["w", "shape"], "fc.w", vec![])],
+            vec![
+                floats("w", &[1, 1], &[0.0]),
+                ints64("shape", &[2], &[1 << 25, 1 << 25]),
+            ],
+        ),
+    ];
+    for (nodes, inits) in bad {
+        let what = nodes[0].op_type.clone();
+        let mut p = onnx_model(
+            13,
+            None,
+            48,
+            vec![node("Flatten", &["r"], "flat", vec![])],
+            inits,
+        );
+        let g = p.graph.as_mut().unwrap();
+        g.initializer.retain(|t| t.name != "fc.w");
+        let last = g.node.len() - 1;
+        g.node.splice(last..last, nodes);
+        let e = import(&p).unwrap_err();
+        assert!(matches!(e, OnnxError::InvalidNode { .. }), "{what}: {e}");
+    }
+}
