@@ -8,10 +8,15 @@ fn main() {
     let model = penni_model::io::load(std::path::Path::new(&args[1])).expect("a .penni model");
     let batch: usize = args.get(2).map_or(1, |v| v.parse().unwrap());
     let threads: usize = args.get(3).map_or(1, |v| v.parse().unwrap());
-    let opts = EngineOptions {
-        threads,
-        ..Default::default()
+    // PENNI_STRATEGY=basis-first|mix-first|fused|dense forces the decomposed-conv dataflow
+    let decomposed_strategy = match std::env::var("PENNI_STRATEGY").as_deref() {
+        Ok("basis-first") => penni_engine::Strategy::BasisFirst,
+        Ok("mix-first") => penni_engine::Strategy::MixFirst,
+        Ok("fused") => penni_engine::Strategy::Fused,
+        Ok("dense") => penni_engine::Strategy::Dense,
+        _ => penni_engine::Strategy::Auto,
     };
+    let opts = EngineOptions { threads, decomposed_strategy };
     // PENNI_MICRO=n forces the micro-batch (for experiments)
     let mut plan = match std::env::var("PENNI_MICRO").ok().and_then(|v| v.parse().ok()) {
         Some(m) => penni_engine::testing::plan_micro(&model, batch, &opts, m).unwrap(),

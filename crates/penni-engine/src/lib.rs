@@ -79,6 +79,7 @@ pub mod testing {
                 blocked_combination,
                 planar: Some(planar),
                 micro_batch: None,
+                lanes: None,
             },
         )
     }
@@ -94,6 +95,23 @@ pub mod testing {
                 blocked_combination: None,
                 planar: None,
                 micro_batch: Some(micro),
+                lanes: None,
+            },
+        )
+    }
+
+    /// A plan with a forced micro-batch and batch-parallel lanes forced on or off.
+    pub fn plan_lanes(model: &penni_model::Model, batch: usize, opts: &EngineOptions, micro: usize, lanes: bool) -> Result<Plan, EngineError> {
+        Plan::with_knobs(
+            model,
+            batch,
+            opts,
+            crate::plan::Knobs {
+                isa: crate::simd::Isa::detect(),
+                blocked_combination: None,
+                planar: None,
+                micro_batch: Some(micro),
+                lanes: Some(lanes),
             },
         )
     }
@@ -114,6 +132,7 @@ pub mod testing {
                 blocked_combination: None,
                 planar: Some(planar),
                 micro_batch: None,
+                lanes: None,
             },
         )
     }

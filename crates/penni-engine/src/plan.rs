@@ -346,6 +346,11 @@ pub struct Plan {
     input_shape: Shape,
     output_shape: Shape,
     core: Core,
+    /// Batch-parallel mode: one serial copy of the network for each thread but the first
+    /// (which runs `core`); empty when the threads share each layer instead.
+    lanes: Vec<Core>,
+    /// The one-thread pool that lanes run their steps on.
+    serial: Pool,
     /// Micro-batches per run (the core's batch times this is the plan's batch).
     chunks: usize,
     /// The whole batch's output when it is computed in several micro-batches.
@@ -459,6 +464,7 @@ impl Plan {
                 blocked_combination: None,
                 planar: None,
                 micro_batch: None,
+                lanes: None,
             },
         )
     }
@@ -481,20 +487,38 @@ impl Plan {
         let shapes = model.validate()?;
         let mut core = build_core(model, &shapes, batch, threads, opts.decomposed_strategy, knobs)?;
         let weight_bytes = core.steps.iter().map(Step::weight_bytes).sum();
+        let small_weights = weight_bytes <= MICRO_BATCH_MAX_WEIGHTS;
+        let fit = (MICRO_BATCH_BYTES / core.bytes_per_image().max(1)).max(1);
+        // the largest divisor of the batch up to `cap`
+        let divisor = |cap: usize| (1..=batch.min(cap)).rev().find(|&m| batch.is_multiple_of(m)).unwrap_or(1);
+        // Batch-parallel when every thread gets whole micro-batches (and the weights, which each
+        // thread then streams on its own, are small): no thread ever waits for another inside a
+        // layer, and each keeps its activations in its own core's cache.
+        let lane_micro = divisor(fit.min(batch / threads.max(1)).max(1));
+        let lane_chunks = batch / lane_micro;
+        let lanes_auto = small_weights && threads > 1 && batch >= threads && (lane_chunks.is_multiple_of(threads) || lane_chunks >= 4 * threads);
+        let lanes_wanted = knobs.lanes.unwrap_or(lanes_auto);
         // micro-batch: the largest divisor of the batch whose activations fit the budget
         let micro = match knobs.micro_batch {
             Some(m) if m >= 1 && batch.is_multiple_of(m) => m,
-            _ if weight_bytes > MICRO_BATCH_MAX_WEIGHTS => batch,
-            _ => {
-                let fit = (MICRO_BATCH_BYTES / core.bytes_per_image().max(1)).max(1);
-                (1..=batch.min(fit)).rev().find(|&m| batch.is_multiple_of(m)).unwrap_or(1)
-            }
+            _ if lanes_wanted => lane_micro,
+            _ if !small_weights => batch,
+            _ => divisor(fit),
         };
-        if micro != batch {
-            core = build_core(model, &shapes, micro, threads, opts.decomposed_strategy, knobs)?;
+        let chunks = batch / micro;
+        let lanes_on = lanes_wanted && threads > 1 && chunks > 1;
+        let lane_threads = if lanes_on { 1 } else { threads };
+        if micro != batch || lanes_on {
+            core = build_core(model, &shapes, micro, lane_threads, opts.decomposed_strategy, knobs)?;
+        }
+        let mut lanes = Vec::new();
+        if lanes_on {
+            for _ in 1..threads {
+                lanes.push(build_core(model, &shapes, micro, 1, opts.decomposed_strategy, knobs)?);
+            }
         }
         let pool = Pool::new(threads).map_err(|e| EngineError::Threads(e.to_string()))?;
-        let chunks = batch / micro;
+        let serial = Pool::new(1).map_err(|e| EngineError::Threads(e.to_string()))?;
         let out = if chunks > 1 { vec![0.0; batch * core.out_len] } else { Vec::new() };
         Ok(Plan {
             isa,
@@ -503,6 +527,8 @@ impl Plan {
             input_shape: model.input_shape(),
             output_shape: shapes[&model.output],
             core,
+            lanes,
+            serial,
             chunks,
             out,
             pool,
@@ -524,13 +550,57 @@ impl Plan {
     }
 
     fn run_chunks<F: FnMut(usize, u64)>(&mut self, input: &[f32], timing: bool, timed: &mut F) -> Result<(), EngineError> {
+        if !self.lanes.is_empty() && !timing {
+            return self.run_lanes(input);
+        }
         let (per_in, per_out) = (self.core.batch * self.input_len, self.core.batch * self.core.out_len);
+        // profiling a batch-parallel plan times its first lane alone, micro-batch after micro-batch
+        let pool = if self.lanes.is_empty() { &self.pool } else { &self.serial };
         for k in 0..self.chunks {
             let chunk = &input[k * per_in..(k + 1) * per_in];
-            self.core.run(&self.pool, self.isa, chunk, timing, timed)?;
+            self.core.run(pool, self.isa, chunk, timing, timed)?;
             if self.chunks > 1 {
                 self.out[k * per_out..(k + 1) * per_out].copy_from_slice(self.core.output());
             }
+        }
+        Ok(())
+    }
+
+    /// Batch-parallel run: the pool hands out micro-batches, and thread `t` runs them through
+    /// its own copy of the network (thread 0 through `core`, thread t > 0 through `lanes[t - 1]`).
+    fn run_lanes(&mut self, input: &[f32]) -> Result<(), EngineError> {
+        struct Shared(Vec<*mut Core>, *mut f32);
+        // SAFETY: see below; the pointers are only used inside the pool job.
+        unsafe impl Sync for Shared {}
+        impl Shared {
+            fn core(&self, tid: usize) -> *mut Core {
+                self.0[tid]
+            }
+            fn out(&self) -> *mut f32 {
+                self.1
+            }
+        }
+        let (per_in, per_out) = (self.core.batch * self.input_len, self.core.batch * self.core.out_len);
+        let cores: Vec<*mut Core> = std::iter::once(&mut self.core as *mut Core).chain(self.lanes.iter_mut().map(|c| c as *mut Core)).collect();
+        let shared = Shared(cores, self.out.as_mut_ptr());
+        let failure = std::sync::Mutex::new(None);
+        let (isa, serial) = (self.isa, &self.serial);
+        let ok = self.pool.for_each(self.chunks, &|k, tid| {
+            // SAFETY: a pool thread runs one task at a time and thread ids are distinct, so core
+            // `tid` is used by this thread alone; micro-batch k owns output rows k*per_out.. only.
+            let core = unsafe { &mut *shared.core(tid) };
+            match core.run(serial, isa, &input[k * per_in..(k + 1) * per_in], false, &mut |_, _| {}) {
+                Ok(()) => unsafe {
+                    std::ptr::copy_nonoverlapping(core.output().as_ptr(), shared.out().add(k * per_out), per_out);
+                },
+                Err(e) => *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e),
+            }
+        });
+        if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
+        if !ok {
+            return Err(EngineError::Internal("a kernel panicked".into()));
         }
         Ok(())
     }
@@ -593,6 +663,12 @@ impl Plan {
         self.core.batch
     }
 
+    /// Whether the threads run separate micro-batches (each through its own copy of the
+    /// network) rather than sharing every layer.
+    pub fn batch_parallel(&self) -> bool {
+        !self.lanes.is_empty()
+    }
+
     /// Threads the plan runs on (the caller included).
     pub fn threads(&self) -> usize {
         self.pool.threads()
@@ -602,7 +678,7 @@ impl Plan {
     /// scratch (placed by liveness, so buffers never live together share memory), plus the
     /// output of the whole batch when it runs in micro-batches.
     pub fn arena_peak_bytes(&self) -> usize {
-        (self.core.arena.len() + self.out.len()) * 4
+        (self.core.arena.len() + self.lanes.iter().map(|c| c.arena.len()).sum::<usize>() + self.out.len()) * 4
     }
 
     /// Bytes of packed weights, biases and sparse coefficient structures the plan holds.
@@ -625,8 +701,9 @@ impl Plan {
 /// tables); a model with a larger layer runs on the channel-blocked backend.
 const PLANAR_MAX_TAPS: u128 = 1 << 22;
 
-/// Steps with fewer multiply-accumulates than this (about 2 microseconds) run on one thread.
-const SERIAL_MACS: u64 = 150_000;
+/// Steps with fewer multiply-accumulates than this (10 to 20 microseconds) run on one thread:
+/// measured on a 2-core VM, handing a step to a second thread costs several microseconds.
+const SERIAL_MACS: u64 = 1_000_000;
 /// Steps without multiply-accumulates that write fewer floats than this run on one thread.
 const SERIAL_FLOATS: usize = 16 * 1024;
 
@@ -640,6 +717,8 @@ pub(crate) struct Knobs {
     pub planar: Option<bool>,
     /// Force the micro-batch (a divisor of the batch).
     pub micro_batch: Option<usize>,
+    /// Force batch-parallel lanes on or off (None = when every thread gets micro-batches).
+    pub lanes: Option<bool>,
 }
 
 /// One step-to-be: IR nodes fused together, anchored at the last of them in node order.

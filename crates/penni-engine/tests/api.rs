@@ -92,6 +92,33 @@ fn results_do_not_depend_on_the_thread_count() {
 }
 
 #[test]
+fn batch_parallel_lanes_match_shared_layers() {
+    // threads running separate micro-batches must give what one thread gives
+    let mut m = zoo("resnet20", 0.5, 16, 2);
+    randomize_bn(&mut m, 4);
+    decompose(&mut m, 5, 0.9, 6);
+    let x = input(&m, 12, 8);
+    let mut one = Plan::new(&m, 12, &EngineOptions { threads: 1, ..Default::default() }).unwrap();
+    let want = one.run(&x).unwrap().to_vec();
+    for threads in [2, 3, 5] {
+        for (micro, lanes) in [(1, true), (2, true), (3, true), (4, false), (12, true)] {
+            let opts = EngineOptions { threads, ..Default::default() };
+            let mut plan = penni_engine::testing::plan_lanes(&m, 12, &opts, micro, lanes).unwrap();
+            assert_eq!(plan.batch_parallel(), lanes && micro < 12, "threads {threads} micro {micro}");
+            let err = rel_err(plan.run(&x).unwrap(), &want);
+            assert!(err <= 1e-5, "threads {threads} micro {micro} lanes {lanes}: {err:e}");
+            // and again: lanes keep no state between runs
+            assert!(rel_err(plan.run(&x).unwrap(), &want) <= 1e-5);
+        }
+    }
+    // a large batch of a small model runs batch-parallel by default
+    let plan = Plan::new(&m, 64, &EngineOptions { threads: 2, ..Default::default() }).unwrap();
+    assert!(plan.batch_parallel() && plan.micro_batch() <= 32);
+    let plan = Plan::new(&m, 1, &EngineOptions { threads: 2, ..Default::default() }).unwrap();
+    assert!(!plan.batch_parallel());
+}
+
+#[test]
 fn portable_kernels_match_the_reference() {
     for m in [zoo("resnet20", 0.25, 16, 5), small_penni()] {
         let x = input(&m, 2, 1);
