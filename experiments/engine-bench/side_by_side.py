@@ -2,7 +2,9 @@
 """Side-by-side: onnxruntime on the dense model, penni's engine on the dense model and on the
 PENNI model, same machine, same thread counts, one run. Every configuration runs in a fresh
 process so that peak memory is its own. Writes results.json and results.md here.
-usage: side_by_side.py PENNI_BINARY MODELS_DIR [REPS]"""
+usage: side_by_side.py PENNI_BINARY REPS NAME:DENSE.penni:DENSE.onnx:PENNI.penni ...
+(one NAME:... triple per model pair; the dense model as .penni for penni and as .onnx for
+onnxruntime, both holding the same weights)"""
 import json
 import os
 import platform
@@ -10,8 +12,8 @@ import subprocess
 import sys
 
 here = os.path.dirname(os.path.abspath(__file__))
-penni, models = sys.argv[1], sys.argv[2]
-reps = int(sys.argv[3]) if len(sys.argv) > 3 else 30
+penni, reps = sys.argv[1], int(sys.argv[2])
+pairs = [a.split(":") for a in sys.argv[3:]]
 warmup = 5
 rows = []
 
@@ -31,12 +33,12 @@ def ort_bench(model, batch, threads):
     return json.loads(out.strip().splitlines()[-1])
 
 
-for net in ["resnet20", "resnet18"]:
+for net, dense_penni, dense_onnx, penni_model in pairs:
     for batch in [1, 64]:
         for threads in [1, 2]:
-            ort = ort_bench(os.path.join(models, f"{net}-dense.onnx"), batch, threads)
-            dense = penni_bench(os.path.join(models, f"{net}-dense.penni"), batch, threads)
-            comp = penni_bench(os.path.join(models, f"{net}-penni.penni"), batch, threads)
+            ort = ort_bench(dense_onnx, batch, threads)
+            dense = penni_bench(dense_penni, batch, threads)
+            comp = penni_bench(penni_model, batch, threads)
             row = {"model": net, "batch": batch, "threads": threads, "onnxruntime": ort, "penni_dense": dense, "penni_compressed": comp,
                    "dense_vs_ort": dense["median_ms"] / ort["median_ms"],
                    "speedup_compressed_vs_ort": ort["median_ms"] / comp["median_ms"],

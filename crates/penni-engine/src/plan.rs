@@ -485,7 +485,9 @@ impl Plan {
             )));
         }
         let shapes = model.validate()?;
-        let mut core = build_core(model, &shapes, batch, threads, opts.decomposed_strategy, knobs)?;
+        // a one-image plan tells the weight and per-image activation sizes (a full-batch one
+        // would touch a full-batch arena, which then shows in the process's peak memory)
+        let mut core = build_core(model, &shapes, 1, threads, opts.decomposed_strategy, knobs)?;
         let weight_bytes = core.steps.iter().map(Step::weight_bytes).sum();
         let small_weights = weight_bytes <= MICRO_BATCH_MAX_WEIGHTS;
         let fit = (MICRO_BATCH_BYTES / core.bytes_per_image().max(1)).max(1);
@@ -508,7 +510,7 @@ impl Plan {
         let chunks = batch / micro;
         let lanes_on = lanes_wanted && threads > 1 && chunks > 1;
         let lane_threads = if lanes_on { 1 } else { threads };
-        if micro != batch || lanes_on {
+        if micro != 1 || lanes_on {
             core = build_core(model, &shapes, micro, lane_threads, opts.decomposed_strategy, knobs)?;
         }
         let mut lanes = Vec::new();
