@@ -41,15 +41,24 @@ pub fn run(args: InspectArgs) -> Result<()> {
         return Ok(());
     }
     println!("model {} (input {}x{}x{})", model.name, model.input.channels, model.input.height, model.input.width);
+    // columns as wide as their longest entry (ONNX node names can be long)
+    let rows: Vec<[String; 4]> = cost
+        .layers
+        .iter()
+        .map(|l| [l.node.clone(), l.kind.to_string(), shapes(&l.input_shapes), l.output_shape.to_string()])
+        .collect();
+    let w: [usize; 4] = std::array::from_fn(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max([5, 4, 5, 6][i]));
     println!(
-        "{:<28} {:<17} {:<22} {:<12} {:>10} {:>10} {:>10} {:>10}",
-        "layer", "type", "input", "output", "params", "params*", "MACs", "MACs*"
+        "{:<w0$} {:<w1$} {:<w2$} {:<w3$} {:>10} {:>10} {:>10} {:>10}",
+        "layer", "type", "input", "output", "params", "params*", "MACs", "MACs*",
+        w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3]
     );
-    for l in &cost.layers {
+    for (l, r) in cost.layers.iter().zip(&rows) {
         println!(
-            "{:<28} {:<17} {:<22} {:<12} {:>10} {:>10} {:>10} {:>10}",
-            l.node, l.kind, shapes(&l.input_shapes), l.output_shape.to_string(),
-            human(l.params_all), human(l.params_paper), human(l.macs_all), human(l.macs_paper)
+            "{:<w0$} {:<w1$} {:<w2$} {:<w3$} {:>10} {:>10} {:>10} {:>10}",
+            r[0], r[1], r[2], r[3],
+            human(l.params_all), human(l.params_paper), human(l.macs_all), human(l.macs_paper),
+            w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3]
         );
     }
     let t = &cost.totals;
