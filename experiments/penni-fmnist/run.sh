@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# PENNI on full Fashion-MNIST for one model: train the dense baseline (unless it exists), then compress it.
+# Usage: experiments/penni-fmnist/run.sh resnet20|vgg16|resnet18
+# Resumable: rerun the same command after an interruption; training and every compression phase
+# continue from their last checkpoint.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$here/../.."
+name="${1:?usage: run.sh resnet20|vgg16|resnet18}"
+penni="$root/target/release/penni"
+"$root/scripts/fetch-data.sh" >/dev/null
+cargo build --release -q -p penni-cli --manifest-path "$root/Cargo.toml"
+out="$here/$name"
+mkdir -p "$out"
+
+# Dense baselines. ResNet-20 reuses the foundation experiment's model (full width, 10 epochs).
+case "$name" in
+  resnet20)
+    baseline="$root/experiments/resnet20-fmnist/resnet20-fmnist.penni" ;;
+  vgg16)
+    # VGG-16 needs 32x32 inputs (five 2x2 pools); width 0.25 (16..128 channels) to fit the machine.
+    baseline="$out/baseline.penni"
+    train_args=(--model vgg16 --width 0.25 --pad-to 32) ;;
+  resnet18)
+    # ResNet-18 (CIFAR stem) at width 0.25 (16..128 channels), 1x28x28 input.
+    baseline="$out/baseline.penni"
+    train_args=(--model resnet18 --width 0.25) ;;
+  *) echo "unknown model: $name" >&2; exit 2 ;;
+esac
+if [ ! -f "$baseline" ]; then
+  resume=()
+  [ -f "$out/baseline.run/checkpoint.penni" ] && resume=(--resume)
+  "$penni" train "${train_args[@]}" --dataset fashion-mnist \
+    --epochs 6 --batch-size 128 --lr 0.1 --schedule cosine --momentum 0.9 --weight-decay 5e-4 \
+    --crop-padding 2 --seed 0 --out "$baseline" --run-dir "$out/baseline.run" "${resume[@]}" \
+    2>&1 | tee -a "$out/baseline.log"
+fi
+
+"$penni" compress --model "$baseline" --dataset fashion-mnist --config "$here/config.toml" \
+  --out "$out/$name-penni.penni" --run-dir "$out/penni.run" 2>&1 | tee -a "$out/compress.log"
+cp "$out/penni.run"/report.* "$out/" 2>/dev/null || true
+"$penni" inspect "$baseline" > "$out/baseline-inspect.txt"
+"$penni" inspect "$out/$name-penni.penni" > "$out/penni-inspect.txt"
