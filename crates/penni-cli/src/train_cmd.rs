@@ -55,6 +55,10 @@ pub struct TrainArgs {
     pub no_nesterov: bool,
     #[arg(long, default_value_t = 5e-4)]
     pub weight_decay: f64,
+    /// Keep every weight and coefficient that is exactly zero at the start at zero: continues
+    /// fine-tuning a compressed (pruned, shrunk) model without losing its sparsity.
+    #[arg(long)]
+    pub keep_zeros: bool,
     /// Random-crop padding for augmentation (0 disables).
     #[arg(long, default_value_t = 2)]
     pub crop_padding: usize,
@@ -112,7 +116,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         seed: args.seed,
         l1_coefficients: 0.0,
         alternate_interval: None,
-        freeze_zeros: false,
+        freeze_zeros: args.keep_zeros,
     };
     let run_dir = args.run_dir.clone().unwrap_or_else(|| common::default_run_dir(&args.out));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;

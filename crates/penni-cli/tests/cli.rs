@@ -72,6 +72,37 @@ fn bad_inputs_are_one_clear_error_line() {
     assert_clean_failure(&run(&["train", "--model", "resnet20", "--lr=-1", "--train-subset", "64", "--out", out.to_str().unwrap()]), "learning rate");
 }
 
+#[test]
+fn train_keep_zeros_continues_a_sparse_model_without_losing_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("a.penni");
+    let small = ["--train-subset", "256", "--test-subset", "64", "--epochs", "1", "--batch-size", "64"];
+    let o = penni().args(["train", "--model", "resnet20", "--width", "0.25", "--out", first.to_str().unwrap()]).args(small).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // zero every other weight of every conv, as pruning would
+    let mut m = load(&first);
+    for n in m.nodes.iter_mut().filter(|n| matches!(n.op, penni_model::Op::Conv2d(_))) {
+        let w = n.params.get_mut("weight").unwrap();
+        w.data.iter_mut().step_by(2).for_each(|v| *v = 0.0);
+    }
+    let sparse = dir.path().join("sparse.penni");
+    penni_model::save(&m, &sparse).unwrap();
+    let out = dir.path().join("b.penni");
+    let o = penni().args(["train", "--model", sparse.to_str().unwrap(), "--keep-zeros", "--out", out.to_str().unwrap()]).args(small).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let (before, after) = (load(&sparse), load(&out));
+    let mut changed = 0;
+    for (a, b) in before.nodes.iter().zip(&after.nodes) {
+        if let (Some(wa), Some(wb)) = (a.params.get("weight"), b.params.get("weight")) {
+            for (x, y) in wa.data.iter().zip(&wb.data) {
+                assert!(*x != 0.0 || *y == 0.0, "{}: a zero weight became {y}", a.name);
+                changed += usize::from(x != y);
+            }
+        }
+    }
+    assert!(changed > 1000, "training changed only {changed} weights");
+}
+
 fn load(p: &Path) -> penni_model::Model {
     penni_model::load(p).unwrap()
 }
