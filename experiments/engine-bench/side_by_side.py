@@ -48,7 +48,7 @@ for net, dense_penni, dense_onnx, penni_model in pairs:
                   f"({row['dense_vs_ort']:.2f}x ort), penni PENNI {comp['median_ms']:.3f} ms ({row['speedup_compressed_vs_ort']:.2f}x faster than ort); "
                   f"memory PENNI/ort {row['memory_compressed_vs_ort']:.2f}", flush=True)
 
-machine = {"cpu": platform.processor() or open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "),
+machine = {"cpu": platform.processor() or open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].split(":", 1)[1].strip(),
            "cores": os.cpu_count(), "reps": reps, "warmup": warmup}
 with open(os.path.join(here, "results.json"), "w") as f:
     json.dump({"machine": machine, "rows": rows}, f, indent=1)
