@@ -2431,30 +2431,35 @@ impl<'g> Importer<'g> {
         self.fold_budget(cx, numel)?;
         let mut dims = first.dims.clone();
         dims[a] = total;
+        // per outer index, each part's slab of dims[a] * inner values in turn
+        fn interleave<T: Copy>(parts: &[(&[T], usize)], outer: usize, cap: usize) -> Vec<T> {
+            let mut out = Vec::with_capacity(cap);
+            for o in 0..outer {
+                for &(v, len) in parts {
+                    out.extend_from_slice(&v[o * len..(o + 1) * len]);
+                }
+            }
+            out
+        }
+        let cap = numel.unwrap_or(0);
         let data = if first.is_float() {
-            let mut out = Vec::with_capacity(numel.unwrap_or(0));
-            for o in 0..outer {
-                for c in &consts {
-                    let len = c.dims[a] * inner;
-                    let Data::F32(v) = &c.data else {
-                        unreachable!()
-                    };
-                    out.extend_from_slice(&v[o * len..(o + 1) * len]);
-                }
-            }
-            Data::F32(out)
+            let parts: Vec<(&[f32], usize)> = consts
+                .iter()
+                .map(|c| match &c.data {
+                    Data::F32(v) => (v.as_slice(), c.dims[a] * inner),
+                    Data::I64(_) => unreachable!(),
+                })
+                .collect();
+            Data::F32(interleave(&parts, outer, cap))
         } else {
-            let mut out = Vec::with_capacity(numel.unwrap_or(0));
-            for o in 0..outer {
-                for c in &consts {
-                    let len = c.dims[a] * inner;
-                    let Data::I64(v) = &c.data else {
-                        unreachable!()
-                    };
-                    out.extend_from_slice(&v[o * len..(o + 1) * len]);
-                }
-            }
-            Data::I64(out)
+            let parts: Vec<(&[i64], usize)> = consts
+                .iter()
+                .map(|c| match &c.data {
+                    Data::I64(v) => (v.as_slice(), c.dims[a] * inner),
+                    Data::F32(_) => unreachable!(),
+                })
+                .collect();
+            Data::I64(interleave(&parts, outer, cap))
         };
         self.set_output(cx, Value::Const(Rc::new(Const { dims, data })));
         Ok(())
