@@ -4,7 +4,11 @@
 //! a Conv and after a MatMul, Dropout and Identity left in. Imported, the graph must be exactly
 //! the IR model written by hand below.
 
+mod common;
+
 use std::collections::BTreeMap;
+
+use common::proto::{attr_float, attr_int, attr_ints, vi};
 
 use penni_model::zoo::InitRng;
 use penni_model::{Conv2d, Input, Model, Node, Op, Pool2d, Tensor};
@@ -31,33 +35,6 @@ fn typed(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
     }
 }
 
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attribute_type::INTS,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attribute_type::INT,
-        i: v,
-        ..Default::default()
-    }
-}
-
-fn float(name: &str, v: f32) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attribute_type::FLOAT,
-        f: v,
-        ..Default::default()
-    }
-}
-
 fn node(
     op: &str,
     name: &str,
@@ -71,33 +48,6 @@ fn node(
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: outputs.iter().map(|s| s.to_string()).collect(),
         attribute,
-        ..Default::default()
-    }
-}
-
-fn vi(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|d| match d {
-            Some(v) => Dimension {
-                dim_value: Some(*v),
-                ..Default::default()
-            },
-            None => Dimension {
-                dim_param: Some("batch_size".into()),
-                ..Default::default()
-            },
-        })
-        .collect();
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            tensor_type: Some(TypeProtoTensor {
-                elem_type: data_type::FLOAT,
-                shape: Some(TensorShapeProto { dim }),
-            }),
-            ..Default::default()
-        }),
         ..Default::default()
     }
 }
@@ -131,11 +81,11 @@ fn pytorch_style_export_imports_to_the_expected_graph() {
             &["input", "conv1.weight", "conv1.bias"],
             &["/conv1/Conv_output_0"],
             vec![
-                ints("dilations", &[1, 1]),
-                int("group", 1),
-                ints("kernel_shape", &[3, 3]),
-                ints("pads", &[1, 1, 1, 1]),
-                ints("strides", &[1, 1]),
+                attr_ints("dilations", &[1, 1]),
+                attr_int("group", 1),
+                attr_ints("kernel_shape", &[3, 3]),
+                attr_ints("pads", &[1, 1, 1, 1]),
+                attr_ints("strides", &[1, 1]),
             ],
         ),
         node(
@@ -149,7 +99,7 @@ fn pytorch_style_export_imports_to_the_expected_graph() {
                 "bn1.running_var",
             ],
             &["/bn1/BatchNormalization_output_0"],
-            vec![float("epsilon", 1e-5), float("momentum", 0.9)],
+            vec![attr_float("epsilon", 1e-5), attr_float("momentum", 0.9)],
         ),
         node(
             "Relu",
@@ -164,10 +114,10 @@ fn pytorch_style_export_imports_to_the_expected_graph() {
             &["/relu/Relu_output_0"],
             &["/pool/MaxPool_output_0"],
             vec![
-                int("ceil_mode", 0),
-                ints("kernel_shape", &[2, 2]),
-                ints("pads", &[0, 0, 0, 0]),
-                ints("strides", &[2, 2]),
+                attr_int("ceil_mode", 0),
+                attr_ints("kernel_shape", &[2, 2]),
+                attr_ints("pads", &[0, 0, 0, 0]),
+                attr_ints("strides", &[2, 2]),
             ],
         ),
         node(
@@ -175,7 +125,7 @@ fn pytorch_style_export_imports_to_the_expected_graph() {
             "/layer1/conv/Conv",
             &["/pool/MaxPool_output_0", "layer1.conv.weight"],
             &["/layer1/conv/Conv_output_0"],
-            vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])],
+            vec![attr_ints("kernel_shape", &[3, 3]), attr_ints("pads", &[1, 1, 1, 1])],
         ),
         node(
             "Add",
@@ -227,14 +177,14 @@ fn pytorch_style_export_imports_to_the_expected_graph() {
             "/Reshape",
             &["/avgpool/GlobalAveragePool_output_0", "/Constant_output_0"],
             &["/Reshape_output_0"],
-            vec![int("allowzero", 0)],
+            vec![attr_int("allowzero", 0)],
         ),
         node(
             "Gemm",
             "/fc1/Gemm",
             &["/Reshape_output_0", "fc1.weight", "fc1.bias"],
             &["/fc1/Gemm_output_0"],
-            vec![float("alpha", 1.0), float("beta", 1.0), int("transB", 1)],
+            vec![attr_float("alpha", 1.0), attr_float("beta", 1.0), attr_int("transB", 1)],
         ),
         node(
             "Dropout",
@@ -486,7 +436,7 @@ fn keras_style_auto_pad_and_legacy_opset() {
                             s: b"SAME_UPPER".to_vec(),
                             ..Default::default()
                         },
-                        ints("strides", &[2, 2]),
+                        attr_ints("strides", &[2, 2]),
                     ],
                 ),
                 node("Add", "bias_add", &["c", "b"], &["cb"], add_attrs),
@@ -504,10 +454,10 @@ fn keras_style_auto_pad_and_legacy_opset() {
         "relu6",
         &["cb"],
         &["y"],
-        vec![float("min", 0.0), float("max", 6.0)],
+        vec![attr_float("min", 0.0), attr_float("max", 6.0)],
     );
     let m = penni_onnx::import_bytes(
-        &proto(6, clip_attr, vec![int("broadcast", 1), int("axis", 1)]).encode_to_vec(),
+        &proto(6, clip_attr, vec![attr_int("broadcast", 1), attr_int("axis", 1)]).encode_to_vec(),
         "keras.onnx",
     )
     .unwrap_or_else(|e| panic!("{e}"));

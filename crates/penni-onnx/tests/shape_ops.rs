@@ -5,7 +5,11 @@
 //! Gather and Concat. Each imported model is checked against the reference forward pass of a
 //! hand-written IR model, or its folded weights against the values ONNX defines.
 
+mod common;
+
 use std::collections::BTreeMap;
+
+use common::proto::{attr_int, attr_ints, vi};
 
 use penni_model::reference::{Activation, forward};
 use penni_model::zoo::InitRng;
@@ -33,24 +37,6 @@ fn ints64(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
     }
 }
 
-fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attribute_type::INTS,
-        ints: v.to_vec(),
-        ..Default::default()
-    }
-}
-
-fn attr_int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        r#type: attribute_type::INT,
-        i: v,
-        ..Default::default()
-    }
-}
-
 fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
     NodeProto {
         op_type: op.into(),
@@ -58,28 +44,6 @@ fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>)
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: vec![output.into()],
         attribute,
-        ..Default::default()
-    }
-}
-
-fn vi(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|d| Dimension {
-            dim_value: *d,
-            dim_param: d.is_none().then(|| "batch".to_string()),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            tensor_type: Some(TypeProtoTensor {
-                elem_type: data_type::FLOAT,
-                shape: Some(TensorShapeProto { dim }),
-            }),
-            ..Default::default()
-        }),
         ..Default::default()
     }
 }

@@ -1,6 +1,8 @@
 //! Model builders shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod proto;
+
 use std::collections::BTreeMap;
 
 use penni_model::reference::Activation;
