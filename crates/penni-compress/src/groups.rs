@@ -7,7 +7,9 @@
 //! *produce* the channels of their output group (one weight row per channel) and *consume* the
 //! channels of their input group (one weight column, or a block of columns after a flatten).
 //! A residual network therefore yields one group per stage (every block's output and shortcut),
-//! which is exactly the coupling the shrinking pass has to respect.
+//! which is exactly the coupling the shrinking pass has to respect. A softmax keeps the channel
+//! count but normalises over all channels, so removing any channel would change every output:
+//! its group is pinned.
 
 use std::collections::HashMap;
 
@@ -132,6 +134,9 @@ impl DependencyGraph {
                     }
                 } else {
                     groups[g].passthrough.push(t - 1);
+                    if matches!(node.op, Op::Softmax { .. }) {
+                        groups[g].pinned.push(format!("normalised by softmax '{}'", node.name));
+                    }
                 }
             }
             if names[t] == model.output {

@@ -176,6 +176,8 @@ fn group_constants<'m>(model: &'m Model, g: &ChannelGroup) -> Result<HashMap<&'m
                 x.iter().map(|v| v.filter(|v| ok || *v == 0.0)).collect()
             }
             Op::GlobalAvgPool | Op::Flatten => x.clone(),
+            // every output depends on every channel (and the group is pinned anyway)
+            Op::Softmax { .. } => vec![None; c],
             Op::Add => (0..c)
                 .map(|k| {
                     let mut s = ins[0][k]?;

@@ -301,3 +301,25 @@ fn average_pooling_that_counts_padding_only_passes_zero_constants() {
         assert_eq!(channels(&s, "a.relu"), expect, "count_include_pad = {include_pad}");
     }
 }
+
+#[test]
+fn softmax_pins_the_channels_it_normalises() {
+    let mut b = GraphBuilder::new("softmax", input(3, 5), 19);
+    let x = conv_bn_relu(&mut b, "a.", "input", 4, 3, 1, true);
+    let c = b.conv("b.conv", &x, 5, 1, 1, 0, false);
+    let s = b.softmax("b.softmax", &c, false);
+    let y = head(&mut b, &s, 3);
+    let y = b.softmax("prob", &y, false);
+    let mut m = b.finish(&y).unwrap();
+    randomize_batchnorm(&mut m, 20);
+    zero_slice(&mut m, "a.conv", Some(1), None); // a plain dead channel: goes
+    zero_slice(&mut m, "b.conv", Some(2), None); // a constant 0 still counts in the softmax
+    zero_slice(&mut m, "fc", Some(0), None); // and so does a dead class
+    let (s, report) = shrink(&m).unwrap();
+    assert_same_outputs(&m, &s, TOL, "softmax");
+    assert_eq!(channels(&s, "a.relu"), 3);
+    assert_eq!(channels(&s, "b.softmax"), 5);
+    assert_eq!(channels(&s, "prob"), 3);
+    let g = report.groups.iter().find(|g| g.tensors.contains(&"b.softmax".to_string())).unwrap();
+    assert!(g.pinned.iter().any(|r| r.contains("softmax 'b.softmax'")), "{:?}", g.pinned);
+}

@@ -184,6 +184,7 @@ pub(crate) enum StepOp {
     Decomp(decomp::DecompStep),
     Pool(ops::PoolStep),
     Gap(ops::GapStep),
+    Softmax(ops::SoftmaxStep),
     Elt(ops::EltStep),
     Linear(ops::LinearStep),
     ToPlanar(planar::ToPlanar),
@@ -251,6 +252,7 @@ impl Step {
             StepOp::Decomp(s) => s.exec(ctx),
             StepOp::Pool(s) => s.exec(ctx),
             StepOp::Gap(s) => s.exec(ctx),
+            StepOp::Softmax(s) => s.exec(ctx),
             StepOp::Elt(s) => s.exec(ctx),
             StepOp::Linear(s) => s.exec(ctx),
             StepOp::ToPlanar(s) => s.exec(ctx),
@@ -753,6 +755,9 @@ enum GKind {
     Linear {
         node: usize,
     },
+    Softmax {
+        log: bool,
+    },
 }
 
 /// Per-output-channel affine map (scale, shift) of one or more folded batchnorms.
@@ -917,6 +922,7 @@ impl<'m> Builder<'m> {
                 Op::MaxPool2d(_) | Op::AvgPool2d(_) => GKind::Pool { node: i },
                 Op::GlobalAvgPool => GKind::Gap,
                 Op::Flatten => GKind::Flatten,
+                Op::Softmax { log } => GKind::Softmax { log: *log },
                 Op::Linear { .. } => {
                     self.absorb_acts(&mut t, &mut act, &mut anchor, &mut names, &mut absorbed);
                     GKind::Linear { node: i }
@@ -1121,6 +1127,10 @@ impl<'m> Builder<'m> {
                     // a vector is already flat: the output is the same buffer
                     self.val_of.insert(g.output.clone(), src);
                 }
+                continue;
+            }
+            if let GKind::Softmax { log } = g.kind {
+                self.softmax_step(g, log)?;
                 continue;
             }
             let dst = self.batch_val(map_lay(out_shape, &g.output))?;
@@ -1336,7 +1346,7 @@ impl<'m> Builder<'m> {
                         vec![dst],
                     );
                 }
-                GKind::Flatten => unreachable!("handled above"),
+                GKind::Flatten | GKind::Softmax { .. } => unreachable!("handled above"),
             }
         }
 
@@ -1367,6 +1377,34 @@ impl<'m> Builder<'m> {
                 None => v,
             }
         };
+        Ok(())
+    }
+
+    /// Softmax works on plain NCHW order, so its output is flat: fine for the model output and
+    /// a flatten, the only readers allowed after a softmax over a feature map.
+    fn softmax_step(&mut self, g: &Group, log: bool) -> Result<(), EngineError> {
+        let (c, hw) = match self.shape(&g.output) {
+            Shape::Map { c, h, w } => {
+                if let Some(r) = self.model.nodes.iter().find(|n| n.inputs.contains(&g.output) && !matches!(n.op, Op::Flatten)) {
+                    return Err(EngineError::Unsupported {
+                        node: g.names[0].clone(),
+                        message: format!("a softmax over a feature map may only end the network or feed a Flatten, not '{}'", r.name),
+                    });
+                }
+                (c, h * w)
+            }
+            Shape::Vector(n) => (n, 1),
+        };
+        let mut src = self.input_val(&g.inputs[0], &g.names[0])?;
+        if let Some((op, flat)) = self.flatten_step(src)? {
+            self.push(&g.names, "to NCHW".into(), 0, op, vec![src], vec![flat]);
+            src = flat;
+        }
+        let dst = self.batch_val(Lay::Flat { len: c * hw })?;
+        self.val_of.insert(g.output.clone(), dst);
+        let kind = if log { "log-softmax" } else { "softmax" };
+        let op = StepOp::Softmax(ops::SoftmaxStep { src, dst, c, hw, log, batch: self.batch });
+        self.push(&g.names, kind.into(), 0, op, vec![src], vec![dst]);
         Ok(())
     }
 

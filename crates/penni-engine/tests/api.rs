@@ -246,3 +246,86 @@ fn a_plan_can_move_to_another_thread() {
     let y = std::thread::spawn(move || plan.run(&x).unwrap().to_vec()).join().unwrap();
     assert_eq!(y.len(), 10);
 }
+
+/// Appends a softmax (or log-softmax) node that reads the model's output and becomes it.
+fn with_softmax(mut m: penni_model::Model, log: bool) -> penni_model::Model {
+    let node = penni_model::Node {
+        name: "prob".into(),
+        op: Op::Softmax { log },
+        inputs: vec![m.output.clone()],
+        output: "prob".into(),
+        params: BTreeMap::new(),
+    };
+    m.nodes.push(node);
+    m.output = "prob".into();
+    m.validate().unwrap();
+    m
+}
+
+/// A classifier ending in softmax gives probabilities (rows sum to 1), on both backends and in
+/// micro-batches; log-softmax gives their logarithms.
+#[test]
+fn softmax_outputs_match_the_reference() {
+    let base = small_penni();
+    let x = input(&base, 5, 8);
+    let logits = reference(&base, 5, &x);
+    for log in [false, true] {
+        let m = with_softmax(base.clone(), log);
+        let r = reference(&m, 5, &x);
+        for planar in [false, true] {
+            let mut plan = penni_engine::testing::plan_backend(&m, 5, &EngineOptions::default(), planar, None).unwrap();
+            let y = plan.run(&x).unwrap().to_vec();
+            assert!(rel_err(&y, &r) < 1e-5, "log {log} planar {planar}");
+            for (row, z) in y.chunks(10).zip(logits.chunks(10)) {
+                let p: Vec<f32> = if log { row.iter().map(|v| v.exp()).collect() } else { row.to_vec() };
+                assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+                let argmax = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap();
+                assert_eq!(argmax(&p), argmax(z));
+            }
+        }
+        let mut plan = penni_engine::testing::plan_micro(&m, 5, &EngineOptions::default(), 2).unwrap();
+        assert!(rel_err(plan.run(&x).unwrap(), &r) < 1e-5);
+    }
+}
+
+/// A softmax over the channels of a feature map: per pixel, as the model output or before a
+/// flatten; anything else reading it is refused with a clear error, not a wrong answer.
+#[test]
+fn softmax_over_feature_maps() {
+    // conv -> softmax, then "" (the softmax is the output), "linear" (flatten, linear) or "conv"
+    let build = |tail: &str| {
+        let input = Input {
+            name: "x".into(),
+            channels: 3,
+            height: 6,
+            width: 5,
+        };
+        let mut b = GraphBuilder::new("seg", input, 4);
+        let c = b.conv("conv", "x", 7, 3, 1, 1, true);
+        let s = b.softmax("softmax", &c, false);
+        let out = match tail {
+            "linear" => {
+                let f = b.flatten("flatten", &s);
+                b.linear("fc", &f, 4)
+            }
+            "conv" => b.conv("conv2", &s, 2, 3, 1, 1, true),
+            _ => s,
+        };
+        b.finish(&out).unwrap()
+    };
+    for m in [build(""), build("linear")] {
+        let x = input(&m, 3, 2);
+        let r = reference(&m, 3, &x);
+        for planar in [false, true] {
+            let mut plan = penni_engine::testing::plan_backend(&m, 3, &EngineOptions::default(), planar, None).unwrap();
+            assert!(rel_err(plan.run(&x).unwrap(), &r) < 1e-5, "{} nodes, planar {planar}", m.nodes.len());
+        }
+    }
+    match Plan::new(&build("conv"), 1, &EngineOptions::default()) {
+        Err(EngineError::Unsupported { node, message }) => {
+            assert_eq!(node, "softmax");
+            assert!(message.contains("conv2"), "{message}");
+        }
+        other => panic!("expected an unsupported-model error, got {:?}", other.map(|_| ())),
+    }
+}

@@ -63,6 +63,9 @@ pub enum Op {
     Add,
     Flatten,
     Linear { in_features: usize, out_features: usize, bias: bool },
+    /// Softmax over the channels: of each pixel for a feature map, of the whole vector for a
+    /// vector. `log` gives log-softmax. Usually the last node of a classifier.
+    Softmax { log: bool },
 }
 
 impl Op {
@@ -79,6 +82,8 @@ impl Op {
             Op::Add => "Add",
             Op::Flatten => "Flatten",
             Op::Linear { .. } => "Linear",
+            Op::Softmax { log: false } => "Softmax",
+            Op::Softmax { log: true } => "LogSoftmax",
         }
     }
 
@@ -417,7 +422,7 @@ pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
             }
             Ok(ins[0])
         }
-        Op::Relu => Ok(ins[0]),
+        Op::Relu | Op::Softmax { .. } => Ok(ins[0]),
         Op::Clip { min, max } => {
             if min.is_nan() || max.is_nan() || min > max {
                 return Err(shape_err(node, format!("clip range [{min}, {max}] is empty")));

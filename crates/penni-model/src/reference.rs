@@ -138,6 +138,24 @@ fn pool(x: &Activation, out: Shape, p: &Pool2d, max: bool) -> Vec<f32> {
     y
 }
 
+/// Softmax over the channels (stride h*w within each example), in f64, max-subtracted.
+fn softmax(x: &Activation, log: bool) -> Vec<f32> {
+    let (c, h, w) = dims(x.shape);
+    let hw = h * w;
+    let mut y = vec![0f32; x.data.len()];
+    for (xs, ys) in x.data.chunks(c * hw).zip(y.chunks_mut(c * hw)) {
+        for p in 0..hw {
+            let m = (0..c).map(|k| xs[k * hw + p] as f64).fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = (0..c).map(|k| (xs[k * hw + p] as f64 - m).exp()).sum();
+            for k in 0..c {
+                let z = xs[k * hw + p] as f64 - m;
+                ys[k * hw + p] = if log { (z - sum.ln()) as f32 } else { (z.exp() / sum) as f32 };
+            }
+        }
+    }
+    y
+}
+
 fn eval_node(node: &Node, ins: &[&Activation], out: Shape) -> Result<Activation> {
     let x = ins[0];
     let n = x.n;
@@ -183,6 +201,7 @@ fn eval_node(node: &Node, ins: &[&Activation], out: Shape) -> Result<Activation>
             y
         }
         Op::Flatten => x.data.clone(),
+        Op::Softmax { log } => softmax(x, *log),
         Op::Linear { in_features, out_features, .. } => {
             let w = &node.param("weight")?.data;
             let b = node.params.get("bias");

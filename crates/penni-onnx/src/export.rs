@@ -282,6 +282,14 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                 let op = if n.inputs.len() == 2 { "Add" } else { "Sum" };
                 nodes.push(node(op, &n.name, n.inputs.clone(), &n.output, vec![]));
             }
+            // opset 13 Softmax normalises along one axis: 1 is the channels (or the features).
+            Op::Softmax { log } => nodes.push(node(
+                if *log { "LogSoftmax" } else { "Softmax" },
+                &n.name,
+                vec![x],
+                &n.output,
+                vec![attr_int("axis", 1)],
+            )),
             Op::Flatten => nodes.push(node(
                 "Flatten",
                 &n.name,

@@ -237,6 +237,33 @@ struct Importer<'g> {
 }
 
 /// The node being converted, for messages.
+/// The element-wise arithmetic that imports as a per-channel affine map.
+#[derive(Clone, Copy)]
+enum Arith {
+    Mul,
+    Sub,
+    Div,
+}
+
+impl Arith {
+    fn apply(self, a: f32, b: f32) -> f32 {
+        match self {
+            Arith::Mul => a * b,
+            Arith::Sub => a - b,
+            Arith::Div => a / b,
+        }
+    }
+
+    /// ONNX integer semantics: wrapping, division truncates; `None` for a division by zero.
+    fn apply_int(self, a: i64, b: i64) -> Option<i64> {
+        match self {
+            Arith::Mul => Some(a.wrapping_mul(b)),
+            Arith::Sub => Some(a.wrapping_sub(b)),
+            Arith::Div => a.checked_div(b),
+        }
+    }
+}
+
 struct Ctx<'g> {
     node: &'g NodeProto,
     label: String,
@@ -894,6 +921,7 @@ impl<'g> Importer<'g> {
                 "consumed_inputs",
             ],
             "Relu" | "GlobalAveragePool" | "Sum" | "MatMul" | "Identity" => &[],
+            "Softmax" | "LogSoftmax" => &["axis"],
             "Clip" => &["min", "max"],
             "MaxPool" => &[
                 "auto_pad",
@@ -913,7 +941,7 @@ impl<'g> Importer<'g> {
                 "pads",
                 "strides",
             ],
-            "Add" => &["broadcast", "axis"],
+            "Add" | "Mul" | "Sub" | "Div" => &["broadcast", "axis"],
             "Flatten" => &["axis"],
             "Reshape" => &["allowzero"],
             "Gemm" => &["alpha", "beta", "transA", "transB", "broadcast"],
@@ -1030,6 +1058,9 @@ impl<'g> Importer<'g> {
                 self.emit(cx, Op::GlobalAvgPool, vec![x], BTreeMap::new(), false)
             }
             "Add" | "Sum" => self.add(cx),
+            "Mul" => self.arith(cx, Arith::Mul),
+            "Sub" => self.arith(cx, Arith::Sub),
+            "Div" => self.arith(cx, Arith::Div),
             "Flatten" => self.flatten(cx),
             "Reshape" => self.reshape(cx),
             "Gemm" => self.gemm(cx),
@@ -1054,6 +1085,8 @@ impl<'g> Importer<'g> {
             "Constant" => self.constant_node(cx),
             "ConstantOfShape" => self.constant_of_shape(cx),
             "ReduceMean" => self.reduce_mean(cx),
+            "Softmax" => self.softmax(cx, false),
+            "LogSoftmax" => self.softmax(cx, true),
             "Shape" => self.shape(cx),
             "Gather" => self.gather(cx),
             "Unsqueeze" => self.unsqueeze(cx),
@@ -1555,48 +1588,10 @@ impl<'g> Importer<'g> {
             Shape::Map { c, .. } => (4, c),
             Shape::Vector(n) => (2, n),
         };
-        // Per-channel values: the constant must broadcast along batch and space only.
-        let legacy_axis = if self.opset < 7 && attr_int(self, cx, "broadcast")?.unwrap_or(0) != 0 {
-            attr_int(self, cx, "axis")?
-        } else {
-            None
-        };
         let mut per_channel = vec![0f32; channels];
         for c in &consts {
-            if c.dims.len() > rank {
-                return unsupported(format!(
-                    "the constant {:?} has more dimensions than the {rank}-D tensor it is added to",
-                    c.dims
-                ));
-            }
-            let start = match legacy_axis {
-                Some(a) if a >= 0 && a as usize + c.dims.len() <= rank => a as usize,
-                Some(a) => {
-                    return Err(self.invalid(
-                        cx,
-                        format!(
-                            "broadcast axis {a} does not fit a constant of shape {:?}",
-                            c.dims
-                        ),
-                    ));
-                }
-                None => rank - c.dims.len(),
-            };
-            let mut aligned = vec![1usize; rank];
-            aligned[start..start + c.dims.len()].copy_from_slice(&c.dims);
-            let ok = aligned
-                .iter()
-                .enumerate()
-                .all(|(ax, &d)| d == 1 || (ax == 1 && d == channels));
-            if !ok {
-                return unsupported(format!(
-                    "adds a constant of shape {:?} that is not a per-channel bias of the {} tensor (only N x C x 1 x 1-broadcastable constants are supported)",
-                    c.dims, shape
-                ));
-            }
-            let v = c.f32s();
-            for (ch, slot) in per_channel.iter_mut().enumerate() {
-                *slot += if v.len() == 1 { v[0] } else { v[ch] };
+            for (slot, v) in per_channel.iter_mut().zip(self.per_channel(cx, c, shape, "added to")?) {
+                *slot += v;
             }
         }
         // Fold into the bias of the Conv/Gemm/MatMul that produced the tensor, when nothing else reads it.
@@ -1656,6 +1651,131 @@ impl<'g> Importer<'g> {
             params,
             false,
         )
+    }
+
+    /// The values of a constant operand of an element-wise op, one per channel of the
+    /// activation `shape` it meets: it must broadcast along batch and space only (a scalar, C,
+    /// C x 1 x 1, 1 x C x 1 x 1; opset-6 `broadcast`/`axis` honoured).
+    fn per_channel(&self, cx: &Ctx, c: &Const, shape: Shape, what: &str) -> PResult<Vec<f32>> {
+        let (rank, channels) = match shape {
+            Shape::Map { c, .. } => (4, c),
+            Shape::Vector(n) => (2, n),
+        };
+        let legacy_axis = if self.opset < 7 && attr_int(self, cx, "broadcast")?.unwrap_or(0) != 0 {
+            attr_int(self, cx, "axis")?
+        } else {
+            None
+        };
+        if c.dims.len() > rank {
+            return unsupported(format!(
+                "the constant {:?} has more dimensions than the {rank}-D tensor it is {what}",
+                c.dims
+            ));
+        }
+        let start = match legacy_axis {
+            Some(a) if a >= 0 && a as usize + c.dims.len() <= rank => a as usize,
+            Some(a) => {
+                return Err(self.invalid(
+                    cx,
+                    format!(
+                        "broadcast axis {a} does not fit a constant of shape {:?}",
+                        c.dims
+                    ),
+                ));
+            }
+            None => rank - c.dims.len(),
+        };
+        let mut aligned = vec![1usize; rank];
+        aligned[start..start + c.dims.len()].copy_from_slice(&c.dims);
+        let ok = aligned
+            .iter()
+            .enumerate()
+            .all(|(ax, &d)| d == 1 || (ax == 1 && d == channels));
+        if !ok {
+            return unsupported(format!(
+                "the constant of shape {:?} {what} the {shape} tensor is not per-channel (only N x C x 1 x 1-broadcastable constants are supported)",
+                c.dims
+            ));
+        }
+        let v = c.f32s();
+        Ok((0..channels).map(|ch| if v.len() == 1 { v[0] } else { v[ch] }).collect())
+    }
+
+    /// Mul, Sub and Div of a feature map and a per-channel constant (input normalisation such
+    /// as `(x - mean) / std`, a rescaling by 1/255): a batchnorm with that scale and shift.
+    /// Two constants fold; two run-time tensors are not supported.
+    fn arith(&mut self, cx: &Ctx, op: Arith) -> PResult<()> {
+        if cx.node.input.len() != 2 {
+            return Err(self.invalid(cx, format!("has {} inputs, expected 2", cx.node.input.len())));
+        }
+        let (a, b) = (self.value_of_input(cx, 0)?, self.value_of_input(cx, 1)?);
+        let (tensor, shape, k, act_first) = match (a, b) {
+            (Value::Const(x), Value::Const(y)) => {
+                // equal shapes or a scalar side; integers stay integers (shape arithmetic such
+                // as `x.size(1) * x.size(2)` for a Reshape target)
+                let (nx, ny) = (x.numel(), y.numel());
+                if !(x.dims == y.dims || nx == 1 || ny == 1) {
+                    return unsupported(format!("{} of constants of shapes {:?} and {:?}", cx.op, x.dims, y.dims));
+                }
+                let dims = if nx >= ny { x.dims.clone() } else { y.dims.clone() };
+                let idx = |len: usize, i: usize| if len == 1 { 0 } else { i };
+                let data = match (x.i64s(), y.i64s()) {
+                    (Some(xv), Some(yv)) => {
+                        let mut out = Vec::with_capacity(nx.max(ny));
+                        for i in 0..nx.max(ny) {
+                            let (a, b) = (xv[idx(nx, i)], yv[idx(ny, i)]);
+                            match op.apply_int(a, b) {
+                                Some(v) => out.push(v),
+                                None => return Err(self.invalid(cx, format!("integer {} of {a} and {b} is undefined", cx.op))),
+                            }
+                        }
+                        Data::I64(out)
+                    }
+                    _ => {
+                        let (xv, yv) = (x.f32s(), y.f32s());
+                        Data::F32((0..nx.max(ny)).map(|i| op.apply(xv[idx(nx, i)], yv[idx(ny, i)])).collect())
+                    }
+                };
+                self.set_output(cx, Value::Const(Rc::new(Const { dims, data })));
+                return Ok(());
+            }
+            (Value::Act { tensor, shape, .. }, Value::Const(k)) => (tensor, shape, k, true),
+            (Value::Const(k), Value::Act { tensor, shape, .. }) => (tensor, shape, k, false),
+            (Value::Act { .. }, Value::Act { .. }) => {
+                return unsupported(format!("{} of two run-time tensors is not supported", cx.op));
+            }
+            (Value::Dims { .. }, _) | (_, Value::Dims { .. }) => {
+                return unsupported(format!("an input is a shape that {BATCH_DEPENDENT}"));
+            }
+            _ => return unsupported("input comes from an unsupported node"),
+        };
+        let Shape::Map { c: channels, .. } = shape else {
+            return unsupported(format!("{} of an N x F tensor and a constant is not supported", cx.op));
+        };
+        let k = self.per_channel(cx, &k, shape, "combined with")?;
+        // y = scale * x + shift
+        let (scale, shift): (Vec<f32>, Vec<f32>) = match (op, act_first) {
+            (Arith::Mul, _) => (k, vec![0.0; channels]),
+            (Arith::Sub, true) => (vec![1.0; channels], k.iter().map(|v| -v).collect()),
+            (Arith::Sub, false) => (vec![-1.0; channels], k),
+            (Arith::Div, true) => {
+                if k.iter().any(|v| *v == 0.0) {
+                    return Err(self.invalid(cx, "divides by a constant that has zeros"));
+                }
+                (k.iter().map(|v| 1.0 / v).collect(), vec![0.0; channels])
+            }
+            (Arith::Div, false) => return unsupported("divides a constant by a run-time tensor"),
+        };
+        if scale.iter().chain(&shift).any(|v| !v.is_finite()) {
+            return Err(self.invalid(cx, "its constant gives a non-finite scale or shift"));
+        }
+        let params = BTreeMap::from([
+            ("weight".to_string(), Tensor { shape: vec![channels], data: scale }),
+            ("bias".to_string(), Tensor { shape: vec![channels], data: shift }),
+            ("running_mean".to_string(), Tensor::zeros(vec![channels])),
+            ("running_var".to_string(), Tensor::full(vec![channels], 1.0)),
+        ]);
+        self.emit(cx, Op::BatchNorm2d { channels, eps: 0.0 }, vec![tensor], params, false)
     }
 
     fn flatten(&mut self, cx: &Ctx) -> PResult<()> {
@@ -2127,6 +2247,29 @@ impl<'g> Importer<'g> {
             pooled.clone(),
         )?;
         self.emit(cx, Op::Flatten, vec![pooled], BTreeMap::new(), false)
+    }
+
+    /// ONNX Softmax / LogSoftmax. From opset 13 they normalise along `axis` (default -1); before,
+    /// over everything from `axis` (default 1) on, as one row of a 2-D matrix. Both cover
+    /// penni's softmax over the channels (or a vector's features) in these cases only.
+    fn softmax(&mut self, cx: &Ctx, log: bool) -> PResult<()> {
+        let (x, s, _) = self.act(cx, 0)?;
+        let rank = if matches!(s, Shape::Map { .. }) { 4 } else { 2 };
+        let per_axis = self.opset >= 13;
+        let axis = attr_int(self, cx, "axis")?.unwrap_or(if per_axis { -1 } else { 1 });
+        let axis = self.axis_index(cx, axis, rank, "axis")?;
+        let over_channels = match s {
+            Shape::Vector(_) => axis == 1,
+            Shape::Map { h, w, .. } => axis == 1 && (per_axis || h * w == 1),
+        };
+        if !over_channels {
+            return unsupported(format!(
+                "{} over axis {axis} of a {s} tensor{}; only the softmax over the channels (axis 1) is supported",
+                cx.op,
+                if per_axis { "" } else { " (before opset 13: over all axes from it on)" }
+            ));
+        }
+        self.emit(cx, Op::Softmax { log }, vec![x], BTreeMap::new(), false)
     }
 
     /// ONNX Shape (with opset-15 start/end): the input's dimensions, the first one being the
@@ -2790,7 +2933,7 @@ fn infer(op: &Op, ins: &[Shape]) -> Result<Shape, String> {
             c.padding,
             c.dilation,
         ),
-        Op::BatchNorm2d { .. } | Op::Relu | Op::Clip { .. } => Ok(ins[0]),
+        Op::BatchNorm2d { .. } | Op::Relu | Op::Clip { .. } | Op::Softmax { .. } => Ok(ins[0]),
         Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
             let (c, h, w) = map(ins[0])?;
             if p.padding[0] >= p.kernel[0]

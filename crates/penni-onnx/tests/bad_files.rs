@@ -226,7 +226,7 @@ fn unsupported_ops_are_listed_together() {
         },
     ];
     g.node.push(pool);
-    g.node.push(node("Softmax", "softmax", &["p"], "s"));
+    g.node.push(node("Hardmax", "hardmax", &["p"], "s"));
     let mut custom = node("FusedConv", "fused", &["s"], "y");
     custom.domain = "com.microsoft".into();
     g.node.push(custom);
@@ -239,7 +239,7 @@ fn unsupported_ops_are_listed_together() {
         ("conv", "fancy"),
         ("norm", "LRN"),
         ("pool", "storage_order"),
-        ("softmax", "Softmax"),
+        ("hardmax", "Hardmax"),
         ("fused", "com.microsoft"),
     ] {
         assert!(
@@ -250,7 +250,7 @@ fn unsupported_ops_are_listed_together() {
         );
     }
     assert!(
-        text.contains("unsupported operators: LRN, Softmax, com.microsoft.FusedConv"),
+        text.contains("unsupported operators: LRN, Hardmax, com.microsoft.FusedConv"),
         "{text}"
     );
     assert_eq!(issues.len(), 5, "{text}");
@@ -262,7 +262,7 @@ fn graph_level_problems_join_the_list() {
     let g = graph(&mut p);
     g.input.push(vi("mask", &[1, 3, 2, 2]));
     g.output.push(vi("c", &[1, 3, 2, 2]));
-    g.node.push(node("Softmax", "sm", &["y"], "z"));
+    g.node.push(node("Hardmax", "hm", &["y"], "z"));
     g.output[0].name = "z".into();
     let e = import(&p).unwrap_err();
     let OnnxError::UnsupportedModel { issues, .. } = &e else {

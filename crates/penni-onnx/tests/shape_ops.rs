@@ -580,3 +580,118 @@ fn malformed_shape_ops_are_errors_not_panics() {
         assert!(matches!(e, OnnxError::InvalidNode { .. }), "{what}: {e}");
     }
 }
+
+/// Softmax and LogSoftmax import as penni's softmax over the channels when that is what they
+/// compute: axis 1 from opset 13; before 13 (over all axes from `axis` on) only for a vector or
+/// a C x 1 x 1 map. Any other axis is the one clear unsupported-model error.
+#[test]
+fn softmax_over_the_channels_imports_and_other_axes_are_refused() {
+    let flatten = node("Flatten", &["sm"], "flat", vec![]);
+    for (op, log) in [("Softmax", false), ("LogSoftmax", true)] {
+        let sm = node(op, &["r"], "sm", vec![attr_int("axis", 1)]);
+        let p = onnx_model(13, None, 48, vec![sm, flatten.clone()], vec![]);
+        check(&p, 48, &[Op::Softmax { log }, Op::Flatten]);
+        // opset 11 over a pooled 3 x 1 x 1 map: the same as over its channels
+        let gap = node("GlobalAveragePool", &["r"], "g", vec![]);
+        let sm = node(op, &["g"], "sm", vec![]);
+        let p = onnx_model(11, Some(3), 3, vec![gap, sm, flatten.clone()], vec![]);
+        check(&p, 3, &[Op::GlobalAvgPool, Op::Softmax { log }, Op::Flatten]);
+    }
+    for (opset, axis) in [(13, None), (13, Some(2)), (11, None), (11, Some(1))] {
+        let attrs = axis.map(|a| vec![attr_int("axis", a)]).unwrap_or_default();
+        let sm = node("Softmax", &["r"], "sm", attrs);
+        let e = import(&onnx_model(opset, None, 48, vec![sm, flatten.clone()], vec![])).unwrap_err();
+        assert!(
+            matches!(e, OnnxError::UnsupportedModel { .. }) && e.to_string().contains("only the softmax over the channels"),
+            "opset {opset} axis {axis:?}: {e}"
+        );
+    }
+}
+
+/// Mul, Sub and Div of a feature map and per-channel or scalar constants (what input
+/// normalisation and rescaling layers export) import as one exact per-channel affine map each.
+#[test]
+fn arithmetic_with_per_channel_constants_is_a_batchnorm() {
+    let (k, m, sd, c) = ([0.5f32, -2.0, 3.0], 0.25f32, [2.0f32, 4.0, 0.5], 1.5f32);
+    let nodes = vec![
+        node("Mul", &["r", "k"], "a", vec![]),
+        node("Sub", &["a", "m"], "b", vec![]),
+        node("Div", &["b", "sd"], "d", vec![]),
+        node("Sub", &["c0", "d"], "e", vec![]),
+        node("Flatten", &["e"], "flat", vec![]),
+    ];
+    let inits = vec![
+        floats("k", &[3, 1, 1], &k),
+        floats("m", &[], &[m]),
+        floats("sd", &[1, 3, 1, 1], &sd),
+        floats("c0", &[1], &[c]),
+    ];
+    let got = import(&onnx_model(13, None, 48, nodes, inits)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(kinds(&got), ["Conv2d", "ReLU", "BatchNorm2d", "BatchNorm2d", "BatchNorm2d", "BatchNorm2d", "Flatten", "Linear"]);
+    // the same function as one hand-made affine map: y = c - (k x - m) / sd
+    let mut want = ir_model(48, &[Op::Flatten]);
+    let scale: Vec<f32> = (0..3).map(|i| -k[i] / sd[i]).collect();
+    let shift: Vec<f32> = (0..3).map(|i| c + m / sd[i]).collect();
+    want.nodes[2].inputs = vec!["affine".into()];
+    want.nodes.insert(
+        2,
+        Node {
+            name: "affine".into(),
+            op: Op::BatchNorm2d { channels: 3, eps: 0.0 },
+            inputs: vec!["t0".into()],
+            output: "affine".into(),
+            params: BTreeMap::from([
+                ("weight".into(), Tensor::new(vec![3], scale).unwrap()),
+                ("bias".into(), Tensor::new(vec![3], shift).unwrap()),
+                ("running_mean".into(), Tensor::zeros(vec![3])),
+                ("running_var".into(), Tensor::full(vec![3], 1.0)),
+            ]),
+        },
+    );
+    want.validate().unwrap();
+    let mut rng = InitRng::new(5);
+    let x = Activation { n: 2, shape: want.input_shape(), data: (0..2 * 32).map(|_| rng.normal()).collect() };
+    let (a, b) = (forward(&got, &x).unwrap().data, forward(&want, &x).unwrap().data);
+    let err = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    assert!(err < 1e-5, "max difference {err}");
+
+    // what is not an affine map of one tensor is refused clearly
+    for (nodes, inits, what) in [
+        (vec![node("Mul", &["r", "r"], "a", vec![])], vec![], "two run-time tensors"),
+        (vec![node("Div", &["k", "r"], "a", vec![])], vec![floats("k", &[3, 1, 1], &k)], "divides a constant"),
+        (vec![node("Mul", &["r", "w"], "a", vec![])], vec![floats("w", &[4, 4], &[1.0; 16])], "not per-channel"),
+    ] {
+        let mut nodes = nodes;
+        nodes.push(node("Flatten", &["a"], "flat", vec![]));
+        let e = import(&onnx_model(13, None, 48, nodes, inits)).unwrap_err();
+        assert!(matches!(e, OnnxError::UnsupportedModel { .. }) && e.to_string().contains(what), "{what}: {e}");
+    }
+    let nodes = vec![node("Div", &["r", "z"], "a", vec![]), node("Flatten", &["a"], "flat", vec![])];
+    let e = import(&onnx_model(13, None, 48, nodes, vec![floats("z", &[3, 1, 1], &[1.0, 0.0, 1.0])])).unwrap_err();
+    assert!(e.to_string().contains("divides by a constant that has zeros"), "{e}");
+}
+
+/// `x.view(-1, x.size(1) * x.size(2) * x.size(3))`: the feature count is integer arithmetic
+/// on known sizes, folded to the constant 48.
+#[test]
+fn view_with_a_product_of_sizes_is_a_flatten() {
+    let mut nodes = vec![node("Shape", &["r"], "s", vec![])];
+    for (i, idx) in ["one", "two", "three"].iter().enumerate() {
+        nodes.push(node("Gather", &["s", idx], &format!("d{i}"), vec![attr_int("axis", 0)]));
+    }
+    nodes.extend([
+        node("Mul", &["d0", "d1"], "p01", vec![]),
+        node("Mul", &["p01", "d2"], "p", vec![]),
+        node("Unsqueeze", &["p", "axes0"], "p1", vec![]),
+        node("Concat", &["minus1", "p1"], "target", vec![attr_int("axis", 0)]),
+        node("Reshape", &["r", "target"], "flat", vec![]),
+    ]);
+    let inits = vec![
+        ints64("one", &[], &[1]),
+        ints64("two", &[], &[2]),
+        ints64("three", &[], &[3]),
+        ints64("axes0", &[1], &[0]),
+        ints64("minus1", &[1], &[-1]),
+    ];
+    check(&onnx_model(13, None, 48, nodes, inits), 48, &[Op::Flatten]);
+}

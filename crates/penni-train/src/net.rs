@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::activation::relu;
+use burn::tensor::activation::{log_softmax, relu, softmax};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use penni_model::{Model, Node, Op};
@@ -125,6 +125,19 @@ impl Net {
     /// The model's forward pass. `train` selects batch statistics for batchnorm (and updates
     /// the running statistics) instead of the running statistics.
     pub fn forward(&mut self, model: &Model, x: Tensor<4>, train: bool) -> Result<Tensor<2>> {
+        self.run(model, x, train, false)
+    }
+
+    /// What the cross-entropy loss takes: the output, or the input of a final softmax (the
+    /// loss applies log-softmax itself; a final log-softmax passes, as it is idempotent there).
+    pub fn logits(&mut self, model: &Model, x: Tensor<4>, train: bool) -> Result<Tensor<2>> {
+        self.run(model, x, train, true)
+    }
+
+    fn run(&mut self, model: &Model, x: Tensor<4>, train: bool, skip_final_softmax: bool) -> Result<Tensor<2>> {
+        let last = model.producer(&model.output);
+        let skip = skip_final_softmax && last.is_some_and(|i| matches!(model.nodes[i].op, Op::Softmax { log: false }));
+        let output = if skip { model.nodes[last.expect("checked")].inputs[0].as_str() } else { model.output.as_str() };
         let mut env: HashMap<&str, Act> = HashMap::new();
         env.insert(model.input.name.as_str(), Act::Map(x));
         // Free each activation after its last reader so memory stays flat on deep nets.
@@ -135,24 +148,27 @@ impl Net {
             }
         }
         for (i, node) in model.nodes.iter().enumerate() {
+            if skip && Some(i) == last {
+                continue;
+            }
             let ins: Vec<Act> = node.inputs.iter().map(|n| env[n.as_str()].clone()).collect();
             for n in &node.inputs {
                 let r = remaining.get_mut(n.as_str()).expect("counted");
                 *r -= 1;
-                if *r == 0 && n != &model.output {
+                if *r == 0 && n != output {
                     env.remove(n.as_str());
                 }
             }
             let y = self.node_forward(i, node, ins, train)?;
             env.insert(node.output.as_str(), y);
         }
-        match env.remove(model.output.as_str()) {
+        match env.remove(output) {
             Some(Act::Flat(t)) => Ok(t),
             Some(Act::Map(t)) => {
                 let [n, c, h, w] = t.dims();
                 Ok(t.reshape([n, c * h * w]))
             }
-            None => Err(TrainError::Model(format!("output '{}' was not computed", model.output))),
+            None => Err(TrainError::Model(format!("output '{output}' was not computed"))),
         }
     }
 
@@ -251,6 +267,13 @@ impl Net {
                     _ => Err(unsupported("adds a feature map to a vector")),
                 })?
             }
+            // over dim 1: the channels of a map, the features of a vector
+            Op::Softmax { log } => match (ins.remove(0), log) {
+                (Act::Map(t), true) => Act::Map(log_softmax(t, 1)),
+                (Act::Map(t), false) => Act::Map(softmax(t, 1)),
+                (Act::Flat(t), true) => Act::Flat(log_softmax(t, 1)),
+                (Act::Flat(t), false) => Act::Flat(softmax(t, 1)),
+            },
             Op::Flatten => match ins.remove(0) {
                 Act::Map(t) => {
                     let [n, c, h, w] = t.dims();

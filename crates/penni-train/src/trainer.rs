@@ -235,7 +235,7 @@ pub fn evaluate(model: &Model, ds: &Dataset, transform: &Transform, batch_size: 
     let (mut hits, mut loss_sum) = (0usize, 0f64);
     for b in BatchIter::new(ds, batch_size.max(1), transform, false, false, 0, 0, false) {
         let (x, labels, onehot) = batch_tensors(&b, classes, &dev);
-        let logits = net.forward(model, x, false)?;
+        let logits = net.logits(model, x, false)?;
         let nll = -(log_softmax(logits.clone(), 1) * onehot).sum().into_scalar::<f32>();
         loss_sum += nll as f64;
         hits += correct(&to_vec(logits), &labels, classes);
@@ -422,7 +422,7 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
                 .collect();
             net.values = leaves;
             let (x, labels, onehot) = batch_tensors(&b, classes, &ad);
-            let logits = net.forward(&current, x, true)?;
+            let logits = net.logits(&current, x, true)?;
             let ce = -(log_softmax(logits.clone(), 1) * onehot).sum() / b.batch_size as f64;
             let mut loss = ce.clone();
             if opts.l1_coefficients > 0.0 {
@@ -558,7 +558,7 @@ pub fn gradients(model: &Model, x: &[f32], labels: &[i64]) -> Result<BTreeMap<St
         onehot[k * classes + *l as usize] = 1.0;
     }
     let y = Tensor::from_data(TensorData::new(onehot, [n, classes]), &ad);
-    let logits = net.forward(model, xt, false)?;
+    let logits = net.logits(model, xt, false)?;
     let loss = -(log_softmax(logits, 1) * y).sum() / n as f64;
     let grads = loss.backward();
     Ok((0..net.slots.len())

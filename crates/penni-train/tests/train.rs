@@ -279,3 +279,35 @@ fn bad_options_and_mismatched_data_are_clear_errors() {
     assert!(e.to_string().contains("takes 3x8x8"), "{e}");
     assert_eq!(m.output_shape().unwrap(), Shape::Vector(4));
 }
+
+/// Appends a softmax (or log-softmax) node that becomes the model output.
+fn with_softmax(mut m: Model, log: bool) -> Model {
+    let input = m.output.clone();
+    m.nodes.push(penni_model::Node { name: "prob".into(), op: Op::Softmax { log }, inputs: vec![input], output: "prob".into(), params: BTreeMap::new() });
+    m.output = "prob".into();
+    m.validate().unwrap();
+    m
+}
+
+/// A classifier exported with its softmax (or log-softmax) trains like the same network
+/// without it: the cross-entropy takes the scores before a final softmax, and burn's forward
+/// pass computes the softmax like the reference.
+#[test]
+fn a_final_softmax_is_part_of_the_model_but_not_of_the_loss() {
+    let mut m = small_model(3);
+    randomise_bn(&mut m, 4);
+    let x = random_input(&m, 3, 5);
+    let labels = [0i64, 3, 1];
+    let plain = penni_train::gradients(&m, &x, &labels).unwrap();
+    for log in [false, true] {
+        let s = with_softmax(m.clone(), log);
+        let burn_out = penni_train::forward(&s, &x, 3).unwrap();
+        let reference = reference::forward(&s, &Activation { n: 3, shape: s.input_shape(), data: x.clone() }).unwrap();
+        assert!(max_rel_diff(&burn_out, &reference.data) < 1e-5, "log {log}");
+        let grads = penni_train::gradients(&s, &x, &labels).unwrap();
+        assert_eq!(grads.len(), plain.len());
+        for (k, g) in &plain {
+            assert!(max_rel_diff(&grads[k], g) < 1e-4, "log {log}: gradient of {k} differs");
+        }
+    }
+}

@@ -249,7 +249,13 @@ pub fn op_zoo() -> Model {
         ceil_mode: true,
         count_include_pad: true,
     };
-    push("avg", Op::AvgPool2d(avg), &["sum3_out"], BTreeMap::new());
+    push(
+        "softmax",
+        Op::Softmax { log: false },
+        &["sum3_out"],
+        BTreeMap::new(),
+    );
+    push("avg", Op::AvgPool2d(avg), &["softmax_out"], BTreeMap::new());
     let avg2 = Pool2d {
         kernel: [2, 3],
         stride: [1, 2],
@@ -292,6 +298,12 @@ pub fn op_zoo() -> Model {
             ("bias".into(), rand_tensor(&mut rng, vec![3], 0.1)),
         ]),
     );
+    push(
+        "log_softmax",
+        Op::Softmax { log: true },
+        &["fc2_out"],
+        BTreeMap::new(),
+    );
     let m = Model {
         name: "op_zoo".into(),
         input: Input {
@@ -301,7 +313,7 @@ pub fn op_zoo() -> Model {
             width: 11,
         },
         nodes,
-        output: "fc2_out".into(),
+        output: "log_softmax_out".into(),
     };
     m.validate().unwrap();
     m
