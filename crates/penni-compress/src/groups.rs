@@ -9,7 +9,8 @@
 //! A residual network therefore yields one group per stage (every block's output and shortcut),
 //! which is exactly the coupling the shrinking pass has to respect. A softmax keeps the channel
 //! count but normalises over all channels, so removing any channel would change every output:
-//! its group is pinned.
+//! its group is pinned. A concat starts a new group (its output stacks the channels of several
+//! groups); removing channels across it is not done: the groups it reads and writes are pinned.
 
 use std::collections::HashMap;
 
@@ -73,6 +74,11 @@ pub fn is_mixing(op: &Op) -> bool {
     matches!(op, Op::Conv2d(_) | Op::DecomposedConv2d(_) | Op::Linear { .. })
 }
 
+/// Whether an op's output starts a new group: channel-mixing layers, and concat.
+fn starts_group(op: &Op) -> bool {
+    is_mixing(op) || matches!(op, Op::Concat)
+}
+
 fn conv_groups(op: &Op) -> usize {
     match op {
         Op::Conv2d(c) => c.groups,
@@ -101,7 +107,7 @@ impl DependencyGraph {
         let names: Vec<&str> = std::iter::once(model.input.name.as_str()).chain(model.nodes.iter().map(|n| n.output.as_str())).collect();
         let mut parent: Vec<usize> = (0..names.len()).collect();
         for (i, n) in model.nodes.iter().enumerate() {
-            if is_mixing(&n.op) {
+            if starts_group(&n.op) {
                 continue;
             }
             for inp in &n.inputs {
@@ -132,6 +138,8 @@ impl DependencyGraph {
                     if conv_groups(&node.op) > 1 {
                         groups[g].pinned.push(format!("written by grouped conv '{}'", node.name));
                     }
+                } else if matches!(node.op, Op::Concat) {
+                    groups[g].pinned.push(format!("written by concat '{}'", node.name));
                 } else {
                     groups[g].passthrough.push(t - 1);
                     if matches!(node.op, Op::Softmax { .. }) {
@@ -171,6 +179,12 @@ impl DependencyGraph {
             }
         }
         for (i, n) in model.nodes.iter().enumerate() {
+            if matches!(n.op, Op::Concat) {
+                for inp in &n.inputs {
+                    let g = tensor_group[inp.as_str()];
+                    groups[g].pinned.push(format!("read by concat '{}'", n.name));
+                }
+            }
             if !is_mixing(&n.op) {
                 continue;
             }

@@ -323,3 +323,27 @@ fn softmax_pins_the_channels_it_normalises() {
     let g = report.groups.iter().find(|g| g.tensors.contains(&"b.softmax".to_string())).unwrap();
     assert!(g.pinned.iter().any(|r| r.contains("softmax 'b.softmax'")), "{:?}", g.pinned);
 }
+
+#[test]
+fn concat_keeps_the_channels_it_stacks_and_shrinking_goes_on_around_it() {
+    let mut b = GraphBuilder::new("fire", input(3, 6), 21);
+    let s = conv_bn_relu(&mut b, "stem.", "input", 6, 3, 1, true);
+    let e1 = conv_bn_relu(&mut b, "e1.", &s, 4, 1, 1, true);
+    let e3 = conv_bn_relu(&mut b, "e3.", &s, 5, 3, 1, true);
+    let cat = b.concat("concat", &[&e1, &e3]);
+    let y = head(&mut b, &cat, 3);
+    let mut m = b.finish(&y).unwrap();
+    randomize_batchnorm(&mut m, 22);
+    zero_slice(&mut m, "stem.conv", Some(2), None); // feeds only convs: goes
+    set_bn(&mut m, "stem.bn", 2, 1.0, -0.5, 0.0, 1.0);
+    zero_slice(&mut m, "e3.conv", Some(1), None); // stacked by the concat: stays
+    let (s, report) = shrink(&m).unwrap();
+    assert_same_outputs(&m, &s, TOL, "concat");
+    assert_eq!(channels(&s, "stem.relu"), 5);
+    assert_eq!(channels(&s, "e3.relu"), 5);
+    assert_eq!(channels(&s, "concat"), 9);
+    let g = report.groups.iter().find(|g| g.tensors.contains(&"e3.relu".to_string())).unwrap();
+    assert!(g.pinned.iter().any(|r| r.contains("read by concat 'concat'")), "{:?}", g.pinned);
+    let (dm, _) = decompose(&m, &DecomposeOptions { d: 9, ..Default::default() }).unwrap();
+    assert_same_outputs(&m, &dm, 1e-4, "decomposed concat model");
+}

@@ -102,6 +102,67 @@ impl CopyIn {
     }
 }
 
+/// Inputs stacked along the channels (or features), for every layout: flat vectors and planar
+/// maps copy whole runs; blocked maps move channel by channel, as a channel's lane in its
+/// 16-channel block shifts with the offset.
+pub(crate) struct ConcatStep {
+    pub ins: Vec<(ValId, Lay)>,
+    pub out: ValId,
+    pub ol: Lay,
+    pub batch: usize,
+}
+
+impl ConcatStep {
+    pub fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
+        ctx.par(self.batch, &|img, _| {
+            // SAFETY: each task writes one image of the output, sized for the output layout;
+            // inputs are read within their own images.
+            unsafe { self.image(ctx, img) }
+        })
+    }
+
+    unsafe fn image(&self, ctx: &Ctx, img: usize) {
+        unsafe {
+            let per_img = |l: &Lay| match l {
+                Lay::Map(m) => m.img(),
+                Lay::Planar(p) => p.img(),
+                Lay::Flat { len } => *len,
+                Lay::Scratch => 0,
+            };
+            let y = ctx.ptr(self.out).add(img * per_img(&self.ol));
+            // borders and the unused lanes of a last block must hold zeros / finite values
+            std::ptr::write_bytes(y, 0, per_img(&self.ol));
+            let mut off = 0; // channels (or features) written so far
+            for (v, l) in &self.ins {
+                let x = (ctx.ptr(*v) as *const f32).add(img * per_img(l));
+                match (l, &self.ol) {
+                    (Lay::Flat { len }, Lay::Flat { .. }) => {
+                        std::ptr::copy_nonoverlapping(x, y.add(off), *len);
+                        off += len;
+                    }
+                    (Lay::Planar(p), Lay::Planar(o)) => {
+                        std::ptr::copy_nonoverlapping(x, y.add(off * o.plane()), p.img());
+                        off += p.c;
+                    }
+                    (Lay::Map(m), Lay::Map(o)) => {
+                        for k in 0..m.c {
+                            let src = x.add((k / L) * m.plane() + k % L);
+                            let dst = y.add(((off + k) / L) * o.plane() + (off + k) % L);
+                            for yy in 0..m.h {
+                                for xx in 0..m.w {
+                                    *dst.add(o.at(yy, xx)) = *src.add(m.at(yy, xx));
+                                }
+                            }
+                        }
+                        off += m.c;
+                    }
+                    _ => unreachable!("layouts checked when planning"),
+                }
+            }
+        }
+    }
+}
+
 /// Softmax (or log-softmax) over the channels of plain NCHW data: `c` values `hw` apart, for
 /// each of the `hw` pixels of each image (a vector is c = its length, hw = 1).
 pub(crate) struct SoftmaxStep {

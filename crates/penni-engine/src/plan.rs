@@ -185,6 +185,7 @@ pub(crate) enum StepOp {
     Pool(ops::PoolStep),
     Gap(ops::GapStep),
     Softmax(ops::SoftmaxStep),
+    Concat(ops::ConcatStep),
     Elt(ops::EltStep),
     Linear(ops::LinearStep),
     ToPlanar(planar::ToPlanar),
@@ -253,6 +254,7 @@ impl Step {
             StepOp::Pool(s) => s.exec(ctx),
             StepOp::Gap(s) => s.exec(ctx),
             StepOp::Softmax(s) => s.exec(ctx),
+            StepOp::Concat(s) => s.exec(ctx),
             StepOp::Elt(s) => s.exec(ctx),
             StepOp::Linear(s) => s.exec(ctx),
             StepOp::ToPlanar(s) => s.exec(ctx),
@@ -758,6 +760,7 @@ enum GKind {
     Softmax {
         log: bool,
     },
+    Concat,
 }
 
 /// Per-output-channel affine map (scale, shift) of one or more folded batchnorms.
@@ -923,6 +926,10 @@ impl<'m> Builder<'m> {
                 Op::GlobalAvgPool => GKind::Gap,
                 Op::Flatten => GKind::Flatten,
                 Op::Softmax { log } => GKind::Softmax { log: *log },
+                Op::Concat => {
+                    inputs = node.inputs.clone();
+                    GKind::Concat
+                }
                 Op::Linear { .. } => {
                     self.absorb_acts(&mut t, &mut act, &mut anchor, &mut names, &mut absorbed);
                     GKind::Linear { node: i }
@@ -1345,6 +1352,14 @@ impl<'m> Builder<'m> {
                         ins.clone(),
                         vec![dst],
                     );
+                }
+                GKind::Concat => {
+                    let same = lays.iter().all(|l| std::mem::discriminant(l) == std::mem::discriminant(&ylay));
+                    if !same {
+                        return Err(EngineError::Internal(format!("'{}' concatenates tensors of different layouts", g.names[0])));
+                    }
+                    let st = ops::ConcatStep { ins: ins.iter().copied().zip(lays.iter().copied()).collect(), out: dst, ol: ylay, batch: self.batch };
+                    self.push(&g.names, format!("concat x{}", ins.len()), 0, StepOp::Concat(st), ins.clone(), vec![dst]);
                 }
                 GKind::Flatten | GKind::Softmax { .. } => unreachable!("handled above"),
             }

@@ -117,3 +117,48 @@ fn resnet20_full_size_32x32() {
     check(&dec, &[1], &[Strategy::Auto], 2);
     check_backends(&dec, 1);
 }
+
+/// SqueezeNet- and Inception-style concatenations: branches of 20 and 13 channels stacked at
+/// offsets that are not multiples of the 16-channel blocks, a concat read by a padded conv, a
+/// concat of a block with its own input (DenseNet), and a concat of vectors.
+fn concat_model() -> Model {
+    use penni_model::Input;
+    use penni_model::zoo::GraphBuilder;
+    let input = Input {
+        name: "x".into(),
+        channels: 3,
+        height: 12,
+        width: 12,
+    };
+    let mut b = GraphBuilder::new("concat", input, 31);
+    let s = b.conv_bn("stem.", "x", 16, 3, 1, true);
+    let sq = b.conv("fire.squeeze", &s, 8, 1, 1, 0, true);
+    let sq = b.relu("fire.squeeze.relu", &sq);
+    let e1 = b.conv("fire.e1", &sq, 20, 1, 1, 0, true);
+    let e3 = b.conv_bn("fire.e3.", &sq, 13, 3, 1, true);
+    let fire = b.concat("fire.concat", &[&e1, &e3]);
+    let fire = b.relu("fire.relu", &fire);
+    let c = b.conv_bn("dense.", &fire, 9, 3, 1, true);
+    let dense = b.concat("dense.concat", &[&fire, &c, &s]);
+    let p = b.max_pool("pool", &dense, 2, 2);
+    let g = b.global_avg_pool("gap", &p);
+    let f = b.flatten("flatten", &g);
+    let l1 = b.linear("fc.a", &f, 6);
+    let l2 = b.linear("fc.b", &f, 5);
+    let v = b.concat("fc.concat", &[&l1, &l2]);
+    let v = b.relu("fc.relu", &v);
+    let y = b.linear("fc", &v, 4);
+    b.finish(&y).unwrap()
+}
+
+#[test]
+fn concat_all_forms() {
+    let mut dense = concat_model();
+    randomize_bn(&mut dense, 32);
+    let mut dec = dense.clone();
+    decompose(&mut dec, 5, 0.8, 33);
+    check(&dense, &[1, 5], &[Strategy::Auto], 2);
+    check(&dec, &[1, 5], &STRATEGIES, 2);
+    check_backends(&dense, 2);
+    check_backends(&dec, 3);
+}

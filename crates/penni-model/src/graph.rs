@@ -61,6 +61,9 @@ pub enum Op {
     GlobalAvgPool,
     /// Element-wise sum of all inputs (residual connections).
     Add,
+    /// The inputs stacked along the channels (feature maps of one size) or the features
+    /// (vectors), in input order: Inception branches, DenseNet and SqueezeNet blocks.
+    Concat,
     Flatten,
     Linear { in_features: usize, out_features: usize, bias: bool },
     /// Softmax over the channels: of each pixel for a feature map, of the whole vector for a
@@ -80,6 +83,7 @@ impl Op {
             Op::AvgPool2d(_) => "AvgPool2d",
             Op::GlobalAvgPool => "GlobalAvgPool",
             Op::Add => "Add",
+            Op::Concat => "Concat",
             Op::Flatten => "Flatten",
             Op::Linear { .. } => "Linear",
             Op::Softmax { log: false } => "Softmax",
@@ -133,7 +137,7 @@ impl Op {
 
     fn expected_inputs(&self) -> Option<usize> {
         match self {
-            Op::Add => None,
+            Op::Add | Op::Concat => None,
             _ => Some(1),
         }
     }
@@ -456,6 +460,24 @@ pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
                 return Err(shape_err(node, format!("inputs have different shapes: {} and {s}", ins[0])));
             }
             Ok(ins[0])
+        }
+        Op::Concat => {
+            let Some(first) = ins.first() else {
+                return Err(shape_err(node, "expects at least 1 input, got 0".into()));
+            };
+            let mut total = 0usize;
+            for s in ins {
+                let c = match (first, s) {
+                    (Shape::Map { h, w, .. }, Shape::Map { c, h: h2, w: w2 }) if h == h2 && w == w2 => *c,
+                    (Shape::Vector(_), Shape::Vector(n)) => *n,
+                    _ => return Err(shape_err(node, format!("inputs {first} and {s} do not stack along the channels"))),
+                };
+                total = total.checked_add(c).ok_or_else(|| shape_err(node, "too many channels".into()))?;
+            }
+            Ok(match *first {
+                Shape::Map { h, w, .. } => Shape::Map { c: total, h, w },
+                Shape::Vector(_) => Shape::Vector(total),
+            })
         }
         Op::Flatten => Ok(Shape::Vector(ins[0].numel())),
         Op::Linear { in_features, out_features, .. } => match ins[0] {

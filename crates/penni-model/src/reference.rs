@@ -202,6 +202,17 @@ fn eval_node(node: &Node, ins: &[&Activation], out: Shape) -> Result<Activation>
         }
         Op::Flatten => x.data.clone(),
         Op::Softmax { log } => softmax(x, *log),
+        Op::Concat => {
+            // per image, each input's channels (c*h*w contiguous values) in turn
+            let mut y = Vec::with_capacity(n * out.numel());
+            for i in 0..n {
+                for a in ins {
+                    let per = a.shape.numel();
+                    y.extend_from_slice(&a.data[i * per..(i + 1) * per]);
+                }
+            }
+            y
+        }
         Op::Linear { in_features, out_features, .. } => {
             let w = &node.param("weight")?.data;
             let b = node.params.get("bias");

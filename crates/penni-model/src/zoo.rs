@@ -178,6 +178,10 @@ impl GraphBuilder {
         self.push(name, Op::Flatten, &[x], BTreeMap::new())
     }
 
+    pub fn concat(&mut self, name: &str, inputs: &[&str]) -> String {
+        self.push(name, Op::Concat, inputs, BTreeMap::new())
+    }
+
     pub fn softmax(&mut self, name: &str, x: &str, log: bool) -> String {
         self.push(name, Op::Softmax { log }, &[x], BTreeMap::new())
     }

@@ -282,6 +282,13 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                 let op = if n.inputs.len() == 2 { "Add" } else { "Sum" };
                 nodes.push(node(op, &n.name, n.inputs.clone(), &n.output, vec![]));
             }
+            Op::Concat => nodes.push(node(
+                "Concat",
+                &n.name,
+                n.inputs.clone(),
+                &n.output,
+                vec![attr_int("axis", 1)],
+            )),
             // opset 13 Softmax normalises along one axis: 1 is the channels (or the features).
             Op::Softmax { log } => nodes.push(node(
                 if *log { "LogSoftmax" } else { "Softmax" },

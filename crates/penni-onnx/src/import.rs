@@ -2497,22 +2497,47 @@ impl<'g> Importer<'g> {
     }
 
     /// ONNX Concat of constants (folded) or of shape vectors (a Reshape target being built).
+    /// Concat of run-time tensors along the channels of feature maps (or the features of
+    /// vectors): Inception branches, DenseNet and SqueezeNet blocks.
+    fn concat_acts(&mut self, cx: &Ctx, axis: i64, parts: Vec<Value>) -> PResult<()> {
+        let mut inputs = Vec::with_capacity(parts.len());
+        let mut shapes = Vec::with_capacity(parts.len());
+        for (i, p) in parts.into_iter().enumerate() {
+            match p {
+                Value::Act { tensor, shape, .. } => {
+                    inputs.push(tensor);
+                    shapes.push(shape);
+                }
+                _ => {
+                    return unsupported(format!(
+                        "input #{i} is a constant concatenated with run-time tensors"
+                    ));
+                }
+            }
+        }
+        let rank = if matches!(shapes[0], Shape::Map { .. }) { 4 } else { 2 };
+        if self.axis_index(cx, axis, rank, "axis")? != 1 {
+            return unsupported(format!(
+                "Concat along axis {axis} of {} tensors; only along the channels (axis 1) is supported",
+                shapes[0]
+            ));
+        }
+        self.emit(cx, Op::Concat, inputs, BTreeMap::new(), false)
+    }
+
     fn concat(&mut self, cx: &Ctx) -> PResult<()> {
         let Some(axis) = attr_int(self, cx, "axis")? else {
             return Err(self.invalid(cx, "the axis attribute is missing"));
         };
         let mut parts = Vec::new();
         for i in 0..cx.node.input.len() {
-            let v = self.value_of_input(cx, i)?;
-            match v {
-                Value::Act { .. } => {
-                    return unsupported(
-                        "Concat of run-time tensors (channel concatenation as in DenseNet or Inception) is not supported",
-                    );
-                }
+            match self.value_of_input(cx, i)? {
                 Value::Poisoned => return unsupported("input comes from an unsupported node"),
                 v => parts.push(v),
             }
+        }
+        if parts.iter().any(|p| matches!(p, Value::Act { .. })) {
+            return self.concat_acts(cx, axis, parts);
         }
         if parts.is_empty() {
             return Err(self.invalid(cx, "has no inputs"));
@@ -2977,6 +3002,19 @@ fn infer(op: &Op, ins: &[Shape]) -> Result<Shape, String> {
             Ok(Shape::Map { c, h: 1, w: 1 })
         }
         Op::Add => Ok(ins[0]),
+        Op::Concat => {
+            let total: usize = ins.iter().map(|s| match s {
+                Shape::Map { c, .. } => *c,
+                Shape::Vector(n) => *n,
+            }).sum();
+            match ins[0] {
+                Shape::Map { h, w, .. } if ins.iter().all(|s| matches!(s, Shape::Map { h: h2, w: w2, .. } if *h2 == h && *w2 == w)) => {
+                    Ok(Shape::Map { c: total, h, w })
+                }
+                Shape::Vector(_) if ins.iter().all(|s| matches!(s, Shape::Vector(_))) => Ok(Shape::Vector(total)),
+                _ => Err(format!("inputs of shapes {} do not stack along the channels", ins.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "))),
+            }
+        }
         Op::Flatten => Ok(Shape::Vector(ins[0].numel())),
         Op::Linear { out_features, .. } => Ok(Shape::Vector(*out_features)),
     }

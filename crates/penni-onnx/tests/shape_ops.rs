@@ -464,11 +464,11 @@ fn constants_fold_as_onnx_defines() {
 
 #[test]
 fn what_penni_cannot_express_is_listed_together() {
-    // Gather and Concat of run-time tensors, a mean over channels, the batch size used as a
-    // feature count: all reported in one error
+    // Gather of a run-time tensor, a Concat along a spatial axis, a mean over channels, the
+    // batch size used as a feature count: all reported in one error
     let nodes = vec![
         node("Gather", &["r", "idx"], "g", vec![attr_int("axis", 1)]),
-        node("Concat", &["r", "r"], "cat", vec![attr_int("axis", 1)]),
+        node("Concat", &["r", "r"], "cat", vec![attr_int("axis", 2)]),
         node("ReduceMean", &["cat", "axes"], "m", vec![]),
         node("Shape", &["g"], "s", vec![]),
         node("Add", &["m", "s"], "mix", vec![]),
@@ -503,7 +503,7 @@ fn what_penni_cannot_express_is_listed_together() {
     let text = e.to_string();
     for (node, what) in [
         ("/g", "Gather of a run-time tensor"),
-        ("/cat", "Concat of run-time tensors"),
+        ("/cat", "only along the channels"),
         ("/flat", "batch size at axis 1"),
     ] {
         assert!(
@@ -694,4 +694,29 @@ fn view_with_a_product_of_sizes_is_a_flatten() {
         ints64("minus1", &[1], &[-1]),
     ];
     check(&onnx_model(13, None, 48, nodes, inits), 48, &[Op::Flatten]);
+}
+
+/// Inception/SqueezeNet branches: Concat of run-time feature maps along the channels (axis 1
+/// or -3) imports as one Concat node; other axes and constants mixed in are refused clearly.
+#[test]
+fn concat_of_feature_maps_along_the_channels() {
+    for axis in [1, -3] {
+        let nodes = vec![
+            node("Relu", &["r"], "r2", vec![]),
+            node("Concat", &["r", "r2", "r"], "cat", vec![attr_int("axis", axis)]),
+            node("Flatten", &["cat"], "flat", vec![]),
+        ];
+        let got = import(&onnx_model(13, None, 144, nodes, vec![])).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(kinds(&got), ["Conv2d", "ReLU", "ReLU", "Concat", "Flatten", "Linear"]);
+        assert_eq!(got.nodes[3].inputs.len(), 3);
+    }
+    let cases = [
+        (vec![node("Concat", &["r", "r"], "cat", vec![attr_int("axis", 2)])], vec![], "only along the channels"),
+        (vec![node("Concat", &["r", "k"], "cat", vec![attr_int("axis", 1)])], vec![floats("k", &[1, 3, 4, 4], &[0.0; 48])], "constant concatenated"),
+    ];
+    for (mut nodes, inits, what) in cases {
+        nodes.push(node("Flatten", &["cat"], "flat", vec![]));
+        let e = import(&onnx_model(13, None, 96, nodes, inits)).unwrap_err();
+        assert!(matches!(e, OnnxError::UnsupportedModel { .. }) && e.to_string().contains(what), "{what}: {e}");
+    }
 }

@@ -274,6 +274,17 @@ impl Net {
                 (Act::Flat(t), true) => Act::Flat(log_softmax(t, 1)),
                 (Act::Flat(t), false) => Act::Flat(softmax(t, 1)),
             },
+            Op::Concat => {
+                if ins.iter().all(|a| matches!(a, Act::Map(_))) {
+                    Act::Map(Tensor::cat(ins.into_iter().map(|a| map(a)).collect::<Result<Vec<_>>>()?, 1))
+                } else {
+                    let flat = |a: Act| match a {
+                        Act::Flat(t) => Ok(t),
+                        Act::Map(_) => Err(unsupported("concatenates a feature map with a vector")),
+                    };
+                    Act::Flat(Tensor::cat(ins.into_iter().map(flat).collect::<Result<Vec<_>>>()?, 1))
+                }
+            }
             Op::Flatten => match ins.remove(0) {
                 Act::Map(t) => {
                     let [n, c, h, w] = t.dims();

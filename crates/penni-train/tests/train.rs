@@ -311,3 +311,31 @@ fn a_final_softmax_is_part_of_the_model_but_not_of_the_loss() {
         }
     }
 }
+
+/// Concat (SqueezeNet/Inception-style branches, and vectors) runs through burn like the
+/// reference, and gradients reach both branches.
+#[test]
+fn concat_branches_train_like_the_reference() {
+    let mut b = GraphBuilder::new("fire", Input { name: "input".into(), channels: 1, height: 8, width: 8 }, 6);
+    let x = b.input();
+    let s = b.conv_bn("stem.", &x, 4, 3, 1, true);
+    let e1 = b.conv_bn("e1.", &s, 3, 1, 1, true);
+    let e3 = b.conv_bn("e3.", &s, 5, 3, 1, true);
+    let c = b.concat("concat", &[&e1, &e3]);
+    let p = b.global_avg_pool("pool", &c);
+    let f = b.flatten("flat", &p);
+    let a = b.linear("fc.a", &f, 3);
+    let v = b.concat("fc.concat", &[&a, &f]);
+    let o = b.linear("fc", &v, 4);
+    let mut m = b.finish(&o).unwrap();
+    randomise_bn(&mut m, 7);
+    let x = random_input(&m, 2, 8);
+    let burn_out = penni_train::forward(&m, &x, 2).unwrap();
+    let reference = reference::forward(&m, &Activation { n: 2, shape: m.input_shape(), data: x.clone() }).unwrap();
+    assert!(max_rel_diff(&burn_out, &reference.data) < 1e-5);
+    let grads = penni_train::gradients(&m, &x, &[1, 2]).unwrap();
+    for k in ["e1.conv.weight", "e3.conv.weight", "fc.a.weight"] {
+        let g = grads.iter().find(|(name, _)| name.contains(k)).unwrap_or_else(|| panic!("no gradient for {k}: {:?}", grads.keys()));
+        assert!(g.1.iter().any(|v| *v != 0.0), "{k}");
+    }
+}

@@ -284,17 +284,18 @@ pub fn op_zoo() -> Model {
         &["flat_out"],
         BTreeMap::from([("weight".into(), rand_tensor(&mut rng, vec![6, 8], 0.5))]),
     );
-    push("fc_relu", Op::Relu, &["fc1_out"], BTreeMap::new());
+    push("cat", Op::Concat, &["fc1_out", "flat_out"], BTreeMap::new());
+    push("fc_relu", Op::Relu, &["cat_out"], BTreeMap::new());
     push(
         "fc2",
         Op::Linear {
-            in_features: 6,
+            in_features: 14,
             out_features: 3,
             bias: true,
         },
         &["fc_relu_out"],
         BTreeMap::from([
-            ("weight".into(), rand_tensor(&mut rng, vec![3, 6], 0.5)),
+            ("weight".into(), rand_tensor(&mut rng, vec![3, 14], 0.5)),
             ("bias".into(), rand_tensor(&mut rng, vec![3], 0.1)),
         ]),
     );
