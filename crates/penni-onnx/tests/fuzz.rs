@@ -8,7 +8,7 @@ use prost::Message;
 
 /// Every op the importer understands, plus one it must reject.
 fn ops() -> Vec<&'static str> {
-    penni_onnx::SUPPORTED_OPS.iter().copied().chain(["Softmax"]).collect()
+    penni_onnx::SUPPORTED_OPS.iter().copied().chain(["Hardmax"]).collect()
 }
 const NUMBERS: &[i64] = &[
     -(1 << 62),
