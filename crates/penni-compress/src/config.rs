@@ -31,6 +31,15 @@ pub struct DecomposeConfig {
     pub init: Init,
     /// Per-layer d, by node name.
     pub layers: BTreeMap<String, usize>,
+    /// Keep convs dense where decomposing would not save work (d * groups >= output channels,
+    /// e.g. depthwise convs). Left out of the serialised config when true, so run directories
+    /// started before this key existed still resume.
+    #[serde(skip_serializing_if = "is_true")]
+    pub only_if_cheaper: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,7 +84,7 @@ pub struct FinetuneConfig {
 
 impl Default for DecomposeConfig {
     fn default() -> Self {
-        Self { d: 5, init: Init::Svd, layers: BTreeMap::new() }
+        Self { d: 5, init: Init::Svd, layers: BTreeMap::new(), only_if_cheaper: true }
     }
 }
 
@@ -204,7 +213,12 @@ impl Config {
     }
 
     pub fn decompose_options(&self) -> DecomposeOptions {
-        DecomposeOptions { d: self.decompose.d, per_layer: self.decompose.layers.clone(), init: self.decompose.init }
+        DecomposeOptions {
+            d: self.decompose.d,
+            per_layer: self.decompose.layers.clone(),
+            init: self.decompose.init,
+            only_if_cheaper: self.decompose.only_if_cheaper,
+        }
     }
 
     pub fn prune_options(&self) -> PruneOptions {

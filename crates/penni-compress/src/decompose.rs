@@ -39,11 +39,15 @@ pub struct DecomposeOptions {
     /// Per-layer override of `d`, by node name.
     pub per_layer: BTreeMap<String, usize>,
     pub init: Init,
+    /// Leave a conv dense when its basis stage alone (C*d*k*k MACs per pixel) would cost as
+    /// much as the whole dense conv (N*C/groups*k*k), i.e. d*groups >= N: depthwise convs and
+    /// convs with fewer outputs than bases. Layers named in `per_layer` are decomposed anyway.
+    pub only_if_cheaper: bool,
 }
 
 impl Default for DecomposeOptions {
     fn default() -> Self {
-        Self { d: 5, per_layer: BTreeMap::new(), init: Init::Svd }
+        Self { d: 5, per_layer: BTreeMap::new(), init: Init::Svd, only_if_cheaper: true }
     }
 }
 
@@ -64,6 +68,9 @@ pub struct DecomposedLayer {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DecomposeReport {
     pub layers: Vec<DecomposedLayer>,
+    /// Convs left dense because decomposing them would not save work (see `only_if_cheaper`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_dense: Vec<String>,
 }
 
 /// Factors of one kernel matrix: `bases` (d x kk) and `coefficients` (rows x d), row-major.
@@ -128,7 +135,8 @@ pub fn factorize(m: &[f32], rows: usize, kk: usize, d: usize, init: Init) -> Res
     Ok(Factors { bases, coefficients, relative_error })
 }
 
-/// Decomposes every Conv2d with kh*kw > 1 (first layer, biased and grouped convs included).
+/// Decomposes every Conv2d with kh*kw > 1 (first layer, biased and grouped convs included),
+/// except, with `only_if_cheaper`, those that PENNI would make slower (depthwise convs).
 /// 1x1 convs, linear layers and already-decomposed convs are left as they are. Node and tensor
 /// names are kept, so per-layer settings and reports keep referring to the same layers.
 pub fn decompose(model: &Model, opts: &DecomposeOptions) -> Result<(Model, DecomposeReport)> {
@@ -160,6 +168,10 @@ pub fn decompose(model: &Model, opts: &DecomposeOptions) -> Result<(Model, Decom
             continue;
         }
         let d = opts.per_layer.get(&node.name).copied().unwrap_or(opts.d).clamp(1, kk);
+        if opts.only_if_cheaper && !opts.per_layer.contains_key(&node.name) && d * c.groups >= c.out_channels {
+            report.kept_dense.push(node.name.clone());
+            continue;
+        }
         let w = node.param("weight")?;
         let rows = w.shape[0] * w.shape[1];
         let f = factorize(&w.data, rows, kk, d, opts.init)?;

@@ -243,6 +243,12 @@ impl CompressionReport {
                 .collect();
             s += &render(&["layer", "kind", "in", "out", "bases", "decomp. error", "non-zero", "sparsity"], &rows);
         }
+        if let Some(d) = self.decompose.as_ref().filter(|d| !d.kept_dense.is_empty()) {
+            s += &format!(
+                "\nkept dense (the basis stage alone would cost as much as the conv: d * groups >= outputs): {}\n",
+                d.kept_dense.join(", ")
+            );
+        }
         if let Some(sh) = &self.shrink {
             s += &format!(
                 "\nshrink: {} channels removed ({} by folding a constant into the next layer's bias), {} bases removed, {} passes\n",

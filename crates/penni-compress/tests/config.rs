@@ -4,7 +4,9 @@ use penni_compress::{CompressError, Config, Init};
 #[test]
 fn defaults_are_the_papers_settings() {
     let c = Config::default();
-    assert_eq!((c.decompose.d, c.decompose.init), (5, Init::Svd));
+    assert_eq!((c.decompose.d, c.decompose.init, c.decompose.only_if_cheaper), (5, Init::Svd, true));
+    // a run directory's config fingerprint from before the key existed still matches
+    assert!(!c.to_toml_string().unwrap().contains("only_if_cheaper"));
     let r = c.retrain_phase();
     assert_eq!((r.epochs, r.lr, r.momentum, r.nesterov, r.weight_decay, r.batch_size), (100, 0.01, 0.9, true, 1e-4, 128));
     assert_eq!((r.milestones.clone(), r.gamma), (vec![50, 75], 0.1));
@@ -29,6 +31,7 @@ fn values_and_per_layer_table_are_read() {
         seed = 7
         [decompose]
         init = "pca"
+        only_if_cheaper = false
         [decompose.layers]
         "features.1.conv" = 9
         [retrain]
@@ -41,6 +44,7 @@ fn values_and_per_layer_table_are_read() {
     )
     .unwrap();
     assert_eq!(c.decompose.init, Init::Pca);
+    assert!(!c.decompose_options().only_if_cheaper);
     assert_eq!(c.decompose.layers["features.1.conv"], 9);
     assert_eq!(c.decompose_options().per_layer["features.1.conv"], 9);
     assert_eq!(c.retrain_phase().milestones, vec![4, 6]);

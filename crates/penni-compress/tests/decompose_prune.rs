@@ -44,7 +44,7 @@ fn awkward_model() -> Model {
 #[test]
 fn full_rank_svd_decomposition_computes_the_same_outputs() {
     for m in [awkward_model(), zoo("resnet20", 16, 4), zoo("vgg16", 32, 5)] {
-        let (d, report) = decompose(&m, &DecomposeOptions { d: 9, ..Default::default() }).unwrap();
+        let (d, report) = decompose(&m, &DecomposeOptions { d: 9, only_if_cheaper: false, ..Default::default() }).unwrap();
         assert_same_outputs(&m, &d, 1e-4, &m.name);
         for l in &report.layers {
             assert!(l.relative_error < 1e-6, "{}: {}", l.node, l.relative_error);
@@ -56,7 +56,8 @@ fn full_rank_svd_decomposition_computes_the_same_outputs() {
 #[test]
 fn decompose_covers_every_kxk_conv_and_leaves_1x1_and_linear_alone() {
     let m = awkward_model();
-    let (d, report) = decompose(&m, &DecomposeOptions::default()).unwrap();
+    let all = DecomposeOptions { only_if_cheaper: false, ..Default::default() };
+    let (d, report) = decompose(&m, &all).unwrap();
     let names: Vec<&str> = report.layers.iter().map(|l| l.node.as_str()).collect();
     assert_eq!(names, ["first", "grouped", "tall"]);
     let first = d.node("first").unwrap();
@@ -71,9 +72,38 @@ fn decompose_covers_every_kxk_conv_and_leaves_1x1_and_linear_alone() {
     assert_eq!(d.node("pointwise").unwrap(), m.node("pointwise").unwrap());
     assert_eq!(d.node("fc").unwrap(), m.node("fc").unwrap());
     // decomposing again changes nothing (decomposed layers are left alone)
-    let (again, r2) = decompose(&d, &DecomposeOptions::default()).unwrap();
+    let (again, r2) = decompose(&d, &all).unwrap();
     assert_eq!(again, d);
     assert!(r2.layers.is_empty());
+}
+
+/// PENNI's basis stage convolves every input channel with d bases (C*d*k*k MACs per pixel): for
+/// a conv with d*groups >= N outputs (a depthwise conv) that alone costs as much as the dense
+/// conv, so such convs stay dense unless named in the per-layer settings.
+#[test]
+fn convs_that_decomposition_would_make_dearer_stay_dense() {
+    let mut b = GraphBuilder::new("mobile", Input { name: "input".into(), channels: 3, height: 8, width: 8 }, 3);
+    let x = b.conv("stem", "input", 16, 3, 1, 1, false);
+    let mut rng = InitRng::new(4);
+    let dw = Conv2d { in_channels: 16, out_channels: 16, kernel: [3, 3], stride: [1, 1], padding: [1; 4], dilation: [1, 1], groups: 16, bias: false };
+    let w = Tensor { shape: vec![16, 1, 3, 3], data: (0..144).map(|_| rng.normal() * 0.3).collect() };
+    let x = b.push("depthwise", Op::Conv2d(dw), &[&x], BTreeMap::from([("weight".to_string(), w)]));
+    let x = b.conv("narrow", &x, 4, 3, 1, 1, false);
+    let p = b.global_avg_pool("pool", &x);
+    let f = b.flatten("flatten", &p);
+    let y = b.linear("fc", &f, 3);
+    let m = b.finish(&y).unwrap();
+    let (d, report) = decompose(&m, &DecomposeOptions::default()).unwrap();
+    assert_eq!(report.layers.iter().map(|l| l.node.as_str()).collect::<Vec<_>>(), ["stem"]);
+    assert_eq!(report.kept_dense, ["depthwise", "narrow"]);
+    assert_eq!(d.node("depthwise").unwrap(), m.node("depthwise").unwrap());
+    let cost = |m: &Model| penni_model::cost::model_cost(m).unwrap().totals.macs_paper;
+    assert!(cost(&d) < cost(&m), "decomposition never adds work: {} -> {}", cost(&m), cost(&d));
+    // named in the per-layer settings: decomposed as asked
+    let per_layer = BTreeMap::from([("depthwise".to_string(), 2)]);
+    let (d, report) = decompose(&m, &DecomposeOptions { per_layer, ..Default::default() }).unwrap();
+    assert!(matches!(d.node("depthwise").unwrap().op, Op::DecomposedConv2d(_)));
+    assert_eq!(report.kept_dense, ["narrow"]);
 }
 
 #[test]
@@ -82,7 +112,8 @@ fn per_layer_d_overrides_and_bad_names_are_errors() {
     let mut per_layer = BTreeMap::new();
     per_layer.insert("stem.conv".to_string(), 2);
     per_layer.insert("layer1.0.1.conv".to_string(), 20);
-    let (d, report) = decompose(&m, &DecomposeOptions { d: 4, per_layer, init: Init::Svd }).unwrap();
+    let opts = DecomposeOptions { d: 4, per_layer, init: Init::Svd, only_if_cheaper: false };
+    let (d, report) = decompose(&m, &opts).unwrap();
     let bases = |n: &str| d.node(n).unwrap().params["bases"].shape[0];
     assert_eq!((bases("stem.conv"), bases("layer1.0.1.conv"), bases("layer1.0.2.conv")), (2, 9, 4));
     assert_eq!(report.layers.len(), 19);
@@ -91,7 +122,7 @@ fn per_layer_d_overrides_and_bad_names_are_errors() {
     bad.insert("no.such.layer".to_string(), 3);
     bad.insert("layer2.0.shortcut.conv".to_string(), 3); // a 1x1 conv
     bad.insert("stem.conv".to_string(), 0);
-    let err = decompose(&m, &DecomposeOptions { d: 4, per_layer: bad, init: Init::Svd }).unwrap_err();
+    let err = decompose(&m, &DecomposeOptions { d: 4, per_layer: bad, init: Init::Svd, ..Default::default() }).unwrap_err();
     let msg = err.to_string();
     for part in ["no.such.layer", "layer2.0.shortcut.conv", "stem.conv"] {
         assert!(msg.contains(part), "error names {part}: {msg}");
@@ -151,7 +182,8 @@ fn expected_zeros(v: &[f32], s: f64) -> usize {
 #[test]
 fn prune_zeros_coefficients_below_s_standard_deviations_per_layer() {
     let m = zoo("resnet20", 8, 8);
-    let (d, _) = decompose(&m, &DecomposeOptions::default()).unwrap();
+    // width 0.25: the first stage has 4 channels, fewer than d = 5; decompose it all the same
+    let (d, _) = decompose(&m, &DecomposeOptions { only_if_cheaper: false, ..Default::default() }).unwrap();
     for s in [1.0f32, 0.5] {
         let (p, report) = prune(&d, &PruneOptions { s, ..Default::default() }).unwrap();
         for l in &report.layers {

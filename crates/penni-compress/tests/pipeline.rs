@@ -213,7 +213,11 @@ fn zero_epoch_phases_skip_the_trainer() {
 #[test]
 fn report_renders_as_table_json_and_svg() {
     let m = model();
-    let (d, dr) = penni_compress::decompose(&m, &Default::default()).unwrap();
+    // width 0.25: the 4-channel first stage stays dense by default (5 bases would cost more)
+    let (_, kept) = penni_compress::decompose(&m, &Default::default()).unwrap();
+    assert!(kept.kept_dense.contains(&"stem.conv".to_string()), "{:?}", kept.kept_dense);
+    let all = penni_compress::DecomposeOptions { only_if_cheaper: false, ..Default::default() };
+    let (d, dr) = penni_compress::decompose(&m, &all).unwrap();
     let (p, pr) = penni_compress::prune(&d, &Default::default()).unwrap();
     let (s, sr) = penni_compress::shrink(&p).unwrap();
     let mut r = CompressionReport::new("resnet20 <test>");
@@ -230,7 +234,11 @@ fn report_renders_as_table_json_and_svg() {
     let stem = r.phase("decompose").unwrap().layers.iter().find(|l| l.node == "stem.conv").unwrap();
     assert_eq!((stem.in_channels, stem.out_channels, stem.bases), (3, 4, Some(5)));
 
+    let mut with_kept = r.clone();
+    with_kept.decompose = Some(kept);
+    assert!(with_kept.to_table().contains("kept dense (the basis stage alone would cost as much as the conv"));
     let table = r.to_table();
+    assert!(!table.contains("kept dense"));
     for needle in ["params (paper)", "params (all)", "MACs (paper)", "MACs (all)", "91.25%", "stem.conv", "paper: non-zero", "all: paper +", "channel group"] {
         assert!(table.contains(needle), "table lacks '{needle}':\n{table}");
     }
