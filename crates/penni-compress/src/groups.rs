@@ -1,7 +1,7 @@
 //! The channel-dependency graph: which tensors must lose the same channels together.
 //!
-//! Channel-wise ops (batchnorm, ReLU, clip, pools, global pooling, flatten, and every input and
-//! the output of an Add) do not mix channels, so channel k of their input *is* channel k of their
+//! Channel-wise ops (batchnorm, ReLU, clip, pools, global pooling, flatten, depthwise convs
+//! with one filter per channel, and every input and the output of an Add) do not mix channels, so channel k of their input *is* channel k of their
 //! output: all those tensors form one [`ChannelGroup`], and a channel can only leave the group as a
 //! whole. Channel-mixing layers (conv, decomposed conv, linear) sit on group borders: they
 //! *produce* the channels of their output group (one weight row per channel) and *consume* the
@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use penni_model::{Model, Op, Shape};
+use penni_model::{Conv2d, Model, Op, Shape};
 use serde::Serialize;
 
 use crate::error::Result;
@@ -71,7 +71,17 @@ pub struct DependencyGraph {
 
 /// Whether an op mixes channels (and so starts a new group at its output).
 pub fn is_mixing(op: &Op) -> bool {
-    matches!(op, Op::Conv2d(_) | Op::DecomposedConv2d(_) | Op::Linear { .. })
+    matches!(op, Op::Conv2d(_) | Op::DecomposedConv2d(_) | Op::Linear { .. }) && !is_depthwise(op)
+}
+
+/// A dense depthwise conv with one filter per channel (groups = in = out channels): output
+/// channel k reads input channel k only, so it is channel-wise like a batchnorm.
+pub fn is_depthwise(op: &Op) -> bool {
+    matches!(op, Op::Conv2d(c) if depthwise(c))
+}
+
+pub fn depthwise(c: &Conv2d) -> bool {
+    c.groups > 1 && c.groups == c.in_channels && c.groups == c.out_channels
 }
 
 /// Whether an op's output starts a new group: channel-mixing layers, and concat.

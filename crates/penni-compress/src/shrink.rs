@@ -6,7 +6,8 @@
 //! - the value it reads is a known constant (every producer of the group emits a constant on k,
 //!   i.e. its weight row is zero and it emits its bias, and the channel-wise ops on the way map
 //!   constants to constants: batchnorm, ReLU, clip, pools whose windows always see the input,
-//!   global pooling, flatten, add), and
+//!   global pooling, flatten, add, a depthwise conv when the constant is 0 or its filter is
+//!   zero or it is unpadded), and
 //! - that constant can be moved into the consumer's bias exactly: the constant is 0, or the
 //!   consumer is a linear layer, or an unpadded, ungrouped conv (every output pixel then sees
 //!   all k*k taps; a zero-padded conv sees fewer taps at the border, so a non-zero constant
@@ -15,8 +16,8 @@
 //! A channel nobody reads satisfies this trivially. Removing a channel deletes the producers'
 //! weight rows and biases, the batchnorm entries and the consumers' columns (after folding).
 //! Then bases no coefficient uses are dropped, and everything repeats until nothing changes.
-//! Groups holding the model input or output, or touching a grouped conv, are left alone; each
-//! group keeps at least one channel.
+//! Groups holding the model input or output, or touching a grouped conv that is not depthwise,
+//! a concat or a softmax, are left alone; each group keeps at least one channel.
 
 use std::collections::HashMap;
 
@@ -24,7 +25,7 @@ use penni_model::{Model, Node, Op, Pool2d, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CompressError, Result};
-use crate::groups::{ChannelGroup, DependencyGraph};
+use crate::groups::{ChannelGroup, DependencyGraph, depthwise};
 
 /// Channels and bases of one layer before and after shrinking.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -178,6 +179,24 @@ fn group_constants<'m>(model: &'m Model, g: &ChannelGroup) -> Result<HashMap<&'m
             Op::GlobalAvgPool | Op::Flatten => x.clone(),
             // every output depends on every channel (and the group is pinned anyway)
             Op::Softmax { .. } => vec![None; c],
+            Op::Conv2d(conv) if depthwise(conv) => {
+                let kk = conv.kernel[0] * conv.kernel[1];
+                let w = &node.param("weight")?.data;
+                let bias = node.params.get("bias");
+                (0..c)
+                    .map(|k| {
+                        let filter = &w[k * kk..(k + 1) * kk];
+                        let b = bias.map_or(0.0, |b| b.data[k]);
+                        // zero padding: a border pixel sees fewer taps, so only 0 stays constant
+                        match x[k] {
+                            _ if filter.iter().all(|v| *v == 0.0) => Some(b),
+                            Some(0.0) => Some(b),
+                            Some(v) if conv.padding == [0; 4] => Some((v as f64 * filter.iter().map(|w| *w as f64).sum::<f64>() + b as f64) as f32),
+                            _ => None,
+                        }
+                    })
+                    .collect()
+            }
             Op::Add => (0..c)
                 .map(|k| {
                     let mut s = ins[0][k]?;
@@ -393,6 +412,20 @@ fn apply_keep(model: &mut Model, dg: &DependencyGraph, keep: &[Vec<usize>]) -> R
                 }
                 *in_features = ki.len() * unit;
                 *out_features = ko.len();
+            }
+            Op::Conv2d(c) if depthwise(c) => {
+                let k = group_keep(&node.output)?;
+                if k.len() == c.out_channels {
+                    continue;
+                }
+                let kk = c.kernel[0] * c.kernel[1];
+                let w = node.params.get_mut("weight").ok_or_else(|| CompressError::Invalid(format!("shrink: '{}' has no weight", node.name)))?;
+                w.data = select(&w.data, 1, kk, k, &[0]);
+                w.shape = vec![k.len(), 1, c.kernel[0], c.kernel[1]];
+                if let Some(b) = node.params.get_mut("bias") {
+                    select_vec(b, k);
+                }
+                (c.in_channels, c.out_channels, c.groups) = (k.len(), k.len(), k.len());
             }
             Op::BatchNorm2d { channels, .. } => {
                 let k = group_keep(&node.output)?;

@@ -225,8 +225,8 @@ fn input_output_and_grouped_conv_groups_are_pinned() {
     let mut b = GraphBuilder::new("pinned", input(3, 6), 13);
     let x = conv_bn_relu(&mut b, "a.", "input", 4, 3, 1, true);
     let mut params = BTreeMap::new();
-    params.insert("weight".to_string(), Tensor::full(vec![4, 1, 3, 3], 0.1));
-    let spec = Conv2d { in_channels: 4, out_channels: 4, kernel: [3, 3], stride: [1, 1], padding: [1; 4], dilation: [1, 1], groups: 4, bias: false };
+    params.insert("weight".to_string(), Tensor::full(vec![4, 2, 3, 3], 0.1));
+    let spec = Conv2d { in_channels: 4, out_channels: 4, kernel: [3, 3], stride: [1, 1], padding: [1; 4], dilation: [1, 1], groups: 2, bias: false };
     let d = b.push("dw", Op::Conv2d(spec), &[&x], params);
     let y = head(&mut b, &d, 2);
     let mut m = b.finish(&y).unwrap();
@@ -236,7 +236,7 @@ fn input_output_and_grouped_conv_groups_are_pinned() {
     zero_slice(&mut m, "fc", Some(1), None); // a dead class still is a class
     let (s, report) = shrink(&m).unwrap();
     assert_same_outputs(&m, &s, TOL, "pinned");
-    assert_eq!(channels(&s, "a.relu"), 4, "read by a depthwise conv: left alone");
+    assert_eq!(channels(&s, "a.relu"), 4, "read by a grouped conv: left alone");
     assert_eq!(s.input.channels, 3);
     assert_eq!(channels(&s, "fc"), 2);
     let g = report.groups.iter().find(|g| g.tensors.contains(&"a.relu".to_string())).unwrap();
@@ -346,4 +346,41 @@ fn concat_keeps_the_channels_it_stacks_and_shrinking_goes_on_around_it() {
     assert!(g.pinned.iter().any(|r| r.contains("read by concat 'concat'")), "{:?}", g.pinned);
     let (dm, _) = decompose(&m, &DecomposeOptions { d: 9, only_if_cheaper: false, ..Default::default() }).unwrap();
     assert_same_outputs(&m, &dm, 1e-4, "decomposed concat model");
+}
+
+/// A MobileNet-v2 inverted residual: expand 1x1 -> depthwise 3x3 -> project 1x1. The depthwise
+/// conv is channel-wise, so a channel dead in the expansion goes through it and leaves with it.
+#[test]
+fn depthwise_convs_pass_dead_channels_through() {
+    let mut b = GraphBuilder::new("mobile", input(3, 6), 23);
+    let x = conv_bn_relu(&mut b, "stem.", "input", 4, 3, 1, true);
+    let e = conv_bn_relu(&mut b, "expand.", &x, 6, 1, 1, true);
+    let mut rng = penni_model::zoo::InitRng::new(24);
+    let w = Tensor::new(vec![6, 1, 3, 3], (0..54).map(|_| rng.normal() * 0.4).collect()).unwrap();
+    let spec = Conv2d { in_channels: 6, out_channels: 6, kernel: [3, 3], stride: [2, 2], padding: [1; 4], dilation: [1, 1], groups: 6, bias: false };
+    let d = b.push("dw.conv", Op::Conv2d(spec), &[&e], BTreeMap::from([("weight".to_string(), w)]));
+    let d = b.batch_norm("dw.bn", &d);
+    let d = b.relu("dw.relu", &d);
+    let p = b.conv("project", &d, 4, 1, 1, 0, false);
+    let y = head(&mut b, &p, 3);
+    let mut m = b.finish(&y).unwrap();
+    randomize_batchnorm(&mut m, 25);
+    // channel 1: expansion row zero, ReLU(negative beta) = 0 reaches the depthwise conv, which
+    // emits its batchnorm's constant: folded into the 1x1 projection
+    zero_slice(&mut m, "expand.conv", Some(1), None);
+    set_bn(&mut m, "expand.bn", 1, 1.0, -0.5, 0.0, 1.0);
+    // channel 4: the depthwise filter is zero
+    zero_slice(&mut m, "dw.conv", Some(4), None);
+    // channel 2: a positive constant into a zero-padded depthwise conv varies at the border: stays
+    zero_slice(&mut m, "expand.conv", Some(2), None);
+    set_bn(&mut m, "expand.bn", 2, 1.0, 0.7, 0.0, 1.0);
+    let (s, report) = shrink(&m).unwrap();
+    assert_same_outputs(&m, &s, TOL, "depthwise");
+    assert_eq!(channels(&s, "dw.relu"), 4);
+    assert_eq!(channels(&s, "expand.relu"), 4);
+    match &s.node("dw.conv").unwrap().op {
+        Op::Conv2d(c) => assert_eq!((c.in_channels, c.out_channels, c.groups), (4, 4, 4)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(report.removed_channels, 2, "{report:?}");
 }
