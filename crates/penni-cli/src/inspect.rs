@@ -70,6 +70,13 @@ pub fn run(args: InspectArgs) -> Result<()> {
         "paper-style*: {} parameters ({}), {} MACs ({})",
         human(t.params_paper), t.params_paper, human(t.macs_paper), t.macs_paper
     );
+    if t.macs_basis > 0 {
+        println!(
+            "  of which PENNI basis stages: {} MACs ({:.1}%), the part that pruning coefficients does not lower",
+            human(t.macs_basis),
+            100.0 * t.macs_basis as f64 / t.macs_paper.max(1) as f64
+        );
+    }
     println!("params/MACs count everything stored and computed (weights, bases, biases, batchnorm);");
     println!("* counts as the PENNI paper does: non-zero conv/linear weights and coefficients, conv/linear MACs only.");
     Ok(())

@@ -7,6 +7,9 @@
 //! - `all`: everything a deployed model stores and computes: `paper` plus bases, biases and
 //!   batchnorm scale/shift (running statistics are not learned and not counted); MACs plus one per
 //!   output element for each bias and batchnorm.
+//!
+//! `macs_basis` is the part of `macs_paper` spent in the basis stages of decomposed convs: the
+//! floor that pruning coefficients cannot lower (only removing input channels or bases does).
 
 use serde::Serialize;
 
@@ -23,6 +26,7 @@ pub struct LayerCost {
     pub params_all: u64,
     pub macs_paper: u64,
     pub macs_all: u64,
+    pub macs_basis: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -31,6 +35,7 @@ pub struct Totals {
     pub params_all: u64,
     pub macs_paper: u64,
     pub macs_all: u64,
+    pub macs_basis: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -53,6 +58,7 @@ pub fn model_cost(model: &Model) -> Result<ModelCost> {
         let out_elems = out.numel() as u64;
         let nnz = |p: &str| node.params.get(p).map_or(0, |t| t.nnz() as u64);
         let numel = |p: &str| node.params.get(p).map_or(0, |t| t.numel() as u64);
+        let mut basis = 0;
         let (pp, pa, mp, ma) = match &node.op {
             Op::Conv2d(c) => {
                 let w = nnz("weight");
@@ -66,6 +72,7 @@ pub fn model_cost(model: &Model) -> Result<ModelCost> {
                 let k = (c.kernel[0] * c.kernel[1]) as u64;
                 let stage1 = pixels * c.in_channels as u64 * c.num_bases as u64 * k;
                 let stage2 = a * pixels;
+                basis = stage1;
                 let macs = stage1 + stage2;
                 (a, a + bases + b, macs, macs + if c.bias { out_elems } else { 0 })
             }
@@ -81,6 +88,7 @@ pub fn model_cost(model: &Model) -> Result<ModelCost> {
         totals.params_all += pa;
         totals.macs_paper += mp;
         totals.macs_all += ma;
+        totals.macs_basis += basis;
         layers.push(LayerCost {
             node: node.name.clone(),
             kind: node.op.kind(),
@@ -90,6 +98,7 @@ pub fn model_cost(model: &Model) -> Result<ModelCost> {
             params_all: pa,
             macs_paper: mp,
             macs_all: ma,
+            macs_basis: basis,
         });
     }
     Ok(ModelCost { layers, totals })

@@ -223,3 +223,42 @@ fn reference_forward_matches_hand_computed_conv_pool_linear() {
     let bad = Activation { n: 1, shape: Shape::Map { c: 2, h: 3, w: 3 }, data: vec![0.0; 18] };
     assert!(forward(&m, &bad).is_err());
 }
+
+/// A decomposed conv costs its dense basis stage (H'W' * C * d * k*k, reported separately as
+/// `macs_basis`) plus its combination stage by non-zeros (nnz(A) * H'W').
+#[test]
+fn decomposed_conv_macs_are_basis_stage_plus_nonzero_combinations() {
+    let spec = DecomposedConv2d {
+        in_channels: 3,
+        out_channels: 4,
+        kernel: [3, 3],
+        num_bases: 2,
+        stride: [1, 1],
+        padding: [1; 4],
+        dilation: [1, 1],
+        groups: 1,
+        bias: false,
+    };
+    let mut coefficients = vec![0f32; 4 * 3 * 2];
+    for i in [0, 5, 9, 17, 23] {
+        coefficients[i] = 0.5;
+    }
+    let node = Node {
+        name: "pconv".into(),
+        op: Op::DecomposedConv2d(spec),
+        inputs: vec!["x".into()],
+        output: "y".into(),
+        params: [
+            ("bases".to_string(), Tensor::new(vec![2, 9], vec![0.1; 18]).unwrap()),
+            ("coefficients".to_string(), Tensor::new(vec![12, 2], coefficients).unwrap()),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    let m = Model { name: "one".into(), input: penni_model::Input { name: "x".into(), channels: 3, height: 5, width: 5 }, nodes: vec![node], output: "y".into() };
+    let t = model_cost(&m).unwrap().totals;
+    assert_eq!(t.macs_basis, 25 * 3 * 2 * 9);
+    assert_eq!(t.macs_paper, 25 * 3 * 2 * 9 + 5 * 25);
+    assert_eq!(t.params_paper, 5);
+    assert_eq!(model_cost(&zoo_model("resnet20")).unwrap().totals.macs_basis, 0, "a dense model has no basis stage");
+}
