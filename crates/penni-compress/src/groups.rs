@@ -1,9 +1,9 @@
 //! The channel-dependency graph: which tensors must lose the same channels together.
 //!
 //! Channel-wise ops (batchnorm, ReLU, clip, pools, global pooling, flatten, depthwise convs
-//! with one filter per channel, and every input and the output of an Add) do not mix channels, so channel k of their input *is* channel k of their
-//! output: all those tensors form one [`ChannelGroup`], and a channel can only leave the group as a
-//! whole. Channel-mixing layers (conv, decomposed conv, linear) sit on group borders: they
+//! with one filter per channel, and every input and the output of an Add) do not mix channels,
+//! so channel k of their input *is* channel k of their output: all those tensors form one
+//! [`ChannelGroup`], and a channel can only leave the group as a whole. Channel-mixing layers (conv, decomposed conv, linear) sit on group borders: they
 //! *produce* the channels of their output group (one weight row per channel) and *consume* the
 //! channels of their input group (one weight column, or a block of columns after a flatten).
 //! A residual network therefore yields one group per stage (every block's output and shortcut),

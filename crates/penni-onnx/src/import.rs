@@ -241,7 +241,6 @@ struct Importer<'g> {
     batch: Option<i64>,
 }
 
-/// The node being converted, for messages.
 /// The element-wise arithmetic that imports as a per-channel affine map.
 #[derive(Clone, Copy)]
 enum Arith {
@@ -269,6 +268,7 @@ impl Arith {
     }
 }
 
+/// The node being converted, for messages.
 struct Ctx<'g> {
     node: &'g NodeProto,
     label: String,
@@ -2501,7 +2501,6 @@ impl<'g> Importer<'g> {
         Ok(())
     }
 
-    /// ONNX Concat of constants (folded) or of shape vectors (a Reshape target being built).
     /// Concat of run-time tensors along the channels of feature maps (or the features of
     /// vectors): Inception branches, DenseNet and SqueezeNet blocks.
     fn concat_acts(&mut self, cx: &Ctx, axis: i64, parts: Vec<Value>) -> PResult<()> {
@@ -2530,6 +2529,8 @@ impl<'g> Importer<'g> {
         self.emit(cx, Op::Concat, inputs, BTreeMap::new(), false)
     }
 
+    /// ONNX Concat: of run-time tensors (see `concat_acts`), of constants (folded) or of shape
+    /// vectors (a Reshape target being built).
     fn concat(&mut self, cx: &Ctx) -> PResult<()> {
         let Some(axis) = attr_int(self, cx, "axis")? else {
             return Err(self.invalid(cx, "the axis attribute is missing"));
