@@ -52,6 +52,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "MatMul",
     "Softmax",
     "LogSoftmax",
+    "Pad",
     "Transpose",
     "Identity",
     "Dropout",
@@ -239,6 +240,11 @@ struct Importer<'g> {
     ir_shapes: HashMap<String, Shape>,
     folded_total: usize,
     batch: Option<i64>,
+    /// Zero paddings written by Pad nodes and not yet taken by a Conv: the stand-in tensor a
+    /// Pad output refers to -> (the unpadded tensor, its shape, padding top/left/bottom/right).
+    pending_pads: HashMap<String, (String, Shape, [usize; 4])>,
+    /// Set while a Conv or Pad reads its input: the only readers that may take a pending pad.
+    taking_pad: bool,
 }
 
 /// The element-wise arithmetic that imports as a per-channel affine map.
@@ -318,6 +324,8 @@ impl<'g> Importer<'g> {
             ir_shapes: HashMap::new(),
             folded_total: 0,
             batch: None,
+            pending_pads: HashMap::new(),
+            taking_pad: false,
         })
     }
 
@@ -702,6 +710,14 @@ impl<'g> Importer<'g> {
     /// The value of an ONNX name; initializers are decoded on first use.
     fn value(&mut self, name: &str) -> PResult<Value> {
         if let Some(v) = self.values.get(name) {
+            if let Value::Act { tensor, .. } = v
+                && !self.taking_pad
+                && self.pending_pads.contains_key(tensor)
+            {
+                return unsupported(format!(
+                    "'{name}' is the output of a Pad; a zero Pad is only supported right before a Conv, which takes it as its padding"
+                ));
+            }
             return Ok(v.clone());
         }
         if let Some(t) = self.inits.get(name) {
@@ -927,6 +943,7 @@ impl<'g> Importer<'g> {
             ],
             "Relu" | "GlobalAveragePool" | "Sum" | "MatMul" | "Identity" => &[],
             "Softmax" | "LogSoftmax" => &["axis"],
+            "Pad" => &["mode", "pads", "value"],
             "Clip" => &["min", "max"],
             "MaxPool" => &[
                 "auto_pad",
@@ -1090,6 +1107,7 @@ impl<'g> Importer<'g> {
             "Constant" => self.constant_node(cx),
             "ConstantOfShape" => self.constant_of_shape(cx),
             "ReduceMean" => self.reduce_mean(cx),
+            "Pad" => self.pad(cx),
             "Softmax" => self.softmax(cx, false),
             "LogSoftmax" => self.softmax(cx, true),
             "Shape" => self.shape(cx),
@@ -1205,7 +1223,7 @@ impl<'g> Importer<'g> {
     }
 
     fn conv(&mut self, cx: &Ctx) -> PResult<()> {
-        let (x, s, _) = self.act(cx, 0)?;
+        let (x, s, pre) = self.act_after_pad(cx)?;
         let w = self.required_constant(cx, 1, "weight")?;
         let b = self.constant(cx, 2, "bias")?;
         if w.dims.len() != 4 {
@@ -1248,7 +1266,12 @@ impl<'g> Importer<'g> {
             ));
         }
         let dilation = self.pair(cx, "dilations", 1)?;
-        let (stride, padding) = self.window_attrs(cx, [kh, kw], dilation, (h, width))?;
+        // auto_pad sees the explicitly padded size; the two zero paddings then add up
+        let padded = (h + pre[0] + pre[2], width + pre[1] + pre[3]);
+        let (stride, mut padding) = self.window_attrs(cx, [kh, kw], dilation, padded)?;
+        for (p, extra) in padding.iter_mut().zip(pre) {
+            *p += extra;
+        }
         let mut params = BTreeMap::new();
         params.insert(
             "weight".into(),
@@ -1288,6 +1311,97 @@ impl<'g> Importer<'g> {
             return Ok(());
         }
         self.emit(cx, Op::Conv2d(spec), vec![x], params, true)
+    }
+
+    /// Input 0 of a Conv or Pad, with the zero padding of a Pad in front of it taken over:
+    /// (the unpadded tensor, its shape, padding top/left/bottom/right).
+    fn act_after_pad(&mut self, cx: &Ctx) -> PResult<(String, Shape, [usize; 4])> {
+        self.taking_pad = true;
+        let r = self.act(cx, 0);
+        self.taking_pad = false;
+        let (x, s, _) = r?;
+        Ok(match self.pending_pads.get(&x) {
+            Some((t, shape, p)) => (t.clone(), *shape, *p),
+            None => (x, s, [0; 4]),
+        })
+    }
+
+    /// ONNX Pad with zeros on the spatial axes (what TensorFlow/Keras exports write for
+    /// ZeroPadding2D and 'same' strided convs): folded into the padding of the Conv that reads it.
+    fn pad(&mut self, cx: &Ctx) -> PResult<()> {
+        let (x, s, pre) = self.act_after_pad(cx)?;
+        let Shape::Map { c, h, w } = s else {
+            return unsupported("Pad of an N x F tensor");
+        };
+        let mode = attr_string(self, cx, "mode")?.unwrap_or_else(|| "constant".into());
+        if mode != "constant" {
+            return unsupported(format!(
+                "Pad mode '{mode}'; only constant zero padding is supported"
+            ));
+        }
+        let (pads, value) = if self.opset < 11 {
+            let Some(p) = attr_ints(self, cx, "pads")? else {
+                return Err(self.invalid(cx, "the pads attribute is missing"));
+            };
+            (p, attr_float(self, cx, "value")?.unwrap_or(0.0))
+        } else {
+            let p = self.required_constant(cx, 1, "pads")?;
+            let Some(p) = p.i64s().map(|v| v.to_vec()) else {
+                return Err(self.invalid(cx, "pads must be an int64 tensor"));
+            };
+            let value = match self.constant(cx, 2, "constant_value")? {
+                Some(v) => v.f32s().first().copied().unwrap_or(0.0),
+                None => 0.0,
+            };
+            // opset 18: pads may name only some axes
+            let p = match self.constant(cx, 3, "axes")? {
+                None => p,
+                Some(a) => {
+                    let Some(axes) = a.i64s().map(|v| v.to_vec()) else {
+                        return Err(self.invalid(cx, "axes must be an int64 tensor"));
+                    };
+                    if p.len() != 2 * axes.len() {
+                        return Err(self.invalid(cx, format!("{} pads for {} axes", p.len(), axes.len())));
+                    }
+                    let mut full = vec![0i64; 8];
+                    for (i, &a) in axes.iter().enumerate() {
+                        let ax = self.axis_index(cx, a, 4, "axes")?;
+                        full[ax] = p[i];
+                        full[4 + ax] = p[axes.len() + i];
+                    }
+                    full
+                }
+            };
+            (p, value)
+        };
+        if pads.len() != 8 {
+            return Err(self.invalid(cx, format!("pads {pads:?} must have 8 values for a 4-D tensor")));
+        }
+        if value != 0.0 {
+            return unsupported(format!("Pad with the value {value}; only zero padding folds into a Conv"));
+        }
+        if pads.iter().any(|p| !(0..=MAX_WINDOW).contains(p)) {
+            return unsupported(format!("pads {pads:?}: negative pads (cropping) or pads over {MAX_WINDOW} are not supported"));
+        }
+        if pads[0] != 0 || pads[1] != 0 || pads[4] != 0 || pads[5] != 0 {
+            return unsupported(format!("pads {pads:?} pad the batch or channel axis; only the spatial axes can be padded"));
+        }
+        let total = [
+            pre[0] + pads[2] as usize,
+            pre[1] + pads[3] as usize,
+            pre[2] + pads[6] as usize,
+            pre[3] + pads[7] as usize,
+        ];
+        let shape = Shape::Map { c, h: h + total[0] + total[2], w: w + total[1] + total[3] };
+        let tensor = if total == [0; 4] {
+            x
+        } else {
+            let stand_in = self.fresh_tensor(&format!("{}.padded", cx.label));
+            self.pending_pads.insert(stand_in.clone(), (x, s, total));
+            stand_in
+        };
+        self.set_output(cx, Value::Act { tensor, shape, producer: None });
+        Ok(())
     }
 
     /// Rebuilds a PENNI layer from the basis conv + 1x1 conv pair that `export` writes, when

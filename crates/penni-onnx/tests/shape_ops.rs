@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::proto::{attr_int, attr_ints, vi};
+use common::proto::{attr_int, attr_ints, attr_string, vi};
 
 use penni_model::reference::{Activation, forward};
 use penni_model::zoo::InitRng;
@@ -717,6 +717,60 @@ fn concat_of_feature_maps_along_the_channels() {
     for (mut nodes, inits, what) in cases {
         nodes.push(node("Flatten", &["cat"], "flat", vec![]));
         let e = import(&onnx_model(13, None, 96, nodes, inits)).unwrap_err();
+        assert!(matches!(e, OnnxError::UnsupportedModel { .. }) && e.to_string().contains(what), "{what}: {e}");
+    }
+}
+
+/// A zero Pad on the spatial axes in front of a Conv (TensorFlow/Keras ZeroPadding2D, 'same'
+/// strided convs) becomes the Conv's own padding: attribute form (opset < 11), input form,
+/// opset-18 axes, two Pads in a row, and auto_pad on the padded size. Anything else is refused.
+#[test]
+fn zero_pad_before_a_conv_is_folded_into_its_padding() {
+    let mut rng = InitRng::new(21);
+    let kw = rand(&mut rng, 2 * 3 * 9);
+    let conv = |input: &str, attrs: Vec<AttributeProto>| node("Conv", &[input, "k"], "cv", attrs);
+    let tail = || node("Flatten", &["cv"], "flat", vec![]);
+    let k_init = || floats("k", &[2, 3, 3, 3], &kw);
+    // the reference: the conv pads (top 1, left 2, bottom 1, right 0) itself
+    let want = import(&onnx_model(13, None, 32, vec![conv("r", vec![attr_ints("pads", &[1, 2, 1, 0])]), tail()], vec![k_init()])).unwrap();
+    let mut rng = InitRng::new(3);
+    let x = Activation { n: 2, shape: want.input_shape(), data: (0..2 * 32).map(|_| rng.normal()).collect() };
+    let expected = forward(&want, &x).unwrap().data;
+    let pads = [0i64, 0, 1, 2, 0, 0, 1, 0];
+    let cases: Vec<(i64, Vec<NodeProto>, Vec<TensorProto>)> = vec![
+        (9, vec![node("Pad", &["r"], "p", vec![attr_ints("pads", &pads)]), conv("p", vec![])], vec![]),
+        (13, vec![node("Pad", &["r", "pads"], "p", vec![]), conv("p", vec![])], vec![ints64("pads", &[8], &pads)]),
+        (
+            18,
+            vec![node("Pad", &["r", "pads", "", "axes"], "p", vec![]), conv("p", vec![])],
+            vec![ints64("pads", &[4], &[1, 2, 1, 0]), ints64("axes", &[2], &[2, 3])],
+        ),
+        (
+            13,
+            vec![node("Pad", &["r", "pa"], "p0", vec![]), node("Pad", &["p0", "pb"], "p", vec![]), conv("p", vec![])],
+            vec![ints64("pa", &[8], &[0, 0, 1, 0, 0, 0, 0, 0]), ints64("pb", &[8], &[0, 0, 0, 2, 0, 0, 1, 0])],
+        ),
+        // VALID on the padded input is the same conv
+        (13, vec![node("Pad", &["r", "pads"], "p", vec![]), conv("p", vec![attr_string("auto_pad", "VALID")])], vec![ints64("pads", &[8], &pads)]),
+    ];
+    for (i, (opset, mut nodes, mut inits)) in cases.into_iter().enumerate() {
+        nodes.push(tail());
+        inits.push(k_init());
+        let got = import(&onnx_model(opset, None, 32, nodes, inits)).unwrap_or_else(|e| panic!("case {i}: {e}"));
+        assert_eq!(kinds(&got), kinds(&want), "case {i}");
+        assert_eq!(forward(&got, &x).unwrap().data, expected, "case {i}");
+    }
+    let refused: Vec<(Vec<NodeProto>, Vec<TensorProto>, &str)> = vec![
+        (vec![node("Pad", &["r", "pads"], "p", vec![]), node("Relu", &["p"], "q", vec![]), conv("q", vec![])], vec![ints64("pads", &[8], &pads)], "only supported right before a Conv"),
+        (vec![node("Pad", &["r", "pads"], "p", vec![attr_string("mode", "reflect")]), conv("p", vec![])], vec![ints64("pads", &[8], &pads)], "mode 'reflect'"),
+        (vec![node("Pad", &["r", "pads", "v"], "p", vec![]), conv("p", vec![])], vec![ints64("pads", &[8], &pads), floats("v", &[], &[1.0])], "only zero padding"),
+        (vec![node("Pad", &["r", "pads"], "p", vec![]), conv("p", vec![])], vec![ints64("pads", &[8], &[0, 1, 0, 0, 0, 0, 0, 0])], "channel axis"),
+        (vec![node("Pad", &["r", "pads"], "p", vec![]), conv("p", vec![])], vec![ints64("pads", &[8], &[0, 0, -1, 0, 0, 0, 0, 0])], "cropping"),
+    ];
+    for (mut nodes, mut inits, what) in refused {
+        nodes.push(tail());
+        inits.push(k_init());
+        let e = import(&onnx_model(13, None, 32, nodes, inits)).unwrap_err();
         assert!(matches!(e, OnnxError::UnsupportedModel { .. }) && e.to_string().contains(what), "{what}: {e}");
     }
 }

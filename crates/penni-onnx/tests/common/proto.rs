@@ -50,3 +50,12 @@ pub fn vi(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
         ..Default::default()
     }
 }
+
+pub fn attr_string(name: &str, v: &str) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: attribute_type::STRING,
+        s: v.as_bytes().to_vec(),
+        ..Default::default()
+    }
+}
