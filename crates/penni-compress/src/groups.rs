@@ -1,7 +1,8 @@
 //! The channel-dependency graph: which tensors must lose the same channels together.
 //!
-//! Channel-wise ops (batchnorm, ReLU, clip, pools, global pooling, flatten, depthwise convs
-//! with one filter per channel, and every input and the output of an Add) do not mix channels,
+//! Channel-wise ops (batchnorm, activations, pools, global pooling, flatten, depthwise convs
+//! with one filter per channel, and every input and the output of an Add or a Mul, such as a
+//! squeeze-and-excitation scale) do not mix channels,
 //! so channel k of their input *is* channel k of their output: all those tensors form one
 //! [`ChannelGroup`], and a channel can only leave the group as a whole. Channel-mixing layers (conv, decomposed conv, linear) sit on group borders: they
 //! *produce* the channels of their output group (one weight row per channel) and *consume* the

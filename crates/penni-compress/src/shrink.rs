@@ -6,8 +6,8 @@
 //! - the value it reads is a known constant (every producer of the group emits a constant on k,
 //!   i.e. its weight row is zero and it emits its bias, and the channel-wise ops on the way map
 //!   constants to constants: batchnorm, ReLU, clip, pools whose windows always see the input,
-//!   global pooling, flatten, add, a depthwise conv when the constant is 0 or its filter is
-//!   zero or it is unpadded), and
+//!   global pooling, flatten, add, element-wise activations and products, a depthwise conv
+//!   when the constant is 0 or its filter is zero or it is unpadded), and
 //! - that constant can be moved into the consumer's bias exactly: the constant is 0, or the
 //!   consumer is a linear layer, or an unpadded, ungrouped conv (every output pixel then sees
 //!   all k*k taps; a zero-padded conv sees fewer taps at the border, so a non-zero constant
@@ -167,6 +167,15 @@ fn group_constants<'m>(model: &'m Model, g: &ChannelGroup) -> Result<HashMap<&'m
             }
             Op::Relu => x.iter().map(|v| v.map(|v| v.max(0.0))).collect(),
             Op::Clip { min, max } => x.iter().map(|v| v.map(|v| v.clamp(*min, *max))).collect(),
+            Op::Activation(a) => x.iter().map(|v| v.map(|v| a.apply(v))).collect(),
+            // a product is constant when both factors are, or when one is 0
+            Op::Mul => (0..c)
+                .map(|k| match (ins[0][k], ins[1][k]) {
+                    (Some(a), Some(b)) => Some(a * b),
+                    (Some(z), None) | (None, Some(z)) if z == 0.0 => Some(0.0),
+                    _ => None,
+                })
+                .collect(),
             Op::MaxPool2d(p) => {
                 let ok = windows_see_input(p);
                 x.iter().map(|v| v.filter(|_| ok)).collect()

@@ -384,3 +384,34 @@ fn depthwise_convs_pass_dead_channels_through() {
     }
     assert_eq!(report.removed_channels, 2, "{report:?}");
 }
+
+/// Squeeze-and-excitation: the scale (global pool -> 1x1 convs -> hard sigmoid) multiplies the
+/// feature map channel by channel, so the excitation conv's outputs share the map's channels.
+/// A channel that is 0 in the map is 0 after the product, whatever the scale: it goes, with
+/// the excitation row that scaled it.
+#[test]
+fn squeeze_excitation_products_shrink_together() {
+    use penni_model::Activation;
+    let mut b = GraphBuilder::new("se", input(3, 6), 26);
+    let x = conv_bn_relu(&mut b, "stem.", "input", 4, 3, 1, true);
+    let e = conv_bn_relu(&mut b, "expand.", &x, 6, 1, 1, true);
+    let p = b.global_avg_pool("se.pool", &e);
+    let r = b.conv("se.reduce", &p, 2, 1, 1, 0, true);
+    let r = b.relu("se.relu", &r);
+    let g = b.conv("se.expand", &r, 6, 1, 1, 0, true);
+    let g = b.activation("se.gate", &g, Activation::HardSigmoid { alpha: 0.2, beta: 0.5 });
+    let s = b.mul("se.scale", &e, &g);
+    let s = b.activation("hswish", &s, Activation::HardSwish);
+    let c = b.conv("project", &s, 4, 1, 1, 0, false);
+    let y = head(&mut b, &c, 3);
+    let mut m = b.finish(&y).unwrap();
+    randomize_batchnorm(&mut m, 27);
+    zero_slice(&mut m, "expand.conv", Some(1), None);
+    set_bn(&mut m, "expand.bn", 1, 1.0, -0.5, 0.0, 1.0);
+    let (s, report) = shrink(&m).unwrap();
+    assert_same_outputs(&m, &s, TOL, "squeeze-excitation");
+    assert_eq!(channels(&s, "expand.relu"), 5);
+    assert_eq!(channels(&s, "se.expand"), 5);
+    assert_eq!(channels(&s, "se.scale"), 5);
+    assert_eq!(report.removed_channels, 1, "{report:?}");
+}

@@ -3,7 +3,7 @@
 
 use std::array::from_fn;
 
-use penni_model::{Node, Pool2d};
+use penni_model::{Activation, Node, Pool2d};
 
 use crate::arena::AVec;
 use crate::error::EngineError;
@@ -160,6 +160,79 @@ impl ConcatStep {
                 }
             }
         }
+    }
+}
+
+/// What a [`PointStep`] computes per element.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PointOp {
+    Unary(Activation),
+    /// Product of two inputs; an input of 1 x 1 pixels is broadcast over the other's pixels.
+    Mul,
+}
+
+/// Element-wise activations and products (squeeze-and-excitation, SiLU) in any layout. They
+/// are rare next to convolutions and cost little, so they are plain scalar loops.
+pub(crate) struct PointStep {
+    pub op: PointOp,
+    /// Inputs with their layouts and pixel counts (h, w); a 1 x 1 input is broadcast.
+    pub ins: Vec<(ValId, Lay, usize, usize)>,
+    pub out: ValId,
+    pub ol: Lay,
+    /// Output channels and pixels.
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub batch: usize,
+}
+
+/// Offset of (channel k, pixel y, x) of image `img` in a buffer of layout `l`.
+fn elem(l: &Lay, img: usize, k: usize, y: usize, x: usize) -> usize {
+    match l {
+        Lay::Map(m) => img * m.img() + (k / L) * m.plane() + m.at(y, x) + k % L,
+        Lay::Planar(p) => img * p.img() + k * p.plane() + y * p.w + x,
+        // vectors: one pixel per channel
+        Lay::Flat { len } => img * len + k,
+        Lay::Scratch => 0,
+    }
+}
+
+fn img_floats(l: &Lay) -> usize {
+    match l {
+        Lay::Map(m) => m.img(),
+        Lay::Planar(p) => p.img(),
+        Lay::Flat { len } => *len,
+        Lay::Scratch => 0,
+    }
+}
+
+impl PointStep {
+    pub fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
+        ctx.par(self.batch, &|img, _| {
+            let out = ctx.ptr(self.out);
+            // SAFETY: each task writes one image of the output; offsets stay inside the images
+            // of the buffers, sized for their layouts.
+            unsafe {
+                // borders, block tails and plane tails must hold zeros
+                std::ptr::write_bytes(out.add(img * img_floats(&self.ol)), 0, img_floats(&self.ol));
+                let read = |i: usize, k: usize, y: usize, x: usize| {
+                    let (v, l, h, w) = &self.ins[i];
+                    let (y, x) = if (*h, *w) == (1, 1) { (0, 0) } else { (y, x) };
+                    *(ctx.ptr(*v) as *const f32).add(elem(l, img, k, y, x))
+                };
+                for k in 0..self.c {
+                    for y in 0..self.h {
+                        for x in 0..self.w {
+                            let v = match self.op {
+                                PointOp::Unary(a) => a.apply(read(0, k, y, x)),
+                                PointOp::Mul => read(0, k, y, x) * read(1, k, y, x),
+                            };
+                            *out.add(elem(&self.ol, img, k, y, x)) = v;
+                        }
+                    }
+                }
+            }
+        })
     }
 }
 

@@ -186,6 +186,7 @@ pub(crate) enum StepOp {
     Gap(ops::GapStep),
     Softmax(ops::SoftmaxStep),
     Concat(ops::ConcatStep),
+    Point(ops::PointStep),
     Elt(ops::EltStep),
     Linear(ops::LinearStep),
     ToPlanar(planar::ToPlanar),
@@ -255,6 +256,7 @@ impl Step {
             StepOp::Gap(s) => s.exec(ctx),
             StepOp::Softmax(s) => s.exec(ctx),
             StepOp::Concat(s) => s.exec(ctx),
+            StepOp::Point(s) => s.exec(ctx),
             StepOp::Elt(s) => s.exec(ctx),
             StepOp::Linear(s) => s.exec(ctx),
             StepOp::ToPlanar(s) => s.exec(ctx),
@@ -761,6 +763,7 @@ enum GKind {
         log: bool,
     },
     Concat,
+    Point(ops::PointOp),
 }
 
 /// Per-output-channel affine map (scale, shift) of one or more folded batchnorms.
@@ -929,6 +932,11 @@ impl<'m> Builder<'m> {
                 Op::Concat => {
                     inputs = node.inputs.clone();
                     GKind::Concat
+                }
+                Op::Activation(a) => GKind::Point(ops::PointOp::Unary(*a)),
+                Op::Mul => {
+                    inputs = node.inputs.clone();
+                    GKind::Point(ops::PointOp::Mul)
                 }
                 Op::Linear { .. } => {
                     self.absorb_acts(&mut t, &mut act, &mut anchor, &mut names, &mut absorbed);
@@ -1360,6 +1368,34 @@ impl<'m> Builder<'m> {
                     }
                     let st = ops::ConcatStep { ins: ins.iter().copied().zip(lays.iter().copied()).collect(), out: dst, ol: ylay, batch: self.batch };
                     self.push(&g.names, format!("concat x{}", ins.len()), 0, StepOp::Concat(st), ins.clone(), vec![dst]);
+                }
+                GKind::Point(op) => {
+                    let same = lays.iter().all(|l| std::mem::discriminant(l) == std::mem::discriminant(&ylay));
+                    if !same {
+                        return Err(EngineError::Internal(format!("'{}' mixes layouts", g.names[0])));
+                    }
+                    let dims = |s: Shape| match s {
+                        Shape::Map { c, h, w } => (c, h, w),
+                        Shape::Vector(n) => (n, 1, 1),
+                    };
+                    let (c, h, w) = dims(out_shape);
+                    let ins = g
+                        .inputs
+                        .iter()
+                        .zip(&ins)
+                        .zip(&lays)
+                        .map(|((t, v), l)| {
+                            let (_, ih, iw) = dims(self.shape(t));
+                            (*v, *l, ih, iw)
+                        })
+                        .collect();
+                    let kind = match op {
+                        ops::PointOp::Unary(a) => a.name().to_lowercase(),
+                        ops::PointOp::Mul => "mul".into(),
+                    };
+                    let st = ops::PointStep { op: *op, ins, out: dst, ol: ylay, c, h, w, batch: self.batch };
+                    let reads = st.ins.iter().map(|i| i.0).collect();
+                    self.push(&g.names, kind, 0, StepOp::Point(st), reads, vec![dst]);
                 }
                 GKind::Flatten | GKind::Softmax { .. } => unreachable!("handled above"),
             }

@@ -162,3 +162,45 @@ fn concat_all_forms() {
     check_backends(&dense, 2);
     check_backends(&dec, 3);
 }
+
+/// MobileNet-v3 / EfficientNet pieces: HardSwish, SiLU (x * sigmoid(x)), a squeeze-and-
+/// excitation block (global pool, 1x1 convs, hard sigmoid, channel-wise scale), leaky ReLU.
+fn mobile_model() -> Model {
+    use penni_model::zoo::GraphBuilder;
+    use penni_model::{Activation, Input};
+    let input = Input {
+        name: "x".into(),
+        channels: 3,
+        height: 10,
+        width: 10,
+    };
+    let mut b = GraphBuilder::new("mobile", input, 41);
+    let s = b.conv_bn("stem.", "x", 20, 3, 1, false);
+    let s = b.activation("stem.hswish", &s, Activation::HardSwish);
+    let c = b.conv_bn("b.", &s, 20, 3, 1, false);
+    let g = b.activation("b.sigmoid", &c, Activation::Sigmoid);
+    let silu = b.mul("b.silu", &c, &g);
+    let p = b.global_avg_pool("se.pool", &silu);
+    let r = b.conv("se.reduce", &p, 6, 1, 1, 0, true);
+    let r = b.relu("se.relu", &r);
+    let e = b.conv("se.expand", &r, 20, 1, 1, 0, true);
+    let gate = b.activation("se.gate", &e, Activation::HardSigmoid { alpha: 1.0 / 6.0, beta: 0.5 });
+    let scaled = b.mul("se.scale", &gate, &silu);
+    let l = b.activation("leaky", &scaled, Activation::LeakyRelu { alpha: 0.1 });
+    let gp = b.global_avg_pool("pool", &l);
+    let f = b.flatten("flatten", &gp);
+    let y = b.linear("fc", &f, 4);
+    b.finish(&y).unwrap()
+}
+
+#[test]
+fn activations_and_squeeze_excitation_all_forms() {
+    let mut dense = mobile_model();
+    randomize_bn(&mut dense, 42);
+    let mut dec = dense.clone();
+    decompose(&mut dec, 5, 0.8, 43);
+    check(&dense, &[1, 3], &[Strategy::Auto], 2);
+    check(&dec, &[1, 3], &STRATEGIES, 2);
+    check_backends(&dense, 2);
+    check_backends(&dec, 2);
+}

@@ -47,6 +47,50 @@ pub struct Pool2d {
     pub count_include_pad: bool,
 }
 
+/// Element-wise activations besides ReLU and clip (which the engine fuses into convs).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Activation {
+    /// 1 / (1 + e^-x)
+    Sigmoid,
+    /// clamp(alpha * x + beta, 0, 1)
+    HardSigmoid { alpha: f32, beta: f32 },
+    /// x * clamp(x / 6 + 1/2, 0, 1) (MobileNet-v3)
+    HardSwish,
+    /// x for x >= 0, alpha * x below
+    LeakyRelu { alpha: f32 },
+}
+
+impl Activation {
+    pub fn apply(&self, x: f32) -> f32 {
+        match *self {
+            Activation::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Activation::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
+            Activation::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            Activation::LeakyRelu { alpha } => {
+                if x >= 0.0 { x } else { alpha * x }
+            }
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Activation::Sigmoid => "Sigmoid",
+            Activation::HardSigmoid { .. } => "HardSigmoid",
+            Activation::HardSwish => "HardSwish",
+            Activation::LeakyRelu { .. } => "LeakyReLU",
+        }
+    }
+
+    fn params_finite(&self) -> bool {
+        match *self {
+            Activation::HardSigmoid { alpha, beta } => alpha.is_finite() && beta.is_finite(),
+            Activation::LeakyRelu { alpha } => alpha.is_finite(),
+            _ => true,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Op {
@@ -56,6 +100,10 @@ pub enum Op {
     Relu,
     /// Element-wise clamp to [min, max] (ReLU6 is Clip { min: 0, max: 6 }).
     Clip { min: f32, max: f32 },
+    Activation(Activation),
+    /// Element-wise product of two tensors of one shape, or of a feature map and a C x 1 x 1
+    /// map broadcast over its pixels (squeeze-and-excitation, SiLU as x * sigmoid(x)).
+    Mul,
     MaxPool2d(Pool2d),
     AvgPool2d(Pool2d),
     GlobalAvgPool,
@@ -79,6 +127,8 @@ impl Op {
             Op::BatchNorm2d { .. } => "BatchNorm2d",
             Op::Relu => "ReLU",
             Op::Clip { .. } => "Clip",
+            Op::Activation(a) => a.name(),
+            Op::Mul => "Mul",
             Op::MaxPool2d(_) => "MaxPool2d",
             Op::AvgPool2d(_) => "AvgPool2d",
             Op::GlobalAvgPool => "GlobalAvgPool",
@@ -138,6 +188,7 @@ impl Op {
     fn expected_inputs(&self) -> Option<usize> {
         match self {
             Op::Add | Op::Concat => None,
+            Op::Mul => Some(2),
             _ => Some(1),
         }
     }
@@ -403,6 +454,16 @@ fn conv_out(node: &Node, input: Shape, in_ch: usize, out_ch: usize, kernel: [usi
     }
 }
 
+/// The shape of a product: equal shapes, or a feature map and a C x 1 x 1 map (either side).
+pub fn mul_shape(a: Shape, b: Shape) -> Option<Shape> {
+    match (a, b) {
+        _ if a == b => Some(a),
+        (Shape::Map { c, .. }, Shape::Map { c: c2, h: 1, w: 1 }) if c == c2 => Some(a),
+        (Shape::Map { c, h: 1, w: 1 }, Shape::Map { c: c2, .. }) if c == c2 => Some(b),
+        _ => None,
+    }
+}
+
 pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
     if let Some(n) = node.op.expected_inputs()
         && ins.len() != n {
@@ -427,6 +488,13 @@ pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
             Ok(ins[0])
         }
         Op::Relu | Op::Softmax { .. } => Ok(ins[0]),
+        Op::Activation(a) => {
+            if !a.params_finite() {
+                return Err(shape_err(node, format!("{a:?} has a non-finite parameter")));
+            }
+            Ok(ins[0])
+        }
+        Op::Mul => mul_shape(ins[0], ins[1]).ok_or_else(|| shape_err(node, format!("cannot multiply {} by {}: shapes must match, or one must be C x 1 x 1 with the same C", ins[0], ins[1]))),
         Op::Clip { min, max } => {
             if min.is_nan() || max.is_nan() || min > max {
                 return Err(shape_err(node, format!("clip range [{min}, {max}] is empty")));

@@ -11,6 +11,6 @@ pub mod zoo;
 
 pub use cost::{LayerCost, ModelCost, Totals, model_cost};
 pub use error::{ModelError, Result};
-pub use graph::{Conv2d, DecomposedConv2d, Input, Model, Node, Op, Pool2d, Shape};
+pub use graph::{Activation, Conv2d, DecomposedConv2d, Input, Model, Node, Op, Pool2d, Shape};
 pub use io::{Extras, load, save};
 pub use tensor::Tensor;

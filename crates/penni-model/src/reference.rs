@@ -202,6 +202,19 @@ fn eval_node(node: &Node, ins: &[&Activation], out: Shape) -> Result<Activation>
         }
         Op::Flatten => x.data.clone(),
         Op::Softmax { log } => softmax(x, *log),
+        Op::Activation(a) => x.data.iter().map(|v| a.apply(*v)).collect(),
+        Op::Mul => {
+            // the C x 1 x 1 side (if any) is broadcast over the other's pixels
+            let (big, small) = if ins[1].shape.numel() > x.shape.numel() { (ins[1], x) } else { (x, ins[1]) };
+            let (per_big, per_small) = (big.shape.numel(), small.shape.numel());
+            let hw = per_big / per_small;
+            let mut y = big.data.clone();
+            for (i, v) in y.iter_mut().enumerate() {
+                let (img, e) = (i / per_big, i % per_big);
+                *v *= small.data[img * per_small + e / hw];
+            }
+            y
+        }
         Op::Concat => {
             // per image, each input's channels (c*h*w contiguous values) in turn
             let mut y = Vec::with_capacity(n * out.numel());

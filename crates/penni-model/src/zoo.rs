@@ -178,6 +178,14 @@ impl GraphBuilder {
         self.push(name, Op::Flatten, &[x], BTreeMap::new())
     }
 
+    pub fn activation(&mut self, name: &str, x: &str, a: crate::graph::Activation) -> String {
+        self.push(name, Op::Activation(a), &[x], BTreeMap::new())
+    }
+
+    pub fn mul(&mut self, name: &str, a: &str, b: &str) -> String {
+        self.push(name, Op::Mul, &[a, b], BTreeMap::new())
+    }
+
     pub fn concat(&mut self, name: &str, inputs: &[&str]) -> String {
         self.push(name, Op::Concat, inputs, BTreeMap::new())
     }

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use penni_model::{Model, Node, Op, Shape};
+use penni_model::{Activation, Model, Node, Op, Shape};
 use prost::Message;
 
 use crate::error::OnnxError;
@@ -282,6 +282,34 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                 let op = if n.inputs.len() == 2 { "Add" } else { "Sum" };
                 nodes.push(node(op, &n.name, n.inputs.clone(), &n.output, vec![]));
             }
+            Op::Activation(a) => match *a {
+                Activation::Sigmoid => nodes.push(node("Sigmoid", &n.name, vec![x], &n.output, vec![])),
+                Activation::HardSigmoid { alpha, beta } => nodes.push(node(
+                    "HardSigmoid",
+                    &n.name,
+                    vec![x],
+                    &n.output,
+                    vec![attr_float("alpha", alpha), attr_float("beta", beta)],
+                )),
+                Activation::LeakyRelu { alpha } => {
+                    nodes.push(node("LeakyRelu", &n.name, vec![x], &n.output, vec![attr_float("alpha", alpha)]))
+                }
+                // HardSwish arrives in opset 14: x * HardSigmoid(x) with its alpha and beta,
+                // which the importer fuses back into one HardSwish
+                Activation::HardSwish => {
+                    let gate = tensors.fresh(format!("{}.gate", n.output));
+                    let gate_node = node_names.fresh(format!("{}.gate", n.name));
+                    nodes.push(node(
+                        "HardSigmoid",
+                        &gate_node,
+                        vec![x.clone()],
+                        &gate,
+                        vec![attr_float("alpha", 1.0 / 6.0), attr_float("beta", 0.5)],
+                    ));
+                    nodes.push(node("Mul", &n.name, vec![x, gate], &n.output, vec![]));
+                }
+            },
+            Op::Mul => nodes.push(node("Mul", &n.name, n.inputs.clone(), &n.output, vec![])),
             Op::Concat => nodes.push(node(
                 "Concat",
                 &n.name,

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::rc::Rc;
 
 use penni_model::graph::window_out;
-use penni_model::{Conv2d, DecomposedConv2d, Input, Model, Node, Op, Pool2d, Shape, Tensor};
+use penni_model::{Activation, Conv2d, DecomposedConv2d, Input, Model, Node, Op, Pool2d, Shape, Tensor};
 use prost::Message;
 
 use crate::error::{Issue, OnnxError};
@@ -53,6 +53,10 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Softmax",
     "LogSoftmax",
     "Pad",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "LeakyRelu",
     "Transpose",
     "Identity",
     "Dropout",
@@ -944,6 +948,9 @@ impl<'g> Importer<'g> {
             "Relu" | "GlobalAveragePool" | "Sum" | "MatMul" | "Identity" => &[],
             "Softmax" | "LogSoftmax" => &["axis"],
             "Pad" => &["mode", "pads", "value"],
+            "Sigmoid" | "HardSwish" => &[],
+            "HardSigmoid" => &["alpha", "beta"],
+            "LeakyRelu" => &["alpha"],
             "Clip" => &["min", "max"],
             "MaxPool" => &[
                 "auto_pad",
@@ -1108,6 +1115,17 @@ impl<'g> Importer<'g> {
             "ConstantOfShape" => self.constant_of_shape(cx),
             "ReduceMean" => self.reduce_mean(cx),
             "Pad" => self.pad(cx),
+            "Sigmoid" => self.activation(cx, Activation::Sigmoid),
+            "HardSwish" => self.activation(cx, Activation::HardSwish),
+            "HardSigmoid" => {
+                let alpha = attr_float(self, cx, "alpha")?.unwrap_or(0.2);
+                let beta = attr_float(self, cx, "beta")?.unwrap_or(0.5);
+                self.activation(cx, Activation::HardSigmoid { alpha, beta })
+            }
+            "LeakyRelu" => {
+                let alpha = attr_float(self, cx, "alpha")?.unwrap_or(0.01);
+                self.activation(cx, Activation::LeakyRelu { alpha })
+            }
             "Softmax" => self.softmax(cx, false),
             "LogSoftmax" => self.softmax(cx, true),
             "Shape" => self.shape(cx),
@@ -1860,6 +1878,7 @@ impl<'g> Importer<'g> {
             }
             (Value::Act { tensor, shape, .. }, Value::Const(k)) => (tensor, shape, k, true),
             (Value::Const(k), Value::Act { tensor, shape, .. }) => (tensor, shape, k, false),
+            (Value::Act { .. }, Value::Act { .. }) if matches!(op, Arith::Mul) => return self.mul_acts(cx),
             (Value::Act { .. }, Value::Act { .. }) => {
                 return unsupported(format!("{} of two run-time tensors is not supported", cx.op));
             }
@@ -2366,6 +2385,51 @@ impl<'g> Importer<'g> {
             pooled.clone(),
         )?;
         self.emit(cx, Op::Flatten, vec![pooled], BTreeMap::new(), false)
+    }
+
+    fn activation(&mut self, cx: &Ctx, a: Activation) -> PResult<()> {
+        let (x, _, _) = self.act(cx, 0)?;
+        // recorded as the producer so that a Mul by its input can fuse into a HardSwish
+        self.emit(cx, Op::Activation(a), vec![x], BTreeMap::new(), true)
+    }
+
+    /// Mul of two run-time tensors: of one shape, or a feature map and a C x 1 x 1 map (a
+    /// squeeze-and-excitation scale). x * HardSigmoid(x; 1/6, 1/2), as exporters before opset 14
+    /// write HardSwish, becomes one HardSwish.
+    fn mul_acts(&mut self, cx: &Ctx) -> PResult<()> {
+        let (a, sa, pa) = self.act(cx, 0)?;
+        let (b, sb, pb) = self.act(cx, 1)?;
+        for (x, gate, producer, i) in [(&a, &b, pb, 1), (&b, &a, pa, 0)] {
+            let Some(idx) = producer else { continue };
+            let n = &self.nodes[idx];
+            let sole_reader = self.input_name(cx, i).is_some_and(|name| self.uses.get(name).copied() == Some(1));
+            if let Op::Activation(Activation::HardSigmoid { alpha, beta }) = n.op
+                && (alpha - 1.0 / 6.0).abs() < 1e-6
+                && beta == 0.5
+                && n.inputs[0] == *x
+                && n.output == *gate
+                && sole_reader
+            {
+                // the gate node becomes the HardSwish and takes this node's name and output
+                let Some(output) = cx.node.output.first().filter(|o| !o.is_empty()).cloned() else {
+                    return Err(self.invalid(cx, "the node has no output"));
+                };
+                let name = self.fresh_node_name(&cx.label);
+                let node = &mut self.nodes[idx];
+                node.op = Op::Activation(Activation::HardSwish);
+                node.name = name;
+                node.output = output.clone();
+                self.ir_shapes.insert(output.clone(), sa);
+                self.values.insert(output.clone(), Value::Act { tensor: output, shape: sa, producer: None });
+                return Ok(());
+            }
+        }
+        if penni_model::graph::mul_shape(sa, sb).is_none() {
+            return unsupported(format!(
+                "Mul of run-time tensors of shapes {sa} and {sb}; they must have one shape, or one must be C x 1 x 1"
+            ));
+        }
+        self.emit(cx, Op::Mul, vec![a, b], BTreeMap::new(), false)
     }
 
     /// ONNX Softmax / LogSoftmax. From opset 13 they normalise along `axis` (default -1); before,
@@ -3078,7 +3142,9 @@ fn infer(op: &Op, ins: &[Shape]) -> Result<Shape, String> {
             c.padding,
             c.dilation,
         ),
-        Op::BatchNorm2d { .. } | Op::Relu | Op::Clip { .. } | Op::Softmax { .. } => Ok(ins[0]),
+        Op::BatchNorm2d { .. } | Op::Relu | Op::Clip { .. } | Op::Softmax { .. } | Op::Activation(_) => Ok(ins[0]),
+        Op::Mul => penni_model::graph::mul_shape(ins[0], ins[1])
+            .ok_or_else(|| format!("cannot multiply {} by {}", ins[0], ins[1])),
         Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
             let (c, h, w) = map(ins[0])?;
             if p.padding[0] >= p.kernel[0]

@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 
-use burn::tensor::activation::{log_softmax, relu, softmax};
+use burn::tensor::activation::{hard_sigmoid, hard_swish, leaky_relu, log_softmax, relu, sigmoid, softmax};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
-use penni_model::{Model, Node, Op};
+use penni_model::{Activation, Model, Node, Op};
 
 use crate::error::{Result, TrainError};
 
@@ -267,6 +267,16 @@ impl Net {
                     _ => Err(unsupported("adds a feature map to a vector")),
                 })?
             }
+            Op::Activation(a) => match ins.remove(0) {
+                Act::Map(t) => Act::Map(activate(*a, t)),
+                Act::Flat(t) => Act::Flat(activate(*a, t)),
+            },
+            // burn broadcasts a C x 1 x 1 factor over the pixels
+            Op::Mul => match (ins.remove(0), ins.remove(0)) {
+                (Act::Map(a), Act::Map(b)) => Act::Map(a * b),
+                (Act::Flat(a), Act::Flat(b)) => Act::Flat(a * b),
+                _ => return Err(unsupported("multiplies a feature map by a vector")),
+            },
             // over dim 1: the channels of a map, the features of a vector
             Op::Softmax { log } => match (ins.remove(0), log) {
                 (Act::Map(t), true) => Act::Map(log_softmax(t, 1)),
@@ -302,5 +312,14 @@ impl Net {
                 Act::Flat(if *bias { y + self.p(i, "bias").reshape([1, *out_features]) } else { y })
             }
         })
+    }
+}
+
+fn activate<const D: usize>(a: Activation, t: Tensor<D>) -> Tensor<D> {
+    match a {
+        Activation::Sigmoid => sigmoid(t),
+        Activation::HardSigmoid { alpha, beta } => hard_sigmoid(t, alpha as f64, beta as f64),
+        Activation::HardSwish => hard_swish(t),
+        Activation::LeakyRelu { alpha } => leaky_relu(t, alpha as f64),
     }
 }

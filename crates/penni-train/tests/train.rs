@@ -339,3 +339,34 @@ fn concat_branches_train_like_the_reference() {
         assert!(g.1.iter().any(|v| *v != 0.0), "{k}");
     }
 }
+
+/// HardSwish, SiLU (x * sigmoid(x)), leaky ReLU and a squeeze-and-excitation scale (a C x 1 x 1
+/// factor broadcast over the pixels) run through burn like the reference, and train.
+#[test]
+fn activations_and_squeeze_excitation_train_like_the_reference() {
+    use penni_model::Activation;
+    let mut b = GraphBuilder::new("se", Input { name: "input".into(), channels: 1, height: 8, width: 8 }, 9);
+    let x = b.input();
+    let s = b.conv_bn("stem.", &x, 6, 3, 1, false);
+    let s = b.activation("hswish", &s, Activation::HardSwish);
+    let g = b.activation("sigmoid", &s, Activation::Sigmoid);
+    let s = b.mul("silu", &s, &g);
+    let p = b.global_avg_pool("se.pool", &s);
+    let e = b.conv("se.conv", &p, 6, 1, 1, 0, true);
+    let e = b.activation("se.gate", &e, Activation::HardSigmoid { alpha: 0.2, beta: 0.5 });
+    let s = b.mul("se.scale", &s, &e);
+    let s = b.activation("leaky", &s, Activation::LeakyRelu { alpha: 0.1 });
+    let p = b.global_avg_pool("pool", &s);
+    let f = b.flatten("flat", &p);
+    let o = b.linear("fc", &f, 4);
+    let mut m = b.finish(&o).unwrap();
+    randomise_bn(&mut m, 10);
+    let x = random_input(&m, 2, 11);
+    let burn_out = penni_train::forward(&m, &x, 2).unwrap();
+    let reference = reference::forward(&m, &reference::Activation { n: 2, shape: m.input_shape(), data: x.clone() }).unwrap();
+    assert!(max_rel_diff(&burn_out, &reference.data) < 1e-5);
+    let grads = penni_train::gradients(&m, &x, &[0, 3]).unwrap();
+    for k in ["stem.conv.weight", "se.conv.weight"] {
+        assert!(grads[k].iter().any(|v| *v != 0.0), "no gradient reaches {k}");
+    }
+}

@@ -272,7 +272,17 @@ pub fn op_zoo() -> Model {
         count_include_pad: false,
     };
     push("max", Op::MaxPool2d(maxp), &["avg2_out"], BTreeMap::new());
-    push("gap", Op::GlobalAvgPool, &["max_out"], BTreeMap::new());
+    // MobileNet-v3 / EfficientNet pieces: HardSwish, SiLU, a squeeze-and-excitation scale
+    use penni_model::Activation;
+    push("hswish", Op::Activation(Activation::HardSwish), &["max_out"], BTreeMap::new());
+    push("sig", Op::Activation(Activation::Sigmoid), &["hswish_out"], BTreeMap::new());
+    push("silu", Op::Mul, &["hswish_out", "sig_out"], BTreeMap::new());
+    push("se_pool", Op::GlobalAvgPool, &["silu_out"], BTreeMap::new());
+    let gate = Activation::HardSigmoid { alpha: 0.2, beta: 0.5 };
+    push("se_gate", Op::Activation(gate), &["se_pool_out"], BTreeMap::new());
+    push("se_scale", Op::Mul, &["silu_out", "se_gate_out"], BTreeMap::new());
+    push("leaky", Op::Activation(Activation::LeakyRelu { alpha: 0.1 }), &["se_scale_out"], BTreeMap::new());
+    push("gap", Op::GlobalAvgPool, &["leaky_out"], BTreeMap::new());
     push("flat", Op::Flatten, &["gap_out"], BTreeMap::new());
     push(
         "fc1",
