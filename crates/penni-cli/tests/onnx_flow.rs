@@ -1,5 +1,6 @@
-//! A CNN in an ONNX file (laid out as PyTorch exports it) goes through import -> PENNI
-//! compression -> ONNX export, and onnxruntime's outputs on the exported file match penni's.
+//! CNNs in ONNX files (one laid out as PyTorch exports it, one with the pieces of mobile and
+//! multi-branch networks) go through import -> PENNI compression -> ONNX export, and
+//! onnxruntime's outputs on the exported files match penni's.
 //! Needs PENNI_PYTHON (scripts/python-env.sh; scripts/test.sh sets it) and Fashion-MNIST.
 
 use std::path::Path;
@@ -29,10 +30,27 @@ fn p(path: &Path) -> &str {
 #[test]
 fn onnx_import_compress_export_runs_in_onnxruntime() {
     let Some(py) = python() else { return };
+    compress_and_compare(&py, "make_cnn.py");
+}
+
+/// Concat, squeeze-and-excitation, HardSwish, Sigmoid, LeakyRelu and a final Softmax survive
+/// compression and export: onnxruntime gives the same probabilities as penni.
+#[test]
+fn mobile_style_onnx_model_compresses_and_runs_in_onnxruntime() {
+    let Some(py) = python() else { return };
+    let probabilities = compress_and_compare(&py, "make_mobile_cnn.py");
+    for row in probabilities.chunks(10) {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{row:?}");
+    }
+}
+
+/// Writes a CNN with tests/py/`script`, compresses it with PENNI, exports it, and checks that
+/// onnxruntime and `penni infer` agree on the export; returns onnxruntime's outputs.
+fn compress_and_compare(py: &str, script: &str) -> Vec<f32> {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     let dense = dir.path().join("cnn.onnx");
-    ok(Command::new(&py).arg(here.join("tests/py/make_cnn.py")).arg(&dense));
+    ok(Command::new(py).arg(here.join("tests/py").join(script)).arg(&dense));
 
     let compressed = dir.path().join("cnn-penni.onnx");
     let cfg = dir.path().join("c.toml");
@@ -60,5 +78,6 @@ fn onnx_import_compress_export_runs_in_onnxruntime() {
     let (_, b) = penni_onnx::npy::read_f32(&std::fs::read(&penni_out).unwrap()).unwrap();
     let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
     let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(diff <= 1e-4 * scale.max(1e-6), "onnxruntime and penni differ by {diff} (scale {scale})");
+    assert!(diff <= 1e-4 * scale.max(1e-6), "{script}: onnxruntime and penni differ by {diff} (scale {scale})");
+    a
 }
