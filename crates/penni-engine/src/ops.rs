@@ -123,18 +123,12 @@ impl ConcatStep {
 
     unsafe fn image(&self, ctx: &Ctx, img: usize) {
         unsafe {
-            let per_img = |l: &Lay| match l {
-                Lay::Map(m) => m.img(),
-                Lay::Planar(p) => p.img(),
-                Lay::Flat { len } => *len,
-                Lay::Scratch => 0,
-            };
-            let y = ctx.ptr(self.out).add(img * per_img(&self.ol));
+            let y = ctx.ptr(self.out).add(img * img_floats(&self.ol));
             // borders and the unused lanes of a last block must hold zeros / finite values
-            std::ptr::write_bytes(y, 0, per_img(&self.ol));
+            std::ptr::write_bytes(y, 0, img_floats(&self.ol));
             let mut off = 0; // channels (or features) written so far
             for (v, l) in &self.ins {
-                let x = (ctx.ptr(*v) as *const f32).add(img * per_img(l));
+                let x = (ctx.ptr(*v) as *const f32).add(img * img_floats(l));
                 match (l, &self.ol) {
                     (Lay::Flat { len }, Lay::Flat { .. }) => {
                         std::ptr::copy_nonoverlapping(x, y.add(off), *len);
@@ -144,13 +138,11 @@ impl ConcatStep {
                         std::ptr::copy_nonoverlapping(x, y.add(off * o.plane()), p.img());
                         off += p.c;
                     }
-                    (Lay::Map(m), Lay::Map(o)) => {
+                    (Lay::Map(m), Lay::Map(_)) => {
                         for k in 0..m.c {
-                            let src = x.add((k / L) * m.plane() + k % L);
-                            let dst = y.add(((off + k) / L) * o.plane() + (off + k) % L);
                             for yy in 0..m.h {
                                 for xx in 0..m.w {
-                                    *dst.add(o.at(yy, xx)) = *src.add(m.at(yy, xx));
+                                    *y.add(elem(&self.ol, 0, off + k, yy, xx)) = *x.add(elem(l, 0, k, yy, xx));
                                 }
                             }
                         }

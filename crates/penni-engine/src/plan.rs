@@ -1362,18 +1362,12 @@ impl<'m> Builder<'m> {
                     );
                 }
                 GKind::Concat => {
-                    let same = lays.iter().all(|l| std::mem::discriminant(l) == std::mem::discriminant(&ylay));
-                    if !same {
-                        return Err(EngineError::Internal(format!("'{}' concatenates tensors of different layouts", g.names[0])));
-                    }
+                    same_layout_kind(&lays, ylay)?;
                     let st = ops::ConcatStep { ins: ins.iter().copied().zip(lays.iter().copied()).collect(), out: dst, ol: ylay, batch: self.batch };
                     self.push(&g.names, format!("concat x{}", ins.len()), 0, StepOp::Concat(st), ins.clone(), vec![dst]);
                 }
                 GKind::Point(op) => {
-                    let same = lays.iter().all(|l| std::mem::discriminant(l) == std::mem::discriminant(&ylay));
-                    if !same {
-                        return Err(EngineError::Internal(format!("'{}' mixes layouts", g.names[0])));
-                    }
+                    same_layout_kind(&lays, ylay)?;
                     let dims = |s: Shape| match s {
                         Shape::Map { c, h, w } => (c, h, w),
                         Shape::Vector(n) => (n, 1, 1),
@@ -1490,6 +1484,15 @@ fn planar_lays(l: &[Lay]) -> Result<Vec<PLay>, EngineError> {
             _ => Err(EngineError::Internal("mixed layouts in one step".into())),
         })
         .collect()
+}
+
+/// Steps that read several buffers (concat, products) need them all in the output's layout.
+fn same_layout_kind(l: &[Lay], out: Lay) -> Result<(), EngineError> {
+    if l.iter().all(|l| std::mem::discriminant(l) == std::mem::discriminant(&out)) {
+        Ok(())
+    } else {
+        Err(EngineError::Internal("mixed layouts in one step".into()))
+    }
 }
 
 fn map_lays(l: &[Lay]) -> Result<Vec<MapLay>, EngineError> {

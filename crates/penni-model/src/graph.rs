@@ -454,6 +454,24 @@ fn conv_out(node: &Node, input: Shape, in_ch: usize, out_ch: usize, kernel: [usi
     }
 }
 
+/// The shape of a concat: feature maps of one size stacked along the channels, or vectors;
+/// `None` when the inputs do not stack (or there are none).
+pub fn concat_shape(ins: &[Shape]) -> Option<Shape> {
+    let mut total = 0usize;
+    for s in ins {
+        let c = match (ins.first()?, s) {
+            (Shape::Map { h, w, .. }, Shape::Map { c, h: h2, w: w2 }) if h == h2 && w == w2 => *c,
+            (Shape::Vector(_), Shape::Vector(n)) => *n,
+            _ => return None,
+        };
+        total = total.checked_add(c)?;
+    }
+    Some(match *ins.first()? {
+        Shape::Map { h, w, .. } => Shape::Map { c: total, h, w },
+        Shape::Vector(_) => Shape::Vector(total),
+    })
+}
+
 /// The shape of a product: equal shapes, or a feature map and a C x 1 x 1 map (either side).
 pub fn mul_shape(a: Shape, b: Shape) -> Option<Shape> {
     match (a, b) {
@@ -530,21 +548,12 @@ pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
             Ok(ins[0])
         }
         Op::Concat => {
-            let Some(first) = ins.first() else {
+            if ins.is_empty() {
                 return Err(shape_err(node, "expects at least 1 input, got 0".into()));
-            };
-            let mut total = 0usize;
-            for s in ins {
-                let c = match (first, s) {
-                    (Shape::Map { h, w, .. }, Shape::Map { c, h: h2, w: w2 }) if h == h2 && w == w2 => *c,
-                    (Shape::Vector(_), Shape::Vector(n)) => *n,
-                    _ => return Err(shape_err(node, format!("inputs {first} and {s} do not stack along the channels"))),
-                };
-                total = total.checked_add(c).ok_or_else(|| shape_err(node, "too many channels".into()))?;
             }
-            Ok(match *first {
-                Shape::Map { h, w, .. } => Shape::Map { c: total, h, w },
-                Shape::Vector(_) => Shape::Vector(total),
+            concat_shape(ins).ok_or_else(|| {
+                let list: Vec<String> = ins.iter().map(|s| s.to_string()).collect();
+                shape_err(node, format!("inputs {} do not stack along the channels", list.join(", ")))
             })
         }
         Op::Flatten => Ok(Shape::Vector(ins[0].numel())),

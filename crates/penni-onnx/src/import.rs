@@ -1768,26 +1768,20 @@ impl<'g> Importer<'g> {
                 "adds a constant to an N x F tensor that does not come straight from a Gemm/MatMul",
             );
         }
-        // A per-channel shift on a feature map is a batchnorm with unit scale and eps 0 (exact).
+        self.emit_affine(cx, tensor, vec![1.0; channels], per_channel)
+    }
+
+    /// y = scale * x + shift per channel of a feature map, as a batchnorm with zero mean, unit
+    /// variance and eps 0 (exact).
+    fn emit_affine(&mut self, cx: &Ctx, tensor: String, scale: Vec<f32>, shift: Vec<f32>) -> PResult<()> {
+        let channels = scale.len();
         let params = BTreeMap::from([
-            ("weight".to_string(), Tensor::full(vec![channels], 1.0)),
-            (
-                "bias".to_string(),
-                Tensor {
-                    shape: vec![channels],
-                    data: per_channel,
-                },
-            ),
+            ("weight".to_string(), Tensor { shape: vec![channels], data: scale }),
+            ("bias".to_string(), Tensor { shape: vec![channels], data: shift }),
             ("running_mean".to_string(), Tensor::zeros(vec![channels])),
             ("running_var".to_string(), Tensor::full(vec![channels], 1.0)),
         ]);
-        self.emit(
-            cx,
-            Op::BatchNorm2d { channels, eps: 0.0 },
-            vec![tensor],
-            params,
-            false,
-        )
+        self.emit(cx, Op::BatchNorm2d { channels, eps: 0.0 }, vec![tensor], params, false)
     }
 
     /// The values of a constant operand of an element-wise op, one per channel of the
@@ -1907,13 +1901,7 @@ impl<'g> Importer<'g> {
         if scale.iter().chain(&shift).any(|v| !v.is_finite()) {
             return Err(self.invalid(cx, "its constant gives a non-finite scale or shift"));
         }
-        let params = BTreeMap::from([
-            ("weight".to_string(), Tensor { shape: vec![channels], data: scale }),
-            ("bias".to_string(), Tensor { shape: vec![channels], data: shift }),
-            ("running_mean".to_string(), Tensor::zeros(vec![channels])),
-            ("running_var".to_string(), Tensor::full(vec![channels], 1.0)),
-        ]);
-        self.emit(cx, Op::BatchNorm2d { channels, eps: 0.0 }, vec![tensor], params, false)
+        self.emit_affine(cx, tensor, scale, shift)
     }
 
     fn flatten(&mut self, cx: &Ctx) -> PResult<()> {
@@ -3188,19 +3176,10 @@ fn infer(op: &Op, ins: &[Shape]) -> Result<Shape, String> {
             Ok(Shape::Map { c, h: 1, w: 1 })
         }
         Op::Add => Ok(ins[0]),
-        Op::Concat => {
-            let total: usize = ins.iter().map(|s| match s {
-                Shape::Map { c, .. } => *c,
-                Shape::Vector(n) => *n,
-            }).sum();
-            match ins[0] {
-                Shape::Map { h, w, .. } if ins.iter().all(|s| matches!(s, Shape::Map { h: h2, w: w2, .. } if *h2 == h && *w2 == w)) => {
-                    Ok(Shape::Map { c: total, h, w })
-                }
-                Shape::Vector(_) if ins.iter().all(|s| matches!(s, Shape::Vector(_))) => Ok(Shape::Vector(total)),
-                _ => Err(format!("inputs of shapes {} do not stack along the channels", ins.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", "))),
-            }
-        }
+        Op::Concat => penni_model::graph::concat_shape(ins).ok_or_else(|| {
+            let list: Vec<String> = ins.iter().map(|s| s.to_string()).collect();
+            format!("inputs of shapes {} do not stack along the channels", list.join(", "))
+        }),
         Op::Flatten => Ok(Shape::Vector(ins[0].numel())),
         Op::Linear { out_features, .. } => Ok(Shape::Vector(*out_features)),
     }

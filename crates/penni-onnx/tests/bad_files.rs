@@ -26,25 +26,10 @@ fn node(op: &str, name: &str, inputs: &[&str], output: &str) -> NodeProto {
     }
 }
 
+/// A float value info with fixed dimensions.
 fn vi(name: &str, dims: &[i64]) -> ValueInfoProto {
-    let dim = dims
-        .iter()
-        .map(|&d| Dimension {
-            dim_value: Some(d),
-            ..Default::default()
-        })
-        .collect();
-    ValueInfoProto {
-        name: name.into(),
-        r#type: Some(TypeProto {
-            tensor_type: Some(TypeProtoTensor {
-                elem_type: data_type::FLOAT,
-                shape: Some(TensorShapeProto { dim }),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    let dims: Vec<Option<i64>> = dims.iter().map(|&d| Some(d)).collect();
+    common::proto::vi(name, &dims)
 }
 
 /// x (1x2x4x4) -> conv (w: 3x2x3x3) -> relu -> y
