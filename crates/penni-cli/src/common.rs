@@ -67,7 +67,11 @@ fn load_split(args: &DataArgs, split: Split) -> Result<Dataset> {
 
 impl DataArgs {
     pub fn load(&self, seed: u64, need_train: bool) -> Result<LoadedData> {
-        let mut train = if need_train { load_split(self, Split::Train)? } else { load_split(self, Split::Test)? };
+        let mut train = if need_train {
+            load_split(self, Split::Train)?
+        } else {
+            load_split(self, Split::Test)?
+        };
         let mut test = load_split(self, Split::Test)?;
         if self.train_subset > 0 && need_train {
             train = train.subset(self.train_subset.min(train.len()), seed);
@@ -93,7 +97,13 @@ const PREPROCESS_KEY: &str = "preprocess";
 
 impl Preprocess {
     pub fn eval_transform(&self) -> Transform {
-        Transform { pad_to: self.pad_to, crop_padding: 0, hflip: false, mean: self.mean.clone(), std: self.std.clone() }
+        Transform {
+            pad_to: self.pad_to,
+            crop_padding: 0,
+            hflip: false,
+            mean: self.mean.clone(),
+            std: self.std.clone(),
+        }
     }
 }
 
@@ -109,7 +119,10 @@ fn is_onnx(path: &Path) -> bool {
 /// Loads a `.penni` or an `.onnx` model (by extension; an ONNX file carries no preprocessing).
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
     if is_onnx(path) {
-        return Ok(LoadedModel { model: penni_onnx::import_file(path)?, preprocess: None });
+        return Ok(LoadedModel {
+            model: penni_onnx::import_file(path)?,
+            preprocess: None,
+        });
     }
     let (model, extras) = io::load_with_extras(path)?;
     let preprocess = match extras.metadata.get(PREPROCESS_KEY) {
@@ -145,15 +158,34 @@ pub fn is_zoo_name(spec: &str) -> bool {
     zoo::ZOO_NAMES.contains(&spec)
 }
 
-pub fn build_zoo(name: &str, channels: usize, height: usize, width: usize, classes: usize, width_multiplier: f32, seed: u64) -> Result<Model> {
-    let opts = ZooOptions { in_channels: channels, height, width, num_classes: classes, width_multiplier, seed };
+pub fn build_zoo(
+    name: &str,
+    channels: usize,
+    height: usize,
+    width: usize,
+    classes: usize,
+    width_multiplier: f32,
+    seed: u64,
+) -> Result<Model> {
+    let opts = ZooOptions {
+        in_channels: channels,
+        height,
+        width,
+        num_classes: classes,
+        width_multiplier,
+        seed,
+    };
     Ok(zoo::build(name, &opts)?)
 }
 
 pub fn parse_list<T: std::str::FromStr>(s: &str, what: &str) -> Result<Vec<T>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
-        .map(|p| p.trim().parse::<T>().map_err(|_| anyhow::anyhow!("{what}: '{p}' is not a valid value")))
+        .map(|p| {
+            p.trim()
+                .parse::<T>()
+                .map_err(|_| anyhow::anyhow!("{what}: '{p}' is not a valid value"))
+        })
         .collect()
 }
 

@@ -65,7 +65,10 @@ impl Trainer for BurnTrainer<'_> {
             momentum: phase.momentum,
             nesterov: phase.nesterov,
             weight_decay: phase.weight_decay,
-            schedule: LrSchedule::MultiStep { milestones: phase.milestones.clone(), gamma: phase.gamma },
+            schedule: LrSchedule::MultiStep {
+                milestones: phase.milestones.clone(),
+                gamma: phase.gamma,
+            },
             seed: phase.seed,
             l1_coefficients: phase.l1_coefficients,
             alternate_interval: phase.alternate_interval,
@@ -84,7 +87,9 @@ impl Trainer for BurnTrainer<'_> {
             train_transform: self.train_transform.clone(),
             test_transform: self.test_transform.clone(),
         };
-        penni_train::train(model, &data, &opts, &run).map(|o| o.model).map_err(|e| CompressError::Trainer(e.to_string()))
+        penni_train::train(model, &data, &opts, &run)
+            .map(|o| o.model)
+            .map_err(|e| CompressError::Trainer(e.to_string()))
     }
 
     fn evaluate(&mut self, model: &Model) -> penni_compress::Result<f32> {
@@ -122,7 +127,16 @@ pub fn run(args: CompressArgs) -> Result<()> {
         }
     };
     let run_dir = args.run_dir.clone().unwrap_or_else(|| common::default_run_dir(&args.out));
-    let outcome = compress_with(&loaded.model, &config, &data.train, &data.test, &preprocess, args.crop_padding, !args.no_flip, &run_dir)?;
+    let outcome = compress_with(
+        &loaded.model,
+        &config,
+        &data.train,
+        &data.test,
+        &preprocess,
+        args.crop_padding,
+        !args.no_flip,
+        &run_dir,
+    )?;
     common::save_model(&outcome.model, Some(&preprocess), &args.out)?;
     println!("{}", outcome.report.to_table());
     println!(
@@ -147,8 +161,13 @@ pub fn compress_with(
     let mut trainer = BurnTrainer {
         train,
         test,
-        train_transform: Transform { crop_padding, hflip: flip, ..pre.eval_transform() },
+        train_transform: Transform {
+            crop_padding,
+            hflip: flip,
+            ..pre.eval_transform()
+        },
         test_transform: pre.eval_transform(),
     };
-    penni_compress::compress(model, config, &mut trainer, run_dir).with_context(|| format!("compressing (run directory {})", run_dir.display()))
+    penni_compress::compress(model, config, &mut trainer, run_dir)
+        .with_context(|| format!("compressing (run directory {})", run_dir.display()))
 }

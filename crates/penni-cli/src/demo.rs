@@ -44,7 +44,12 @@ pub fn run(args: DemoArgs) -> Result<()> {
     };
     let data = data_args.load(0, true)?;
     let (mean, std) = penni_data::channel_stats(&data.train);
-    let pre = Preprocess { mean, std, pad_to: None, class_names: data.train.class_names.clone() };
+    let pre = Preprocess {
+        mean,
+        std,
+        pad_to: None,
+        class_names: data.train.class_names.clone(),
+    };
     let model = common::build_zoo("resnet20", 1, 28, 28, 10, 0.5, 0)?;
     let cost = penni_model::model_cost(&model)?.totals;
     println!(
@@ -63,16 +68,35 @@ pub fn run(args: DemoArgs) -> Result<()> {
         ..Default::default()
     };
     let run_dir = args.out_dir.join("train.run");
-    let run = RunOptions { checkpoint_dir: Some(run_dir.clone()), resume: false, metrics_log: Some(run_dir.join("metrics.jsonl")), progress: true, stop_after_epochs: None };
+    let run = RunOptions {
+        checkpoint_dir: Some(run_dir.clone()),
+        resume: false,
+        metrics_log: Some(run_dir.join("metrics.jsonl")),
+        progress: true,
+        stop_after_epochs: None,
+    };
     // A fresh demo each time: old checkpoints would be resumed otherwise.
     let _ = std::fs::remove_dir_all(&run_dir);
-    let train_transform = Transform { crop_padding: 2, hflip: true, ..pre.eval_transform() };
-    let td = TrainData { train: &data.train, test: Some(&data.test), train_transform, test_transform: pre.eval_transform() };
+    let train_transform = Transform {
+        crop_padding: 2,
+        hflip: true,
+        ..pre.eval_transform()
+    };
+    let td = TrainData {
+        train: &data.train,
+        test: Some(&data.test),
+        train_transform,
+        test_transform: pre.eval_transform(),
+    };
     let out = penni_train::train(&model, &td, &opts, &run)?;
     let path = args.out_dir.join("resnet20-demo.penni");
     common::save_model(&out.model, Some(&pre), &path)?;
     let dense_top1 = out.history.last().context("no epoch ran")?.test_top1.unwrap_or(0.0);
-    println!("demo: dense model test top-1 {:.2}%, written to {}", dense_top1 * 100.0, path.display());
+    println!(
+        "demo: dense model test top-1 {:.2}%, written to {}",
+        dense_top1 * 100.0,
+        path.display()
+    );
 
     // PENNI with a short schedule: decompose (d=5), retrain with L1 + alternation, prune, fine-tune, shrink.
     let mut config = penni_compress::Config::default();
@@ -90,13 +114,33 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let after = penni_model::model_cost(&outcome.model)?.totals;
     let acc_after = outcome.report.phases.last().and_then(|p| p.top1).unwrap_or(0.0) as f64;
     let bytes = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    println!("demo: before -> after PENNI ({} train images, {} test images)", data.train.len(), data.test.len());
+    println!(
+        "demo: before -> after PENNI ({} train images, {} test images)",
+        data.train.len(),
+        data.test.len()
+    );
     println!("  test top-1      {:>8.2}% -> {:.2}%", dense_top1 * 100.0, acc_after * 100.0);
-    println!("  parameters      {:>9} -> {}  ({:.1}% removed; paper-style {} -> {})", human(before.params_all), human(after.params_all),
-        100.0 * (1.0 - after.params_all as f64 / before.params_all as f64), human(before.params_paper), human(after.params_paper));
-    println!("  MACs per image  {:>9} -> {}  ({:.1}% removed; paper-style {} -> {})", human(before.macs_all), human(after.macs_all),
-        100.0 * (1.0 - after.macs_all as f64 / before.macs_all as f64), human(before.macs_paper), human(after.macs_paper));
+    println!(
+        "  parameters      {:>9} -> {}  ({:.1}% removed; paper-style {} -> {})",
+        human(before.params_all),
+        human(after.params_all),
+        100.0 * (1.0 - after.params_all as f64 / before.params_all as f64),
+        human(before.params_paper),
+        human(after.params_paper)
+    );
+    println!(
+        "  MACs per image  {:>9} -> {}  ({:.1}% removed; paper-style {} -> {})",
+        human(before.macs_all),
+        human(after.macs_all),
+        100.0 * (1.0 - after.macs_all as f64 / before.macs_all as f64),
+        human(before.macs_paper),
+        human(after.macs_paper)
+    );
     println!("  file size       {:>9} -> {} bytes", bytes(&path), bytes(&compressed_path));
-    println!("demo: compressed model {}; report {}", compressed_path.display(), run_dir.join("report.svg").display());
+    println!(
+        "demo: compressed model {}; report {}",
+        compressed_path.display(),
+        run_dir.join("report.svg").display()
+    );
     Ok(())
 }

@@ -13,7 +13,10 @@ use crate::common::{self, LoadedModel, human};
 /// with 10 classes, random weights: enough to measure speed).
 fn model_arg(spec: &str) -> Result<LoadedModel> {
     if common::is_zoo_name(spec) {
-        return Ok(LoadedModel { model: common::build_zoo(spec, 3, 32, 32, 10, 1.0, 0)?, preprocess: None });
+        return Ok(LoadedModel {
+            model: common::build_zoo(spec, 3, 32, 32, 10, 1.0, 0)?,
+            preprocess: None,
+        });
     }
     common::load_model(Path::new(spec))
 }
@@ -55,7 +58,13 @@ fn read_inputs(args: &InferArgs, loaded: &LoadedModel) -> Result<(usize, Vec<f32
             _ => false,
         };
         if !ok || data.len() % per != 0 {
-            bail!("{}: array of shape {shape:?}, the model takes N x {}x{}x{}", first.display(), i.channels, i.height, i.width);
+            bail!(
+                "{}: array of shape {shape:?}, the model takes N x {}x{}x{}",
+                first.display(),
+                i.channels,
+                i.height,
+                i.width
+            );
         }
         if data.iter().any(|v| !v.is_finite()) {
             bail!("{}: the input holds NaN or infinite values", first.display());
@@ -68,7 +77,13 @@ fn read_inputs(args: &InferArgs, loaded: &LoadedModel) -> Result<(usize, Vec<f32
         let (c, h, w, pixels) = penni_data::load_png(path)?;
         let (oc, oh, ow) = transform.output_dims(c, h, w);
         if (oc, oh, ow) != (i.channels, i.height, i.width) {
-            bail!("{}: a {c}x{h}x{w} image becomes {oc}x{oh}x{ow}, the model takes {}x{}x{}", path.display(), i.channels, i.height, i.width);
+            bail!(
+                "{}: a {c}x{h}x{w} image becomes {oc}x{oh}x{ow}, the model takes {}x{}x{}",
+                path.display(),
+                i.channels,
+                i.height,
+                i.width
+            );
         }
         batch.extend(transform.apply(&pixels, c, h, w));
     }
@@ -78,14 +93,25 @@ fn read_inputs(args: &InferArgs, loaded: &LoadedModel) -> Result<(usize, Vec<f32
 pub fn infer(args: InferArgs) -> Result<()> {
     let loaded = common::load_model(&args.model)?;
     let (n, input) = read_inputs(&args, &loaded)?;
-    let mut plan = Plan::new(&loaded.model, n, &EngineOptions { threads: args.threads, ..Default::default() })?;
+    let mut plan = Plan::new(
+        &loaded.model,
+        n,
+        &EngineOptions {
+            threads: args.threads,
+            ..Default::default()
+        },
+    )?;
     let out = plan.run(&input)?.to_vec();
     let classes = out.len() / n;
     let names = loaded.preprocess.as_ref().map(|p| p.class_names.clone()).unwrap_or_default();
     for (k, row) in out.chunks(classes).enumerate() {
         let mut idx: Vec<usize> = (0..classes).collect();
         idx.sort_by(|a, b| row[*b].total_cmp(&row[*a]));
-        let label = if args.input.len() == n { args.input[k].display().to_string() } else { format!("#{k}") };
+        let label = if args.input.len() == n {
+            args.input[k].display().to_string()
+        } else {
+            format!("#{k}")
+        };
         let top: Vec<String> = idx
             .iter()
             .take(args.top_k.max(1))
@@ -137,7 +163,10 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         bail!("--batch needs positive sizes and --threads at least one count");
     }
     if !args.json {
-        println!("{:<14} {:>5} {:>7} {:>10} {:>10} {:>11} {:>9} {:>11} {:>10}", "model", "batch", "threads", "median ms", "p90 ms", "images/s", "GMAC/s", "arena", "peak RSS");
+        println!(
+            "{:<14} {:>5} {:>7} {:>10} {:>10} {:>11} {:>9} {:>11} {:>10}",
+            "model", "batch", "threads", "median ms", "p90 ms", "images/s", "GMAC/s", "arena", "peak RSS"
+        );
     }
     for &b in &batches {
         for &t in &threads {
@@ -184,11 +213,21 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let mut plan = Plan::new(model, args.batch, &EngineOptions { threads: args.threads, ..Default::default() })?;
+    let mut plan = Plan::new(
+        model,
+        args.batch,
+        &EngineOptions {
+            threads: args.threads,
+            ..Default::default()
+        },
+    )?;
     let input = penni_engine::pseudo_random_input(args.batch * model.input_shape().numel(), 1);
     let rows = plan.profile(&input, args.reps)?;
     let total: u64 = rows.iter().map(|r| r.median_ns).sum();
-    println!("{:<40} {:<36} {:>10} {:>6} {:>10} {:>8}", "step (fused IR nodes)", "kernel", "median us", "share", "MACs", "GMAC/s");
+    println!(
+        "{:<40} {:<36} {:>10} {:>6} {:>10} {:>8}",
+        "step (fused IR nodes)", "kernel", "median us", "share", "MACs", "GMAC/s"
+    );
     for r in &rows {
         println!(
             "{:<40} {:<36} {:>10.1} {:>5.1}% {:>10} {:>8.2}",
@@ -200,6 +239,11 @@ pub fn profile(args: ProfileArgs) -> Result<()> {
             r.macs as f64 / r.median_ns.max(1) as f64
         );
     }
-    println!("total {:.3} ms per batch of {} on {} threads (sum of per-step medians)", total as f64 / 1e6, args.batch, plan.threads());
+    println!(
+        "total {:.3} ms per batch of {} on {} threads (sum of per-step medians)",
+        total as f64 / 1e6,
+        args.batch,
+        plan.threads()
+    );
     Ok(())
 }

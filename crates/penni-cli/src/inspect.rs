@@ -1,6 +1,6 @@
 use anyhow::Result;
 use clap::Args;
-use penni_model::{model_cost, Shape};
+use penni_model::{Shape, model_cost};
 
 use crate::common::{self, human};
 
@@ -28,9 +28,15 @@ fn shapes(s: &[Shape]) -> String {
 
 pub fn run(args: InspectArgs) -> Result<()> {
     let model = if common::is_zoo_name(&args.model) {
-        let dims: Vec<usize> = args.input.split('x').map(|d| d.parse()).collect::<Result<_, _>>()
+        let dims: Vec<usize> = args
+            .input
+            .split('x')
+            .map(|d| d.parse())
+            .collect::<Result<_, _>>()
             .map_err(|_| anyhow::anyhow!("--input must look like 3x32x32, got '{}'", args.input))?;
-        let [c, h, w] = dims[..] else { anyhow::bail!("--input must look like 3x32x32, got '{}'", args.input) };
+        let [c, h, w] = dims[..] else {
+            anyhow::bail!("--input must look like 3x32x32, got '{}'", args.input)
+        };
         common::build_zoo(&args.model, c, h, w, args.classes, args.width, 0)?
     } else {
         common::load_model(args.model.as_ref())?.model
@@ -40,35 +46,70 @@ pub fn run(args: InspectArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&cost)?);
         return Ok(());
     }
-    println!("model {} (input {}x{}x{})", model.name, model.input.channels, model.input.height, model.input.width);
+    println!(
+        "model {} (input {}x{}x{})",
+        model.name, model.input.channels, model.input.height, model.input.width
+    );
     // columns as wide as their longest entry (ONNX node names can be long)
     let rows: Vec<[String; 4]> = cost
         .layers
         .iter()
-        .map(|l| [l.node.clone(), l.kind.to_string(), shapes(&l.input_shapes), l.output_shape.to_string()])
+        .map(|l| {
+            [
+                l.node.clone(),
+                l.kind.to_string(),
+                shapes(&l.input_shapes),
+                l.output_shape.to_string(),
+            ]
+        })
         .collect();
     let w: [usize; 4] = std::array::from_fn(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max([5, 4, 5, 6][i]));
     println!(
         "{:<w0$} {:<w1$} {:<w2$} {:<w3$} {:>10} {:>10} {:>10} {:>10}",
-        "layer", "type", "input", "output", "params", "params*", "MACs", "MACs*",
-        w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3]
+        "layer",
+        "type",
+        "input",
+        "output",
+        "params",
+        "params*",
+        "MACs",
+        "MACs*",
+        w0 = w[0],
+        w1 = w[1],
+        w2 = w[2],
+        w3 = w[3]
     );
     for (l, r) in cost.layers.iter().zip(&rows) {
         println!(
             "{:<w0$} {:<w1$} {:<w2$} {:<w3$} {:>10} {:>10} {:>10} {:>10}",
-            r[0], r[1], r[2], r[3],
-            human(l.params_all), human(l.params_paper), human(l.macs_all), human(l.macs_paper),
-            w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3]
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            human(l.params_all),
+            human(l.params_paper),
+            human(l.macs_all),
+            human(l.macs_paper),
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
         );
     }
     let t = &cost.totals;
     println!(
         "total: {} parameters ({}), {} MACs ({}) per image",
-        human(t.params_all), t.params_all, human(t.macs_all), t.macs_all
+        human(t.params_all),
+        t.params_all,
+        human(t.macs_all),
+        t.macs_all
     );
     println!(
         "paper-style*: {} parameters ({}), {} MACs ({})",
-        human(t.params_paper), t.params_paper, human(t.macs_paper), t.macs_paper
+        human(t.params_paper),
+        t.params_paper,
+        human(t.macs_paper),
+        t.macs_paper
     );
     if t.macs_basis > 0 {
         println!(

@@ -82,13 +82,22 @@ fn eval(args: EvalArgs) -> Result<()> {
     let data = args.data.load(0, false)?;
     let transform = match &loaded.preprocess {
         Some(p) => p.eval_transform(),
-        None => penni_data::Transform { pad_to: args.data.pad_to.map(|p| (p, p)), ..Default::default() },
+        None => penni_data::Transform {
+            pad_to: args.data.pad_to.map(|p| (p, p)),
+            ..Default::default()
+        },
     };
     let e = penni_train::evaluate(&loaded.model, &data.test, &transform, args.batch_size)?;
     if args.json {
         println!("{}", serde_json::to_string(&e)?);
     } else {
-        println!("{}: top-1 {:.2}% loss {:.4} on {} examples", args.model.display(), e.top1 * 100.0, e.loss, e.examples);
+        println!(
+            "{}: top-1 {:.2}% loss {:.4} on {} examples",
+            args.model.display(),
+            e.top1 * 100.0,
+            e.loss,
+            e.examples
+        );
     }
     Ok(())
 }

@@ -78,12 +78,29 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let pad_to = args.data.pad_to.map(|p| (p, p));
     let (mean, std) = penni_data::channel_stats(&data.train);
     let (model, preprocess) = if common::is_zoo_name(&args.model) {
-        let (c, h, w) = Transform { pad_to, ..Default::default() }.output_dims(data.train.channels, data.train.height, data.train.width);
+        let (c, h, w) = Transform {
+            pad_to,
+            ..Default::default()
+        }
+        .output_dims(data.train.channels, data.train.height, data.train.width);
         let model = common::build_zoo(&args.model, c, h, w, data.train.num_classes, args.width, args.seed)?;
-        (model, Preprocess { mean, std, pad_to, class_names: data.train.class_names.clone() })
+        (
+            model,
+            Preprocess {
+                mean,
+                std,
+                pad_to,
+                class_names: data.train.class_names.clone(),
+            },
+        )
     } else {
         let loaded = common::load_model(args.model.as_ref())?;
-        let pre = loaded.preprocess.unwrap_or(Preprocess { mean, std, pad_to, class_names: data.train.class_names.clone() });
+        let pre = loaded.preprocess.unwrap_or(Preprocess {
+            mean,
+            std,
+            pad_to,
+            class_names: data.train.class_names.clone(),
+        });
         (loaded.model, pre)
     };
     let train_transform = Transform {
@@ -101,7 +118,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             if milestones.is_empty() {
                 bail!("--schedule step needs --milestones, e.g. --milestones 50,75");
             }
-            LrSchedule::MultiStep { milestones, gamma: args.gamma }
+            LrSchedule::MultiStep {
+                milestones,
+                gamma: args.gamma,
+            }
         }
     };
     let opts = TrainOptions {
@@ -137,7 +157,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         args.epochs,
         run_dir.display()
     );
-    let td = TrainData { train: &data.train, test: Some(&data.test), train_transform, test_transform: preprocess.eval_transform() };
+    let td = TrainData {
+        train: &data.train,
+        test: Some(&data.test),
+        train_transform,
+        test_transform: preprocess.eval_transform(),
+    };
     let outcome = penni_train::train(&model, &td, &opts, &run)?;
     common::save_model(&outcome.model, Some(&preprocess), &args.out)?;
     if let Some(last) = outcome.history.last() {

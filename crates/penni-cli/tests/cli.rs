@@ -41,7 +41,12 @@ fn inspect_prints_the_resnet18_totals() {
 #[test]
 fn a_closed_output_pipe_ends_quietly() {
     // `penni inspect vgg16 | head -1`: the reader goes away after one line.
-    let mut child = penni().args(["inspect", "vgg16"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = penni()
+        .args(["inspect", "vgg16"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     drop(child.stdout.take());
     let o = child.wait_with_output().unwrap();
     let t = text(&o);
@@ -57,7 +62,15 @@ fn bad_inputs_are_one_clear_error_line() {
     assert_clean_failure(&run(&["eval", "--model", "/nonexistent/model.penni"]), "/nonexistent/model.penni");
     let out = dir.path().join("m.penni");
     assert_clean_failure(
-        &run(&["train", "--model", "resnet20", "--data-dir", "/nonexistent/data", "--out", out.to_str().unwrap()]),
+        &run(&[
+            "train",
+            "--model",
+            "resnet20",
+            "--data-dir",
+            "/nonexistent/data",
+            "--out",
+            out.to_str().unwrap(),
+        ]),
         "/nonexistent/data",
     );
     assert!(!out.exists(), "no output file after a failure");
@@ -66,18 +79,70 @@ fn bad_inputs_are_one_clear_error_line() {
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[retrain]\nepochs = -3\n").unwrap();
     let model = dir.path().join("z.penni");
-    let o = run(&["train", "--model", "resnet20", "--width", "0.25", "--train-subset", "64", "--test-subset", "32", "--epochs", "1", "--batch-size", "32", "--out", model.to_str().unwrap()]);
+    let o = run(&[
+        "train",
+        "--model",
+        "resnet20",
+        "--width",
+        "0.25",
+        "--train-subset",
+        "64",
+        "--test-subset",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
-    assert_clean_failure(&run(&["compress", "--model", model.to_str().unwrap(), "--config", cfg.to_str().unwrap(), "--out", "x.penni"]), "epochs");
-    assert_clean_failure(&run(&["train", "--model", "resnet20", "--lr=-1", "--train-subset", "64", "--out", out.to_str().unwrap()]), "learning rate");
+    assert_clean_failure(
+        &run(&[
+            "compress",
+            "--model",
+            model.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            "x.penni",
+        ]),
+        "epochs",
+    );
+    assert_clean_failure(
+        &run(&[
+            "train",
+            "--model",
+            "resnet20",
+            "--lr=-1",
+            "--train-subset",
+            "64",
+            "--out",
+            out.to_str().unwrap(),
+        ]),
+        "learning rate",
+    );
 }
 
 #[test]
 fn train_keep_zeros_continues_a_sparse_model_without_losing_zeros() {
     let dir = tempfile::tempdir().unwrap();
     let first = dir.path().join("a.penni");
-    let small = ["--train-subset", "256", "--test-subset", "64", "--epochs", "1", "--batch-size", "64"];
-    let o = penni().args(["train", "--model", "resnet20", "--width", "0.25", "--out", first.to_str().unwrap()]).args(small).output().unwrap();
+    let small = [
+        "--train-subset",
+        "256",
+        "--test-subset",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+    ];
+    let o = penni()
+        .args(["train", "--model", "resnet20", "--width", "0.25", "--out", first.to_str().unwrap()])
+        .args(small)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     // zero every other weight of every conv, as pruning would
     let mut m = load(&first);
@@ -88,7 +153,18 @@ fn train_keep_zeros_continues_a_sparse_model_without_losing_zeros() {
     let sparse = dir.path().join("sparse.penni");
     penni_model::save(&m, &sparse).unwrap();
     let out = dir.path().join("b.penni");
-    let o = penni().args(["train", "--model", sparse.to_str().unwrap(), "--keep-zeros", "--out", out.to_str().unwrap()]).args(small).output().unwrap();
+    let o = penni()
+        .args([
+            "train",
+            "--model",
+            sparse.to_str().unwrap(),
+            "--keep-zeros",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(small)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let (before, after) = (load(&sparse), load(&out));
     let mut changed = 0;
@@ -132,8 +208,23 @@ fn train_killed_mid_epoch_resumes_to_the_uninterrupted_result() {
     let dir = tempfile::tempdir().unwrap();
     let base = |out: &PathBuf| {
         strings(&[
-            "train", "--model", "resnet20", "--width", "0.25", "--train-subset", "1024", "--test-subset", "128",
-            "--epochs", "3", "--batch-size", "64", "--seed", "3", "--out", out.to_str().unwrap(),
+            "train",
+            "--model",
+            "resnet20",
+            "--width",
+            "0.25",
+            "--train-subset",
+            "1024",
+            "--test-subset",
+            "128",
+            "--epochs",
+            "3",
+            "--batch-size",
+            "64",
+            "--seed",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
         ])
     };
     let whole = dir.path().join("whole.penni");
@@ -159,16 +250,42 @@ fn compress_killed_mid_run_resumes_to_the_uninterrupted_result() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("dense.penni");
     let o = run(&[
-        "train", "--model", "resnet20", "--width", "0.25", "--train-subset", "512", "--test-subset", "128",
-        "--epochs", "1", "--batch-size", "64", "--out", model.to_str().unwrap(),
+        "train",
+        "--model",
+        "resnet20",
+        "--width",
+        "0.25",
+        "--train-subset",
+        "512",
+        "--test-subset",
+        "128",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--out",
+        model.to_str().unwrap(),
     ]);
     assert!(o.status.success(), "{}", text(&o));
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "[retrain]\nepochs = 2\nbatch_size = 64\n[finetune]\nepochs = 2\nbatch_size = 64\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[retrain]\nepochs = 2\nbatch_size = 64\n[finetune]\nepochs = 2\nbatch_size = 64\n",
+    )
+    .unwrap();
     let args = |out: &PathBuf| {
         strings(&[
-            "compress", "--model", model.to_str().unwrap(), "--train-subset", "512", "--test-subset", "128",
-            "--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap(),
+            "compress",
+            "--model",
+            model.to_str().unwrap(),
+            "--train-subset",
+            "512",
+            "--test-subset",
+            "128",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
         ])
     };
     let whole = dir.path().join("whole.penni");
@@ -179,11 +296,19 @@ fn compress_killed_mid_run_resumes_to_the_uninterrupted_result() {
     let killed = dir.path().join("killed.penni");
     let run_dir = PathBuf::from(format!("{}.run", killed.display()));
     // killed inside the retraining phase, after its first epoch checkpoint
-    kill_when(&args(&killed), &run_dir.join("retrain").join("checkpoint.penni"), Duration::from_millis(200));
+    kill_when(
+        &args(&killed),
+        &run_dir.join("retrain").join("checkpoint.penni"),
+        Duration::from_millis(200),
+    );
     assert!(!killed.exists());
     let o = penni().args(args(&killed)).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(load(&killed), load(&whole), "resumed compression differs from the uninterrupted run");
+    assert_eq!(
+        load(&killed),
+        load(&whole),
+        "resumed compression differs from the uninterrupted run"
+    );
     for f in ["report.txt", "report.json", "report.svg"] {
         assert!(run_dir.join(f).exists(), "{f} missing");
     }
@@ -193,7 +318,23 @@ fn compress_killed_mid_run_resumes_to_the_uninterrupted_result() {
 fn convert_round_trips_through_onnx() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("m.penni");
-    let o = run(&["train", "--model", "resnet20", "--width", "0.25", "--train-subset", "64", "--test-subset", "32", "--epochs", "1", "--batch-size", "32", "--out", model.to_str().unwrap()]);
+    let o = run(&[
+        "train",
+        "--model",
+        "resnet20",
+        "--width",
+        "0.25",
+        "--train-subset",
+        "64",
+        "--test-subset",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let onnx = dir.path().join("m.onnx");
     assert!(run(&["convert", model.to_str().unwrap(), onnx.to_str().unwrap()]).status.success());
@@ -208,7 +349,23 @@ fn convert_round_trips_through_onnx() {
 fn infer_classifies_png_images_and_writes_scores() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("m.penni");
-    let o = run(&["train", "--model", "resnet20", "--width", "0.25", "--train-subset", "256", "--test-subset", "32", "--epochs", "1", "--batch-size", "32", "--out", model.to_str().unwrap()]);
+    let o = run(&[
+        "train",
+        "--model",
+        "resnet20",
+        "--width",
+        "0.25",
+        "--train-subset",
+        "256",
+        "--test-subset",
+        "32",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let mut images = vec![];
     for k in 0..2u8 {
@@ -222,14 +379,30 @@ fn infer_classifies_png_images_and_writes_scores() {
         images.push(path);
     }
     let scores = dir.path().join("scores.npy");
-    let mut args = vec!["infer".to_string(), "--model".into(), model.to_str().unwrap().into(), "--input".into()];
+    let mut args = vec![
+        "infer".to_string(),
+        "--model".into(),
+        model.to_str().unwrap().into(),
+        "--input".into(),
+    ];
     args.extend(images.iter().map(|p| p.to_str().unwrap().to_string()));
     args.extend(["--output".into(), scores.to_str().unwrap().into(), "--top-k".into(), "2".into()]);
     let o = penni().args(&args).output().unwrap();
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     // Fashion-MNIST class names come from the model file
-    let names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+    let names = [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ];
     assert!(t.contains("img0.png:") && names.iter().any(|n| t.contains(n)), "{t}");
     let (shape, _) = penni_onnx::npy::read_f32(&std::fs::read(&scores).unwrap()).unwrap();
     assert_eq!(shape, vec![2, 10]);
@@ -239,5 +412,8 @@ fn infer_classifies_png_images_and_writes_scores() {
     let mut enc = png::Encoder::new(std::io::BufWriter::new(f), 30, 30);
     enc.set_color(png::ColorType::Grayscale);
     enc.write_header().unwrap().write_image_data(&[0u8; 900]).unwrap();
-    assert_clean_failure(&run(&["infer", "--model", model.to_str().unwrap(), "--input", big.to_str().unwrap()]), "big.png");
+    assert_clean_failure(
+        &run(&["infer", "--model", model.to_str().unwrap(), "--input", big.to_str().unwrap()]),
+        "big.png",
+    );
 }

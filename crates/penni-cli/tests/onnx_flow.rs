@@ -54,11 +54,28 @@ fn compress_and_compare(py: &str, script: &str) -> Vec<f32> {
 
     let compressed = dir.path().join("cnn-penni.onnx");
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "[retrain]\nepochs = 1\nbatch_size = 64\n[finetune]\nepochs = 1\nbatch_size = 64\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[retrain]\nepochs = 1\nbatch_size = 64\n[finetune]\nepochs = 1\nbatch_size = 64\n",
+    )
+    .unwrap();
     let penni = env!("CARGO_BIN_EXE_penni");
     let report = ok(Command::new(penni).args([
-        "compress", "--model", p(&dense), "--train-subset", "512", "--test-subset", "128", "--config", p(&cfg),
-        "--mean", "0.5", "--std", "0.5", "--out", p(&compressed),
+        "compress",
+        "--model",
+        p(&dense),
+        "--train-subset",
+        "512",
+        "--test-subset",
+        "128",
+        "--config",
+        p(&cfg),
+        "--mean",
+        "0.5",
+        "--std",
+        "0.5",
+        "--out",
+        p(&compressed),
     ]));
     assert!(report.contains("DecomposedConv2d"), "{report}");
 
@@ -72,12 +89,17 @@ fn compress_and_compare(py: &str, script: &str) -> Vec<f32> {
     let input = dir.path().join("x.npy");
     std::fs::write(&input, penni_onnx::npy::write_f32(&[n, 1, 28, 28], &x)).unwrap();
     let (ort_out, penni_out) = (dir.path().join("ort.npy"), dir.path().join("penni.npy"));
-    ok(Command::new(&py).arg(here.join("../penni-onnx/tests/ort_run.py")).args([p(&compressed), p(&input), p(&ort_out)]));
+    ok(Command::new(&py)
+        .arg(here.join("../penni-onnx/tests/ort_run.py"))
+        .args([p(&compressed), p(&input), p(&ort_out)]));
     ok(Command::new(penni).args(["infer", "--model", p(&compressed), "--input", p(&input), "--output", p(&penni_out)]));
     let (_, a) = penni_onnx::npy::read_f32(&std::fs::read(&ort_out).unwrap()).unwrap();
     let (_, b) = penni_onnx::npy::read_f32(&std::fs::read(&penni_out).unwrap()).unwrap();
     let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
     let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-    assert!(diff <= 1e-4 * scale.max(1e-6), "{script}: onnxruntime and penni differ by {diff} (scale {scale})");
+    assert!(
+        diff <= 1e-4 * scale.max(1e-6),
+        "{script}: onnxruntime and penni differ by {diff} (scale {scale})"
+    );
     a
 }

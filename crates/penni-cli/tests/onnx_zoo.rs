@@ -32,10 +32,29 @@ fn zoo_models_with_random_weights_match_onnxruntime() {
     for (i, name) in ["squeezenet", "resnet50", "densenet121", "inception_v2"].iter().enumerate() {
         let original = PathBuf::from(&data).join(format!("light/light_{name}.onnx"));
         let model = dir.path().join(format!("{name}.onnx"));
-        let (ort_out, penni_out) = (dir.path().join(format!("{name}.ort.npy")), dir.path().join(format!("{name}.penni.npy")));
-        ok(Command::new(&py).arg(here.join("tests/py/randomize_light.py")).arg(&original).arg(&model).arg(i.to_string()));
-        ok(Command::new(&py).arg(here.join("../penni-onnx/tests/ort_run.py")).arg(&model).arg(&input).arg(&ort_out));
-        let args = ["infer", "--model", model.to_str().unwrap(), "--input", input.to_str().unwrap(), "--output", penni_out.to_str().unwrap()];
+        let (ort_out, penni_out) = (
+            dir.path().join(format!("{name}.ort.npy")),
+            dir.path().join(format!("{name}.penni.npy")),
+        );
+        ok(Command::new(&py)
+            .arg(here.join("tests/py/randomize_light.py"))
+            .arg(&original)
+            .arg(&model)
+            .arg(i.to_string()));
+        ok(Command::new(&py)
+            .arg(here.join("../penni-onnx/tests/ort_run.py"))
+            .arg(&model)
+            .arg(&input)
+            .arg(&ort_out));
+        let args = [
+            "infer",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            penni_out.to_str().unwrap(),
+        ];
         ok(Command::new(penni).args(args));
         let (a, b) = (read(&ort_out), read(&penni_out));
         assert_eq!(a.len(), 1000, "{name}");

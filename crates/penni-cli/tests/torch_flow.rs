@@ -88,7 +88,11 @@ fn torch_exports_compress_export_and_run_in_onnxruntime() {
     let dir = tempfile::tempdir().unwrap();
     let input = fixtures().join("input.npy");
     let cfg = dir.path().join("c.toml");
-    std::fs::write(&cfg, "[retrain]\nepochs = 1\nbatch_size = 64\n[finetune]\nepochs = 1\nbatch_size = 64\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[retrain]\nepochs = 1\nbatch_size = 64\n[finetune]\nepochs = 1\nbatch_size = 64\n",
+    )
+    .unwrap();
     // (model, input, output) triples for one onnxruntime run, and what each output is checked against
     let mut ort_args: Vec<PathBuf> = Vec::new();
     let mut checks: Vec<(String, PathBuf, PathBuf)> = Vec::new();
@@ -96,8 +100,21 @@ fn torch_exports_compress_export_and_run_in_onnxruntime() {
         let dense = fixtures().join(format!("{name}.onnx"));
         let compressed = dir.path().join(format!("{name}-penni.onnx"));
         let report = ok(Command::new(penni).args([
-            "compress", "--model", p(&dense), "--train-subset", "512", "--test-subset", "128", "--config", p(&cfg),
-            "--mean", "0.5", "--std", "0.5", "--out", p(&compressed),
+            "compress",
+            "--model",
+            p(&dense),
+            "--train-subset",
+            "512",
+            "--test-subset",
+            "128",
+            "--config",
+            p(&cfg),
+            "--mean",
+            "0.5",
+            "--std",
+            "0.5",
+            "--out",
+            p(&compressed),
         ]));
         assert!(report.contains("DecomposedConv2d"), "{name}: {report}");
         let model = penni_onnx::import_file(&compressed).unwrap_or_else(|e| panic!("{e}"));
@@ -108,11 +125,28 @@ fn torch_exports_compress_export_and_run_in_onnxruntime() {
         let penni_out = dir.path().join(format!("{name}-penni.penni.npy"));
         infer(&compressed, &input, &penni_out);
 
-        let (ort_dense, ort_compressed) =
-            (dir.path().join(format!("{name}.ort.npy")), dir.path().join(format!("{name}-penni.ort.npy")));
-        ort_args.extend([dense, input.clone(), ort_dense.clone(), compressed, input.clone(), ort_compressed.clone()]);
-        checks.push((format!("{name}: onnxruntime (original file) vs torch"), fixtures().join(format!("{name}.npy")), ort_dense));
-        checks.push((format!("{name}: onnxruntime (compressed export) vs penni"), penni_out, ort_compressed));
+        let (ort_dense, ort_compressed) = (
+            dir.path().join(format!("{name}.ort.npy")),
+            dir.path().join(format!("{name}-penni.ort.npy")),
+        );
+        ort_args.extend([
+            dense,
+            input.clone(),
+            ort_dense.clone(),
+            compressed,
+            input.clone(),
+            ort_compressed.clone(),
+        ]);
+        checks.push((
+            format!("{name}: onnxruntime (original file) vs torch"),
+            fixtures().join(format!("{name}.npy")),
+            ort_dense,
+        ));
+        checks.push((
+            format!("{name}: onnxruntime (compressed export) vs penni"),
+            penni_out,
+            ort_compressed,
+        ));
     }
 
     let Some(py) = python() else { return };

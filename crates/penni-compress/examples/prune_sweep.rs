@@ -8,8 +8,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = args.first().ok_or("usage: prune_sweep RETRAINED.penni [s ...]")?;
     let model = penni_model::io::load(std::path::Path::new(path))?;
     let base = penni_model::model_cost(&model)?.totals;
-    let ss: Vec<f32> = if args.len() > 1 { args[1..].iter().map(|s| s.parse()).collect::<Result<_, _>>()? } else { vec![0.5, 1.0, 1.5, 2.0, 2.5] };
-    println!("{path}: {} params, {} MACs (paper-style) before pruning", base.params_paper, base.macs_paper);
+    let ss: Vec<f32> = if args.len() > 1 {
+        args[1..].iter().map(|s| s.parse()).collect::<Result<_, _>>()?
+    } else {
+        vec![0.5, 1.0, 1.5, 2.0, 2.5]
+    };
+    println!(
+        "{path}: {} params, {} MACs (paper-style) before pruning",
+        base.params_paper, base.macs_paper
+    );
     for s in ss {
         let (pruned, _) = prune(&model, &PruneOptions { s, ..Default::default() })?;
         let (shrunk, _) = shrink(&pruned)?;

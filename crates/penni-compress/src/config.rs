@@ -84,7 +84,12 @@ pub struct FinetuneConfig {
 
 impl Default for DecomposeConfig {
     fn default() -> Self {
-        Self { d: 5, init: Init::Svd, layers: BTreeMap::new(), only_if_cheaper: true }
+        Self {
+            d: 5,
+            init: Init::Svd,
+            layers: BTreeMap::new(),
+            only_if_cheaper: true,
+        }
     }
 }
 
@@ -107,25 +112,51 @@ impl Default for RetrainConfig {
 
 impl Default for PruneConfig {
     fn default() -> Self {
-        Self { s: 1.0, prune_1x1: true, prune_linear: false }
+        Self {
+            s: 1.0,
+            prune_1x1: true,
+            prune_linear: false,
+        }
     }
 }
 
 impl Default for FinetuneConfig {
     fn default() -> Self {
-        Self { epochs: 30, lr: 0.01, milestones: vec![0.5, 0.75], gamma: 0.1, momentum: 0.9, nesterov: true, weight_decay: 1e-4, batch_size: 128 }
+        Self {
+            epochs: 30,
+            lr: 0.01,
+            milestones: vec![0.5, 0.75],
+            gamma: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+            batch_size: 128,
+        }
     }
 }
 
 /// Milestone fractions -> epoch indices (floor, as `int(0.75 * epochs)`), kept in 1..epochs.
 pub fn milestone_epochs(fractions: &[f64], epochs: usize) -> Vec<usize> {
-    let mut v: Vec<usize> = fractions.iter().map(|f| (f * epochs as f64).floor() as usize).filter(|e| *e >= 1 && *e < epochs).collect();
+    let mut v: Vec<usize> = fractions
+        .iter()
+        .map(|f| (f * epochs as f64).floor() as usize)
+        .filter(|e| *e >= 1 && *e < epochs)
+        .collect();
     v.dedup();
     v
 }
 
 #[allow(clippy::too_many_arguments)]
-fn check_schedule(p: &mut Vec<String>, section: &str, lr: f64, milestones: &[f64], gamma: f64, momentum: f64, weight_decay: f64, batch_size: usize) {
+fn check_schedule(
+    p: &mut Vec<String>,
+    section: &str,
+    lr: f64,
+    milestones: &[f64],
+    gamma: f64,
+    momentum: f64,
+    weight_decay: f64,
+    batch_size: usize,
+) {
     if !(lr.is_finite() && lr > 0.0) {
         p.push(format!("{section}.lr must be > 0, got {lr}"));
     }
@@ -159,7 +190,13 @@ fn one_line_error(text: &str, e: &toml::de::Error) -> String {
     let start = span.start.min(text.len());
     let line_no = text[..start].matches('\n').count() + 1;
     let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
-    let section = text[..start].lines().rev().map(str::trim).find(|l| l.starts_with('[')).map(|l| format!(" (in {l})")).unwrap_or_default();
+    let section = text[..start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| format!(" (in {l})"))
+        .unwrap_or_default();
     format!("line {line_no}{section}: {msg} (at `{line}`)")
 }
 
@@ -167,22 +204,37 @@ impl Config {
     /// Parses and validates a config. Syntax errors, unknown keys and wrong types name the key
     /// and line; range errors are all listed.
     pub fn from_toml_str(text: &str) -> Result<Self> {
-        let cfg: Config = toml::from_str(text).map_err(|e| CompressError::ConfigParse { path: None, message: one_line_error(text, &e) })?;
+        let cfg: Config = toml::from_str(text).map_err(|e| CompressError::ConfigParse {
+            path: None,
+            message: one_line_error(text, &e),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| CompressError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CompressError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_toml_str(&text).map_err(|e| match e {
-            CompressError::ConfigParse { message, .. } => CompressError::ConfigParse { path: Some(path.to_path_buf()), message },
-            CompressError::ConfigInvalid { problems, .. } => CompressError::ConfigInvalid { path: Some(path.to_path_buf()), problems },
+            CompressError::ConfigParse { message, .. } => CompressError::ConfigParse {
+                path: Some(path.to_path_buf()),
+                message,
+            },
+            CompressError::ConfigInvalid { problems, .. } => CompressError::ConfigInvalid {
+                path: Some(path.to_path_buf()),
+                problems,
+            },
             other => other,
         })
     }
 
     pub fn to_toml_string(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| CompressError::ConfigParse { path: None, message: e.to_string() })
+        toml::to_string_pretty(self).map_err(|e| CompressError::ConfigParse {
+            path: None,
+            message: e.to_string(),
+        })
     }
 
     /// Checks every value; lists all problems at once, each naming its key.
@@ -197,7 +249,16 @@ impl Config {
             }
         }
         let r = &self.retrain;
-        check_schedule(&mut p, "retrain", r.lr, &r.milestones, r.gamma, r.momentum, r.weight_decay, r.batch_size);
+        check_schedule(
+            &mut p,
+            "retrain",
+            r.lr,
+            &r.milestones,
+            r.gamma,
+            r.momentum,
+            r.weight_decay,
+            r.batch_size,
+        );
         if !(r.lambda.is_finite() && r.lambda >= 0.0) {
             p.push(format!("retrain.lambda must be >= 0, got {}", r.lambda));
         }
@@ -208,8 +269,21 @@ impl Config {
             p.push(format!("prune.s must be > 0, got {}", self.prune.s));
         }
         let f = &self.finetune;
-        check_schedule(&mut p, "finetune", f.lr, &f.milestones, f.gamma, f.momentum, f.weight_decay, f.batch_size);
-        if p.is_empty() { Ok(()) } else { Err(CompressError::ConfigInvalid { path: None, problems: p }) }
+        check_schedule(
+            &mut p,
+            "finetune",
+            f.lr,
+            &f.milestones,
+            f.gamma,
+            f.momentum,
+            f.weight_decay,
+            f.batch_size,
+        );
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(CompressError::ConfigInvalid { path: None, problems: p })
+        }
     }
 
     pub fn decompose_options(&self) -> DecomposeOptions {
@@ -222,7 +296,11 @@ impl Config {
     }
 
     pub fn prune_options(&self) -> PruneOptions {
-        PruneOptions { s: self.prune.s as f32, prune_1x1: self.prune.prune_1x1, prune_linear: self.prune.prune_linear }
+        PruneOptions {
+            s: self.prune.s as f32,
+            prune_1x1: self.prune.prune_1x1,
+            prune_linear: self.prune.prune_linear,
+        }
     }
 
     /// The retraining phase: L1 on coefficients, alternating factors, nothing frozen.

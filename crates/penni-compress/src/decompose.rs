@@ -47,7 +47,12 @@ pub struct DecomposeOptions {
 
 impl Default for DecomposeOptions {
     fn default() -> Self {
-        Self { d: 5, per_layer: BTreeMap::new(), init: Init::Svd, only_if_cheaper: true }
+        Self {
+            d: 5,
+            per_layer: BTreeMap::new(),
+            init: Init::Svd,
+            only_if_cheaper: true,
+        }
     }
 }
 
@@ -85,12 +90,17 @@ pub struct Factors {
 /// Public so the trainer or tools can re-decompose a single weight.
 pub fn factorize(m: &[f32], rows: usize, kk: usize, d: usize, init: Init) -> Result<Factors> {
     if kk == 0 || rows.checked_mul(kk) != Some(m.len()) {
-        return Err(CompressError::Invalid(format!("factorize: {} values do not form a {rows} x {kk} matrix", m.len())));
+        return Err(CompressError::Invalid(format!(
+            "factorize: {} values do not form a {rows} x {kk} matrix",
+            m.len()
+        )));
     }
     let d = d.clamp(1, kk);
     let mean: Vec<f64> = match init {
         Init::Svd => vec![0.0; kk],
-        Init::Pca => (0..kk).map(|t| (0..rows).map(|r| m[r * kk + t] as f64).sum::<f64>() / rows.max(1) as f64).collect(),
+        Init::Pca => (0..kk)
+            .map(|t| (0..rows).map(|r| m[r * kk + t] as f64).sum::<f64>() / rows.max(1) as f64)
+            .collect(),
     };
     // Gram (SVD) or scatter (PCA) matrix of the rows, in f64
     let mut g = vec![0.0f64; kk * kk];
@@ -132,7 +142,11 @@ pub fn factorize(m: &[f32], rows: usize, kk: usize, d: usize, init: Init) -> Res
         }
     }
     let relative_error = if norm2 > 0.0 { (err2 / norm2).sqrt() } else { 0.0 };
-    Ok(Factors { bases, coefficients, relative_error })
+    Ok(Factors {
+        bases,
+        coefficients,
+        relative_error,
+    })
 }
 
 /// Decomposes every Conv2d with kh*kw > 1 (first layer, biased and grouped convs included),
@@ -153,7 +167,10 @@ pub fn decompose(model: &Model, opts: &DecomposeOptions) -> Result<(Model, Decom
                     problems.push(format!("'{name}': d must be at least 1"));
                 }
             }
-            Some(op) => problems.push(format!("'{name}' is a {} with a 1x1 kernel or no kernel, it is not decomposed", op.kind())),
+            Some(op) => problems.push(format!(
+                "'{name}' is a {} with a 1x1 kernel or no kernel, it is not decomposed",
+                op.kind()
+            )),
         }
     }
     if !problems.is_empty() {
@@ -186,10 +203,29 @@ pub fn decompose(model: &Model, opts: &DecomposeOptions) -> Result<(Model, Decom
             groups: c.groups,
             bias: c.bias,
         };
-        report.layers.push(DecomposedLayer { node: node.name.clone(), rows, kernel: c.kernel, d, init: opts.init, relative_error: f.relative_error });
+        report.layers.push(DecomposedLayer {
+            node: node.name.clone(),
+            rows,
+            kernel: c.kernel,
+            d,
+            init: opts.init,
+            relative_error: f.relative_error,
+        });
         node.params.remove("weight");
-        node.params.insert("bases".into(), Tensor { shape: vec![d, kk], data: f.bases });
-        node.params.insert("coefficients".into(), Tensor { shape: vec![rows, d], data: f.coefficients });
+        node.params.insert(
+            "bases".into(),
+            Tensor {
+                shape: vec![d, kk],
+                data: f.bases,
+            },
+        );
+        node.params.insert(
+            "coefficients".into(),
+            Tensor {
+                shape: vec![rows, d],
+                data: f.coefficients,
+            },
+        );
         node.op = Op::DecomposedConv2d(spec);
     }
     out.validate()?;

@@ -115,7 +115,9 @@ impl DependencyGraph {
         for (i, n) in model.nodes.iter().enumerate() {
             index.insert(n.output.as_str(), i + 1);
         }
-        let names: Vec<&str> = std::iter::once(model.input.name.as_str()).chain(model.nodes.iter().map(|n| n.output.as_str())).collect();
+        let names: Vec<&str> = std::iter::once(model.input.name.as_str())
+            .chain(model.nodes.iter().map(|n| n.output.as_str()))
+            .collect();
         let mut parent: Vec<usize> = (0..names.len()).collect();
         for (i, n) in model.nodes.iter().enumerate() {
             if starts_group(&n.op) {
@@ -135,11 +137,21 @@ impl DependencyGraph {
         for t in 0..names.len() {
             let r = find(&mut parent, t);
             let g = *root_group.entry(r).or_insert_with(|| {
-                groups.push(ChannelGroup { channels: 0, tensors: vec![], producers: vec![], passthrough: vec![], consumers: vec![], pinned: vec![] });
+                groups.push(ChannelGroup {
+                    channels: 0,
+                    tensors: vec![],
+                    producers: vec![],
+                    passthrough: vec![],
+                    consumers: vec![],
+                    pinned: vec![],
+                });
                 groups.len() - 1
             });
             tensor_group.insert(names[t].to_string(), g);
-            groups[g].tensors.push(GroupTensor { name: names[t].to_string(), unit: 0 });
+            groups[g].tensors.push(GroupTensor {
+                name: names[t].to_string(),
+                unit: 0,
+            });
             if t == 0 {
                 groups[g].pinned.push(format!("holds the model input '{}'", names[0]));
             } else {
@@ -169,7 +181,10 @@ impl DependencyGraph {
                 match shapes[&t.name] {
                     Shape::Map { c, .. } => candidates.push(c),
                     Shape::Vector(n) => {
-                        if model.producer(&t.name).is_some_and(|p| matches!(model.nodes[p].op, Op::Linear { .. })) {
+                        if model
+                            .producer(&t.name)
+                            .is_some_and(|p| matches!(model.nodes[p].op, Op::Linear { .. }))
+                        {
                             candidates.push(n);
                         }
                     }
@@ -177,7 +192,8 @@ impl DependencyGraph {
             }
             g.channels = candidates.first().copied().unwrap_or_else(|| shapes[&g.tensors[0].name].numel());
             if candidates.iter().any(|c| *c != g.channels) {
-                g.pinned.push("couples feature-map channels with linear features of another granularity".into());
+                g.pinned
+                    .push("couples feature-map channels with linear features of another granularity".into());
             }
             for t in &mut g.tensors {
                 let numel = shapes[&t.name].numel();
@@ -185,7 +201,10 @@ impl DependencyGraph {
                     t.unit = numel / g.channels;
                 } else {
                     t.unit = 1;
-                    g.pinned.push(format!("tensor '{}' ({} values) does not split into {} channels", t.name, numel, g.channels));
+                    g.pinned.push(format!(
+                        "tensor '{}' ({} values) does not split into {} channels",
+                        t.name, numel, g.channels
+                    ));
                 }
             }
         }
@@ -204,7 +223,11 @@ impl DependencyGraph {
                 let unit = groups[g].tensors.iter().find(|t| &t.name == inp).map_or(1, |t| t.unit);
                 // a conv reads a channel as one plane; a linear layer reads its block of columns
                 let unit = if matches!(n.op, Op::Linear { .. }) { unit } else { 1 };
-                groups[g].consumers.push(Consumer { node: i, tensor: inp.clone(), unit });
+                groups[g].consumers.push(Consumer {
+                    node: i,
+                    tensor: inp.clone(),
+                    unit,
+                });
                 if conv_groups(&n.op) > 1 {
                     groups[g].pinned.push(format!("read by grouped conv '{}'", n.name));
                 }

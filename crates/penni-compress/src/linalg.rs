@@ -31,7 +31,10 @@ pub fn symmetric_eigen(matrix: &[f64], n: usize) -> SymmetricEigen {
     }
     let total: f64 = a.iter().map(|x| x * x).sum();
     for _sweep in 0..100 {
-        let off: f64 = (0..n).flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * n + j].powi(2)).sum();
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * n + j].powi(2))
+            .sum();
         if off <= total * 1e-30 || off == 0.0 {
             break;
         }

@@ -172,11 +172,17 @@ fn config_fingerprint(config: &Config) -> Result<String> {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CompressError + '_ {
-    move |source| CompressError::Io { path: path.to_path_buf(), source }
+    move |source| CompressError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn state_err(path: &Path, message: impl Into<String>) -> CompressError {
-    CompressError::State { path: path.to_path_buf(), message: message.into() }
+    CompressError::State {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
 }
 
 fn write_state(path: &Path, state: &RunState) -> Result<()> {
@@ -187,15 +193,25 @@ fn write_state(path: &Path, state: &RunState) -> Result<()> {
 
 fn read_state(path: &Path) -> Result<RunState> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    let state: RunState = serde_json::from_str(&text).map_err(|e| state_err(path, format!("unreadable ({e}); delete the run directory to start over")))?;
+    let state: RunState =
+        serde_json::from_str(&text).map_err(|e| state_err(path, format!("unreadable ({e}); delete the run directory to start over")))?;
     if state.format != STATE_FORMAT {
         return Err(state_err(path, format!("not a penni compression run (format '{}')", state.format)));
     }
     if state.version > STATE_VERSION {
-        return Err(state_err(path, format!("written by a newer penni (version {}, this build reads up to {STATE_VERSION})", state.version)));
+        return Err(state_err(
+            path,
+            format!(
+                "written by a newer penni (version {}, this build reads up to {STATE_VERSION})",
+                state.version
+            ),
+        ));
     }
     if !Phase::ALL.starts_with(&state.completed) {
-        return Err(state_err(path, format!("completed phases {:?} are not a prefix of the pipeline", state.completed)));
+        return Err(state_err(
+            path,
+            format!("completed phases {:?} are not a prefix of the pipeline", state.completed),
+        ));
     }
     Ok(state)
 }
@@ -209,18 +225,25 @@ fn log_progress(run_dir: &Path, event: serde_json::Value) {
 }
 
 fn unix_time() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A trained model must have the graph it was given: training only changes values.
 fn check_same_graph(before: &Model, after: &Model, phase: &str) -> Result<()> {
-    after.validate().map_err(|e| CompressError::Trainer(format!("{phase}: returned an invalid model: {e}")))?;
+    after
+        .validate()
+        .map_err(|e| CompressError::Trainer(format!("{phase}: returned an invalid model: {e}")))?;
     if before.nodes.len() != after.nodes.len() || before.input != after.input || before.output != after.output {
         return Err(CompressError::Trainer(format!("{phase}: returned a model with another graph")));
     }
     for (a, b) in before.nodes.iter().zip(&after.nodes) {
         if a.name != b.name || a.op != b.op || a.inputs != b.inputs || a.output != b.output {
-            return Err(CompressError::Trainer(format!("{phase}: node '{}' changed its structure during training", a.name)));
+            return Err(CompressError::Trainer(format!(
+                "{phase}: node '{}' changed its structure during training",
+                a.name
+            )));
         }
     }
     Ok(())
@@ -245,7 +268,9 @@ fn revived_zeros(before: &Model, after: &Model) -> usize {
 fn evaluate(trainer: &mut dyn Trainer, model: &Model, phase: &str) -> Result<f32> {
     let a = trainer.evaluate(model)?;
     if !(a.is_finite() && (0.0..=1.0).contains(&a)) {
-        return Err(CompressError::Trainer(format!("{phase}: evaluate returned {a}, expected a top-1 fraction in [0, 1]")));
+        return Err(CompressError::Trainer(format!(
+            "{phase}: evaluate returned {a}, expected a top-1 fraction in [0, 1]"
+        )));
     }
     Ok(a)
 }
@@ -264,10 +289,16 @@ pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_d
     let mut state = if state_path.exists() {
         let s = read_state(&state_path)?;
         if s.config_fingerprint != cfg_fp {
-            return Err(state_err(&state_path, "this run was started with a different config (see config.toml there); use a new run directory or the same config"));
+            return Err(state_err(
+                &state_path,
+                "this run was started with a different config (see config.toml there); use a new run directory or the same config",
+            ));
         }
         if s.model_fingerprint != model_fp {
-            return Err(state_err(&state_path, "this run was started from a different model; use a new run directory"));
+            return Err(state_err(
+                &state_path,
+                "this run was started from a different model; use a new run directory",
+            ));
         }
         s
     } else {
@@ -275,7 +306,14 @@ pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_d
         let top1 = evaluate(trainer, model, "baseline")?;
         let mut report = CompressionReport::new(&model.name);
         report.phases.push(PhaseRecord::measure("baseline", model, Some(top1))?);
-        let s = RunState { format: STATE_FORMAT.into(), version: STATE_VERSION, config_fingerprint: cfg_fp.clone(), model_fingerprint: model_fp, completed: vec![], report };
+        let s = RunState {
+            format: STATE_FORMAT.into(),
+            version: STATE_VERSION,
+            config_fingerprint: cfg_fp.clone(),
+            model_fingerprint: model_fp,
+            completed: vec![],
+            report,
+        };
         write_state(&state_path, &s)?;
         s
     };
@@ -284,7 +322,8 @@ pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_d
         None => model.clone(),
         Some(p) => {
             let path = run_dir.join(p.checkpoint_file());
-            let (m, extras) = load_with_extras(&path).map_err(|e| state_err(&state_path, format!("cannot load the {p} checkpoint: {e}")))?;
+            let (m, extras) =
+                load_with_extras(&path).map_err(|e| state_err(&state_path, format!("cannot load the {p} checkpoint: {e}")))?;
             if extras.metadata.get("penni_compress.phase").map(String::as_str) != Some(p.name()) {
                 return Err(state_err(&path, format!("is not the checkpoint of phase {p}")));
             }
@@ -293,7 +332,10 @@ pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_d
     };
     let mut phases_run = Vec::new();
     for phase in Phase::ALL.into_iter().skip(state.completed.len()) {
-        log_progress(run_dir, serde_json::json!({"event": "phase_start", "phase": phase.name(), "time": unix_time()}));
+        log_progress(
+            run_dir,
+            serde_json::json!({"event": "phase_start", "phase": phase.name(), "time": unix_time()}),
+        );
         let next = match phase {
             Phase::Decompose => {
                 let (m, r) = decompose(&current, &config.decompose_options())?;
@@ -311,7 +353,11 @@ pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_d
                 m
             }
             Phase::Retrain | Phase::Finetune => {
-                let spec = if phase == Phase::Retrain { config.retrain_phase() } else { config.finetune_phase() };
+                let spec = if phase == Phase::Retrain {
+                    config.retrain_phase()
+                } else {
+                    config.finetune_phase()
+                };
                 if spec.epochs == 0 {
                     current.clone()
                 } else {
@@ -322,7 +368,9 @@ pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_d
                     if spec.freeze_zeros {
                         let revived = revived_zeros(&current, &m);
                         if revived > 0 {
-                            state.report.notes.push(format!("{phase}: the trainer made {revived} pruned entries non-zero (freeze_zeros was asked for)"));
+                            state.report.notes.push(format!(
+                                "{phase}: the trainer made {revived} pruned entries non-zero (freeze_zeros was asked for)"
+                            ));
                         }
                     }
                     m
@@ -332,7 +380,10 @@ pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_d
         let top1 = evaluate(trainer, &next, phase.name())?;
         let record = PhaseRecord::measure(phase.name(), &next, Some(top1))?;
         let extras = Extras {
-            metadata: BTreeMap::from([("penni_compress.phase".to_string(), phase.name().to_string()), ("penni_compress.config".to_string(), cfg_fp.clone())]),
+            metadata: BTreeMap::from([
+                ("penni_compress.phase".to_string(), phase.name().to_string()),
+                ("penni_compress.config".to_string(), cfg_fp.clone()),
+            ]),
             tensors: BTreeMap::new(),
         };
         // checkpoint first, then the state that points at it: a crash in between redoes the phase

@@ -18,7 +18,11 @@ pub struct PruneOptions {
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        Self { s: 1.0, prune_1x1: true, prune_linear: false }
+        Self {
+            s: 1.0,
+            prune_1x1: true,
+            prune_linear: false,
+        }
     }
 }
 
@@ -67,7 +71,10 @@ pub fn prune_values(values: &mut [f32], s: f32) -> (f32, usize) {
 pub fn prune(model: &Model, opts: &PruneOptions) -> Result<(Model, PruneReport)> {
     model.validate()?;
     if !(opts.s.is_finite() && opts.s > 0.0) {
-        return Err(CompressError::Invalid(format!("prune: s must be a positive number, got {}", opts.s)));
+        return Err(CompressError::Invalid(format!(
+            "prune: s must be a positive number, got {}",
+            opts.s
+        )));
     }
     let mut out = model.clone();
     let mut report = PruneReport::default();

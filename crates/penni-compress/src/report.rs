@@ -69,7 +69,9 @@ impl PhaseRecord {
             let (i, o, b, p) = match &node.op {
                 Op::Conv2d(c) => (c.in_channels, c.out_channels, None, "weight"),
                 Op::DecomposedConv2d(c) => (c.in_channels, c.out_channels, Some(c.num_bases), "coefficients"),
-                Op::Linear { in_features, out_features, .. } => (*in_features, *out_features, None, "weight"),
+                Op::Linear {
+                    in_features, out_features, ..
+                } => (*in_features, *out_features, None, "weight"),
                 _ => continue,
             };
             let t = node.param(p)?;
@@ -97,7 +99,12 @@ impl PhaseRecord {
         Ok(Self {
             phase: phase.into(),
             top1,
-            cost: CostRecord { params_paper: t.params_paper, params_all: t.params_all, macs_paper: t.macs_paper, macs_all: t.macs_all },
+            cost: CostRecord {
+                params_paper: t.params_paper,
+                params_all: t.params_all,
+                macs_paper: t.macs_paper,
+                macs_all: t.macs_all,
+            },
             coefficient_sparsity: (ct > 0).then(|| ratio(cz, ct)),
             weight_sparsity: ratio(wz, wt),
             layers,
@@ -174,12 +181,20 @@ fn render(header: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 impl CompressionReport {
     pub fn new(model: &str) -> Self {
-        Self { model: model.into(), counting_paper: COUNTING_PAPER.into(), counting_all: COUNTING_ALL.into(), ..Default::default() }
+        Self {
+            model: model.into(),
+            counting_paper: COUNTING_PAPER.into(),
+            counting_all: COUNTING_ALL.into(),
+            ..Default::default()
+        }
     }
 
     /// The record of a phase, if present.
@@ -193,7 +208,10 @@ impl CompressionReport {
 
     /// Terminal table: phases, then layers (first and last phase side by side), then channel groups.
     pub fn to_table(&self) -> String {
-        let mut s = format!("PENNI compression report: {}\n  params/MACs {}\n  params/MACs {}\n\n", self.model, self.counting_paper, self.counting_all);
+        let mut s = format!(
+            "PENNI compression report: {}\n  params/MACs {}\n  params/MACs {}\n\n",
+            self.model, self.counting_paper, self.counting_all
+        );
         let rows: Vec<Vec<String>> = self
             .phases
             .iter()
@@ -210,11 +228,32 @@ impl CompressionReport {
                 ]
             })
             .collect();
-        s += &render(&["phase", "top-1", "params (paper)", "params (all)", "MACs (paper)", "MACs (all)", "coef. sparsity", "weight sparsity"], &rows);
+        s += &render(
+            &[
+                "phase",
+                "top-1",
+                "params (paper)",
+                "params (all)",
+                "MACs (paper)",
+                "MACs (all)",
+                "coef. sparsity",
+                "weight sparsity",
+            ],
+            &rows,
+        );
         if let (Some(first), Some(last)) = (self.phases.first(), self.phases.last()) {
             s += &format!("\nlayers ({} -> {}):\n", first.phase, last.phase);
-            let first_bases = |node: &str| self.phases.iter().find_map(|p| p.layers.iter().find(|l| l.node == node).and_then(|l| l.bases));
-            let err = |node: &str| self.decompose.as_ref().and_then(|d| d.layers.iter().find(|l| l.node == node)).map(|l| format!("{:.4}", l.relative_error));
+            let first_bases = |node: &str| {
+                self.phases
+                    .iter()
+                    .find_map(|p| p.layers.iter().find(|l| l.node == node).and_then(|l| l.bases))
+            };
+            let err = |node: &str| {
+                self.decompose
+                    .as_ref()
+                    .and_then(|d| d.layers.iter().find(|l| l.node == node))
+                    .map(|l| format!("{:.4}", l.relative_error))
+            };
             let rows: Vec<Vec<String>> = first
                 .layers
                 .iter()
@@ -241,7 +280,10 @@ impl CompressionReport {
                     ]
                 })
                 .collect();
-            s += &render(&["layer", "kind", "in", "out", "bases", "decomp. error", "non-zero", "sparsity"], &rows);
+            s += &render(
+                &["layer", "kind", "in", "out", "bases", "decomp. error", "non-zero", "sparsity"],
+                &rows,
+            );
         }
         if let Some(d) = self.decompose.as_ref().filter(|d| !d.kept_dense.is_empty()) {
             s += &format!(
@@ -268,7 +310,10 @@ impl CompressionReport {
                     ]
                 })
                 .collect();
-            s += &render(&["channel group (first tensor)", "tensors", "channels", "constant kept", "pinned"], &rows);
+            s += &render(
+                &["channel group (first tensor)", "tensors", "channels", "constant kept", "pinned"],
+                &rows,
+            );
         }
         for n in &self.notes {
             s += &format!("\nnote: {n}");
@@ -288,7 +333,13 @@ impl CompressionReport {
             h1 + h2,
             h1 + h2
         );
-        let _ = writeln!(s, "<text x=\"{}\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">{}: PENNI phases (params and MACs counted paper-style, % of {})</text>", w / 2.0, xml_escape(&self.model), xml_escape(self.phases.first().map_or("first phase", |p| p.phase.as_str())));
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"22\" font-size=\"15\" text-anchor=\"middle\">{}: PENNI phases (params and MACs counted paper-style, % of {})</text>",
+            w / 2.0,
+            xml_escape(&self.model),
+            xml_escape(self.phases.first().map_or("first phase", |p| p.phase.as_str()))
+        );
         // panel 1
         let (x0, y0, pw, ph) = (60.0, 50.0, w - 90.0, h1 - 110.0);
         axis(&mut s, x0, y0, pw, ph, 100.0, "%");
@@ -309,18 +360,50 @@ impl CompressionReport {
                 let Some(v) = v else { continue };
                 let bh = (v.clamp(0.0, 110.0) / 100.0) * ph;
                 let bx = cx - 1.5 * bw + j as f64 * bw;
-                let _ = writeln!(s, "<rect x=\"{bx:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"><title>{} {}: {v:.2}%</title></rect>", y0 + ph - bh, bw - 2.0, colors[j], xml_escape(&p.phase), names[j]);
-                let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"middle\">{v:.1}</text>", bx + bw / 2.0 - 1.0, y0 + ph - bh - 3.0);
+                let _ = writeln!(
+                    s,
+                    "<rect x=\"{bx:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{bh:.1}\" fill=\"{}\"><title>{} {}: {v:.2}%</title></rect>",
+                    y0 + ph - bh,
+                    bw - 2.0,
+                    colors[j],
+                    xml_escape(&p.phase),
+                    names[j]
+                );
+                let _ = writeln!(
+                    s,
+                    "<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\" text-anchor=\"middle\">{v:.1}</text>",
+                    bx + bw / 2.0 - 1.0,
+                    y0 + ph - bh - 3.0
+                );
             }
-            let _ = writeln!(s, "<text x=\"{cx:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>", y0 + ph + 16.0, xml_escape(&p.phase));
+            let _ = writeln!(
+                s,
+                "<text x=\"{cx:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+                y0 + ph + 16.0,
+                xml_escape(&p.phase)
+            );
         }
         for (j, name) in names.iter().enumerate() {
             let lx = x0 + j as f64 * 150.0;
             let ly = h1 - 30.0;
-            let _ = writeln!(s, "<rect x=\"{lx}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{name}</text>", ly - 10.0, colors[j], lx + 16.0, ly);
+            let _ = writeln!(
+                s,
+                "<rect x=\"{lx}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{}\">{name}</text>",
+                ly - 10.0,
+                colors[j],
+                lx + 16.0,
+                ly
+            );
         }
         // panel 2
-        let _ = writeln!(s, "<text x=\"{}\" y=\"{}\" font-size=\"15\" text-anchor=\"middle\">output channels per layer: {} (grey) and {} (blue)</text>", w / 2.0, h1 + 10.0, xml_escape(self.phases.first().map_or("", |p| p.phase.as_str())), xml_escape(self.phases.last().map_or("", |p| p.phase.as_str())));
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" font-size=\"15\" text-anchor=\"middle\">output channels per layer: {} (grey) and {} (blue)</text>",
+            w / 2.0,
+            h1 + 10.0,
+            xml_escape(self.phases.first().map_or("", |p| p.phase.as_str())),
+            xml_escape(self.phases.last().map_or("", |p| p.phase.as_str()))
+        );
         if let (Some(first), Some(last)) = (self.phases.first(), self.phases.last()) {
             let (x0, y0, pw, ph) = (60.0, h1 + 30.0, w - 90.0, h2 - 130.0);
             let max = first.layers.iter().map(|l| l.out_channels).max().unwrap_or(1).max(1) as f64;
@@ -329,13 +412,27 @@ impl CompressionReport {
             let bw = (slot * 0.8).min(30.0);
             for (i, l0) in first.layers.iter().enumerate() {
                 let cx = x0 + slot * (i as f64 + 0.5);
-                let after = last.layers.iter().find(|l| l.node == l0.node).map_or(l0.out_channels, |l| l.out_channels);
+                let after = last
+                    .layers
+                    .iter()
+                    .find(|l| l.node == l0.node)
+                    .map_or(l0.out_channels, |l| l.out_channels);
                 for (v, color) in [(l0.out_channels, "#cccccc"), (after, "#4e79a7")] {
                     let bh = v as f64 / max * ph;
-                    let _ = writeln!(s, "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{bh:.1}\" fill=\"{color}\"><title>{}: {v}</title></rect>", cx - bw / 2.0, y0 + ph - bh, xml_escape(&l0.node));
+                    let _ = writeln!(
+                        s,
+                        "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{bh:.1}\" fill=\"{color}\"><title>{}: {v}</title></rect>",
+                        cx - bw / 2.0,
+                        y0 + ph - bh,
+                        xml_escape(&l0.node)
+                    );
                 }
                 let (tx, ty) = (cx, y0 + ph + 8.0);
-                let _ = writeln!(s, "<text x=\"{tx:.1}\" y=\"{ty:.1}\" font-size=\"9\" text-anchor=\"end\" transform=\"rotate(-60 {tx:.1} {ty:.1})\">{}</text>", xml_escape(&l0.node));
+                let _ = writeln!(
+                    s,
+                    "<text x=\"{tx:.1}\" y=\"{ty:.1}\" font-size=\"9\" text-anchor=\"end\" transform=\"rotate(-60 {tx:.1} {ty:.1})\">{}</text>",
+                    xml_escape(&l0.node)
+                );
             }
         }
         s += "</svg>\n";
@@ -344,8 +441,15 @@ impl CompressionReport {
 
     /// Writes `report.txt`, `report.json` and `report.svg` into `dir`, each atomically.
     pub fn write(&self, dir: &Path) -> Result<ReportFiles> {
-        std::fs::create_dir_all(dir).map_err(|source| CompressError::Io { path: dir.to_path_buf(), source })?;
-        let files = ReportFiles { table: dir.join("report.txt"), json: dir.join("report.json"), svg: dir.join("report.svg") };
+        std::fs::create_dir_all(dir).map_err(|source| CompressError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let files = ReportFiles {
+            table: dir.join("report.txt"),
+            json: dir.join("report.json"),
+            svg: dir.join("report.svg"),
+        };
         write_atomic(&files.table, self.to_table().as_bytes())?;
         write_atomic(&files.json, self.to_json()?.as_bytes())?;
         write_atomic(&files.svg, self.to_svg().as_bytes())?;
@@ -362,9 +466,29 @@ fn axis(s: &mut String, x0: f64, y0: f64, pw: f64, ph: f64, max: f64, unit: &str
     for i in 0..=4 {
         let y = y0 + ph - ph * i as f64 / 4.0;
         let v = max * i as f64 / 4.0;
-        let _ = writeln!(s, "<line x1=\"{x0}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#e0e0e0\"/>", x0 + pw);
-        let _ = writeln!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}{unit}</text>", x0 - 6.0, y + 4.0, if max >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") });
+        let _ = writeln!(
+            s,
+            "<line x1=\"{x0}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#e0e0e0\"/>",
+            x0 + pw
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}{unit}</text>",
+            x0 - 6.0,
+            y + 4.0,
+            if max >= 10.0 { format!("{v:.0}") } else { format!("{v:.2}") }
+        );
     }
-    let _ = writeln!(s, "<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{:.1}\" stroke=\"black\"/>", y0 + ph);
-    let _ = writeln!(s, "<line x1=\"{x0}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>", y0 + ph, x0 + pw, y0 + ph);
+    let _ = writeln!(
+        s,
+        "<line x1=\"{x0}\" y1=\"{y0}\" x2=\"{x0}\" y2=\"{:.1}\" stroke=\"black\"/>",
+        y0 + ph
+    );
+    let _ = writeln!(
+        s,
+        "<line x1=\"{x0}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>",
+        y0 + ph,
+        x0 + pw,
+        y0 + ph
+    );
 }

@@ -97,18 +97,35 @@ fn mixing(node: &Node, unit: usize) -> Result<Mixing<'_>> {
     match &node.op {
         Op::Conv2d(c) => {
             let w = node.param("weight")?;
-            Ok(Mixing { n: c.out_channels, c: c.in_channels / c.groups, l: c.kernel[0] * c.kernel[1], data: &w.data })
+            Ok(Mixing {
+                n: c.out_channels,
+                c: c.in_channels / c.groups,
+                l: c.kernel[0] * c.kernel[1],
+                data: &w.data,
+            })
         }
         Op::DecomposedConv2d(c) => {
             let a = node.param("coefficients")?;
-            Ok(Mixing { n: c.out_channels, c: c.in_channels / c.groups, l: c.num_bases, data: &a.data })
+            Ok(Mixing {
+                n: c.out_channels,
+                c: c.in_channels / c.groups,
+                l: c.num_bases,
+                data: &a.data,
+            })
         }
-        Op::Linear { in_features, out_features, .. } => {
+        Op::Linear {
+            in_features, out_features, ..
+        } => {
             let w = node.param("weight")?;
             if unit == 0 || in_features % unit != 0 {
                 return Err(param_err(node, "input features do not split into channels"));
             }
-            Ok(Mixing { n: *out_features, c: in_features / unit, l: unit, data: &w.data })
+            Ok(Mixing {
+                n: *out_features,
+                c: in_features / unit,
+                l: unit,
+                data: &w.data,
+            })
         }
         _ => Err(param_err(node, "not a conv or linear layer")),
     }
@@ -148,7 +165,11 @@ fn group_constants<'m>(model: &'m Model, g: &ChannelGroup) -> Result<HashMap<&'m
         let ins: Vec<&Vec<Option<f32>>> = node
             .inputs
             .iter()
-            .map(|t| consts.get(t.as_str()).ok_or_else(|| param_err(node, "input outside its channel group")))
+            .map(|t| {
+                consts
+                    .get(t.as_str())
+                    .ok_or_else(|| param_err(node, "input outside its channel group"))
+            })
             .collect::<Result<_>>()?;
         let x = ins[0];
         let out: Vec<Option<f32>> = match &node.op {
@@ -200,7 +221,9 @@ fn group_constants<'m>(model: &'m Model, g: &ChannelGroup) -> Result<HashMap<&'m
                         match x[k] {
                             _ if filter.iter().all(|v| *v == 0.0) => Some(b),
                             Some(0.0) => Some(b),
-                            Some(v) if conv.padding == [0; 4] => Some((v as f64 * filter.iter().map(|w| *w as f64).sum::<f64>() + b as f64) as f32),
+                            Some(v) if conv.padding == [0; 4] => {
+                                Some((v as f64 * filter.iter().map(|w| *w as f64).sum::<f64>() + b as f64) as f32)
+                            }
                             _ => None,
                         }
                     })
@@ -240,7 +263,13 @@ struct Plan {
 }
 
 fn plan_step(model: &Model, dg: &DependencyGraph) -> Result<Plan> {
-    let mut plan = Plan { keep: vec![], folds: vec![], removed: 0, folded: 0, constant_kept: vec![] };
+    let mut plan = Plan {
+        keep: vec![],
+        folds: vec![],
+        removed: 0,
+        folded: 0,
+        constant_kept: vec![],
+    };
     for g in &dg.groups {
         let all: Vec<usize> = (0..g.channels).collect();
         if g.is_pinned() {
@@ -249,7 +278,11 @@ fn plan_step(model: &Model, dg: &DependencyGraph) -> Result<Plan> {
             continue;
         }
         let consts = group_constants(model, g)?;
-        let views: Vec<Mixing> = g.consumers.iter().map(|c| mixing(&model.nodes[c.node], c.unit)).collect::<Result<_>>()?;
+        let views: Vec<Mixing> = g
+            .consumers
+            .iter()
+            .map(|c| mixing(&model.nodes[c.node], c.unit))
+            .collect::<Result<_>>()?;
         let mut keep = Vec::new();
         let mut removable: Vec<(usize, Vec<Fold>)> = Vec::new();
         let mut constant_kept = 0;
@@ -262,9 +295,12 @@ fn plan_step(model: &Model, dg: &DependencyGraph) -> Result<Plan> {
                 }
                 match consts.get(cons.tensor.as_str()).and_then(|v| v[k]) {
                     Some(0.0) => {} // -0.0 matches too
-                    Some(v) if absorbs_constant(&model.nodes[cons.node].op) => {
-                        folds.push(Fold { node: cons.node, unit: cons.unit, channel: k, value: v })
-                    }
+                    Some(v) if absorbs_constant(&model.nodes[cons.node].op) => folds.push(Fold {
+                        node: cons.node,
+                        unit: cons.unit,
+                        channel: k,
+                        value: v,
+                    }),
                     Some(_) => ok = false,
                     None => {
                         ok = false;
@@ -319,7 +355,9 @@ fn apply_folds(model: &mut Model, folds: &[Fold]) -> Result<()> {
             Op::DecomposedConv2d(c) => {
                 let b = node.param("bases")?;
                 let kk = c.kernel[0] * c.kernel[1];
-                (0..c.num_bases).map(|j| b.data[j * kk..(j + 1) * kk].iter().map(|v| *v as f64).sum()).collect()
+                (0..c.num_bases)
+                    .map(|j| b.data[j * kk..(j + 1) * kk].iter().map(|v| *v as f64).sum())
+                    .collect()
             }
             _ => vec![1.0; m.l],
         };
@@ -365,7 +403,9 @@ fn select_vec(t: &mut Tensor, keep: &[usize]) {
 
 fn apply_keep(model: &mut Model, dg: &DependencyGraph, keep: &[Vec<usize>]) -> Result<()> {
     let group_keep = |t: &str| -> Result<&Vec<usize>> {
-        dg.group_index(t).map(|g| &keep[g]).ok_or_else(|| CompressError::Invalid(format!("shrink: tensor '{t}' has no channel group")))
+        dg.group_index(t)
+            .map(|g| &keep[g])
+            .ok_or_else(|| CompressError::Invalid(format!("shrink: tensor '{t}' has no channel group")))
     };
     for node in &mut model.nodes {
         match &mut node.op {
@@ -375,7 +415,10 @@ fn apply_keep(model: &mut Model, dg: &DependencyGraph, keep: &[Vec<usize>]) -> R
                     continue;
                 }
                 let kk = c.kernel[0] * c.kernel[1];
-                let w = node.params.get_mut("weight").ok_or_else(|| CompressError::Invalid(format!("shrink: '{}' has no weight", node.name)))?;
+                let w = node
+                    .params
+                    .get_mut("weight")
+                    .ok_or_else(|| CompressError::Invalid(format!("shrink: '{}' has no weight", node.name)))?;
                 w.data = select(&w.data, c.in_channels, kk, ko, ki);
                 w.shape = vec![ko.len(), ki.len(), c.kernel[0], c.kernel[1]];
                 if let Some(b) = node.params.get_mut("bias") {
@@ -389,7 +432,10 @@ fn apply_keep(model: &mut Model, dg: &DependencyGraph, keep: &[Vec<usize>]) -> R
                 if ki.len() == c.in_channels && ko.len() == c.out_channels {
                     continue;
                 }
-                let a = node.params.get_mut("coefficients").ok_or_else(|| CompressError::Invalid(format!("shrink: '{}' has no coefficients", node.name)))?;
+                let a = node
+                    .params
+                    .get_mut("coefficients")
+                    .ok_or_else(|| CompressError::Invalid(format!("shrink: '{}' has no coefficients", node.name)))?;
                 a.data = select(&a.data, c.in_channels, c.num_bases, ko, ki);
                 a.shape = vec![ko.len() * ki.len(), c.num_bases];
                 if let Some(b) = node.params.get_mut("bias") {
@@ -398,7 +444,9 @@ fn apply_keep(model: &mut Model, dg: &DependencyGraph, keep: &[Vec<usize>]) -> R
                 c.in_channels = ki.len();
                 c.out_channels = ko.len();
             }
-            Op::Linear { in_features, out_features, .. } => {
+            Op::Linear {
+                in_features, out_features, ..
+            } => {
                 let (ki, ko) = (group_keep(&node.inputs[0])?, group_keep(&node.output)?);
                 let full = |t: &str, k: &Vec<usize>| dg.group_of(t).is_some_and(|g| g.channels == k.len());
                 if full(&node.inputs[0], ki) && full(&node.output, ko) {
@@ -413,7 +461,10 @@ fn apply_keep(model: &mut Model, dg: &DependencyGraph, keep: &[Vec<usize>]) -> R
                     (ki, dg.unit(&node.inputs[0]).unwrap_or(1).max(1))
                 };
                 let channels = *in_features / unit;
-                let w = node.params.get_mut("weight").ok_or_else(|| CompressError::Invalid(format!("shrink: '{}' has no weight", node.name)))?;
+                let w = node
+                    .params
+                    .get_mut("weight")
+                    .ok_or_else(|| CompressError::Invalid(format!("shrink: '{}' has no weight", node.name)))?;
                 w.data = select(&w.data, channels, unit, ko, ki);
                 w.shape = vec![ko.len(), ki.len() * unit];
                 if let Some(b) = node.params.get_mut("bias") {
@@ -428,7 +479,10 @@ fn apply_keep(model: &mut Model, dg: &DependencyGraph, keep: &[Vec<usize>]) -> R
                     continue;
                 }
                 let kk = c.kernel[0] * c.kernel[1];
-                let w = node.params.get_mut("weight").ok_or_else(|| CompressError::Invalid(format!("shrink: '{}' has no weight", node.name)))?;
+                let w = node
+                    .params
+                    .get_mut("weight")
+                    .ok_or_else(|| CompressError::Invalid(format!("shrink: '{}' has no weight", node.name)))?;
                 w.data = select(&w.data, 1, kk, k, &[0]);
                 w.shape = vec![k.len(), 1, c.kernel[0], c.kernel[1]];
                 if let Some(b) = node.params.get_mut("bias") {
@@ -461,7 +515,10 @@ fn drop_unused_bases(model: &mut Model) -> Result<usize> {
         let Op::DecomposedConv2d(c) = &mut node.op else { continue };
         let d = c.num_bases;
         let kk = c.kernel[0] * c.kernel[1];
-        let a = node.params.get("coefficients").ok_or_else(|| CompressError::Invalid(format!("shrink: '{}' has no coefficients", node.name)))?;
+        let a = node
+            .params
+            .get("coefficients")
+            .ok_or_else(|| CompressError::Invalid(format!("shrink: '{}' has no coefficients", node.name)))?;
         let rows = a.shape[0];
         let mut used: Vec<usize> = (0..d).filter(|&j| (0..rows).any(|r| a.data[r * d + j] != 0.0)).collect();
         if used.is_empty() {
@@ -470,13 +527,31 @@ fn drop_unused_bases(model: &mut Model) -> Result<usize> {
         if used.len() == d {
             continue;
         }
-        let new_a: Vec<f32> = (0..rows).flat_map(|r| used.iter().map(move |&j| (r, j))).map(|(r, j)| a.data[r * d + j]).collect();
-        let b = node.params.get("bases").ok_or_else(|| CompressError::Invalid(format!("shrink: '{}' has no bases", node.name)))?;
+        let new_a: Vec<f32> = (0..rows)
+            .flat_map(|r| used.iter().map(move |&j| (r, j)))
+            .map(|(r, j)| a.data[r * d + j])
+            .collect();
+        let b = node
+            .params
+            .get("bases")
+            .ok_or_else(|| CompressError::Invalid(format!("shrink: '{}' has no bases", node.name)))?;
         let new_b: Vec<f32> = used.iter().flat_map(|&j| b.data[j * kk..(j + 1) * kk].iter().copied()).collect();
         removed += d - used.len();
         c.num_bases = used.len();
-        node.params.insert("coefficients".into(), Tensor { shape: vec![rows, used.len()], data: new_a });
-        node.params.insert("bases".into(), Tensor { shape: vec![used.len(), kk], data: new_b });
+        node.params.insert(
+            "coefficients".into(),
+            Tensor {
+                shape: vec![rows, used.len()],
+                data: new_a,
+            },
+        );
+        node.params.insert(
+            "bases".into(),
+            Tensor {
+                shape: vec![used.len(), kk],
+                data: new_b,
+            },
+        );
     }
     Ok(removed)
 }
@@ -490,7 +565,9 @@ fn layer_dims(model: &Model) -> Vec<(String, String, usize, usize, Option<usize>
             let (i, o, b) = match &n.op {
                 Op::Conv2d(c) => (c.in_channels, c.out_channels, None),
                 Op::DecomposedConv2d(c) => (c.in_channels, c.out_channels, Some(c.num_bases)),
-                Op::Linear { in_features, out_features, .. } => (*in_features, *out_features, None),
+                Op::Linear {
+                    in_features, out_features, ..
+                } => (*in_features, *out_features, None),
                 Op::BatchNorm2d { channels, .. } => (*channels, *channels, None),
                 _ => return None,
             };
@@ -538,7 +615,16 @@ pub fn shrink(model: &Model) -> Result<(Model, ShrinkReport)> {
     let after: HashMap<String, (usize, usize, Option<usize>)> = layer_dims(&m).into_iter().map(|(n, _, i, o, b)| (n, (i, o, b))).collect();
     for (name, kind, i, o, b) in before {
         let (ia, oa, ba) = after.get(&name).copied().unwrap_or((i, o, b));
-        report.layers.push(ShrunkLayer { node: name, kind, in_before: i, in_after: ia, out_before: o, out_after: oa, bases_before: b, bases_after: ba });
+        report.layers.push(ShrunkLayer {
+            node: name,
+            kind,
+            in_before: i,
+            in_after: ia,
+            out_before: o,
+            out_after: oa,
+            bases_before: b,
+            bases_after: ba,
+        });
     }
     Ok((m, report))
 }

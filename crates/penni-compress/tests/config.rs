@@ -8,12 +8,18 @@ fn defaults_are_the_papers_settings() {
     // a run directory's config fingerprint from before the key existed still matches
     assert!(!c.to_toml_string().unwrap().contains("only_if_cheaper"));
     let r = c.retrain_phase();
-    assert_eq!((r.epochs, r.lr, r.momentum, r.nesterov, r.weight_decay, r.batch_size), (100, 0.01, 0.9, true, 1e-4, 128));
+    assert_eq!(
+        (r.epochs, r.lr, r.momentum, r.nesterov, r.weight_decay, r.batch_size),
+        (100, 0.01, 0.9, true, 1e-4, 128)
+    );
     assert_eq!((r.milestones.clone(), r.gamma), (vec![50, 75], 0.1));
     assert_eq!((r.l1_coefficients, r.alternate_interval, r.freeze_zeros), (1e-4, Some(2), false));
     let f = c.finetune_phase();
     assert_eq!((f.epochs, f.lr, f.milestones.clone()), (30, 0.01, vec![15, 22]));
-    assert_eq!((f.l1_coefficients, f.alternate_interval, f.freeze_zeros, f.seed), (0.0, None, true, 1));
+    assert_eq!(
+        (f.l1_coefficients, f.alternate_interval, f.freeze_zeros, f.seed),
+        (0.0, None, true, 1)
+    );
     assert_eq!((c.prune.s, c.prune.prune_1x1, c.prune.prune_linear), (1.0, true, false));
     assert_eq!(Config::from_toml_str("").unwrap(), c, "an empty file is the defaults");
 }
@@ -93,7 +99,9 @@ fn every_out_of_range_value_is_listed_at_once() {
         "#,
     )
     .unwrap_err();
-    let CompressError::ConfigInvalid { problems, .. } = &err else { panic!("{err}") };
+    let CompressError::ConfigInvalid { problems, .. } = &err else {
+        panic!("{err}")
+    };
     for key in [
         "decompose.d",
         "decompose.layers.\"x\"",
@@ -120,4 +128,3 @@ fn milestones_are_floored_and_kept_inside_the_run() {
     assert_eq!(milestone_epochs(&[0.5, 0.75], 1), Vec::<usize>::new());
     assert_eq!(milestone_epochs(&[1.0], 10), Vec::<usize>::new());
 }
-

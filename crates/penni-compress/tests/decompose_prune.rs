@@ -11,24 +11,60 @@ use penni_model::{Conv2d, Input, Model, Op, Tensor};
 /// A model with the awkward cases: biased first conv, a grouped conv, a non-square dilated
 /// kernel with asymmetric padding, a 1x1 conv and a linear layer.
 fn awkward_model() -> Model {
-    let mut b = GraphBuilder::new("awkward", Input { name: "input".into(), channels: 3, height: 9, width: 9 }, 21);
+    let mut b = GraphBuilder::new(
+        "awkward",
+        Input {
+            name: "input".into(),
+            channels: 3,
+            height: 9,
+            width: 9,
+        },
+        21,
+    );
     let x = b.conv("first", "input", 8, 3, 1, 1, true);
     let mut rng = InitRng::new(5);
-    let mut w = |n: usize| Tensor { shape: vec![n], data: (0..n).map(|_| rng.normal() * 0.3).collect() };
+    let mut w = |n: usize| Tensor {
+        shape: vec![n],
+        data: (0..n).map(|_| rng.normal() * 0.3).collect(),
+    };
     let mut params = BTreeMap::new();
     params.insert("weight".to_string(), {
         let t = w(8 * 2 * 9);
-        Tensor { shape: vec![8, 2, 3, 3], data: t.data }
+        Tensor {
+            shape: vec![8, 2, 3, 3],
+            data: t.data,
+        }
     });
     params.insert("bias".to_string(), w(8));
-    let g = Conv2d { in_channels: 8, out_channels: 8, kernel: [3, 3], stride: [1, 1], padding: [1; 4], dilation: [1, 1], groups: 4, bias: true };
+    let g = Conv2d {
+        in_channels: 8,
+        out_channels: 8,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1; 4],
+        dilation: [1, 1],
+        groups: 4,
+        bias: true,
+    };
     let x = b.push("grouped", Op::Conv2d(g), &[&x], params);
     let mut params = BTreeMap::new();
     params.insert("weight".to_string(), {
         let t = w(6 * 8 * 3);
-        Tensor { shape: vec![6, 8, 3, 1], data: t.data }
+        Tensor {
+            shape: vec![6, 8, 3, 1],
+            data: t.data,
+        }
     });
-    let r = Conv2d { in_channels: 8, out_channels: 6, kernel: [3, 1], stride: [2, 1], padding: [2, 0, 1, 0], dilation: [2, 1], groups: 1, bias: false };
+    let r = Conv2d {
+        in_channels: 8,
+        out_channels: 6,
+        kernel: [3, 1],
+        stride: [2, 1],
+        padding: [2, 0, 1, 0],
+        dilation: [2, 1],
+        groups: 1,
+        bias: false,
+    };
     let x = b.push("tall", Op::Conv2d(r), &[&x], params);
     let x = b.relu("relu", &x);
     let x = b.conv("pointwise", &x, 4, 1, 1, 0, false);
@@ -37,14 +73,30 @@ fn awkward_model() -> Model {
     let y = b.linear("fc", &f, 3);
     let mut m = b.finish(&y).unwrap();
     // the builder initialises biases to zero; make the first one matter
-    m.node_mut("first").unwrap().params.get_mut("bias").unwrap().data.iter_mut().enumerate().for_each(|(i, v)| *v = 0.1 * i as f32 - 0.3);
+    m.node_mut("first")
+        .unwrap()
+        .params
+        .get_mut("bias")
+        .unwrap()
+        .data
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = 0.1 * i as f32 - 0.3);
     m
 }
 
 #[test]
 fn full_rank_svd_decomposition_computes_the_same_outputs() {
     for m in [awkward_model(), zoo("resnet20", 16, 4), zoo("vgg16", 32, 5)] {
-        let (d, report) = decompose(&m, &DecomposeOptions { d: 9, only_if_cheaper: false, ..Default::default() }).unwrap();
+        let (d, report) = decompose(
+            &m,
+            &DecomposeOptions {
+                d: 9,
+                only_if_cheaper: false,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_same_outputs(&m, &d, 1e-4, &m.name);
         for l in &report.layers {
             assert!(l.relative_error < 1e-6, "{}: {}", l.node, l.relative_error);
@@ -56,7 +108,10 @@ fn full_rank_svd_decomposition_computes_the_same_outputs() {
 #[test]
 fn decompose_covers_every_kxk_conv_and_leaves_1x1_and_linear_alone() {
     let m = awkward_model();
-    let all = DecomposeOptions { only_if_cheaper: false, ..Default::default() };
+    let all = DecomposeOptions {
+        only_if_cheaper: false,
+        ..Default::default()
+    };
     let (d, report) = decompose(&m, &all).unwrap();
     let names: Vec<&str> = report.layers.iter().map(|l| l.node.as_str()).collect();
     assert_eq!(names, ["first", "grouped", "tall"]);
@@ -82,11 +137,32 @@ fn decompose_covers_every_kxk_conv_and_leaves_1x1_and_linear_alone() {
 /// conv, so such convs stay dense unless named in the per-layer settings.
 #[test]
 fn convs_that_decomposition_would_make_dearer_stay_dense() {
-    let mut b = GraphBuilder::new("mobile", Input { name: "input".into(), channels: 3, height: 8, width: 8 }, 3);
+    let mut b = GraphBuilder::new(
+        "mobile",
+        Input {
+            name: "input".into(),
+            channels: 3,
+            height: 8,
+            width: 8,
+        },
+        3,
+    );
     let x = b.conv("stem", "input", 16, 3, 1, 1, false);
     let mut rng = InitRng::new(4);
-    let dw = Conv2d { in_channels: 16, out_channels: 16, kernel: [3, 3], stride: [1, 1], padding: [1; 4], dilation: [1, 1], groups: 16, bias: false };
-    let w = Tensor { shape: vec![16, 1, 3, 3], data: (0..144).map(|_| rng.normal() * 0.3).collect() };
+    let dw = Conv2d {
+        in_channels: 16,
+        out_channels: 16,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1; 4],
+        dilation: [1, 1],
+        groups: 16,
+        bias: false,
+    };
+    let w = Tensor {
+        shape: vec![16, 1, 3, 3],
+        data: (0..144).map(|_| rng.normal() * 0.3).collect(),
+    };
     let x = b.push("depthwise", Op::Conv2d(dw), &[&x], BTreeMap::from([("weight".to_string(), w)]));
     let x = b.conv("narrow", &x, 4, 3, 1, 1, false);
     let p = b.global_avg_pool("pool", &x);
@@ -101,7 +177,14 @@ fn convs_that_decomposition_would_make_dearer_stay_dense() {
     assert!(cost(&d) < cost(&m), "decomposition never adds work: {} -> {}", cost(&m), cost(&d));
     // named in the per-layer settings: decomposed as asked
     let per_layer = BTreeMap::from([("depthwise".to_string(), 2)]);
-    let (d, report) = decompose(&m, &DecomposeOptions { per_layer, ..Default::default() }).unwrap();
+    let (d, report) = decompose(
+        &m,
+        &DecomposeOptions {
+            per_layer,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(matches!(d.node("depthwise").unwrap().op, Op::DecomposedConv2d(_)));
     assert_eq!(report.kept_dense, ["narrow"]);
 }
@@ -112,7 +195,12 @@ fn per_layer_d_overrides_and_bad_names_are_errors() {
     let mut per_layer = BTreeMap::new();
     per_layer.insert("stem.conv".to_string(), 2);
     per_layer.insert("layer1.0.1.conv".to_string(), 20);
-    let opts = DecomposeOptions { d: 4, per_layer, init: Init::Svd, only_if_cheaper: false };
+    let opts = DecomposeOptions {
+        d: 4,
+        per_layer,
+        init: Init::Svd,
+        only_if_cheaper: false,
+    };
     let (d, report) = decompose(&m, &opts).unwrap();
     let bases = |n: &str| d.node(n).unwrap().params["bases"].shape[0];
     assert_eq!((bases("stem.conv"), bases("layer1.0.1.conv"), bases("layer1.0.2.conv")), (2, 9, 4));
@@ -122,12 +210,30 @@ fn per_layer_d_overrides_and_bad_names_are_errors() {
     bad.insert("no.such.layer".to_string(), 3);
     bad.insert("layer2.0.shortcut.conv".to_string(), 3); // a 1x1 conv
     bad.insert("stem.conv".to_string(), 0);
-    let err = decompose(&m, &DecomposeOptions { d: 4, per_layer: bad, init: Init::Svd, ..Default::default() }).unwrap_err();
+    let err = decompose(
+        &m,
+        &DecomposeOptions {
+            d: 4,
+            per_layer: bad,
+            init: Init::Svd,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
     let msg = err.to_string();
     for part in ["no.such.layer", "layer2.0.shortcut.conv", "stem.conv"] {
         assert!(msg.contains(part), "error names {part}: {msg}");
     }
-    assert!(matches!(decompose(&m, &DecomposeOptions { d: 0, ..Default::default() }), Err(CompressError::Invalid(_))));
+    assert!(matches!(
+        decompose(
+            &m,
+            &DecomposeOptions {
+                d: 0,
+                ..Default::default()
+            }
+        ),
+        Err(CompressError::Invalid(_))
+    ));
 }
 
 #[test]
@@ -138,8 +244,16 @@ fn svd_is_the_best_rank_d_fit_and_pca_drops_the_mean() {
     let m: Vec<f32> = (0..rows * kk).map(|i| rng.normal() + if i % kk == 4 { 2.0 } else { 0.0 }).collect();
     let svd = factorize(&m, rows, kk, d, Init::Svd).unwrap();
     let pca = factorize(&m, rows, kk, d, Init::Pca).unwrap();
-    assert!(factorize(&m, rows + 1, kk, d, Init::Svd).is_err(), "a wrong size is an error, not a panic");
-    assert!(svd.relative_error <= pca.relative_error + 1e-9, "svd {} pca {}", svd.relative_error, pca.relative_error);
+    assert!(
+        factorize(&m, rows + 1, kk, d, Init::Svd).is_err(),
+        "a wrong size is an error, not a panic"
+    );
+    assert!(
+        svd.relative_error <= pca.relative_error + 1e-9,
+        "svd {} pca {}",
+        svd.relative_error,
+        pca.relative_error
+    );
     assert!(svd.relative_error > 0.0 && svd.relative_error < 1.0);
     // PCA coefficients are projections of centred rows: each column has zero mean
     for j in 0..d {
@@ -163,10 +277,23 @@ fn svd_is_the_best_rank_d_fit_and_pca_drops_the_mean() {
 fn pca_decomposition_of_a_zoo_model_reports_larger_errors_than_svd() {
     let m = zoo("resnet20", 8, 7);
     let (_, svd) = decompose(&m, &DecomposeOptions::default()).unwrap();
-    let (_, pca) = decompose(&m, &DecomposeOptions { init: Init::Pca, ..Default::default() }).unwrap();
+    let (_, pca) = decompose(
+        &m,
+        &DecomposeOptions {
+            init: Init::Pca,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     for (s, p) in svd.layers.iter().zip(&pca.layers) {
         assert_eq!(s.node, p.node);
-        assert!(s.relative_error <= p.relative_error + 1e-6, "{}: svd {} pca {}", s.node, s.relative_error, p.relative_error);
+        assert!(
+            s.relative_error <= p.relative_error + 1e-6,
+            "{}: svd {} pca {}",
+            s.node,
+            s.relative_error,
+            p.relative_error
+        );
         assert_eq!(p.init, Init::Pca);
     }
 }
@@ -183,7 +310,14 @@ fn expected_zeros(v: &[f32], s: f64) -> usize {
 fn prune_zeros_coefficients_below_s_standard_deviations_per_layer() {
     let m = zoo("resnet20", 8, 8);
     // width 0.25: the first stage has 4 channels, fewer than d = 5; decompose it all the same
-    let (d, _) = decompose(&m, &DecomposeOptions { only_if_cheaper: false, ..Default::default() }).unwrap();
+    let (d, _) = decompose(
+        &m,
+        &DecomposeOptions {
+            only_if_cheaper: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     for s in [1.0f32, 0.5] {
         let (p, report) = prune(&d, &PruneOptions { s, ..Default::default() }).unwrap();
         for l in &report.layers {
@@ -208,11 +342,22 @@ fn prune_zeros_coefficients_below_s_standard_deviations_per_layer() {
 #[test]
 fn prune_options_select_layers_and_reject_bad_thresholds() {
     let m = zoo("resnet20", 8, 8);
-    let (p, report) = prune(&m, &PruneOptions { s: 1.0, prune_1x1: false, prune_linear: true }).unwrap();
+    let (p, report) = prune(
+        &m,
+        &PruneOptions {
+            s: 1.0,
+            prune_1x1: false,
+            prune_linear: true,
+        },
+    )
+    .unwrap();
     let names: Vec<&str> = report.layers.iter().map(|l| l.node.as_str()).collect();
     assert_eq!(names, ["fc"], "an undecomposed model: only the linear layer was asked for");
     assert!(p.node("fc").unwrap().params["weight"].nnz() < m.node("fc").unwrap().params["weight"].nnz());
     for s in [0.0, -1.0, f32::NAN] {
-        assert!(matches!(prune(&m, &PruneOptions { s, ..Default::default() }), Err(CompressError::Invalid(_))));
+        assert!(matches!(
+            prune(&m, &PruneOptions { s, ..Default::default() }),
+            Err(CompressError::Invalid(_))
+        ));
     }
 }

@@ -24,7 +24,10 @@ struct FakeTrainer {
 
 impl FakeTrainer {
     fn new() -> Self {
-        Self { accuracy: 0.9, ..Default::default() }
+        Self {
+            accuracy: 0.9,
+            ..Default::default()
+        }
     }
 }
 
@@ -96,9 +99,15 @@ fn full_run_checkpoints_every_phase_and_hands_the_trainer_the_right_settings() {
     // retrain: L1 + alternation; fine-tune: frozen zeros, no L1
     assert_eq!(t.trained.len(), 2);
     let (r, f) = (&t.trained[0], &t.trained[1]);
-    assert_eq!((r.name.as_str(), r.epochs, r.l1_coefficients, r.alternate_interval, r.freeze_zeros), ("retrain", 4, 1e-4, Some(2), false));
+    assert_eq!(
+        (r.name.as_str(), r.epochs, r.l1_coefficients, r.alternate_interval, r.freeze_zeros),
+        ("retrain", 4, 1e-4, Some(2), false)
+    );
     assert_eq!(r.milestones, vec![2, 3]);
-    assert_eq!((f.name.as_str(), f.epochs, f.l1_coefficients, f.alternate_interval, f.freeze_zeros), ("finetune", 2, 0.0, None, true));
+    assert_eq!(
+        (f.name.as_str(), f.epochs, f.l1_coefficients, f.alternate_interval, f.freeze_zeros),
+        ("finetune", 2, 0.0, None, true)
+    );
     assert_eq!(t.evaluations, 6, "baseline + one per phase");
     // the report: six records with accuracy, shrinking made it smaller than the decomposition
     let names: Vec<&str> = out.report.phases.iter().map(|p| p.phase.as_str()).collect();
@@ -131,7 +140,10 @@ fn a_run_stopped_in_phase_2_resumes_there_without_redoing_phase_1() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let m = model();
-    let mut t = FakeTrainer { fail_in: Some("retrain"), ..FakeTrainer::new() };
+    let mut t = FakeTrainer {
+        fail_in: Some("retrain"),
+        ..FakeTrainer::new()
+    };
     let err = compress(&m, &small_config(), &mut t, &run).unwrap_err();
     assert!(matches!(err, CompressError::Trainer(_)), "{err}");
     let state: RunState = serde_json::from_str(&std::fs::read_to_string(run.join("state.json")).unwrap()).unwrap();
@@ -142,8 +154,16 @@ fn a_run_stopped_in_phase_2_resumes_there_without_redoing_phase_1() {
     let out = compress(&m, &small_config(), &mut t2, &run).unwrap();
     assert_eq!(out.resumed_after, Some(Phase::Decompose));
     assert_eq!(out.phases_run, [Phase::Retrain, Phase::Prune, Phase::Finetune, Phase::Shrink]);
-    assert_eq!(started_phases(&run), ["decompose", "retrain", "retrain", "prune", "finetune", "shrink"], "decompose ran once");
-    assert_eq!(std::fs::read(run.join(Phase::Decompose.checkpoint_file())).unwrap(), decomposed, "phase 1 checkpoint untouched");
+    assert_eq!(
+        started_phases(&run),
+        ["decompose", "retrain", "retrain", "prune", "finetune", "shrink"],
+        "decompose ran once"
+    );
+    assert_eq!(
+        std::fs::read(run.join(Phase::Decompose.checkpoint_file())).unwrap(),
+        decomposed,
+        "phase 1 checkpoint untouched"
+    );
     assert_eq!(t2.evaluations, 4, "no new baseline evaluation");
     let names: Vec<&str> = out.report.phases.iter().map(|p| p.phase.as_str()).collect();
     assert_eq!(names, ["baseline", "decompose", "retrain", "prune", "finetune", "shrink"]);
@@ -159,7 +179,10 @@ fn a_run_stopped_in_finetune_resumes_with_the_pruned_model() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let m = model();
-    let mut t = FakeTrainer { fail_in: Some("finetune"), ..FakeTrainer::new() };
+    let mut t = FakeTrainer {
+        fail_in: Some("finetune"),
+        ..FakeTrainer::new()
+    };
     assert!(compress(&m, &small_config(), &mut t, &run).is_err());
     let mut t2 = FakeTrainer::new();
     let out = compress(&m, &small_config(), &mut t2, &run).unwrap();
@@ -172,12 +195,18 @@ fn resuming_with_another_config_or_model_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let m = model();
-    let mut t = FakeTrainer { fail_in: Some("retrain"), ..FakeTrainer::new() };
+    let mut t = FakeTrainer {
+        fail_in: Some("retrain"),
+        ..FakeTrainer::new()
+    };
     let _ = compress(&m, &small_config(), &mut t, &run);
     let mut other = small_config();
     other.prune.s = 0.5;
     let err = compress(&m, &other, &mut FakeTrainer::new(), &run).unwrap_err();
-    assert!(matches!(err, CompressError::State { .. }) && err.to_string().contains("different config"), "{err}");
+    assert!(
+        matches!(err, CompressError::State { .. }) && err.to_string().contains("different config"),
+        "{err}"
+    );
     let err = compress(&zoo("resnet20", 8, 99), &small_config(), &mut FakeTrainer::new(), &run).unwrap_err();
     assert!(err.to_string().contains("different model"), "{err}");
     std::fs::write(run.join("state.json"), "{ not json").unwrap();
@@ -189,13 +218,34 @@ fn resuming_with_another_config_or_model_is_refused() {
 fn trainer_results_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let m = model();
-    let err = compress(&m, &small_config(), &mut FakeTrainer { change_graph: true, ..FakeTrainer::new() }, &dir.path().join("a")).unwrap_err();
+    let err = compress(
+        &m,
+        &small_config(),
+        &mut FakeTrainer {
+            change_graph: true,
+            ..FakeTrainer::new()
+        },
+        &dir.path().join("a"),
+    )
+    .unwrap_err();
     assert!(matches!(err, CompressError::Trainer(_)), "{err}");
-    let err = compress(&m, &small_config(), &mut FakeTrainer { accuracy: 93.4, ..FakeTrainer::new() }, &dir.path().join("b")).unwrap_err();
+    let err = compress(
+        &m,
+        &small_config(),
+        &mut FakeTrainer {
+            accuracy: 93.4,
+            ..FakeTrainer::new()
+        },
+        &dir.path().join("b"),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("fraction"), "{err}");
     let mut bad = small_config();
     bad.retrain.lr = 0.0;
-    assert!(matches!(compress(&m, &bad, &mut FakeTrainer::new(), &dir.path().join("c")), Err(CompressError::ConfigInvalid { .. })));
+    assert!(matches!(
+        compress(&m, &bad, &mut FakeTrainer::new(), &dir.path().join("c")),
+        Err(CompressError::ConfigInvalid { .. })
+    ));
 }
 
 #[test]
@@ -216,7 +266,10 @@ fn report_renders_as_table_json_and_svg() {
     // width 0.25: the 4-channel first stage stays dense by default (5 bases would cost more)
     let (_, kept) = penni_compress::decompose(&m, &Default::default()).unwrap();
     assert!(kept.kept_dense.contains(&"stem.conv".to_string()), "{:?}", kept.kept_dense);
-    let all = penni_compress::DecomposeOptions { only_if_cheaper: false, ..Default::default() };
+    let all = penni_compress::DecomposeOptions {
+        only_if_cheaper: false,
+        ..Default::default()
+    };
     let (d, dr) = penni_compress::decompose(&m, &all).unwrap();
     let (p, pr) = penni_compress::prune(&d, &Default::default()).unwrap();
     let (s, sr) = penni_compress::shrink(&p).unwrap();
@@ -236,10 +289,24 @@ fn report_renders_as_table_json_and_svg() {
 
     let mut with_kept = r.clone();
     with_kept.decompose = Some(kept);
-    assert!(with_kept.to_table().contains("kept dense (the basis stage alone would cost as much as the conv"));
+    assert!(
+        with_kept
+            .to_table()
+            .contains("kept dense (the basis stage alone would cost as much as the conv")
+    );
     let table = r.to_table();
     assert!(!table.contains("kept dense"));
-    for needle in ["params (paper)", "params (all)", "MACs (paper)", "MACs (all)", "91.25%", "stem.conv", "paper: non-zero", "all: paper +", "channel group"] {
+    for needle in [
+        "params (paper)",
+        "params (all)",
+        "MACs (paper)",
+        "MACs (all)",
+        "91.25%",
+        "stem.conv",
+        "paper: non-zero",
+        "all: paper +",
+        "channel group",
+    ] {
         assert!(table.contains(needle), "table lacks '{needle}':\n{table}");
     }
     let json = r.to_json().unwrap();

@@ -14,7 +14,12 @@ use penni_model::{Conv2d, Input, Model, Op, Tensor};
 const TOL: f64 = 1e-5;
 
 fn input(c: usize, hw: usize) -> Input {
-    Input { name: "input".into(), channels: c, height: hw, width: hw }
+    Input {
+        name: "input".into(),
+        channels: c,
+        height: hw,
+        width: hw,
+    }
 }
 
 fn conv_bn_relu(b: &mut GraphBuilder, p: &str, x: &str, out: usize, k: usize, stride: usize, relu: bool) -> String {
@@ -61,7 +66,10 @@ fn residual_add_with_identity_shortcut_removes_a_channel_only_if_dead_in_every_m
     for t in ["stem.relu", "b.2.bn", "b.add", "b.relu"] {
         assert_eq!(channels(&s, t), 3, "{t} is in the residual group and loses exactly channel 1");
     }
-    assert!(s.node("head.conv").unwrap().params.contains_key("bias"), "the constant 1 went into the head's bias");
+    assert!(
+        s.node("head.conv").unwrap().params.contains_key("bias"),
+        "the constant 1 went into the head's bias"
+    );
     let g = DependencyGraph::build(&m).unwrap();
     let group = g.group_of("b.add").unwrap();
     // stem conv, bn, relu; b.2 conv, bn; add; relu
@@ -134,11 +142,23 @@ fn flatten_into_linear_after_max_pool_removes_column_blocks() {
     zero_slice(&mut m, "c.conv", Some(3), None);
     set_bn(&mut m, "c.bn", 3, 1.0, -0.5, 0.0, 1.0); // zero after ReLU
     // channel 4 is computed but never read: its 16 columns in fc are zero
-    m.node_mut("fc").unwrap().params.get_mut("weight").unwrap().data.chunks_mut(16).skip(4).step_by(5).for_each(|c| c.fill(0.0));
+    m.node_mut("fc")
+        .unwrap()
+        .params
+        .get_mut("weight")
+        .unwrap()
+        .data
+        .chunks_mut(16)
+        .skip(4)
+        .step_by(5)
+        .for_each(|c| c.fill(0.0));
     let g = DependencyGraph::build(&m).unwrap();
     let group = g.group_of("flatten").unwrap();
     assert_eq!(group.channels, 5);
-    assert_eq!(group.consumers[0].unit, 16, "a channel is 16 consecutive features after the flatten");
+    assert_eq!(
+        group.consumers[0].unit, 16,
+        "a channel is 16 consecutive features after the flatten"
+    );
     let (s, _) = shrink(&m).unwrap();
     assert_same_outputs(&m, &s, TOL, "flatten into linear");
     assert_eq!(channels(&s, "c.relu"), 2);
@@ -165,7 +185,11 @@ fn dead_channel_with_nonzero_beta_followed_by_relu() {
         let (s, _) = shrink(&m).unwrap();
         assert_same_outputs(&m, &s, TOL, "beta then relu");
         assert_eq!(channels(&s, "a.relu"), expect, "kernel {k}");
-        assert_eq!(s.node("b.conv").unwrap().params.contains_key("bias"), k == 1, "only the 1x1 conv gains a bias");
+        assert_eq!(
+            s.node("b.conv").unwrap().params.contains_key("bias"),
+            k == 1,
+            "only the 1x1 conv gains a bias"
+        );
     }
 }
 
@@ -197,7 +221,10 @@ fn decomposed_layers_lose_channels_and_unused_bases() {
     assert_eq!(node.params["bases"].shape, vec![3, 9]);
     assert_eq!(report.removed_bases, 2);
     let layer = report.layers.iter().find(|l| l.node == "b.conv").unwrap();
-    assert_eq!((layer.bases_before, layer.bases_after, layer.in_before, layer.in_after), (Some(5), Some(3), 6, 5));
+    assert_eq!(
+        (layer.bases_before, layer.bases_after, layer.in_before, layer.in_after),
+        (Some(5), Some(3), 6, 5)
+    );
 }
 
 #[test]
@@ -226,7 +253,16 @@ fn input_output_and_grouped_conv_groups_are_pinned() {
     let x = conv_bn_relu(&mut b, "a.", "input", 4, 3, 1, true);
     let mut params = BTreeMap::new();
     params.insert("weight".to_string(), Tensor::full(vec![4, 2, 3, 3], 0.1));
-    let spec = Conv2d { in_channels: 4, out_channels: 4, kernel: [3, 3], stride: [1, 1], padding: [1; 4], dilation: [1, 1], groups: 2, bias: false };
+    let spec = Conv2d {
+        in_channels: 4,
+        out_channels: 4,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1; 4],
+        dilation: [1, 1],
+        groups: 2,
+        bias: false,
+    };
     let d = b.push("dw", Op::Conv2d(spec), &[&x], params);
     let y = head(&mut b, &d, 2);
     let mut m = b.finish(&y).unwrap();
@@ -242,7 +278,15 @@ fn input_output_and_grouped_conv_groups_are_pinned() {
     let g = report.groups.iter().find(|g| g.tensors.contains(&"a.relu".to_string())).unwrap();
     assert!(g.pinned.iter().any(|r| r.contains("grouped conv 'dw'")), "{:?}", g.pinned);
     // the depthwise conv and the decomposition agree on grouped layouts
-    let (dm, _) = decompose(&m, &DecomposeOptions { d: 9, only_if_cheaper: false, ..Default::default() }).unwrap();
+    let (dm, _) = decompose(
+        &m,
+        &DecomposeOptions {
+            d: 9,
+            only_if_cheaper: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_same_outputs(&m, &dm, 1e-4, "grouped decomposition");
 }
 
@@ -286,7 +330,13 @@ fn average_pooling_that_counts_padding_only_passes_zero_constants() {
     for (include_pad, expect) in [(true, 3), (false, 2)] {
         let mut b = GraphBuilder::new("avg", input(2, 6), 19);
         let x = conv_bn_relu(&mut b, "a.", "input", 4, 3, 1, true);
-        let p = Pool2d { kernel: [3, 3], stride: [2, 2], padding: [1; 4], ceil_mode: false, count_include_pad: include_pad };
+        let p = Pool2d {
+            kernel: [3, 3],
+            stride: [2, 2],
+            padding: [1; 4],
+            ceil_mode: false,
+            count_include_pad: include_pad,
+        };
         let x = b.push("avg", Op::AvgPool2d(p), &[&x], BTreeMap::new());
         let f = b.flatten("flatten", &x);
         let y = b.linear("fc", &f, 2);
@@ -344,7 +394,15 @@ fn concat_keeps_the_channels_it_stacks_and_shrinking_goes_on_around_it() {
     assert_eq!(channels(&s, "concat"), 9);
     let g = report.groups.iter().find(|g| g.tensors.contains(&"e3.relu".to_string())).unwrap();
     assert!(g.pinned.iter().any(|r| r.contains("read by concat 'concat'")), "{:?}", g.pinned);
-    let (dm, _) = decompose(&m, &DecomposeOptions { d: 9, only_if_cheaper: false, ..Default::default() }).unwrap();
+    let (dm, _) = decompose(
+        &m,
+        &DecomposeOptions {
+            d: 9,
+            only_if_cheaper: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_same_outputs(&m, &dm, 1e-4, "decomposed concat model");
 }
 
@@ -357,7 +415,16 @@ fn depthwise_convs_pass_dead_channels_through() {
     let e = conv_bn_relu(&mut b, "expand.", &x, 6, 1, 1, true);
     let mut rng = penni_model::zoo::InitRng::new(24);
     let w = Tensor::new(vec![6, 1, 3, 3], (0..54).map(|_| rng.normal() * 0.4).collect()).unwrap();
-    let spec = Conv2d { in_channels: 6, out_channels: 6, kernel: [3, 3], stride: [2, 2], padding: [1; 4], dilation: [1, 1], groups: 6, bias: false };
+    let spec = Conv2d {
+        in_channels: 6,
+        out_channels: 6,
+        kernel: [3, 3],
+        stride: [2, 2],
+        padding: [1; 4],
+        dilation: [1, 1],
+        groups: 6,
+        bias: false,
+    };
     let d = b.push("dw.conv", Op::Conv2d(spec), &[&e], BTreeMap::from([("weight".to_string(), w)]));
     let d = b.batch_norm("dw.bn", &d);
     let d = b.relu("dw.relu", &d);

@@ -14,7 +14,9 @@ use penni_model::{Model, Op, model_cost};
 fn zero_columns(model: &mut Model, node: usize, k: usize, unit: usize) {
     let node = &mut model.nodes[node];
     match &node.op {
-        Op::Linear { in_features, out_features, .. } => {
+        Op::Linear {
+            in_features, out_features, ..
+        } => {
             let (i, o) = (*in_features, *out_features);
             let w = node.params.get_mut("weight").unwrap();
             for r in 0..o {
@@ -85,7 +87,14 @@ fn prepare(name: &str, hw: usize, seed: u64) -> (Model, Vec<(usize, Vec<usize>)>
     let mut m = zoo(name, hw, seed);
     randomize_batchnorm(&mut m, seed + 100);
     let (m, _) = decompose(&m, &DecomposeOptions::default()).unwrap();
-    let (mut m, _) = prune(&m, &PruneOptions { s: 0.7, ..Default::default() }).unwrap();
+    let (mut m, _) = prune(
+        &m,
+        &PruneOptions {
+            s: 0.7,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let unread = kill_channels(&mut m, seed + 200);
     (m, unread)
 }
@@ -96,11 +105,18 @@ fn check(name: &str, hw: usize, seed: u64) -> penni_compress::ShrinkReport {
     s.validate().unwrap();
     assert_same_outputs(&m, &s, 1e-5, name);
     let (before, after) = (model_cost(&m).unwrap().totals, model_cost(&s).unwrap().totals);
-    assert!(after.params_all < before.params_all && after.macs_all < before.macs_all, "{name}: {before:?} -> {after:?}");
+    assert!(
+        after.params_all < before.params_all && after.macs_all < before.macs_all,
+        "{name}: {before:?} -> {after:?}"
+    );
     // every channel no layer reads is gone (unless it is a group's last one)
     for (gi, u) in unread {
         let g = &report.groups[gi];
-        assert!(g.channels_after <= g.channels_before - u.len().min(g.channels_before - 1), "{name}: group of {} kept unread channels", g.tensors[0]);
+        assert!(
+            g.channels_after <= g.channels_before - u.len().min(g.channels_before - 1),
+            "{name}: group of {} kept unread channels",
+            g.tensors[0]
+        );
     }
     // a second shrink finds nothing more: the first one reached the fixed point
     let (s2, r2) = shrink(&s).unwrap();
@@ -110,13 +126,21 @@ fn check(name: &str, hw: usize, seed: u64) -> penni_compress::ShrinkReport {
 }
 
 fn residual_groups_shrank(report: &penni_compress::ShrinkReport) -> usize {
-    report.groups.iter().filter(|g| g.tensors.iter().any(|t| t.ends_with(".add")) && g.channels_after < g.channels_before).count()
+    report
+        .groups
+        .iter()
+        .filter(|g| g.tensors.iter().any(|t| t.ends_with(".add")) && g.channels_after < g.channels_before)
+        .count()
 }
 
 #[test]
 fn vgg16_shrinks_exactly() {
     let r = check("vgg16", 32, 1);
-    let convs_shrunk = r.layers.iter().filter(|l| l.kind == "DecomposedConv2d" && l.out_after < l.out_before).count();
+    let convs_shrunk = r
+        .layers
+        .iter()
+        .filter(|l| l.kind == "DecomposedConv2d" && l.out_after < l.out_before)
+        .count();
     assert!(convs_shrunk >= 10, "{convs_shrunk} of 13 convs lost output channels");
     assert!(r.folded_channels > 0, "constant channels were folded");
 }
@@ -139,4 +163,3 @@ fn resnet18_shrinks_exactly_including_residual_groups() {
     }
     assert!(g.channels_after < g.channels_before);
 }
-

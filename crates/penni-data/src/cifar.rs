@@ -144,12 +144,7 @@ struct Layout {
 
 /// Appends all records of one file; the record count comes from the real file
 /// length, never from anything inside the file.
-fn read_file(
-    path: &Path,
-    layout: &Layout,
-    images: &mut Vec<u8>,
-    labels: &mut Vec<u16>,
-) -> Result<()> {
+fn read_file(path: &Path, layout: &Layout, images: &mut Vec<u8>, labels: &mut Vec<u16>) -> Result<()> {
     let file = open_file(path, CIFAR_HINT)?;
     let len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
     let record = layout.label_bytes + PIXELS;

@@ -9,11 +9,7 @@ use std::path::PathBuf;
 pub enum DataError {
     /// The data directory or a data file does not exist. `hint` says how to get it.
     #[error("{}: not found ({detail}){}{hint}", path.display(), if hint.is_empty() { "" } else { "; " })]
-    NotFound {
-        path: PathBuf,
-        detail: String,
-        hint: String,
-    },
+    NotFound { path: PathBuf, detail: String, hint: String },
 
     /// An OS-level read error (permissions, I/O failure, ...).
     #[error("{}: {source}", path.display())]
@@ -88,11 +84,7 @@ pub enum DataError {
         "{}: length {len} bytes is not a positive multiple of the {record}-byte record size",
         path.display()
     )]
-    BadLength {
-        path: PathBuf,
-        len: u64,
-        record: usize,
-    },
+    BadLength { path: PathBuf, len: u64, record: usize },
 
     /// A directory that should hold classes or images holds none.
     #[error("{}: empty: {detail}", path.display())]

@@ -29,12 +29,7 @@ fn png_err(path: &Path, e: impl std::fmt::Display) -> DataError {
 pub fn load_png(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
     let file = open_file(path, "")?;
     let file_len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
-    let mut decoder = png::Decoder::new_with_limits(
-        BufReader::new(file),
-        png::Limits {
-            bytes: PNG_DECODER_LIMIT,
-        },
-    );
+    let mut decoder = png::Decoder::new_with_limits(BufReader::new(file), png::Limits { bytes: PNG_DECODER_LIMIT });
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let (w, h, bits) = {
         let info = decoder.read_header_info().map_err(|e| png_err(path, e))?;
@@ -53,25 +48,18 @@ pub fn load_png(path: &Path) -> Result<(usize, usize, usize, Vec<u8>)> {
     if raw > file_len.saturating_mul(DEFLATE_MAX_RATIO) + 1024 {
         return Err(DataError::Truncated {
             path: path.to_path_buf(),
-            detail: format!(
-                "PNG header says {w}x{h} ({raw} bytes of scanlines), which {file_len} bytes cannot hold"
-            ),
+            detail: format!("PNG header says {w}x{h} ({raw} bytes of scanlines), which {file_len} bytes cannot hold"),
         });
     }
     let mut reader = decoder.read_info().map_err(|e| png_err(path, e))?;
-    let size = reader
-        .output_buffer_size()
-        .ok_or_else(|| DataError::TooLarge {
-            path: path.to_path_buf(),
-            detail: format!("PNG of {w}x{h} does not fit in memory"),
-        })?;
+    let size = reader.output_buffer_size().ok_or_else(|| DataError::TooLarge {
+        path: path.to_path_buf(),
+        detail: format!("PNG of {w}x{h} does not fit in memory"),
+    })?;
     let mut buf = vec![0u8; size];
     let out = reader.next_frame(&mut buf).map_err(|e| png_err(path, e))?;
     if out.bit_depth != png::BitDepth::Eight {
-        return Err(png_err(
-            path,
-            format!("unexpected decoded bit depth {:?}", out.bit_depth),
-        ));
+        return Err(png_err(path, format!("unexpected decoded bit depth {:?}", out.bit_depth)));
     }
     let (samples, channels) = match out.color_type {
         png::ColorType::Grayscale => (1, 1),
@@ -156,11 +144,7 @@ pub fn load_image_folder(dir: &Path) -> Result<Dataset> {
     if classes.len() > u16::MAX as usize + 1 {
         return Err(DataError::TooLarge {
             path: dir.to_path_buf(),
-            detail: format!(
-                "{} classes, at most {} supported",
-                classes.len(),
-                u16::MAX as usize + 1
-            ),
+            detail: format!("{} classes, at most {} supported", classes.len(), u16::MAX as usize + 1),
         });
     }
 
@@ -168,10 +152,7 @@ pub fn load_image_folder(dir: &Path) -> Result<Dataset> {
     let mut labels: Vec<u16> = Vec::new();
     let mut shape: Option<(usize, usize, usize)> = None; // (channels, h, w)
     for (ci, cdir) in classes.iter().enumerate() {
-        let files: Vec<PathBuf> = list_dir(cdir)?
-            .into_iter()
-            .filter(|p| is_png_name(p) && p.is_file())
-            .collect();
+        let files: Vec<PathBuf> = list_dir(cdir)?.into_iter().filter(|p| is_png_name(p) && p.is_file()).collect();
         if files.is_empty() {
             return Err(DataError::Empty {
                 path: cdir.clone(),
@@ -219,11 +200,7 @@ pub fn load_image_folder(dir: &Path) -> Result<Dataset> {
         num_classes: classes.len(),
         class_names: classes
             .iter()
-            .map(|p| {
-                p.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            })
+            .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
             .collect(),
     })
 }

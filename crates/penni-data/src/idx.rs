@@ -113,8 +113,7 @@ fn read_header(path: &Path, want_dims: usize, what: &str) -> Result<IdxHeader> {
     let file_len = file.metadata().map_err(|e| DataError::io(path, e))?.len();
     let mut sniff = [0u8; 2];
     let got = read_full(&mut file, &mut sniff).map_err(|e| DataError::io(path, e))?;
-    file.seek(SeekFrom::Start(0))
-        .map_err(|e| DataError::io(path, e))?;
+    file.seek(SeekFrom::Start(0)).map_err(|e| DataError::io(path, e))?;
     let gzip = got == 2 && sniff == GZIP_MAGIC;
     let mut reader: Box<dyn Read> = if gzip {
         Box::new(MultiGzDecoder::new(BufReader::new(file)))
@@ -183,9 +182,7 @@ fn read_header(path: &Path, want_dims: usize, what: &str) -> Result<IdxHeader> {
             _ => {
                 return Err(DataError::TooLarge {
                     path: path.to_path_buf(),
-                    detail: format!(
-                        "header dims {dims_u32:?} describe more than {MAX_ELEMENTS} elements"
-                    ),
+                    detail: format!("header dims {dims_u32:?} describe more than {MAX_ELEMENTS} elements"),
                 });
             }
         };
@@ -271,11 +268,7 @@ fn read_body(mut h: IdxHeader, what: &str) -> Result<(Vec<usize>, Vec<u8>)> {
 
 /// Shared by `load_idx` and the named datasets; `classes` is `None` when the
 /// number of classes must be inferred from the labels.
-pub(crate) fn load_idx_pair(
-    images: &Path,
-    labels: &Path,
-    classes: Option<&[&str]>,
-) -> Result<Dataset> {
+pub(crate) fn load_idx_pair(images: &Path, labels: &Path, classes: Option<&[&str]>) -> Result<Dataset> {
     // Both headers first: a count mismatch is then reported without
     // decompressing tens of megabytes.
     let ih = read_header(images, 3, "images")?;
@@ -305,11 +298,7 @@ pub(crate) fn load_idx_pair(
     let (num_classes, class_names) = match classes {
         Some(names) => (names.len(), names.iter().map(|s| s.to_string()).collect()),
         None => {
-            let k = label_bytes
-                .iter()
-                .copied()
-                .max()
-                .map_or(0, |m| m as usize + 1);
+            let k = label_bytes.iter().copied().max().map_or(0, |m| m as usize + 1);
             (k, (0..k).map(|i| i.to_string()).collect())
         }
     };

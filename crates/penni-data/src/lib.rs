@@ -113,11 +113,7 @@ fn check_dir(path: &Path, how: &str) -> Result<PathBuf> {
     if path.is_dir() {
         Ok(path.to_path_buf())
     } else {
-        let what = if path.exists() {
-            "not a directory"
-        } else {
-            "no such directory"
-        };
+        let what = if path.exists() { "not a directory" } else { "no such directory" };
         Err(DataError::NotFound {
             path: path.to_path_buf(),
             detail: format!("{what}; {how}"),

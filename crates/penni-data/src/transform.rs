@@ -75,11 +75,7 @@ impl Transform {
     /// # Panics
     /// If `image.len() != c * h * w` or mean/std do not fit `c` channels.
     pub fn apply(&self, image: &[u8], c: usize, h: usize, w: usize) -> Vec<f32> {
-        assert_eq!(
-            image.len(),
-            c * h * w,
-            "image length does not match {c}x{h}x{w}"
-        );
+        assert_eq!(image.len(), c * h * w, "image length does not match {c}x{h}x{w}");
         self.check_channels(c);
         let (_, oh, ow) = self.output_dims(c, h, w);
         let geo = Geometry::new(h, w, oh, ow);

@@ -68,12 +68,7 @@ fn cases() -> Vec<Case> {
         Case {
             name: "labels truncated: header says 60000, file has 10",
             setup: |d| idx_labels_case(d, &idx_bytes(8, &[60000], &[0; 10])),
-            expect: |e| {
-                matches!(
-                    e,
-                    DataError::CountMismatch { .. } | DataError::Truncated { .. }
-                )
-            },
+            expect: |e| matches!(e, DataError::CountMismatch { .. } | DataError::Truncated { .. }),
         },
         Case {
             name: "labels truncated with matching count",
@@ -92,14 +87,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "bad magic",
-            setup: |d| {
-                idx_images_case(
-                    d,
-                    &[
-                        1, 2, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0,
-                    ],
-                )
-            },
+            setup: |d| idx_images_case(d, &[1, 2, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0]),
             expect: |e| matches!(e, DataError::BadMagic { .. }),
         },
         Case {
@@ -136,16 +124,7 @@ fn cases() -> Vec<Case> {
                 // The message must name both files; checked separately below too.
                 (lab, r)
             },
-            expect: |e| {
-                matches!(
-                    e,
-                    DataError::CountMismatch {
-                        images: 3,
-                        labels: 2,
-                        ..
-                    }
-                )
-            },
+            expect: |e| matches!(e, DataError::CountMismatch { images: 3, labels: 2, .. }),
         },
         Case {
             name: "huge dims header, tiny raw file",
@@ -169,14 +148,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "gzip magic followed by junk",
-            setup: |d| {
-                idx_images_case(
-                    d,
-                    &[
-                        0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3,
-                    ],
-                )
-            },
+            setup: |d| idx_images_case(d, &[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]),
             expect: |e| matches!(e, DataError::Gzip { .. }),
         },
         Case {
@@ -224,11 +196,7 @@ fn cases() -> Vec<Case> {
             name: "Fashion-MNIST label 10 out of range",
             setup: |d| {
                 write_mnist_dir(d, 3, 3, false);
-                let lab = write(
-                    d,
-                    "t10k-labels-idx1-ubyte",
-                    &idx_bytes(8, &[3], &[0, 10, 1]),
-                );
+                let lab = write(d, "t10k-labels-idx1-ubyte", &idx_bytes(8, &[3], &[0, 10, 1]));
                 (lab, load_fashion_mnist(d, Split::Test))
             },
             expect: |e| {
@@ -245,12 +213,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "Fashion-MNIST directory empty",
-            setup: |d| {
-                (
-                    d.join("train-images-idx3-ubyte"),
-                    load_fashion_mnist(d, Split::Train),
-                )
-            },
+            setup: |d| (d.join("train-images-idx3-ubyte"), load_fashion_mnist(d, Split::Train)),
             expect: |e| matches!(e, DataError::NotFound { .. }),
         },
         Case {
@@ -270,16 +233,7 @@ fn cases() -> Vec<Case> {
                 b.extend(cifar_record(&[10], 0));
                 cifar10_test_case(d, &b)
             },
-            expect: |e| {
-                matches!(
-                    e,
-                    DataError::BadLabel {
-                        index: 1,
-                        label: 10,
-                        ..
-                    }
-                )
-            },
+            expect: |e| matches!(e, DataError::BadLabel { index: 1, label: 10, .. }),
         },
         Case {
             name: "CIFAR-100 fine label 100",
@@ -323,16 +277,7 @@ fn cases() -> Vec<Case> {
         },
         Case {
             name: "class folder with no PNG",
-            setup: |d| {
-                folder_case(
-                    d,
-                    &[
-                        ("a/0.png", grey_png(1, 1, &[0])),
-                        ("b/notes.txt", b"hi".to_vec()),
-                    ],
-                    "b",
-                )
-            },
+            setup: |d| folder_case(d, &[("a/0.png", grey_png(1, 1, &[0])), ("b/notes.txt", b"hi".to_vec())], "b"),
             expect: |e| matches!(e, DataError::Empty { .. }),
         },
         Case {
@@ -340,10 +285,7 @@ fn cases() -> Vec<Case> {
             setup: |d| {
                 folder_case(
                     d,
-                    &[
-                        ("a/0.png", grey_png(1, 1, &[0])),
-                        ("a/1.png", b"definitely not a png".to_vec()),
-                    ],
+                    &[("a/0.png", grey_png(1, 1, &[0])), ("a/1.png", b"definitely not a png".to_vec())],
                     "a/1.png",
                 )
             },
@@ -353,11 +295,7 @@ fn cases() -> Vec<Case> {
             name: "truncated .png",
             setup: |d| {
                 let full = grey_png(16, 16, &(0..=255).collect::<Vec<u8>>());
-                folder_case(
-                    d,
-                    &[("a/0.png", full[..full.len() - 30].to_vec())],
-                    "a/0.png",
-                )
+                folder_case(d, &[("a/0.png", full[..full.len() - 30].to_vec())], "a/0.png")
             },
             expect: |e| matches!(e, DataError::Png { .. }),
         },
@@ -366,10 +304,7 @@ fn cases() -> Vec<Case> {
             setup: |d| {
                 folder_case(
                     d,
-                    &[
-                        ("a/0.png", grey_png(2, 2, &[0; 4])),
-                        ("b/0.png", grey_png(2, 3, &[0; 6])),
-                    ],
+                    &[("a/0.png", grey_png(2, 2, &[0; 4])), ("b/0.png", grey_png(2, 3, &[0; 6]))],
                     "b/0.png",
                 )
             },
@@ -439,10 +374,7 @@ fn bad_files_table() {
                     failures.push(format!("{}: wrong variant: {e:?}", case.name));
                 }
                 if !msg.contains(&path) {
-                    failures.push(format!(
-                        "{}: message does not name {path}: {msg}",
-                        case.name
-                    ));
+                    failures.push(format!("{}: message does not name {path}: {msg}", case.name));
                 }
             }
         }
@@ -470,37 +402,20 @@ fn count_mismatch_names_both_files() {
 #[test]
 fn truncation_message_gives_the_numbers() {
     let d = tempfile::tempdir().unwrap();
-    let img = write(
-        d.path(),
-        "train-images-idx3-ubyte",
-        &idx_bytes(8, &[60000, 28, 28], &[0; 40]),
-    );
-    let lab = write(
-        d.path(),
-        "train-labels-idx1-ubyte",
-        &idx_bytes(8, &[60000], &[0; 1234]),
-    );
+    let img = write(d.path(), "train-images-idx3-ubyte", &idx_bytes(8, &[60000, 28, 28], &[0; 40]));
+    let lab = write(d.path(), "train-labels-idx1-ubyte", &idx_bytes(8, &[60000], &[0; 1234]));
     let msg = load_idx(&img, &lab).unwrap_err().to_string();
     assert!(msg.contains("60000") && msg.contains("40"), "{msg}");
-    let img = write(
-        d.path(),
-        "ok-images",
-        &idx_bytes(8, &[60000, 1, 1], &[0; 60000]),
-    );
+    let img = write(d.path(), "ok-images", &idx_bytes(8, &[60000, 1, 1], &[0; 60000]));
     let msg = load_idx(&img, &lab).unwrap_err().to_string();
     assert!(msg.contains(&lab.display().to_string()), "{msg}");
-    assert!(
-        msg.contains("header says 60000 labels") && msg.contains("1234"),
-        "{msg}"
-    );
+    assert!(msg.contains("header says 60000 labels") && msg.contains("1234"), "{msg}");
 }
 
 #[test]
 fn not_found_says_how_to_get_the_data() {
     let d = tempfile::tempdir().unwrap();
-    let msg = load_fashion_mnist(d.path(), Split::Test)
-        .unwrap_err()
-        .to_string();
+    let msg = load_fashion_mnist(d.path(), Split::Test).unwrap_err().to_string();
     assert!(msg.contains("t10k-images-idx3-ubyte.gz"), "{msg}");
     assert!(msg.contains("scripts/fetch-data.sh"), "{msg}");
 }

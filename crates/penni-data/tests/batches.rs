@@ -24,9 +24,7 @@ fn indexed(n: usize, h: usize, w: usize) -> Dataset {
 
 /// One image whose pixels are all distinct: (y, x) -> 1 + y * w + x.
 fn ramp(c: usize, h: usize, w: usize) -> Dataset {
-    let images = (0..c * h * w)
-        .map(|k| (1 + k % (h * w) + 100 * (k / (h * w))) as u8)
-        .collect();
+    let images = (0..c * h * w).map(|k| (1 + k % (h * w) + 100 * (k / (h * w))) as u8).collect();
     Dataset {
         images,
         labels: vec![0],
@@ -42,14 +40,7 @@ fn plain() -> Transform {
     Transform::default()
 }
 
-fn epoch_labels(
-    ds: &Dataset,
-    t: &Transform,
-    bs: usize,
-    shuffle: bool,
-    seed: u64,
-    epoch: u64,
-) -> Vec<i64> {
+fn epoch_labels(ds: &Dataset, t: &Transform, bs: usize, shuffle: bool, seed: u64, epoch: u64) -> Vec<i64> {
     BatchIter::new(ds, bs, t, true, shuffle, seed, epoch, false)
         .flat_map(|b| b.labels)
         .collect()
@@ -69,11 +60,7 @@ fn shuffle_is_a_deterministic_permutation_that_changes_per_epoch() {
     for order in [&a, &c, &d] {
         let mut sorted = order.clone();
         sorted.sort();
-        assert_eq!(
-            sorted,
-            (0..200).collect::<Vec<i64>>(),
-            "every index exactly once"
-        );
+        assert_eq!(sorted, (0..200).collect::<Vec<i64>>(), "every index exactly once");
     }
     // Not the identity (probability 1/200! of a false failure).
     assert_ne!(a, (0..200).collect::<Vec<i64>>());
@@ -100,10 +87,7 @@ fn order_reported_matches_batches() {
 #[test]
 fn no_shuffle_is_sequential() {
     let ds = indexed(10, 1, 1);
-    assert_eq!(
-        epoch_labels(&ds, &plain(), 3, false, 1, 9),
-        (0..10).collect::<Vec<i64>>()
-    );
+    assert_eq!(epoch_labels(&ds, &plain(), 3, false, 1, 9), (0..10).collect::<Vec<i64>>());
 }
 
 #[test]
@@ -127,10 +111,7 @@ fn batch_counts_and_drop_last() {
     let exact = BatchIter::new(&ds, 5, &t, false, false, 0, 0, true);
     assert_eq!(exact.count(), 2);
     let empty = indexed(0, 3, 3);
-    assert_eq!(
-        BatchIter::new(&empty, 4, &t, true, true, 0, 0, false).count(),
-        0
-    );
+    assert_eq!(BatchIter::new(&empty, 4, &t, true, true, 0, 0, false).count(), 0);
 }
 
 #[test]
@@ -150,9 +131,7 @@ fn normalisation_by_hand() {
         std: vec![0.25],
         ..plain()
     };
-    let b = BatchIter::new(&ds, 1, &t, false, false, 0, 0, false)
-        .next()
-        .unwrap();
+    let b = BatchIter::new(&ds, 1, &t, false, false, 0, 0, false).next().unwrap();
     // (0 - .5)/.25 = -2 ; (0.2 - .5)/.25 = -1.2 ; (1 - .5)/.25 = 2
     let want = [-2.0f32, -1.2, 2.0];
     for (g, w) in b.images.iter().zip(want) {
@@ -173,17 +152,13 @@ fn normalisation_by_hand() {
         std: vec![0.5, 0.2, 0.1],
         ..plain()
     };
-    let b = BatchIter::new(&rgb, 1, &t, false, false, 0, 0, false)
-        .next()
-        .unwrap();
+    let b = BatchIter::new(&rgb, 1, &t, false, false, 0, 0, false).next().unwrap();
     let want = [1.0f32, -0.5, 0.0];
     for (g, w) in b.images.iter().zip(want) {
         assert!((g - w).abs() < 1e-5, "{:?}", b.images);
     }
     // No mean/std: plain x/255.
-    let b = BatchIter::new(&rgb, 1, &plain(), false, false, 0, 0, false)
-        .next()
-        .unwrap();
+    let b = BatchIter::new(&rgb, 1, &plain(), false, false, 0, 0, false).next().unwrap();
     assert_eq!(b.images, vec![1.0, 0.0, 0.4]);
 }
 
@@ -230,9 +205,7 @@ fn pad_to_centres_the_image() {
     assert_eq!(t.output_dims(1, 28, 28), (1, 32, 32));
     // Train mode without crop/flip must equal eval mode.
     for train in [false, true] {
-        let b = BatchIter::new(&ds, 1, &t, train, false, 0, 0, false)
-            .next()
-            .unwrap();
+        let b = BatchIter::new(&ds, 1, &t, train, false, 0, 0, false).next().unwrap();
         assert_eq!((b.height, b.width), (32, 32));
         for y in 0..32 {
             for x in 0..32 {
@@ -316,11 +289,7 @@ fn augmentation_is_random_crop_and_flip_reproducible_per_seed_and_epoch() {
     };
     let a = run(1, 0, 64);
     assert_eq!(a, run(1, 0, 64), "same (seed, epoch) -> same augmentation");
-    assert_eq!(
-        a,
-        run(1, 0, 7),
-        "augmentation does not depend on batch size"
-    );
+    assert_eq!(a, run(1, 0, 7), "augmentation does not depend on batch size");
     assert_ne!(a, run(1, 1, 64), "a new epoch re-draws augmentation");
     assert_ne!(a, run(2, 0, 64), "a new seed re-draws augmentation");
 
@@ -332,15 +301,8 @@ fn augmentation_is_random_crop_and_flip_reproducible_per_seed_and_epoch() {
         shifts.insert((dy, dx));
         flips += flip as usize;
     }
-    assert_eq!(
-        shifts.len(),
-        25,
-        "all 5x5 crop offsets should occur in 300 draws"
-    );
-    assert!(
-        (100..200).contains(&flips),
-        "flip rate looks wrong: {flips}/{n}"
-    );
+    assert_eq!(shifts.len(), 25, "all 5x5 crop offsets should occur in 300 draws");
+    assert!((100..200).contains(&flips), "flip rate looks wrong: {flips}/{n}");
 
     // Evaluation never augments.
     let e: Vec<f32> = BatchIter::new(&ds, 64, &t, false, false, 1, 0, false)
@@ -375,10 +337,7 @@ fn augmentation_follows_the_example_not_the_position() {
     for b in BatchIter::new(&ds, 6, &t, true, true, 11, 4, false) {
         for (k, &l) in b.labels.iter().enumerate() {
             let l = l as usize;
-            assert_eq!(
-                &b.images[k * per..(k + 1) * per],
-                &seq[l * per..(l + 1) * per]
-            );
+            assert_eq!(&b.images[k * per..(k + 1) * per], &seq[l * per..(l + 1) * per]);
         }
     }
 }

@@ -31,10 +31,7 @@ fn env_var_then_debian_default() {
             let msg = e.to_string();
             assert!(msg.contains(DEBIAN_FASHION_MNIST_DIR), "{msg}");
             assert!(msg.contains("scripts/fetch-data.sh"), "{msg}");
-            assert!(
-                msg.contains("apt-get install dataset-fashion-mnist"),
-                "{msg}"
-            );
+            assert!(msg.contains("apt-get install dataset-fashion-mnist"), "{msg}");
         }
     }
 }

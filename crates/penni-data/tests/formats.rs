@@ -12,20 +12,11 @@ fn idx_round_trip_raw_and_gzip() {
     let raw_i = write(dir.path(), "img.idx", &idx_bytes(8, &[17, 5, 3], &img));
     let raw_l = write(dir.path(), "lab.idx", &idx_bytes(8, &[17], &lab));
     // Deliberately misleading names: gzip must be detected by content.
-    let gz_i = write(
-        dir.path(),
-        "img-gz.idx",
-        &gz(&idx_bytes(8, &[17, 5, 3], &img)),
-    );
+    let gz_i = write(dir.path(), "img-gz.idx", &gz(&idx_bytes(8, &[17, 5, 3], &img)));
     let gz_l = write(dir.path(), "lab.plain.gz", &gz(&idx_bytes(8, &[17], &lab)));
     let plain_named_gz = write(dir.path(), "really-plain.gz", &idx_bytes(8, &[17], &lab));
 
-    for (ip, lp) in [
-        (&raw_i, &raw_l),
-        (&gz_i, &gz_l),
-        (&raw_i, &gz_l),
-        (&gz_i, &plain_named_gz),
-    ] {
+    for (ip, lp) in [(&raw_i, &raw_l), (&gz_i, &gz_l), (&raw_i, &gz_l), (&gz_i, &plain_named_gz)] {
         let ds = load_idx(ip, lp).unwrap();
         assert_eq!(ds.len(), 17);
         assert!(!ds.is_empty());
@@ -73,10 +64,7 @@ fn resolve_explicit_dir() {
     let msg = e.to_string();
     assert!(msg.contains(&missing.display().to_string()), "{msg}");
     assert!(msg.contains("scripts/fetch-data.sh"), "{msg}");
-    assert!(
-        msg.contains("apt-get install dataset-fashion-mnist"),
-        "{msg}"
-    );
+    assert!(msg.contains("apt-get install dataset-fashion-mnist"), "{msg}");
     assert!(msg.contains("--data-dir"), "{msg}");
 }
 
@@ -156,21 +144,9 @@ fn cifar100_uses_fine_labels() {
 fn png_folder_grey() {
     let dir = tempfile::tempdir().unwrap();
     // "b_cat" sorts before "dog": class ids follow sorted names.
-    write(
-        dir.path(),
-        "dog/1.png",
-        &grey_png(3, 2, &[1, 2, 3, 4, 5, 6]),
-    );
-    write(
-        dir.path(),
-        "dog/0.PNG",
-        &grey_png(3, 2, &[9, 9, 9, 9, 9, 9]),
-    );
-    write(
-        dir.path(),
-        "b_cat/x.png",
-        &grey_png(3, 2, &[10, 20, 30, 40, 50, 60]),
-    );
+    write(dir.path(), "dog/1.png", &grey_png(3, 2, &[1, 2, 3, 4, 5, 6]));
+    write(dir.path(), "dog/0.PNG", &grey_png(3, 2, &[9, 9, 9, 9, 9, 9]));
+    write(dir.path(), "b_cat/x.png", &grey_png(3, 2, &[10, 20, 30, 40, 50, 60]));
     write(dir.path(), "b_cat/readme.txt", b"not an image");
     write(dir.path(), "LICENSE", b"top-level files are ignored");
     let ds = load_image_folder(dir.path()).unwrap();
@@ -220,13 +196,7 @@ fn png_folder_mixing_grey_and_colour_becomes_rgb() {
     write(
         dir.path(),
         "b/0.png",
-        &png_bytes(
-            2,
-            1,
-            png::ColorType::Rgb,
-            png::BitDepth::Eight,
-            &[1, 2, 3, 4, 5, 6],
-        ),
+        &png_bytes(2, 1, png::ColorType::Rgb, png::BitDepth::Eight, &[1, 2, 3, 4, 5, 6]),
     );
     write(dir.path(), "c/0.png", &grey_png(2, 1, &[7, 8]));
     let ds = load_image_folder(dir.path()).unwrap();
@@ -243,52 +213,28 @@ fn load_png_depths_and_types() {
     let p16 = write(
         dir.path(),
         "g16.png",
-        &png_bytes(
-            2,
-            1,
-            png::ColorType::Grayscale,
-            png::BitDepth::Sixteen,
-            &[0x12, 0x34, 0xFF, 0x01],
-        ),
+        &png_bytes(2, 1, png::ColorType::Grayscale, png::BitDepth::Sixteen, &[0x12, 0x34, 0xFF, 0x01]),
     );
     assert_eq!(load_png(&p16).unwrap(), (1, 1, 2, vec![0x12, 0xFF]));
     // Grey + alpha: stays 1 channel.
     let pga = write(
         dir.path(),
         "ga.png",
-        &png_bytes(
-            2,
-            1,
-            png::ColorType::GrayscaleAlpha,
-            png::BitDepth::Eight,
-            &[40, 0, 50, 255],
-        ),
+        &png_bytes(2, 1, png::ColorType::GrayscaleAlpha, png::BitDepth::Eight, &[40, 0, 50, 255]),
     );
     assert_eq!(load_png(&pga).unwrap(), (1, 1, 2, vec![40, 50]));
     // 16-bit RGBA.
     let p = write(
         dir.path(),
         "rgba16.png",
-        &png_bytes(
-            1,
-            1,
-            png::ColorType::Rgba,
-            png::BitDepth::Sixteen,
-            &[1, 0, 2, 0, 3, 0, 4, 0],
-        ),
+        &png_bytes(1, 1, png::ColorType::Rgba, png::BitDepth::Sixteen, &[1, 0, 2, 0, 3, 0, 4, 0]),
     );
     assert_eq!(load_png(&p).unwrap(), (3, 1, 1, vec![1, 2, 3]));
     // 1-bit grey is scaled to 0/255.
     let p1 = write(
         dir.path(),
         "g1.png",
-        &png_bytes(
-            8,
-            1,
-            png::ColorType::Grayscale,
-            png::BitDepth::One,
-            &[0b1010_0000],
-        ),
+        &png_bytes(8, 1, png::ColorType::Grayscale, png::BitDepth::One, &[0b1010_0000]),
     );
     assert_eq!(load_png(&p1).unwrap().3, vec![255, 0, 255, 0, 0, 0, 0, 0]);
     // Palette: expanded to RGB.

@@ -11,10 +11,7 @@ use proptest::prelude::*;
 /// `PROPTEST_CASES` overrides the default count for a longer local fuzz run.
 fn cfg(cases: u32) -> ProptestConfig {
     ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(cases),
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(cases),
         // Failure persistence would write files next to the sources.
         failure_persistence: None,
         ..ProptestConfig::default()

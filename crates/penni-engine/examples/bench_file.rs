@@ -16,7 +16,10 @@ fn main() {
         Ok("dense") => penni_engine::Strategy::Dense,
         _ => penni_engine::Strategy::Auto,
     };
-    let opts = EngineOptions { threads, decomposed_strategy };
+    let opts = EngineOptions {
+        threads,
+        decomposed_strategy,
+    };
     // PENNI_MICRO=n forces the micro-batch (for experiments)
     let mut plan = match std::env::var("PENNI_MICRO").ok().and_then(|v| v.parse().ok()) {
         Some(m) => penni_engine::testing::plan_micro(&model, batch, &opts, m).unwrap(),

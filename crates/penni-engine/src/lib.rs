@@ -101,7 +101,13 @@ pub mod testing {
     }
 
     /// A plan with a forced micro-batch and batch-parallel lanes forced on or off.
-    pub fn plan_lanes(model: &penni_model::Model, batch: usize, opts: &EngineOptions, micro: usize, lanes: bool) -> Result<Plan, EngineError> {
+    pub fn plan_lanes(
+        model: &penni_model::Model,
+        batch: usize,
+        opts: &EngineOptions,
+        micro: usize,
+        lanes: bool,
+    ) -> Result<Plan, EngineError> {
         Plan::with_knobs(
             model,
             batch,

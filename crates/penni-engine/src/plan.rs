@@ -504,7 +504,8 @@ impl Plan {
         // layer, and each keeps its activations in its own core's cache.
         let lane_micro = divisor(fit.min(batch / threads.max(1)).max(1));
         let lane_chunks = batch / lane_micro;
-        let lanes_auto = small_weights && threads > 1 && batch >= threads && (lane_chunks.is_multiple_of(threads) || lane_chunks >= 4 * threads);
+        let lanes_auto =
+            small_weights && threads > 1 && batch >= threads && (lane_chunks.is_multiple_of(threads) || lane_chunks >= 4 * threads);
         let lanes_wanted = knobs.lanes.unwrap_or(lanes_auto);
         // micro-batch: the largest divisor of the batch whose activations fit the budget
         let micro = match knobs.micro_batch {
@@ -589,7 +590,9 @@ impl Plan {
             }
         }
         let (per_in, per_out) = (self.core.batch * self.input_len, self.core.batch * self.core.out_len);
-        let cores: Vec<*mut Core> = std::iter::once(&mut self.core as *mut Core).chain(self.lanes.iter_mut().map(|c| c as *mut Core)).collect();
+        let cores: Vec<*mut Core> = std::iter::once(&mut self.core as *mut Core)
+            .chain(self.lanes.iter_mut().map(|c| c as *mut Core))
+            .collect();
         let shared = Shared(cores, self.out.as_mut_ptr());
         let failure = std::sync::Mutex::new(None);
         let (isa, serial) = (self.isa, &self.serial);
@@ -1363,8 +1366,20 @@ impl<'m> Builder<'m> {
                 }
                 GKind::Concat => {
                     same_layout_kind(&lays, ylay)?;
-                    let st = ops::ConcatStep { ins: ins.iter().copied().zip(lays.iter().copied()).collect(), out: dst, ol: ylay, batch: self.batch };
-                    self.push(&g.names, format!("concat x{}", ins.len()), 0, StepOp::Concat(st), ins.clone(), vec![dst]);
+                    let st = ops::ConcatStep {
+                        ins: ins.iter().copied().zip(lays.iter().copied()).collect(),
+                        out: dst,
+                        ol: ylay,
+                        batch: self.batch,
+                    };
+                    self.push(
+                        &g.names,
+                        format!("concat x{}", ins.len()),
+                        0,
+                        StepOp::Concat(st),
+                        ins.clone(),
+                        vec![dst],
+                    );
                 }
                 GKind::Point(op) => {
                     same_layout_kind(&lays, ylay)?;
@@ -1387,7 +1402,16 @@ impl<'m> Builder<'m> {
                         ops::PointOp::Unary(a) => a.name().to_lowercase(),
                         ops::PointOp::Mul => "mul".into(),
                     };
-                    let st = ops::PointStep { op: *op, ins, out: dst, ol: ylay, c, h, w, batch: self.batch };
+                    let st = ops::PointStep {
+                        op: *op,
+                        ins,
+                        out: dst,
+                        ol: ylay,
+                        c,
+                        h,
+                        w,
+                        batch: self.batch,
+                    };
                     let reads = st.ins.iter().map(|i| i.0).collect();
                     self.push(&g.names, kind, 0, StepOp::Point(st), reads, vec![dst]);
                 }
@@ -1430,10 +1454,18 @@ impl<'m> Builder<'m> {
     fn softmax_step(&mut self, g: &Group, log: bool) -> Result<(), EngineError> {
         let (c, hw) = match self.shape(&g.output) {
             Shape::Map { c, h, w } => {
-                if let Some(r) = self.model.nodes.iter().find(|n| n.inputs.contains(&g.output) && !matches!(n.op, Op::Flatten)) {
+                if let Some(r) = self
+                    .model
+                    .nodes
+                    .iter()
+                    .find(|n| n.inputs.contains(&g.output) && !matches!(n.op, Op::Flatten))
+                {
                     return Err(EngineError::Unsupported {
                         node: g.names[0].clone(),
-                        message: format!("a softmax over a feature map may only end the network or feed a Flatten, not '{}'", r.name),
+                        message: format!(
+                            "a softmax over a feature map may only end the network or feed a Flatten, not '{}'",
+                            r.name
+                        ),
                     });
                 }
                 (c, h * w)
@@ -1448,7 +1480,14 @@ impl<'m> Builder<'m> {
         let dst = self.batch_val(Lay::Flat { len: c * hw })?;
         self.val_of.insert(g.output.clone(), dst);
         let kind = if log { "log-softmax" } else { "softmax" };
-        let op = StepOp::Softmax(ops::SoftmaxStep { src, dst, c, hw, log, batch: self.batch });
+        let op = StepOp::Softmax(ops::SoftmaxStep {
+            src,
+            dst,
+            c,
+            hw,
+            log,
+            batch: self.batch,
+        });
         self.push(&g.names, kind.into(), 0, op, vec![src], vec![dst]);
         Ok(())
     }

@@ -98,11 +98,22 @@ fn batch_parallel_lanes_match_shared_layers() {
     randomize_bn(&mut m, 4);
     decompose(&mut m, 5, 0.9, 6);
     let x = input(&m, 12, 8);
-    let mut one = Plan::new(&m, 12, &EngineOptions { threads: 1, ..Default::default() }).unwrap();
+    let mut one = Plan::new(
+        &m,
+        12,
+        &EngineOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let want = one.run(&x).unwrap().to_vec();
     for threads in [2, 3, 5] {
         for (micro, lanes) in [(1, true), (2, true), (3, true), (4, false), (12, true)] {
-            let opts = EngineOptions { threads, ..Default::default() };
+            let opts = EngineOptions {
+                threads,
+                ..Default::default()
+            };
             let mut plan = penni_engine::testing::plan_lanes(&m, 12, &opts, micro, lanes).unwrap();
             assert_eq!(plan.batch_parallel(), lanes && micro < 12, "threads {threads} micro {micro}");
             let err = rel_err(plan.run(&x).unwrap(), &want);
@@ -112,9 +123,25 @@ fn batch_parallel_lanes_match_shared_layers() {
         }
     }
     // a large batch of a small model runs batch-parallel by default
-    let plan = Plan::new(&m, 64, &EngineOptions { threads: 2, ..Default::default() }).unwrap();
+    let plan = Plan::new(
+        &m,
+        64,
+        &EngineOptions {
+            threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(plan.batch_parallel() && plan.micro_batch() <= 32);
-    let plan = Plan::new(&m, 1, &EngineOptions { threads: 2, ..Default::default() }).unwrap();
+    let plan = Plan::new(
+        &m,
+        1,
+        &EngineOptions {
+            threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(!plan.batch_parallel());
 }
 
@@ -318,7 +345,11 @@ fn softmax_over_feature_maps() {
         let r = reference(&m, 3, &x);
         for planar in [false, true] {
             let mut plan = penni_engine::testing::plan_backend(&m, 3, &EngineOptions::default(), planar, None).unwrap();
-            assert!(rel_err(plan.run(&x).unwrap(), &r) < 1e-5, "{} nodes, planar {planar}", m.nodes.len());
+            assert!(
+                rel_err(plan.run(&x).unwrap(), &r) < 1e-5,
+                "{} nodes, planar {planar}",
+                m.nodes.len()
+            );
         }
     }
     match Plan::new(&build("conv"), 1, &EngineOptions::default()) {

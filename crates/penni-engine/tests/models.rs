@@ -184,7 +184,14 @@ fn mobile_model() -> Model {
     let r = b.conv("se.reduce", &p, 6, 1, 1, 0, true);
     let r = b.relu("se.relu", &r);
     let e = b.conv("se.expand", &r, 20, 1, 1, 0, true);
-    let gate = b.activation("se.gate", &e, Activation::HardSigmoid { alpha: 1.0 / 6.0, beta: 0.5 });
+    let gate = b.activation(
+        "se.gate",
+        &e,
+        Activation::HardSigmoid {
+            alpha: 1.0 / 6.0,
+            beta: 0.5,
+        },
+    );
     let scaled = b.mul("se.scale", &gate, &silu);
     let l = b.activation("leaky", &scaled, Activation::LeakyRelu { alpha: 0.1 });
     let gp = b.global_avg_pool("pool", &l);

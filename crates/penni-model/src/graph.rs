@@ -68,7 +68,11 @@ impl Activation {
             Activation::HardSigmoid { alpha, beta } => (alpha * x + beta).clamp(0.0, 1.0),
             Activation::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
             Activation::LeakyRelu { alpha } => {
-                if x >= 0.0 { x } else { alpha * x }
+                if x >= 0.0 {
+                    x
+                } else {
+                    alpha * x
+                }
             }
         }
     }
@@ -96,10 +100,16 @@ impl Activation {
 pub enum Op {
     Conv2d(Conv2d),
     DecomposedConv2d(DecomposedConv2d),
-    BatchNorm2d { channels: usize, eps: f32 },
+    BatchNorm2d {
+        channels: usize,
+        eps: f32,
+    },
     Relu,
     /// Element-wise clamp to [min, max] (ReLU6 is Clip { min: 0, max: 6 }).
-    Clip { min: f32, max: f32 },
+    Clip {
+        min: f32,
+        max: f32,
+    },
     Activation(Activation),
     /// Element-wise product of two tensors of one shape, or of a feature map and a C x 1 x 1
     /// map broadcast over its pixels (squeeze-and-excitation, SiLU as x * sigmoid(x)).
@@ -113,10 +123,16 @@ pub enum Op {
     /// (vectors), in input order: Inception branches, DenseNet and SqueezeNet blocks.
     Concat,
     Flatten,
-    Linear { in_features: usize, out_features: usize, bias: bool },
+    Linear {
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    },
     /// Softmax over the channels: of each pixel for a feature map, of the whole vector for a
     /// vector. `log` gives log-softmax. Usually the last node of a classifier.
-    Softmax { log: bool },
+    Softmax {
+        log: bool,
+    },
 }
 
 impl Op {
@@ -174,7 +190,11 @@ impl Op {
                 ("running_mean", vec![*channels]),
                 ("running_var", vec![*channels]),
             ],
-            Op::Linear { in_features, out_features, bias } => {
+            Op::Linear {
+                in_features,
+                out_features,
+                bias,
+            } => {
                 let mut v = vec![("weight", vec![*out_features, *in_features])];
                 if *bias {
                     v.push(("bias", vec![*out_features]));
@@ -227,7 +247,11 @@ impl Node {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Shape {
     /// channels x height x width
-    Map { c: usize, h: usize, w: usize },
+    Map {
+        c: usize,
+        h: usize,
+        w: usize,
+    },
     Vector(usize),
 }
 
@@ -301,7 +325,11 @@ impl Model {
     }
 
     pub fn input_shape(&self) -> Shape {
-        Shape::Map { c: self.input.channels, h: self.input.height, w: self.input.width }
+        Shape::Map {
+            c: self.input.channels,
+            h: self.input.height,
+            w: self.input.width,
+        }
     }
 
     /// Checks structure, parameters and shapes together; returns the shape of every tensor.
@@ -354,13 +382,14 @@ impl Model {
             });
         }
         if let Op::BatchNorm2d { .. } = node.op
-            && node.params["running_var"].data.iter().any(|v| *v < 0.0) {
-                return Err(ModelError::Param {
-                    node: node.name.clone(),
-                    param: "running_var".into(),
-                    message: "negative variance".into(),
-                });
-            }
+            && node.params["running_var"].data.iter().any(|v| *v < 0.0)
+        {
+            return Err(ModelError::Param {
+                node: node.name.clone(),
+                param: "running_var".into(),
+                message: "negative variance".into(),
+            });
+        }
         Ok(())
     }
 
@@ -370,7 +399,10 @@ impl Model {
         let mut shapes = HashMap::new();
         let (c, h, w) = (self.input.channels, self.input.height, self.input.width);
         if c == 0 || h == 0 || w == 0 || crate::tensor::checked_numel(&[c, h, w]).is_none_or(|n| n > MAX_ACTIVATION) {
-            return Err(ModelError::Graph(format!("input '{}' has a zero dimension {c}x{h}x{w}", self.input.name)));
+            return Err(ModelError::Graph(format!(
+                "input '{}' has a zero dimension {c}x{h}x{w}",
+                self.input.name
+            )));
         }
         shapes.insert(self.input.name.clone(), self.input_shape());
         for node in &self.nodes {
@@ -381,21 +413,29 @@ impl Model {
                     None => {
                         return Err(shape_err(
                             node,
-                            format!("input '{name}' is not produced by the model input or any earlier node (dangling name, wrong order or a cycle)"),
+                            format!(
+                                "input '{name}' is not produced by the model input or any earlier node (dangling name, wrong order or a cycle)"
+                            ),
                         ));
                     }
                 }
             }
             let out = node_output_shape(node, &ins)?;
             if out.numel_checked().is_none_or(|n| n > MAX_ACTIVATION) {
-                return Err(shape_err(node, format!("output {out} is larger than {MAX_ACTIVATION} values per example")));
+                return Err(shape_err(
+                    node,
+                    format!("output {out} is larger than {MAX_ACTIVATION} values per example"),
+                ));
             }
             if shapes.insert(node.output.clone(), out).is_some() {
                 return Err(shape_err(node, format!("output '{}' is written twice", node.output)));
             }
         }
         if !shapes.contains_key(&self.output) {
-            return Err(ModelError::Graph(format!("model output '{}' is not produced by any node", self.output)));
+            return Err(ModelError::Graph(format!(
+                "model output '{}' is not produced by any node",
+                self.output
+            )));
         }
         Ok(shapes)
     }
@@ -406,7 +446,9 @@ impl Model {
 
     /// The nodes that read a tensor.
     pub fn consumers(&self, tensor: &str) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|&i| self.nodes[i].inputs.iter().any(|n| n == tensor)).collect()
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].inputs.iter().any(|n| n == tensor))
+            .collect()
     }
 
     /// The node that writes a tensor (`None` for the model input).
@@ -416,7 +458,10 @@ impl Model {
 }
 
 fn shape_err(node: &Node, message: String) -> ModelError {
-    ModelError::Shape { node: node.name.clone(), message }
+    ModelError::Shape {
+        node: node.name.clone(),
+        message,
+    }
 }
 
 fn expect_map(node: &Node, s: Shape) -> Result<(usize, usize, usize)> {
@@ -434,7 +479,17 @@ fn positive(node: &Node, what: &str, v: &[usize]) -> Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn conv_out(node: &Node, input: Shape, in_ch: usize, out_ch: usize, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 4], dilation: [usize; 2], groups: usize) -> Result<Shape> {
+fn conv_out(
+    node: &Node,
+    input: Shape,
+    in_ch: usize,
+    out_ch: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 4],
+    dilation: [usize; 2],
+    groups: usize,
+) -> Result<Shape> {
     let (c, h, w) = expect_map(node, input)?;
     positive(node, "kernel", &kernel)?;
     positive(node, "stride", &stride)?;
@@ -444,13 +499,19 @@ fn conv_out(node: &Node, input: Shape, in_ch: usize, out_ch: usize, kernel: [usi
         return Err(shape_err(node, format!("expects {in_ch} input channels, got {c}")));
     }
     if !in_ch.is_multiple_of(groups) || !out_ch.is_multiple_of(groups) {
-        return Err(shape_err(node, format!("groups {groups} must divide in ({in_ch}) and out ({out_ch}) channels")));
+        return Err(shape_err(
+            node,
+            format!("groups {groups} must divide in ({in_ch}) and out ({out_ch}) channels"),
+        ));
     }
     let oh = window_out(h, kernel[0], stride[0], padding[0], padding[2], dilation[0], false);
     let ow = window_out(w, kernel[1], stride[1], padding[1], padding[3], dilation[1], false);
     match (oh, ow) {
         (Some(oh), Some(ow)) if oh > 0 && ow > 0 => Ok(Shape::Map { c: out_ch, h: oh, w: ow }),
-        _ => Err(shape_err(node, format!("kernel {kernel:?} (dilation {dilation:?}) does not fit the {h}x{w} input with padding {padding:?}"))),
+        _ => Err(shape_err(
+            node,
+            format!("kernel {kernel:?} (dilation {dilation:?}) does not fit the {h}x{w} input with padding {padding:?}"),
+        )),
     }
 }
 
@@ -484,16 +545,37 @@ pub fn mul_shape(a: Shape, b: Shape) -> Option<Shape> {
 
 pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
     if let Some(n) = node.op.expected_inputs()
-        && ins.len() != n {
-            return Err(shape_err(node, format!("expects {n} input(s), got {}", ins.len())));
-        }
+        && ins.len() != n
+    {
+        return Err(shape_err(node, format!("expects {n} input(s), got {}", ins.len())));
+    }
     match &node.op {
-        Op::Conv2d(c) => conv_out(node, ins[0], c.in_channels, c.out_channels, c.kernel, c.stride, c.padding, c.dilation, c.groups),
+        Op::Conv2d(c) => conv_out(
+            node,
+            ins[0],
+            c.in_channels,
+            c.out_channels,
+            c.kernel,
+            c.stride,
+            c.padding,
+            c.dilation,
+            c.groups,
+        ),
         Op::DecomposedConv2d(c) => {
             if c.num_bases == 0 {
                 return Err(shape_err(node, "needs at least one basis".into()));
             }
-            conv_out(node, ins[0], c.in_channels, c.out_channels, c.kernel, c.stride, c.padding, c.dilation, c.groups)
+            conv_out(
+                node,
+                ins[0],
+                c.in_channels,
+                c.out_channels,
+                c.kernel,
+                c.stride,
+                c.padding,
+                c.dilation,
+                c.groups,
+            )
         }
         Op::BatchNorm2d { channels, eps } => {
             let (c, _, _) = expect_map(node, ins[0])?;
@@ -512,7 +594,15 @@ pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
             }
             Ok(ins[0])
         }
-        Op::Mul => mul_shape(ins[0], ins[1]).ok_or_else(|| shape_err(node, format!("cannot multiply {} by {}: shapes must match, or one must be C x 1 x 1 with the same C", ins[0], ins[1]))),
+        Op::Mul => mul_shape(ins[0], ins[1]).ok_or_else(|| {
+            shape_err(
+                node,
+                format!(
+                    "cannot multiply {} by {}: shapes must match, or one must be C x 1 x 1 with the same C",
+                    ins[0], ins[1]
+                ),
+            )
+        }),
         Op::Clip { min, max } => {
             if min.is_nan() || max.is_nan() || min > max {
                 return Err(shape_err(node, format!("clip range [{min}, {max}] is empty")));
@@ -525,13 +615,22 @@ pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
             positive(node, "stride", &p.stride)?;
             // a window made only of padding has no input to pool
             if p.padding[0].max(p.padding[2]) >= p.kernel[0] || p.padding[1].max(p.padding[3]) >= p.kernel[1] {
-                return Err(shape_err(node, format!("padding {:?} larger than the kernel {:?}", p.padding, p.kernel)));
+                return Err(shape_err(
+                    node,
+                    format!("padding {:?} larger than the kernel {:?}", p.padding, p.kernel),
+                ));
             }
             let oh = window_out(h, p.kernel[0], p.stride[0], p.padding[0], p.padding[2], 1, p.ceil_mode);
             let ow = window_out(w, p.kernel[1], p.stride[1], p.padding[1], p.padding[3], 1, p.ceil_mode);
             match (oh, ow) {
                 (Some(oh), Some(ow)) if oh > 0 && ow > 0 => Ok(Shape::Map { c, h: oh, w: ow }),
-                _ => Err(shape_err(node, format!("pooling window {:?} does not fit the {h}x{w} input (is the input image too small for this network? try padding it)", p.kernel))),
+                _ => Err(shape_err(
+                    node,
+                    format!(
+                        "pooling window {:?} does not fit the {h}x{w} input (is the input image too small for this network? try padding it)",
+                        p.kernel
+                    ),
+                )),
             }
         }
         Op::GlobalAvgPool => {
@@ -557,7 +656,9 @@ pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
             })
         }
         Op::Flatten => Ok(Shape::Vector(ins[0].numel())),
-        Op::Linear { in_features, out_features, .. } => match ins[0] {
+        Op::Linear {
+            in_features, out_features, ..
+        } => match ins[0] {
             Shape::Vector(n) if n == *in_features && *out_features > 0 => Ok(Shape::Vector(*out_features)),
             Shape::Vector(n) => Err(shape_err(node, format!("expects {in_features} features, got {n}"))),
             s => Err(shape_err(node, format!("expects a flat vector, got a {s} map (add a Flatten)"))),

@@ -68,7 +68,17 @@ fn dims(s: Shape) -> (usize, usize, usize) {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn conv(x: &Activation, out: Shape, weight: &[f32], bias: Option<&[f32]>, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 4], dilation: [usize; 2], groups: usize) -> Vec<f32> {
+fn conv(
+    x: &Activation,
+    out: Shape,
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 4],
+    dilation: [usize; 2],
+    groups: usize,
+) -> Vec<f32> {
     let (c, h, w) = dims(x.shape);
     let (oc, oh, ow) = dims(out);
     let (cg, og) = (c / groups, oc / groups);
@@ -162,7 +172,17 @@ fn eval_node(node: &Node, ins: &[&Activation], out: Shape) -> Result<Activation>
     let data = match &node.op {
         Op::Conv2d(c) => {
             let bias = node.params.get("bias").map(|b| b.data.as_slice());
-            conv(x, out, &node.param("weight")?.data, bias, c.kernel, c.stride, c.padding, c.dilation, c.groups)
+            conv(
+                x,
+                out,
+                &node.param("weight")?.data,
+                bias,
+                c.kernel,
+                c.stride,
+                c.padding,
+                c.dilation,
+                c.groups,
+            )
         }
         Op::DecomposedConv2d(c) => {
             let w = decomposed_weight(node)?;
@@ -189,7 +209,10 @@ fn eval_node(node: &Node, ins: &[&Activation], out: Shape) -> Result<Activation>
         Op::AvgPool2d(p) => pool(x, out, p, false),
         Op::GlobalAvgPool => {
             let (_, h, w) = dims(x.shape);
-            x.data.chunks(h * w).map(|ch| (ch.iter().map(|v| *v as f64).sum::<f64>() / (h * w) as f64) as f32).collect()
+            x.data
+                .chunks(h * w)
+                .map(|ch| (ch.iter().map(|v| *v as f64).sum::<f64>() / (h * w) as f64) as f32)
+                .collect()
         }
         Op::Add => {
             let mut y = x.data.clone();
@@ -205,7 +228,11 @@ fn eval_node(node: &Node, ins: &[&Activation], out: Shape) -> Result<Activation>
         Op::Activation(a) => x.data.iter().map(|v| a.apply(*v)).collect(),
         Op::Mul => {
             // the C x 1 x 1 side (if any) is broadcast over the other's pixels
-            let (big, small) = if ins[1].shape.numel() > x.shape.numel() { (ins[1], x) } else { (x, ins[1]) };
+            let (big, small) = if ins[1].shape.numel() > x.shape.numel() {
+                (ins[1], x)
+            } else {
+                (x, ins[1])
+            };
             let (per_big, per_small) = (big.shape.numel(), small.shape.numel());
             let hw = per_big / per_small;
             let mut y = big.data.clone();
@@ -226,7 +253,9 @@ fn eval_node(node: &Node, ins: &[&Activation], out: Shape) -> Result<Activation>
             }
             y
         }
-        Op::Linear { in_features, out_features, .. } => {
+        Op::Linear {
+            in_features, out_features, ..
+        } => {
             let w = &node.param("weight")?.data;
             let b = node.params.get("bias");
             let mut y = vec![0f32; n * out_features];

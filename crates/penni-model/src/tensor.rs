@@ -20,7 +20,10 @@ impl Tensor {
 
     pub fn full(shape: Vec<usize>, value: f32) -> Self {
         let n = shape.iter().product();
-        Self { shape, data: vec![value; n] }
+        Self {
+            shape,
+            data: vec![value; n],
+        }
     }
 
     pub fn numel(&self) -> usize {

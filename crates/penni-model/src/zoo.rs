@@ -21,7 +21,14 @@ pub struct ZooOptions {
 
 impl Default for ZooOptions {
     fn default() -> Self {
-        Self { in_channels: 3, height: 32, width: 32, num_classes: 10, width_multiplier: 1.0, seed: 0 }
+        Self {
+            in_channels: 3,
+            height: 32,
+            width: 32,
+            num_classes: 10,
+            width_multiplier: 1.0,
+            seed: 0,
+        }
     }
 }
 
@@ -33,7 +40,10 @@ pub fn build(name: &str, opts: &ZooOptions) -> Result<Model> {
         "resnet18" => resnet18(opts),
         "resnet20" => cifar_resnet(opts, 3, "resnet20"),
         "resnet56" => cifar_resnet(opts, 9, "resnet56"),
-        other => Err(ModelError::Graph(format!("unknown zoo model '{other}'; choose one of {}", ZOO_NAMES.join(", ")))),
+        other => Err(ModelError::Graph(format!(
+            "unknown zoo model '{other}'; choose one of {}",
+            ZOO_NAMES.join(", ")
+        ))),
     }
 }
 
@@ -75,9 +85,26 @@ pub struct GraphBuilder {
 impl GraphBuilder {
     pub fn new(name: &str, input: Input, seed: u64) -> Self {
         let mut shapes = HashMap::new();
-        shapes.insert(input.name.clone(), Shape::Map { c: input.channels, h: input.height, w: input.width });
-        let model = Model { name: name.into(), input, nodes: vec![], output: String::new() };
-        Self { model, shapes, rng: InitRng::new(seed), error: None }
+        shapes.insert(
+            input.name.clone(),
+            Shape::Map {
+                c: input.channels,
+                h: input.height,
+                w: input.width,
+            },
+        );
+        let model = Model {
+            name: name.into(),
+            input,
+            nodes: vec![],
+            output: String::new(),
+        };
+        Self {
+            model,
+            shapes,
+            rng: InitRng::new(seed),
+            error: None,
+        }
     }
 
     pub fn input(&self) -> String {
@@ -107,7 +134,10 @@ impl GraphBuilder {
         };
         if self.error.is_none() {
             let ins: Option<Vec<Shape>> = inputs.iter().map(|i| self.shapes.get(*i).copied()).collect();
-            match ins.ok_or_else(|| ModelError::Graph(format!("node '{name}' reads an unknown tensor"))).and_then(|ins| node_output_shape(&node, &ins)) {
+            match ins
+                .ok_or_else(|| ModelError::Graph(format!("node '{name}' reads an unknown tensor")))
+                .and_then(|ins| node_output_shape(&node, &ins))
+            {
                 Ok(s) => {
                     self.shapes.insert(name.into(), s);
                 }
@@ -120,12 +150,18 @@ impl GraphBuilder {
 
     fn normal(&mut self, shape: Vec<usize>, std: f32) -> Tensor {
         let n = shape.iter().product();
-        Tensor { shape, data: (0..n).map(|_| self.rng.normal() * std).collect() }
+        Tensor {
+            shape,
+            data: (0..n).map(|_| self.rng.normal() * std).collect(),
+        }
     }
 
     fn uniform(&mut self, shape: Vec<usize>, bound: f32) -> Tensor {
         let n = shape.iter().product();
-        Tensor { shape, data: (0..n).map(|_| (self.rng.uniform() * 2.0 - 1.0) * bound).collect() }
+        Tensor {
+            shape,
+            data: (0..n).map(|_| (self.rng.uniform() * 2.0 - 1.0) * bound).collect(),
+        }
     }
 
     /// Square conv with symmetric padding, Kaiming-normal (fan-out) initialised as torchvision does.
@@ -143,7 +179,10 @@ impl GraphBuilder {
             bias,
         };
         let mut params = BTreeMap::new();
-        params.insert("weight".into(), self.normal(vec![out, cin, k, k], (2.0 / (out * k * k) as f32).sqrt()));
+        params.insert(
+            "weight".into(),
+            self.normal(vec![out, cin, k, k], (2.0 / (out * k * k) as f32).sqrt()),
+        );
         if bias {
             params.insert("bias".into(), Tensor::zeros(vec![out]));
         }
@@ -166,7 +205,13 @@ impl GraphBuilder {
     }
 
     pub fn max_pool(&mut self, name: &str, x: &str, k: usize, stride: usize) -> String {
-        let p = Pool2d { kernel: [k, k], stride: [stride, stride], padding: [0; 4], ceil_mode: false, count_include_pad: false };
+        let p = Pool2d {
+            kernel: [k, k],
+            stride: [stride, stride],
+            padding: [0; 4],
+            ceil_mode: false,
+            count_include_pad: false,
+        };
         self.push(name, Op::MaxPool2d(p), &[x], BTreeMap::new())
     }
 
@@ -206,7 +251,16 @@ impl GraphBuilder {
             ("weight".into(), self.uniform(vec![out, inf], bound)),
             ("bias".into(), self.uniform(vec![out], bound)),
         ]);
-        self.push(name, Op::Linear { in_features: inf, out_features: out, bias: true }, &[x], params)
+        self.push(
+            name,
+            Op::Linear {
+                in_features: inf,
+                out_features: out,
+                bias: true,
+            },
+            &[x],
+            params,
+        )
     }
 
     /// conv -> batchnorm -> (relu), the building block of every zoo model.
@@ -232,12 +286,20 @@ fn scaled(c: usize, m: f32) -> usize {
 
 fn check(opts: &ZooOptions) -> Result<Input> {
     if !(opts.width_multiplier.is_finite() && opts.width_multiplier > 0.0) {
-        return Err(ModelError::Graph(format!("width multiplier must be positive, got {}", opts.width_multiplier)));
+        return Err(ModelError::Graph(format!(
+            "width multiplier must be positive, got {}",
+            opts.width_multiplier
+        )));
     }
     if opts.num_classes == 0 || opts.in_channels == 0 {
         return Err(ModelError::Graph("number of classes and input channels must be positive".into()));
     }
-    Ok(Input { name: "input".into(), channels: opts.in_channels, height: opts.height, width: opts.width })
+    Ok(Input {
+        name: "input".into(),
+        channels: opts.in_channels,
+        height: opts.height,
+        width: opts.width,
+    })
 }
 
 /// VGG-16 for 32x32 images: 13 conv+BN+ReLU, 5 max-pools, one linear classifier.

@@ -11,7 +11,16 @@ use proptest::prelude::*;
 fn valid() -> &'static Vec<u8> {
     static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
     BYTES.get_or_init(|| {
-        let mut m = zoo::build("resnet20", &ZooOptions { width_multiplier: 0.25, height: 8, width: 8, ..Default::default() }).unwrap();
+        let mut m = zoo::build(
+            "resnet20",
+            &ZooOptions {
+                width_multiplier: 0.25,
+                height: 8,
+                width: 8,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         // one sparse tensor, so the sparse decoder is exercised too
         for v in m.nodes[0].params.get_mut("weight").unwrap().data.iter_mut().skip(1).step_by(2) {
             *v = 0.0;

@@ -27,7 +27,14 @@ fn zoo_parameter_and_mac_counts_match_hand_computed_figures() {
 
 #[test]
 fn zoo_options_change_the_graph() {
-    let opts = ZooOptions { in_channels: 1, height: 28, width: 28, num_classes: 7, width_multiplier: 0.5, seed: 1 };
+    let opts = ZooOptions {
+        in_channels: 1,
+        height: 28,
+        width: 28,
+        num_classes: 7,
+        width_multiplier: 0.5,
+        seed: 1,
+    };
     let m = zoo::build("resnet20", &opts).unwrap();
     assert_eq!(m.output_shape().unwrap(), Shape::Vector(7));
     let stem = m.node("stem.conv").unwrap();
@@ -39,14 +46,26 @@ fn zoo_options_change_the_graph() {
 
 #[test]
 fn vgg_on_a_too_small_image_is_a_clear_error() {
-    let opts = ZooOptions { in_channels: 1, height: 28, width: 28, ..Default::default() };
+    let opts = ZooOptions {
+        in_channels: 1,
+        height: 28,
+        width: 28,
+        ..Default::default()
+    };
     let err = zoo::build("vgg16", &opts).unwrap_err().to_string();
     assert!(err.contains("pool5") && err.contains("too small"), "{err}");
     assert!(zoo::build("alexnet", &opts).unwrap_err().to_string().contains("resnet18"));
 }
 
 fn decomposed_model() -> Model {
-    let mut m = zoo::build("resnet20", &ZooOptions { width_multiplier: 0.25, ..Default::default() }).unwrap();
+    let mut m = zoo::build(
+        "resnet20",
+        &ZooOptions {
+            width_multiplier: 0.25,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let node = m.node_mut("layer1.0.1.conv").unwrap();
     let Op::Conv2d(c) = node.op.clone() else { panic!() };
     let rows = c.out_channels * c.in_channels;
@@ -63,7 +82,10 @@ fn decomposed_model() -> Model {
         bias: true,
     });
     node.params = BTreeMap::from([
-        ("bases".into(), Tensor::new(vec![3, 9], (0..27).map(|i| i as f32 / 7.0).collect()).unwrap()),
+        (
+            "bases".into(),
+            Tensor::new(vec![3, 9], (0..27).map(|i| i as f32 / 7.0).collect()).unwrap(),
+        ),
         ("coefficients".into(), Tensor::new(vec![rows, 3], coefficients).unwrap()),
         ("bias".into(), Tensor::full(vec![c.out_channels], 0.25)),
     ]);
@@ -77,7 +99,9 @@ fn save_load_round_trip_is_exact_including_sparse_tensors_and_extras() {
     let m = decomposed_model();
     let mut extras = Extras::default();
     extras.metadata.insert("epoch".into(), "3".into());
-    extras.tensors.insert("momentum/x".into(), Tensor::new(vec![2, 2], vec![0.0, 1.5, 0.0, 0.0]).unwrap());
+    extras
+        .tensors
+        .insert("momentum/x".into(), Tensor::new(vec![2, 2], vec![0.0, 1.5, 0.0, 0.0]).unwrap());
     let path = dir.path().join("m.penni");
     io::save_with_extras(&m, &extras, &path).unwrap();
     let (back, back_extras) = io::load_with_extras(&path).unwrap();
@@ -146,7 +170,13 @@ fn corrupt_truncated_foreign_and_newer_files_are_clear_errors() {
 }
 
 fn node(name: &str, op: Op, inputs: &[&str]) -> Node {
-    Node { name: name.into(), op, inputs: inputs.iter().map(|s| s.to_string()).collect(), output: name.into(), params: BTreeMap::new() }
+    Node {
+        name: name.into(),
+        op,
+        inputs: inputs.iter().map(|s| s.to_string()).collect(),
+        output: name.into(),
+        params: BTreeMap::new(),
+    }
 }
 
 #[test]
@@ -199,19 +229,47 @@ fn reference_forward_matches_hand_computed_conv_pool_linear() {
     use penni_model::reference::{Activation, forward};
     use penni_model::zoo::GraphBuilder;
     use penni_model::{Conv2d, Input, Pool2d};
-    let mut b = GraphBuilder::new("tiny", Input { name: "x".into(), channels: 1, height: 3, width: 3 }, 0);
+    let mut b = GraphBuilder::new(
+        "tiny",
+        Input {
+            name: "x".into(),
+            channels: 1,
+            height: 3,
+            width: 3,
+        },
+        0,
+    );
     // 2x2 conv of ones, stride 1, padding only on the bottom/right (asymmetric), with bias 0.5
-    let conv = Conv2d { in_channels: 1, out_channels: 1, kernel: [2, 2], stride: [1, 1], padding: [0, 0, 1, 1], dilation: [1, 1], groups: 1, bias: true };
+    let conv = Conv2d {
+        in_channels: 1,
+        out_channels: 1,
+        kernel: [2, 2],
+        stride: [1, 1],
+        padding: [0, 0, 1, 1],
+        dilation: [1, 1],
+        groups: 1,
+        bias: true,
+    };
     let params = BTreeMap::from([
         ("weight".to_string(), Tensor::full(vec![1, 1, 2, 2], 1.0)),
         ("bias".to_string(), Tensor::full(vec![1], 0.5)),
     ]);
     let c = b.push("conv", Op::Conv2d(conv), &["x"], params);
-    let pool = Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0; 4], ceil_mode: true, count_include_pad: false };
+    let pool = Pool2d {
+        kernel: [2, 2],
+        stride: [2, 2],
+        padding: [0; 4],
+        ceil_mode: true,
+        count_include_pad: false,
+    };
     let p = b.push("avg", Op::AvgPool2d(pool), &[&c], BTreeMap::new());
     let f = b.flatten("flat", &p);
     let m = b.finish(&f).unwrap();
-    let x = Activation { n: 1, shape: Shape::Map { c: 1, h: 3, w: 3 }, data: (1..=9).map(|v| v as f32).collect() };
+    let x = Activation {
+        n: 1,
+        shape: Shape::Map { c: 1, h: 3, w: 3 },
+        data: (1..=9).map(|v| v as f32).collect(),
+    };
     let y = forward(&m, &x).unwrap();
     // conv output (3x3): [12.5,16.5,9.5 | 24.5,28.5,15.5 | 15.5,17.5,9.5]; ceil-mode 2x2 average pool of that:
     let expect = [(12.5 + 16.5 + 24.5 + 28.5) / 4.0, (9.5 + 15.5) / 2.0, (15.5 + 17.5) / 2.0, 9.5];
@@ -220,7 +278,11 @@ fn reference_forward_matches_hand_computed_conv_pool_linear() {
         assert!((a - e).abs() < 1e-5, "{:?} vs {expect:?}", y.data);
     }
     // wrong input shape is an error, not a panic
-    let bad = Activation { n: 1, shape: Shape::Map { c: 2, h: 3, w: 3 }, data: vec![0.0; 18] };
+    let bad = Activation {
+        n: 1,
+        shape: Shape::Map { c: 2, h: 3, w: 3 },
+        data: vec![0.0; 18],
+    };
     assert!(forward(&m, &bad).is_err());
 }
 
@@ -255,10 +317,24 @@ fn decomposed_conv_macs_are_basis_stage_plus_nonzero_combinations() {
         .into_iter()
         .collect(),
     };
-    let m = Model { name: "one".into(), input: penni_model::Input { name: "x".into(), channels: 3, height: 5, width: 5 }, nodes: vec![node], output: "y".into() };
+    let m = Model {
+        name: "one".into(),
+        input: penni_model::Input {
+            name: "x".into(),
+            channels: 3,
+            height: 5,
+            width: 5,
+        },
+        nodes: vec![node],
+        output: "y".into(),
+    };
     let t = model_cost(&m).unwrap().totals;
     assert_eq!(t.macs_basis, 25 * 3 * 2 * 9);
     assert_eq!(t.macs_paper, 25 * 3 * 2 * 9 + 5 * 25);
     assert_eq!(t.params_paper, 5);
-    assert_eq!(model_cost(&zoo_model("resnet20")).unwrap().totals.macs_basis, 0, "a dense model has no basis stage");
+    assert_eq!(
+        model_cost(&zoo_model("resnet20")).unwrap().totals.macs_basis,
+        0,
+        "a dense model has no basis stage"
+    );
 }

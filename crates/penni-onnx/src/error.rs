@@ -47,10 +47,7 @@ fn list_issues(issues: &[Issue]) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     #[error("{name}: not a readable ONNX model (protobuf decoding failed: {message})")]
     Decode { name: String, message: String },
@@ -65,15 +62,9 @@ pub enum OnnxError {
     Malformed { name: String, message: String },
 
     #[error("{name}: tensor '{tensor}': {message}")]
-    Tensor {
-        name: String,
-        tensor: String,
-        message: String,
-    },
+    Tensor { name: String, tensor: String, message: String },
 
-    #[error(
-        "{name}: node '{node}' ({op}) reads '{input}', which no node, initializer or graph input provides"
-    )]
+    #[error("{name}: node '{node}' ({op}) reads '{input}', which no node, initializer or graph input provides")]
     DanglingInput {
         name: String,
         node: String,

@@ -84,13 +84,7 @@ fn attr_float(name: &str, v: f32) -> AttributeProto {
     }
 }
 
-fn node(
-    op: &str,
-    name: &str,
-    inputs: Vec<String>,
-    output: &str,
-    attribute: Vec<AttributeProto>,
-) -> NodeProto {
+fn node(op: &str, name: &str, inputs: Vec<String>, output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
     NodeProto {
         op_type: op.into(),
         name: name.into(),
@@ -124,13 +118,7 @@ fn value_info(name: &str, dims: &[usize]) -> ValueInfoProto {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn conv_attrs(
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 4],
-    dilation: [usize; 2],
-    groups: usize,
-) -> Vec<AttributeProto> {
+fn conv_attrs(kernel: [usize; 2], stride: [usize; 2], padding: [usize; 4], dilation: [usize; 2], groups: usize) -> Vec<AttributeProto> {
     vec![
         attr_ints("kernel_shape", &kernel),
         attr_ints("strides", &stride),
@@ -152,12 +140,11 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
     let mut nodes = Vec::new();
     let mut inits = Vec::new();
     let mut meta = Vec::new();
-    let mut param =
-        |tensors: &mut Names, n: &Node, p: &str, dims: &[usize], data: &[f32]| -> String {
-            let name = tensors.fresh(format!("{}.{p}", n.name));
-            inits.push(encode_f32(&name, dims, data));
-            name
-        };
+    let mut param = |tensors: &mut Names, n: &Node, p: &str, dims: &[usize], data: &[f32]| -> String {
+        let name = tensors.fresh(format!("{}.{p}", n.name));
+        inits.push(encode_f32(&name, dims, data));
+        name
+    };
     for n in &model.nodes {
         let x = n.inputs.first().cloned().unwrap_or_default();
         match &n.op {
@@ -184,13 +171,7 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                 for _ in 0..cin {
                     w1.extend_from_slice(&bases.data);
                 }
-                let w1_name = param(
-                    &mut tensors,
-                    n,
-                    "bases",
-                    &[cin * d, 1, c.kernel[0], c.kernel[1]],
-                    &w1,
-                );
+                let w1_name = param(&mut tensors, n, "bases", &[cin * d, 1, c.kernel[0], c.kernel[1]], &w1);
                 let mid = tensors.fresh(format!("{}.basis_maps", n.output));
                 let stage1 = node_names.fresh(format!("{}.basis", n.name));
                 nodes.push(node(
@@ -210,16 +191,7 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                         }
                     }
                 }
-                let mut ins = vec![
-                    mid,
-                    param(
-                        &mut tensors,
-                        n,
-                        "coefficients",
-                        &[c.out_channels, cpg * d, 1, 1],
-                        &w2,
-                    ),
-                ];
+                let mut ins = vec![mid, param(&mut tensors, n, "coefficients", &[c.out_channels, cpg * d, 1, 1], &w2)];
                 if let Some(b) = n.params.get("bias") {
                     ins.push(param(&mut tensors, n, "bias", &b.shape, &b.data));
                 }
@@ -270,13 +242,7 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                 };
                 nodes.push(node(op, &n.name, vec![x], &n.output, attrs));
             }
-            Op::GlobalAvgPool => nodes.push(node(
-                "GlobalAveragePool",
-                &n.name,
-                vec![x],
-                &n.output,
-                vec![],
-            )),
+            Op::GlobalAvgPool => nodes.push(node("GlobalAveragePool", &n.name, vec![x], &n.output, vec![])),
             // ONNX Add is binary; Sum takes any number of inputs and re-imports as one Add.
             Op::Add => {
                 let op = if n.inputs.len() == 2 { "Add" } else { "Sum" };
@@ -310,13 +276,7 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                 }
             },
             Op::Mul => nodes.push(node("Mul", &n.name, n.inputs.clone(), &n.output, vec![])),
-            Op::Concat => nodes.push(node(
-                "Concat",
-                &n.name,
-                n.inputs.clone(),
-                &n.output,
-                vec![attr_int("axis", 1)],
-            )),
+            Op::Concat => nodes.push(node("Concat", &n.name, n.inputs.clone(), &n.output, vec![attr_int("axis", 1)])),
             // opset 13 Softmax normalises along one axis: 1 is the channels (or the features).
             Op::Softmax { log } => nodes.push(node(
                 if *log { "LogSoftmax" } else { "Softmax" },
@@ -325,26 +285,14 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                 &n.output,
                 vec![attr_int("axis", 1)],
             )),
-            Op::Flatten => nodes.push(node(
-                "Flatten",
-                &n.name,
-                vec![x],
-                &n.output,
-                vec![attr_int("axis", 1)],
-            )),
+            Op::Flatten => nodes.push(node("Flatten", &n.name, vec![x], &n.output, vec![attr_int("axis", 1)])),
             Op::Linear { .. } => {
                 let w = n.param("weight")?;
                 let mut ins = vec![x, param(&mut tensors, n, "weight", &w.shape, &w.data)];
                 if let Some(b) = n.params.get("bias") {
                     ins.push(param(&mut tensors, n, "bias", &b.shape, &b.data));
                 }
-                nodes.push(node(
-                    "Gemm",
-                    &n.name,
-                    ins,
-                    &n.output,
-                    vec![attr_int("transB", 1)],
-                ));
+                nodes.push(node("Gemm", &n.name, ins, &n.output, vec![attr_int("transB", 1)]));
             }
         }
     }
@@ -365,7 +313,10 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
     };
     Ok(ModelProto {
         ir_version: EXPORT_IR_VERSION,
-        opset_import: vec![OperatorSetIdProto { domain: String::new(), version: EXPORT_OPSET }],
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: EXPORT_OPSET,
+        }],
         producer_name: "penni".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         doc_string: "Exported by penni. PENNI layers are written as a basis conv (group = C) followed by a 1x1 coefficient conv.".into(),

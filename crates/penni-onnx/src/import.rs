@@ -13,10 +13,7 @@ use penni_model::{Activation, Conv2d, DecomposedConv2d, Input, Model, Node, Op, 
 use prost::Message;
 
 use crate::error::{Issue, OnnxError};
-use crate::proto::{
-    AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, attribute_type as at,
-    data_type as dt,
-};
+use crate::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, attribute_type as at, data_type as dt};
 use crate::tensor::{Const, Data, decode, dims_of};
 
 /// Opsets of the default ONNX domain that penni reads. 6-8 are accepted because PyTorch's
@@ -117,11 +114,7 @@ pub fn import_proto(proto: &ModelProto, name_for_errors: &str) -> Result<Model, 
     let decomposed: HashMap<&str, &str> = proto
         .metadata_props
         .iter()
-        .filter_map(|p| {
-            p.key
-                .strip_prefix(DECOMPOSED_KEY)
-                .map(|k| (k, p.value.as_str()))
-        })
+        .filter_map(|p| p.key.strip_prefix(DECOMPOSED_KEY).map(|k| (k, p.value.as_str())))
         .collect();
     let mut imp = Importer::new(name, opset, graph, decomposed)?;
     imp.run()
@@ -135,12 +128,10 @@ fn default_opset(proto: &ModelProto, name: &str) -> Result<i64, OnnxError> {
         .map(|o| o.version)
         .max();
     match found {
-        None if proto.opset_import.is_empty() && proto.ir_version >= MIN_IR_VERSION => {
-            Err(OnnxError::Opset {
-                name: name.into(),
-                message: "the model declares no opset (opset_import is empty)".into(),
-            })
-        }
+        None if proto.opset_import.is_empty() && proto.ir_version >= MIN_IR_VERSION => Err(OnnxError::Opset {
+            name: name.into(),
+            message: "the model declares no opset (opset_import is empty)".into(),
+        }),
         None => Err(OnnxError::Opset {
             name: name.into(),
             message: "the model does not import the default ONNX operator set".into(),
@@ -205,8 +196,7 @@ fn dims_value(scalar: bool, dims: Vec<Dim>) -> Value {
     }
 }
 
-const BATCH_DEPENDENT: &str =
-    "depends on the run-time batch size (the batch dimension of the input is symbolic)";
+const BATCH_DEPENDENT: &str = "depends on the run-time batch size (the batch dimension of the input is symbolic)";
 
 enum Problem {
     Unsupported(String),
@@ -286,12 +276,7 @@ struct Ctx<'g> {
 }
 
 impl<'g> Importer<'g> {
-    fn new(
-        name: String,
-        opset: i64,
-        graph: &'g GraphProto,
-        decomposed: HashMap<&'g str, &'g str>,
-    ) -> Result<Self, OnnxError> {
+    fn new(name: String, opset: i64, graph: &'g GraphProto, decomposed: HashMap<&'g str, &'g str>) -> Result<Self, OnnxError> {
         let mut inits = HashMap::new();
         for t in &graph.initializer {
             if t.name.is_empty() {
@@ -364,24 +349,15 @@ impl<'g> Importer<'g> {
         let mut producer: HashMap<&str, usize> = HashMap::new();
         for (i, n) in g.node.iter().enumerate() {
             for o in n.output.iter().filter(|o| !o.is_empty()) {
-                if producer.insert(o.as_str(), i).is_some()
-                    || self.inits.contains_key(o.as_str())
-                    || g.input.iter().any(|x| &x.name == o)
-                {
-                    return Err(self.malformed(format!(
-                        "tensor '{o}' is written more than once (node '{}')",
-                        labels[i]
-                    )));
+                if producer.insert(o.as_str(), i).is_some() || self.inits.contains_key(o.as_str()) || g.input.iter().any(|x| &x.name == o) {
+                    return Err(self.malformed(format!("tensor '{o}' is written more than once (node '{}')", labels[i])));
                 }
             }
         }
         let graph_inputs: HashSet<&str> = g.input.iter().map(|i| i.name.as_str()).collect();
         for (i, n) in g.node.iter().enumerate() {
             for inp in n.input.iter().filter(|s| !s.is_empty()) {
-                if !producer.contains_key(inp.as_str())
-                    && !self.inits.contains_key(inp.as_str())
-                    && !graph_inputs.contains(inp.as_str())
-                {
+                if !producer.contains_key(inp.as_str()) && !self.inits.contains_key(inp.as_str()) && !graph_inputs.contains(inp.as_str()) {
                     return Err(OnnxError::DanglingInput {
                         name: self.name.clone(),
                         node: labels[i].clone(),
@@ -396,10 +372,7 @@ impl<'g> Importer<'g> {
                 && !self.inits.contains_key(o.name.as_str())
                 && !graph_inputs.contains(o.name.as_str())
             {
-                return Err(self.malformed(format!(
-                    "graph output '{}' is not produced by any node",
-                    o.name
-                )));
+                return Err(self.malformed(format!("graph output '{}' is not produced by any node", o.name)));
             }
         }
         let order = topo_order(g, &producer).map_err(|cycle| OnnxError::Cycle {
@@ -415,13 +388,7 @@ impl<'g> Importer<'g> {
                 && !live[p]
             {
                 live[p] = true;
-                stack.extend(
-                    g.node[p]
-                        .input
-                        .iter()
-                        .filter(|s| !s.is_empty())
-                        .map(|s| s.as_str()),
-                );
+                stack.extend(g.node[p].input.iter().filter(|s| !s.is_empty()).map(|s| s.as_str()));
             }
         }
         for (i, n) in g.node.iter().enumerate() {
@@ -463,11 +430,7 @@ impl<'g> Importer<'g> {
             };
             let mut static_issues = Vec::new();
             self.check_static(&cx, &mut static_issues)?;
-            let poisoned = !static_issues.is_empty()
-                || node
-                    .input
-                    .iter()
-                    .any(|s| matches!(self.values.get(s), Some(Value::Poisoned)));
+            let poisoned = !static_issues.is_empty() || node.input.iter().any(|s| matches!(self.values.get(s), Some(Value::Poisoned)));
             if !poisoned {
                 match self.convert(&cx) {
                     Ok(()) => continue,
@@ -491,9 +454,7 @@ impl<'g> Importer<'g> {
         if let Some(o) = g.output.first() {
             match self.value(&o.name) {
                 Ok(Value::Act { tensor, .. }) => output = tensor,
-                Ok(Value::Const(_)) => {
-                    self.graph_issue(format!("the model output '{}' is a constant", o.name))
-                }
+                Ok(Value::Const(_)) => self.graph_issue(format!("the model output '{}' is a constant", o.name)),
                 Ok(Value::Dims { .. }) => self.graph_issue(format!(
                     "the model output '{}' is a shape, not a tensor computed from the image",
                     o.name
@@ -541,11 +502,7 @@ impl<'g> Importer<'g> {
     /// becomes an `F x 1 x 1` image followed by a Flatten, so MLP heads import too.
     fn read_input(&mut self) -> Result<Option<Input>, OnnxError> {
         let g = self.graph;
-        let real: Vec<_> = g
-            .input
-            .iter()
-            .filter(|i| !self.inits.contains_key(i.name.as_str()))
-            .collect();
+        let real: Vec<_> = g.input.iter().filter(|i| !self.inits.contains_key(i.name.as_str())).collect();
         if real.len() != 1 {
             let names: Vec<&str> = real.iter().map(|i| i.name.as_str()).collect();
             self.graph_issue(format!(
@@ -596,23 +553,14 @@ impl<'g> Importer<'g> {
         for d in &shape.dim {
             match d.dim_value {
                 Some(v) if v < 0 => {
-                    return Err(
-                        self.malformed(format!("input '{}' has a negative dimension {v}", vi.name))
-                    );
+                    return Err(self.malformed(format!("input '{}' has a negative dimension {v}", vi.name)));
                 }
                 Some(v) if v > 0 => dims.push(Some(v)),
                 _ => dims.push(None),
             }
         }
-        let fixed = |d: &[Option<i64>]| -> Option<Vec<usize>> {
-            d.iter()
-                .map(|v| v.and_then(|v| usize::try_from(v).ok()))
-                .collect()
-        };
-        let shown: Vec<String> = dims
-            .iter()
-            .map(|d| d.map_or("?".to_string(), |v| v.to_string()))
-            .collect();
+        let fixed = |d: &[Option<i64>]| -> Option<Vec<usize>> { d.iter().map(|v| v.and_then(|v| usize::try_from(v).ok())).collect() };
+        let shown: Vec<String> = dims.iter().map(|d| d.map_or("?".to_string(), |v| v.to_string())).collect();
         let (c, h, w) = match (dims.len(), fixed(dims.get(1..).unwrap_or(&[]))) {
             (4, Some(chw)) => (chw[0], chw[1], chw[2]),
             (2, Some(f)) => (f[0], 1, 1),
@@ -638,14 +586,8 @@ impl<'g> Importer<'g> {
                 );
             }
         };
-        if penni_model::tensor::checked_numel(&[c, h, w])
-            .is_none_or(|n| n > penni_model::graph::MAX_ACTIVATION)
-        {
-            return Err(self.malformed(format!(
-                "input '{}' is too large ([{}])",
-                vi.name,
-                shown.join(", ")
-            )));
+        if penni_model::tensor::checked_numel(&[c, h, w]).is_none_or(|n| n > penni_model::graph::MAX_ACTIVATION) {
+            return Err(self.malformed(format!("input '{}' is too large ([{}])", vi.name, shown.join(", "))));
         }
         self.batch = dims[0];
         let input = Input {
@@ -734,17 +676,13 @@ impl<'g> Importer<'g> {
             self.values.insert(name.to_string(), v.clone());
             return Ok(v);
         }
-        Err(Problem::Fatal(self.malformed(format!(
-            "value '{name}' is used before it is computed"
-        ))))
+        Err(Problem::Fatal(
+            self.malformed(format!("value '{name}' is used before it is computed")),
+        ))
     }
 
     fn input_name<'a>(&self, cx: &'a Ctx, i: usize) -> Option<&'a str> {
-        cx.node
-            .input
-            .get(i)
-            .map(|s| s.as_str())
-            .filter(|s| !s.is_empty())
+        cx.node.input.get(i).map(|s| s.as_str()).filter(|s| !s.is_empty())
     }
 
     /// Input `i` as a run-time activation.
@@ -753,11 +691,7 @@ impl<'g> Importer<'g> {
             return Err(self.invalid(cx, format!("input #{i} is missing")));
         };
         match self.value(name)? {
-            Value::Act {
-                tensor,
-                shape,
-                producer,
-            } => Ok((tensor, shape, producer)),
+            Value::Act { tensor, shape, producer } => Ok((tensor, shape, producer)),
             Value::Const(_) => unsupported(format!(
                 "input '{name}' is a constant; penni needs a run-time tensor computed from the image here"
             )),
@@ -803,18 +737,9 @@ impl<'g> Importer<'g> {
                     return Err(self.invalid(cx, format!("the {what} must be an integer tensor")));
                 };
                 if c.dims.len() > 1 {
-                    return Err(self.invalid(
-                        cx,
-                        format!(
-                            "the {what} has shape {:?}; it must be a scalar or a vector",
-                            c.dims
-                        ),
-                    ));
+                    return Err(self.invalid(cx, format!("the {what} has shape {:?}; it must be a scalar or a vector", c.dims)));
                 }
-                Ok((
-                    c.dims.is_empty(),
-                    v.iter().map(|&x| Dim::Known(x)).collect(),
-                ))
+                Ok((c.dims.is_empty(), v.iter().map(|&x| Dim::Known(x)).collect()))
             }
             Value::Act { .. } => unsupported(format!(
                 "its {what} '{name}' is computed at run time; penni needs it to be a constant (an initializer or a Constant node; export with constant folding)"
@@ -840,10 +765,7 @@ impl<'g> Importer<'g> {
 
     fn float_const(&self, cx: &Ctx, c: &Const, what: &str) -> PResult<Vec<f32>> {
         if !c.is_float() {
-            return Err(self.invalid(
-                cx,
-                format!("the {what} is an integer tensor; expected floats"),
-            ));
+            return Err(self.invalid(cx, format!("the {what} is an integer tensor; expected floats")));
         }
         Ok(c.f32s())
     }
@@ -855,14 +777,7 @@ impl<'g> Importer<'g> {
     }
 
     /// Adds an IR node that writes the node's first ONNX output.
-    fn emit(
-        &mut self,
-        cx: &Ctx,
-        op: Op,
-        inputs: Vec<String>,
-        params: BTreeMap<String, Tensor>,
-        fusable: bool,
-    ) -> PResult<()> {
+    fn emit(&mut self, cx: &Ctx, op: Op, inputs: Vec<String>, params: BTreeMap<String, Tensor>, fusable: bool) -> PResult<()> {
         let Some(output) = cx.node.output.first().filter(|o| !o.is_empty()).cloned() else {
             return Err(self.invalid(cx, "the node has no output"));
         };
@@ -922,29 +837,12 @@ impl<'g> Importer<'g> {
     fn check_static(&self, cx: &Ctx, issues: &mut Vec<String>) -> Result<(), OnnxError> {
         let n = cx.node;
         if !(n.domain.is_empty() || n.domain == "ai.onnx") {
-            issues.push(format!(
-                "operator {} from domain '{}' is not supported",
-                n.op_type, n.domain
-            ));
+            issues.push(format!("operator {} from domain '{}' is not supported", n.op_type, n.domain));
             return Ok(());
         }
         let allowed: &[&str] = match n.op_type.as_str() {
-            "Conv" => &[
-                "auto_pad",
-                "dilations",
-                "group",
-                "kernel_shape",
-                "pads",
-                "strides",
-            ],
-            "BatchNormalization" => &[
-                "epsilon",
-                "momentum",
-                "spatial",
-                "is_test",
-                "training_mode",
-                "consumed_inputs",
-            ],
+            "Conv" => &["auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"],
+            "BatchNormalization" => &["epsilon", "momentum", "spatial", "is_test", "training_mode", "consumed_inputs"],
             "Relu" | "GlobalAveragePool" | "Sum" | "MatMul" | "Identity" => &[],
             "Softmax" | "LogSoftmax" => &["axis"],
             "Pad" => &["mode", "pads", "value"],
@@ -976,13 +874,7 @@ impl<'g> Importer<'g> {
             "Gemm" => &["alpha", "beta", "transA", "transB", "broadcast"],
             "Transpose" => &["perm"],
             "Dropout" => &["ratio", "is_test", "seed"],
-            "Constant" => &[
-                "value",
-                "value_float",
-                "value_floats",
-                "value_int",
-                "value_ints",
-            ],
+            "Constant" => &["value", "value_float", "value_floats", "value_int", "value_ints"],
             "ConstantOfShape" => &["value"],
             "ReduceMean" => &["axes", "keepdims", "noop_with_empty_axes"],
             "Shape" => &["start", "end"],
@@ -1003,35 +895,23 @@ impl<'g> Importer<'g> {
                     a.name
                 ));
             } else if matches!(a.r#type, at::GRAPH | at::GRAPHS) {
-                issues.push(format!(
-                    "attribute '{}' holds a subgraph; subgraphs are not supported",
-                    a.name
-                ));
+                issues.push(format!("attribute '{}' holds a subgraph; subgraphs are not supported", a.name));
             } else if !allowed.contains(&a.name.as_str()) {
-                issues.push(format!(
-                    "attribute '{}' is not supported for {}",
-                    a.name, n.op_type
-                ));
+                issues.push(format!("attribute '{}' is not supported for {}", a.name, n.op_type));
             }
         }
-        let ints_not_one = |name: &str| -> Result<bool, OnnxError> {
-            Ok(attr_ints(self, cx, name)?.is_some_and(|v| v.iter().any(|&d| d != 1)))
-        };
+        let ints_not_one =
+            |name: &str| -> Result<bool, OnnxError> { Ok(attr_ints(self, cx, name)?.is_some_and(|v| v.iter().any(|&d| d != 1))) };
         match n.op_type.as_str() {
             "MaxPool" | "AveragePool" => {
                 if ints_not_one("dilations")? {
                     issues.push("pooling with dilations other than 1 is not supported".into());
                 }
                 if attr_int(self, cx, "storage_order")?.unwrap_or(0) != 0 {
-                    issues.push(
-                        "storage_order=1 (column-major argmax indices) is not supported".into(),
-                    );
+                    issues.push("storage_order=1 (column-major argmax indices) is not supported".into());
                 }
                 if n.op_type == "MaxPool" && self.uses_of(cx, 1) > 0 {
-                    issues.push(
-                        "the Indices output (argmax) is used; penni's MaxPool has no indices"
-                            .into(),
-                    );
+                    issues.push("the Indices output (argmax) is used; penni's MaxPool has no indices".into());
                 }
             }
             "BatchNormalization" => {
@@ -1042,10 +922,7 @@ impl<'g> Importer<'g> {
                     issues.push("spatial=0 (per-activation statistics) is not supported".into());
                 }
                 if self.opset < 7 && attr_int(self, cx, "is_test")?.unwrap_or(0) == 0 {
-                    issues.push(
-                        "is_test=0 (training mode) is not supported; export the model in eval mode"
-                            .into(),
-                    );
+                    issues.push("is_test=0 (training mode) is not supported; export the model in eval mode".into());
                 }
                 if (1..n.output.len()).any(|k| self.uses_of(cx, k) > 0) {
                     issues.push("the running-statistics outputs (training mode) are used".into());
@@ -1160,13 +1037,7 @@ impl<'g> Importer<'g> {
         }
     }
 
-    fn window_attrs(
-        &self,
-        cx: &Ctx,
-        kernel: [usize; 2],
-        dilation: [usize; 2],
-        in_hw: (usize, usize),
-    ) -> PResult<([usize; 2], [usize; 4])> {
+    fn window_attrs(&self, cx: &Ctx, kernel: [usize; 2], dilation: [usize; 2], in_hw: (usize, usize)) -> PResult<([usize; 2], [usize; 4])> {
         let strides = self.pair(cx, "strides", 1)?;
         let auto = attr_string(self, cx, "auto_pad")?.unwrap_or_else(|| "NOTSET".into());
         let pads = match auto.as_str() {
@@ -1176,20 +1047,14 @@ impl<'g> Importer<'g> {
                     let mut out = [0usize; 4];
                     for (o, v) in out.iter_mut().zip(&p) {
                         if !(0..=MAX_WINDOW).contains(v) {
-                            return Err(self.invalid(
-                                cx,
-                                format!("pads {p:?} must be between 0 and {MAX_WINDOW}"),
-                            ));
+                            return Err(self.invalid(cx, format!("pads {p:?} must be between 0 and {MAX_WINDOW}")));
                         }
                         *o = *v as usize;
                     }
                     out
                 }
                 Some(p) => {
-                    return Err(self.invalid(
-                        cx,
-                        format!("pads {p:?} must have 4 values for a 2-D window"),
-                    ));
+                    return Err(self.invalid(cx, format!("pads {p:?} must have 4 values for a 2-D window")));
                 }
             },
             "VALID" => [0; 4],
@@ -1214,9 +1079,7 @@ impl<'g> Importer<'g> {
             other => {
                 return Err(self.invalid(
                     cx,
-                    format!(
-                        "auto_pad '{other}' is not one of NOTSET, SAME_UPPER, SAME_LOWER, VALID"
-                    ),
+                    format!("auto_pad '{other}' is not one of NOTSET, SAME_UPPER, SAME_LOWER, VALID"),
                 ));
             }
         };
@@ -1227,16 +1090,9 @@ impl<'g> Importer<'g> {
     fn pair(&self, cx: &Ctx, name: &str, default: usize) -> PResult<[usize; 2]> {
         match attr_ints(self, cx, name)? {
             None => Ok([default; 2]),
-            Some(v) if v.len() == 2 && v.iter().all(|x| (1..=MAX_WINDOW).contains(x)) => {
-                Ok([v[0] as usize, v[1] as usize])
-            }
-            Some(v) if v.len() != 2 => unsupported(format!(
-                "{name} {v:?}: only 2-D windows (N x C x H x W) are supported"
-            )),
-            Some(v) => Err(self.invalid(
-                cx,
-                format!("{name} {v:?} must be between 1 and {MAX_WINDOW}"),
-            )),
+            Some(v) if v.len() == 2 && v.iter().all(|x| (1..=MAX_WINDOW).contains(x)) => Ok([v[0] as usize, v[1] as usize]),
+            Some(v) if v.len() != 2 => unsupported(format!("{name} {v:?}: only 2-D windows (N x C x H x W) are supported")),
+            Some(v) => Err(self.invalid(cx, format!("{name} {v:?} must be between 1 and {MAX_WINDOW}"))),
         }
     }
 
@@ -1256,32 +1112,20 @@ impl<'g> Importer<'g> {
         };
         let group = attr_int(self, cx, "group")?.unwrap_or(1);
         if !(1..=c as i64).contains(&group) {
-            return Err(self.invalid(
-                cx,
-                format!("group {group} must be between 1 and the {c} input channels"),
-            ));
+            return Err(self.invalid(cx, format!("group {group} must be between 1 and the {c} input channels")));
         }
         let group = group as usize;
         let [m, cg, kh, kw] = [w.dims[0], w.dims[1], w.dims[2], w.dims[3]];
         if cg.checked_mul(group) != Some(c) || m % group != 0 || m == 0 || kh == 0 || kw == 0 {
             return Err(self.invalid(
                 cx,
-                format!(
-                    "weight {:?} with group {group} does not fit an input with {c} channels",
-                    w.dims
-                ),
+                format!("weight {:?} with group {group} does not fit an input with {c} channels", w.dims),
             ));
         }
         if let Some(k) = attr_ints(self, cx, "kernel_shape")?
             && (k.len() != 2 || k[0] as usize != kh || k[1] as usize != kw)
         {
-            return Err(self.invalid(
-                cx,
-                format!(
-                    "kernel_shape {k:?} does not match the weight shape {:?}",
-                    w.dims
-                ),
-            ));
+            return Err(self.invalid(cx, format!("kernel_shape {k:?} does not match the weight shape {:?}", w.dims)));
         }
         let dilation = self.pair(cx, "dilations", 1)?;
         // auto_pad sees the explicitly padded size; the two zero paddings then add up
@@ -1300,10 +1144,7 @@ impl<'g> Importer<'g> {
         );
         if let Some(b) = &b {
             if b.numel() != m {
-                return Err(self.invalid(
-                    cx,
-                    format!("bias has {} values for {m} output channels", b.numel()),
-                ));
+                return Err(self.invalid(cx, format!("bias has {} values for {m} output channels", b.numel())));
             }
             params.insert(
                 "bias".into(),
@@ -1353,9 +1194,7 @@ impl<'g> Importer<'g> {
         };
         let mode = attr_string(self, cx, "mode")?.unwrap_or_else(|| "constant".into());
         if mode != "constant" {
-            return unsupported(format!(
-                "Pad mode '{mode}'; only constant zero padding is supported"
-            ));
+            return unsupported(format!("Pad mode '{mode}'; only constant zero padding is supported"));
         }
         let (pads, value) = if self.opset < 11 {
             let Some(p) = attr_ints(self, cx, "pads")? else {
@@ -1399,10 +1238,14 @@ impl<'g> Importer<'g> {
             return unsupported(format!("Pad with the value {value}; only zero padding folds into a Conv"));
         }
         if pads.iter().any(|p| !(0..=MAX_WINDOW).contains(p)) {
-            return unsupported(format!("pads {pads:?}: negative pads (cropping) or pads over {MAX_WINDOW} are not supported"));
+            return unsupported(format!(
+                "pads {pads:?}: negative pads (cropping) or pads over {MAX_WINDOW} are not supported"
+            ));
         }
         if pads[0] != 0 || pads[1] != 0 || pads[4] != 0 || pads[5] != 0 {
-            return unsupported(format!("pads {pads:?} pad the batch or channel axis; only the spatial axes can be padded"));
+            return unsupported(format!(
+                "pads {pads:?} pad the batch or channel axis; only the spatial axes can be padded"
+            ));
         }
         let total = [
             pre[0] + pads[2] as usize,
@@ -1410,7 +1253,11 @@ impl<'g> Importer<'g> {
             pre[2] + pads[6] as usize,
             pre[3] + pads[7] as usize,
         ];
-        let shape = Shape::Map { c, h: h + total[0] + total[2], w: w + total[1] + total[3] };
+        let shape = Shape::Map {
+            c,
+            h: h + total[0] + total[2],
+            w: w + total[1] + total[3],
+        };
         let tensor = if total == [0; 4] {
             x
         } else {
@@ -1418,21 +1265,21 @@ impl<'g> Importer<'g> {
             self.pending_pads.insert(stand_in.clone(), (x, s, total));
             stand_in
         };
-        self.set_output(cx, Value::Act { tensor, shape, producer: None });
+        self.set_output(
+            cx,
+            Value::Act {
+                tensor,
+                shape,
+                producer: None,
+            },
+        );
         Ok(())
     }
 
     /// Rebuilds a PENNI layer from the basis conv + 1x1 conv pair that `export` writes, when
     /// the metadata names the pair and the weights really have that structure (else the two
     /// convs stay ordinary convs, which compute the same function).
-    fn try_decomposed(
-        &mut self,
-        cx: &Ctx,
-        x: &str,
-        stage1: &str,
-        spec: &Conv2d,
-        params: &BTreeMap<String, Tensor>,
-    ) -> PResult<bool> {
+    fn try_decomposed(&mut self, cx: &Ctx, x: &str, stage1: &str, spec: &Conv2d, params: &BTreeMap<String, Tensor>) -> PResult<bool> {
         let Some(&i1) = self.ir_index_of.get(stage1) else {
             return Ok(false);
         };
@@ -1453,12 +1300,7 @@ impl<'g> Importer<'g> {
             return Ok(false);
         }
         let g = spec.groups;
-        if spec.kernel != [1, 1]
-            || spec.stride != [1, 1]
-            || spec.padding != [0; 4]
-            || c % g != 0
-            || spec.in_channels != c * d
-        {
+        if spec.kernel != [1, 1] || spec.stride != [1, 1] || spec.padding != [0; 4] || c % g != 0 || spec.in_channels != c * d {
             return Ok(false);
         }
         let (n, cpg) = (spec.out_channels, c / g);
@@ -1534,23 +1376,13 @@ impl<'g> Importer<'g> {
     fn batch_norm(&mut self, cx: &Ctx) -> PResult<()> {
         let (x, s, _) = self.act(cx, 0)?;
         let Shape::Map { c, .. } = s else {
-            return unsupported(
-                "batch normalization of an N x F tensor (BatchNorm1d) is not supported",
-            );
+            return unsupported("batch normalization of an N x F tensor (BatchNorm1d) is not supported");
         };
         let mut params = BTreeMap::new();
-        for (i, what) in [
-            (1, "weight"),
-            (2, "bias"),
-            (3, "running_mean"),
-            (4, "running_var"),
-        ] {
+        for (i, what) in [(1, "weight"), (2, "bias"), (3, "running_mean"), (4, "running_var")] {
             let t = self.required_constant(cx, i, what)?;
             if t.numel() != c {
-                return Err(self.invalid(
-                    cx,
-                    format!("{what} has {} values for {c} channels", t.numel()),
-                ));
+                return Err(self.invalid(cx, format!("{what} has {} values for {c} channels", t.numel())));
             }
             params.insert(
                 what.to_string(),
@@ -1562,21 +1394,12 @@ impl<'g> Importer<'g> {
         }
         let eps = attr_float(self, cx, "epsilon")?.unwrap_or(1e-5);
         if !(eps.is_finite() && eps >= 0.0) {
-            return Err(self.invalid(
-                cx,
-                format!("epsilon {eps} must be a finite non-negative number"),
-            ));
+            return Err(self.invalid(cx, format!("epsilon {eps} must be a finite non-negative number")));
         }
         if params["running_var"].data.iter().any(|v| *v < 0.0) {
             return Err(self.invalid(cx, "the running variance has negative values"));
         }
-        self.emit(
-            cx,
-            Op::BatchNorm2d { channels: c, eps },
-            vec![x],
-            params,
-            false,
-        )
+        self.emit(cx, Op::BatchNorm2d { channels: c, eps }, vec![x], params, false)
     }
 
     fn clip(&mut self, cx: &Ctx) -> PResult<()> {
@@ -1589,13 +1412,7 @@ impl<'g> Importer<'g> {
             for (i, slot) in [(1, &mut lo), (2, &mut hi)] {
                 if let Some(t) = self.constant(cx, i, if i == 1 { "min" } else { "max" })? {
                     if t.numel() != 1 {
-                        return Err(self.invalid(
-                            cx,
-                            format!(
-                                "clip bound #{i} has {} values; it must be a scalar",
-                                t.numel()
-                            ),
-                        ));
+                        return Err(self.invalid(cx, format!("clip bound #{i} has {} values; it must be a scalar", t.numel())));
                     }
                     *slot = t.f32s()[0];
                 }
@@ -1606,13 +1423,7 @@ impl<'g> Importer<'g> {
         }
         // ONNX: when min > max every value becomes max, which is clamp(max, max).
         let lo = lo.min(hi);
-        self.emit(
-            cx,
-            Op::Clip { min: lo, max: hi },
-            vec![x],
-            BTreeMap::new(),
-            false,
-        )
+        self.emit(cx, Op::Clip { min: lo, max: hi }, vec![x], BTreeMap::new(), false)
     }
 
     fn pool(&mut self, cx: &Ctx, max: bool) -> PResult<()> {
@@ -1621,16 +1432,10 @@ impl<'g> Importer<'g> {
             return Err(self.invalid(cx, "kernel_shape is missing"));
         };
         if k.len() != 2 {
-            return unsupported(format!(
-                "{}-D pooling (kernel_shape {k:?}); only 2-D pooling is supported",
-                k.len()
-            ));
+            return unsupported(format!("{}-D pooling (kernel_shape {k:?}); only 2-D pooling is supported", k.len()));
         }
         if k.iter().any(|v| !(1..=MAX_WINDOW).contains(v)) {
-            return Err(self.invalid(
-                cx,
-                format!("kernel_shape {k:?} must be between 1 and {MAX_WINDOW}"),
-            ));
+            return Err(self.invalid(cx, format!("kernel_shape {k:?} must be between 1 and {MAX_WINDOW}")));
         }
         let Shape::Map { h, w, .. } = s else {
             return unsupported("pooling of an N x F tensor");
@@ -1646,11 +1451,7 @@ impl<'g> Importer<'g> {
             ceil_mode,
             count_include_pad,
         };
-        let op = if max {
-            Op::MaxPool2d(p)
-        } else {
-            Op::AvgPool2d(p)
-        };
+        let op = if max { Op::MaxPool2d(p) } else { Op::AvgPool2d(p) };
         self.emit(cx, op, vec![x], BTreeMap::new(), false)
     }
 
@@ -1659,11 +1460,7 @@ impl<'g> Importer<'g> {
         let mut consts = Vec::new();
         for i in 0..cx.node.input.len() {
             match self.value_of_input(cx, i)? {
-                Value::Act {
-                    tensor,
-                    shape,
-                    producer,
-                } => acts.push((tensor, shape, producer, cx.node.input[i].clone())),
+                Value::Act { tensor, shape, producer } => acts.push((tensor, shape, producer, cx.node.input[i].clone())),
                 Value::Const(c) => consts.push(c),
                 Value::Dims { .. } => {
                     return unsupported(format!("input #{i} is a shape that {BATCH_DEPENDENT}"));
@@ -1738,17 +1535,12 @@ impl<'g> Importer<'g> {
             let (flag, out_ch) = match &mut node.op {
                 Op::Conv2d(c) => (Some(&mut c.bias), c.out_channels),
                 Op::DecomposedConv2d(c) => (Some(&mut c.bias), c.out_channels),
-                Op::Linear {
-                    out_features, bias, ..
-                } => (Some(bias), *out_features),
+                Op::Linear { out_features, bias, .. } => (Some(bias), *out_features),
                 _ => (None, 0),
             };
             if let Some(flag) = flag.filter(|_| out_ch == channels) {
                 *flag = true;
-                let b = node
-                    .params
-                    .entry("bias".into())
-                    .or_insert_with(|| Tensor::zeros(vec![channels]));
+                let b = node.params.entry("bias".into()).or_insert_with(|| Tensor::zeros(vec![channels]));
                 for (x, add) in b.data.iter_mut().zip(&per_channel) {
                     *x += add;
                 }
@@ -1764,9 +1556,7 @@ impl<'g> Importer<'g> {
             }
         }
         if rank != 4 {
-            return unsupported(
-                "adds a constant to an N x F tensor that does not come straight from a Gemm/MatMul",
-            );
+            return unsupported("adds a constant to an N x F tensor that does not come straight from a Gemm/MatMul");
         }
         self.emit_affine(cx, tensor, vec![1.0; channels], per_channel)
     }
@@ -1776,8 +1566,20 @@ impl<'g> Importer<'g> {
     fn emit_affine(&mut self, cx: &Ctx, tensor: String, scale: Vec<f32>, shift: Vec<f32>) -> PResult<()> {
         let channels = scale.len();
         let params = BTreeMap::from([
-            ("weight".to_string(), Tensor { shape: vec![channels], data: scale }),
-            ("bias".to_string(), Tensor { shape: vec![channels], data: shift }),
+            (
+                "weight".to_string(),
+                Tensor {
+                    shape: vec![channels],
+                    data: scale,
+                },
+            ),
+            (
+                "bias".to_string(),
+                Tensor {
+                    shape: vec![channels],
+                    data: shift,
+                },
+            ),
             ("running_mean".to_string(), Tensor::zeros(vec![channels])),
             ("running_var".to_string(), Tensor::full(vec![channels], 1.0)),
         ]);
@@ -1806,22 +1608,13 @@ impl<'g> Importer<'g> {
         let start = match legacy_axis {
             Some(a) if a >= 0 && a as usize + c.dims.len() <= rank => a as usize,
             Some(a) => {
-                return Err(self.invalid(
-                    cx,
-                    format!(
-                        "broadcast axis {a} does not fit a constant of shape {:?}",
-                        c.dims
-                    ),
-                ));
+                return Err(self.invalid(cx, format!("broadcast axis {a} does not fit a constant of shape {:?}", c.dims)));
             }
             None => rank - c.dims.len(),
         };
         let mut aligned = vec![1usize; rank];
         aligned[start..start + c.dims.len()].copy_from_slice(&c.dims);
-        let ok = aligned
-            .iter()
-            .enumerate()
-            .all(|(ax, &d)| d == 1 || (ax == 1 && d == channels));
+        let ok = aligned.iter().enumerate().all(|(ax, &d)| d == 1 || (ax == 1 && d == channels));
         if !ok {
             return unsupported(format!(
                 "the constant of shape {:?} {what} the {shape} tensor is not per-channel (only N x C x 1 x 1-broadcastable constants are supported)",
@@ -1928,10 +1721,7 @@ impl<'g> Importer<'g> {
         let axis = attr_int(self, cx, "axis")?.unwrap_or(1);
         let a = if axis < 0 { axis + rank } else { axis };
         if !(0..=rank).contains(&a) {
-            return Err(self.invalid(
-                cx,
-                format!("axis {axis} is out of range for a rank-{rank} tensor"),
-            ));
+            return Err(self.invalid(cx, format!("axis {axis} is out of range for a rank-{rank} tensor")));
         }
         if a != 1 {
             return unsupported(format!(
@@ -1962,9 +1752,7 @@ impl<'g> Importer<'g> {
             })
             .collect();
         if allowzero && target.contains(&Dim::Known(0)) && matches!(input, Value::Act { .. }) {
-            return unsupported(format!(
-                "Reshape to {t:?} with allowzero=1 makes an empty tensor"
-            ));
+            return unsupported(format!("Reshape to {t:?} with allowzero=1 makes an empty tensor"));
         }
         if let Value::Const(c) = input {
             let dims = resolve_reshape(&c.dims, &t, allowzero).map_err(|m| self.invalid(cx, m))?;
@@ -1982,10 +1770,7 @@ impl<'g> Importer<'g> {
             let from = if scalar { vec![] } else { vec![dims.len()] };
             let to = resolve_reshape(&from, &t, allowzero).map_err(|m| self.invalid(cx, m))?;
             if to.len() > 1 {
-                return unsupported(format!(
-                    "Reshape of a shape to rank {}; shapes are scalars or vectors",
-                    to.len()
-                ));
+                return unsupported(format!("Reshape of a shape to rank {}; shapes are scalars or vectors", to.len()));
             }
             self.set_output(
                 cx,
@@ -2024,11 +1809,7 @@ impl<'g> Importer<'g> {
         if let Shape::Map { c, h, w } = s {
             let same = t.len() == 4 && batch_ok(t[0]) && t[0] != -1 && {
                 let want = [c as i64, h as i64, w as i64];
-                (1..4).all(|i| {
-                    t[i] == 0
-                        || t[i] == want[i - 1]
-                        || (t[i] == -1 && t.iter().filter(|v| **v == -1).count() == 1)
-                })
+                (1..4).all(|i| t[i] == 0 || t[i] == want[i - 1] || (t[i] == -1 && t.iter().filter(|v| **v == -1).count() == 1))
             };
             if same {
                 self.set_output(
@@ -2060,11 +1841,7 @@ impl<'g> Importer<'g> {
         let trans_b = attr_int(self, cx, "transB")?.unwrap_or(0) != 0;
         let alpha = attr_float(self, cx, "alpha")?.unwrap_or(1.0);
         let beta = attr_float(self, cx, "beta")?.unwrap_or(1.0);
-        let w = if trans_b {
-            (*b).clone()
-        } else {
-            b.transpose(&[1, 0])
-        };
+        let w = if trans_b { (*b).clone() } else { b.transpose(&[1, 0]) };
         let (out, inf) = (w.dims[0], w.dims[1]);
         if inf != k {
             return Err(self.invalid(
@@ -2088,10 +1865,7 @@ impl<'g> Importer<'g> {
         )]);
         if let Some(c) = c.filter(|_| beta != 0.0) {
             if c.dims.len() > 2 {
-                return Err(self.invalid(
-                    cx,
-                    format!("bias shape {:?} has more than 2 dimensions", c.dims),
-                ));
+                return Err(self.invalid(cx, format!("bias shape {:?} has more than 2 dimensions", c.dims)));
             }
             let mut aligned = vec![1usize; 2 - c.dims.len()];
             aligned.extend(&c.dims);
@@ -2102,9 +1876,7 @@ impl<'g> Importer<'g> {
                 ));
             }
             let v = self.float_const(cx, &c, "bias")?;
-            let bias: Vec<f32> = (0..out)
-                .map(|o| beta * if v.len() == 1 { v[0] } else { v[o] })
-                .collect();
+            let bias: Vec<f32> = (0..out).map(|o| beta * if v.len() == 1 { v[0] } else { v[o] }).collect();
             params.insert(
                 "bias".into(),
                 Tensor {
@@ -2142,13 +1914,7 @@ impl<'g> Importer<'g> {
             ));
         }
         if b.dims[0] != k {
-            return Err(self.invalid(
-                cx,
-                format!(
-                    "right operand {:?} expects {} features, got {k}",
-                    b.dims, b.dims[0]
-                ),
-            ));
+            return Err(self.invalid(cx, format!("right operand {:?} expects {} features, got {k}", b.dims, b.dims[0])));
         }
         let w = b.transpose(&[1, 0]);
         let out = w.dims[0];
@@ -2177,8 +1943,7 @@ impl<'g> Importer<'g> {
         let rank = match &v {
             Value::Const(c) => c.dims.len(),
             Value::Act {
-                shape: Shape::Map { .. },
-                ..
+                shape: Shape::Map { .. }, ..
             } => 4,
             Value::Act { .. } => 2,
             Value::Dims { .. } => {
@@ -2191,15 +1956,10 @@ impl<'g> Importer<'g> {
             Some(p) => {
                 let mut seen = vec![false; rank];
                 let ok = p.len() == rank
-                    && p.iter().all(|&a| {
-                        (0..rank as i64).contains(&a)
-                            && !std::mem::replace(&mut seen[a as usize], true)
-                    });
+                    && p.iter()
+                        .all(|&a| (0..rank as i64).contains(&a) && !std::mem::replace(&mut seen[a as usize], true));
                 if !ok {
-                    return Err(self.invalid(
-                        cx,
-                        format!("perm {p:?} is not a permutation of the {rank} axes"),
-                    ));
+                    return Err(self.invalid(cx, format!("perm {p:?} is not a permutation of the {rank} axes")));
                 }
                 p.iter().map(|&a| a as usize).collect()
             }
@@ -2220,9 +1980,7 @@ impl<'g> Importer<'g> {
                 );
                 Ok(())
             }
-            _ => unsupported(format!(
-                "Transpose of a run-time tensor (perm {perm:?}) is not supported"
-            )),
+            _ => unsupported(format!("Transpose of a run-time tensor (perm {perm:?}) is not supported")),
         }
     }
 
@@ -2267,13 +2025,7 @@ impl<'g> Importer<'g> {
             return Err(self.invalid(cx, format!("would create a constant of {numel} values; penni creates at most {MAX_FOLDED_VALUES} per tensor and {MAX_FOLDED_TOTAL} in total")));
         }
         self.folded_total += numel;
-        let fill = match cx
-            .node
-            .attribute
-            .iter()
-            .find(|a| a.name == "value")
-            .and_then(|a| a.t.as_ref())
-        {
+        let fill = match cx.node.attribute.iter().find(|a| a.name == "value").and_then(|a| a.t.as_ref()) {
             None => Const {
                 dims: vec![1],
                 data: Data::F32(vec![0.0]),
@@ -2335,8 +2087,7 @@ impl<'g> Importer<'g> {
     fn reduce_mean(&mut self, cx: &Ctx) -> PResult<()> {
         let axes = self.axes(cx, 18, 1)?;
         let keepdims = attr_int(self, cx, "keepdims")?.unwrap_or(1) != 0;
-        let noop_empty =
-            self.opset >= 18 && attr_int(self, cx, "noop_with_empty_axes")?.unwrap_or(0) != 0;
+        let noop_empty = self.opset >= 18 && attr_int(self, cx, "noop_with_empty_axes")?.unwrap_or(0) != 0;
         let (x, s, _) = self.act(cx, 0)?;
         let rank = if matches!(s, Shape::Map { .. }) { 4 } else { 2 };
         let axes = match axes {
@@ -2364,14 +2115,7 @@ impl<'g> Importer<'g> {
             return self.emit(cx, Op::GlobalAvgPool, vec![x], BTreeMap::new(), false);
         }
         let pooled = self.fresh_tensor(&format!("{}.pooled", cx.label));
-        self.emit_to(
-            cx,
-            Op::GlobalAvgPool,
-            vec![x],
-            BTreeMap::new(),
-            false,
-            pooled.clone(),
-        )?;
+        self.emit_to(cx, Op::GlobalAvgPool, vec![x], BTreeMap::new(), false, pooled.clone())?;
         self.emit(cx, Op::Flatten, vec![pooled], BTreeMap::new(), false)
     }
 
@@ -2408,7 +2152,14 @@ impl<'g> Importer<'g> {
                 node.name = name;
                 node.output = output.clone();
                 self.ir_shapes.insert(output.clone(), sa);
-                self.values.insert(output.clone(), Value::Act { tensor: output, shape: sa, producer: None });
+                self.values.insert(
+                    output.clone(),
+                    Value::Act {
+                        tensor: output,
+                        shape: sa,
+                        producer: None,
+                    },
+                );
                 return Ok(());
             }
         }
@@ -2437,7 +2188,11 @@ impl<'g> Importer<'g> {
             return unsupported(format!(
                 "{} over axis {axis} of a {s} tensor{}; only the softmax over the channels (axis 1) is supported",
                 cx.op,
-                if per_axis { "" } else { " (before opset 13: over all axes from it on)" }
+                if per_axis {
+                    ""
+                } else {
+                    " (before opset 13: over all axes from it on)"
+                }
             ));
         }
         self.emit(cx, Op::Softmax { log }, vec![x], BTreeMap::new(), false)
@@ -2465,11 +2220,7 @@ impl<'g> Importer<'g> {
         let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
         let start = clamp(attr_int(self, cx, "start")?.unwrap_or(0));
         let end = clamp(attr_int(self, cx, "end")?.unwrap_or(r));
-        let out = if start < end {
-            dims[start..end].to_vec()
-        } else {
-            vec![]
-        };
+        let out = if start < end { dims[start..end].to_vec() } else { vec![] };
         self.set_output(cx, dims_value(false, out));
         Ok(())
     }
@@ -2486,9 +2237,7 @@ impl<'g> Importer<'g> {
             Value::Const(c) => c.dims.len(),
             Value::Dims { scalar, .. } => usize::from(!scalar),
             Value::Act { .. } => {
-                return unsupported(
-                    "Gather of a run-time tensor (an embedding lookup or a selection of channels) is not supported",
-                );
+                return unsupported("Gather of a run-time tensor (an embedding lookup or a selection of channels) is not supported");
             }
             Value::Poisoned => return unsupported("input comes from an unsupported node"),
         };
@@ -2508,10 +2257,7 @@ impl<'g> Importer<'g> {
                 if (0..n as i64).contains(&j) {
                     Ok(j as usize)
                 } else {
-                    Err(self.invalid(
-                        cx,
-                        format!("index {i} is out of range for a dimension of {n}"),
-                    ))
+                    Err(self.invalid(cx, format!("index {i} is out of range for a dimension of {n}")))
                 }
             })
             .collect::<PResult<Vec<usize>>>()?;
@@ -2529,20 +2275,12 @@ impl<'g> Importer<'g> {
             Value::Const(c) => {
                 let outer: usize = c.dims[..a].iter().product();
                 let inner: usize = c.dims[a + 1..].iter().product();
-                let numel = outer
-                    .checked_mul(picks.len())
-                    .and_then(|v| v.checked_mul(inner));
+                let numel = outer.checked_mul(picks.len()).and_then(|v| v.checked_mul(inner));
                 self.fold_budget(cx, numel)?;
                 let mut dims = c.dims[..a].to_vec();
                 dims.extend(&idx.dims);
                 dims.extend(&c.dims[a + 1..]);
-                fn pick<T: Copy>(
-                    v: &[T],
-                    outer: usize,
-                    n: usize,
-                    inner: usize,
-                    picks: &[usize],
-                ) -> Vec<T> {
+                fn pick<T: Copy>(v: &[T], outer: usize, n: usize, inner: usize, picks: &[usize]) -> Vec<T> {
                     let mut out = Vec::with_capacity(outer * picks.len() * inner);
                     for o in 0..outer {
                         for &p in picks {
@@ -2584,13 +2322,7 @@ impl<'g> Importer<'g> {
             Value::Const(c) => {
                 let mut rest = c.dims.iter();
                 let dims = (0..out_rank)
-                    .map(|i| {
-                        if set.contains(&i) {
-                            1
-                        } else {
-                            *rest.next().unwrap()
-                        }
-                    })
+                    .map(|i| if set.contains(&i) { 1 } else { *rest.next().unwrap() })
                     .collect();
                 self.set_output(
                     cx,
@@ -2601,18 +2333,10 @@ impl<'g> Importer<'g> {
                 );
             }
             Value::Dims { dims, .. } if out_rank == 1 => {
-                self.set_output(
-                    cx,
-                    Value::Dims {
-                        scalar: false,
-                        dims,
-                    },
-                );
+                self.set_output(cx, Value::Dims { scalar: false, dims });
             }
             _ => {
-                return unsupported(format!(
-                    "Unsqueeze of a shape to rank {out_rank}; shapes are scalars or vectors"
-                ));
+                return unsupported(format!("Unsqueeze of a shape to rank {out_rank}; shapes are scalars or vectors"));
             }
         }
         Ok(())
@@ -2636,22 +2360,13 @@ impl<'g> Importer<'g> {
             Some(a) => {
                 let set = self.axis_set(cx, &a, dims.len())?;
                 if let Some(&i) = set.iter().find(|&&i| dims[i] != 1) {
-                    return Err(self.invalid(
-                        cx,
-                        format!(
-                            "axis {i} has size {}; only axes of size 1 can be squeezed",
-                            dims[i]
-                        ),
-                    ));
+                    return Err(self.invalid(cx, format!("axis {i} has size {}; only axes of size 1 can be squeezed", dims[i])));
                 }
                 set
             }
             None => (0..dims.len()).filter(|&i| dims[i] == 1).collect(),
         };
-        let out: Vec<usize> = (0..dims.len())
-            .filter(|i| !drop.contains(i))
-            .map(|i| dims[i])
-            .collect();
+        let out: Vec<usize> = (0..dims.len()).filter(|i| !drop.contains(i)).map(|i| dims[i]).collect();
         let value = match v {
             Value::Const(c) => Value::Const(Rc::new(Const {
                 dims: out,
@@ -2679,9 +2394,7 @@ impl<'g> Importer<'g> {
                     shapes.push(shape);
                 }
                 _ => {
-                    return unsupported(format!(
-                        "input #{i} is a constant concatenated with run-time tensors"
-                    ));
+                    return unsupported(format!("input #{i} is a constant concatenated with run-time tensors"));
                 }
             }
         }
@@ -2718,18 +2431,12 @@ impl<'g> Importer<'g> {
             let mut out = Vec::new();
             for (i, p) in parts.iter().enumerate() {
                 match p {
-                    Value::Dims {
-                        scalar: false,
-                        dims,
-                    } => out.extend(dims),
+                    Value::Dims { scalar: false, dims } => out.extend(dims),
                     Value::Const(c) if c.dims.len() == 1 && c.i64s().is_some() => {
                         out.extend(c.i64s().unwrap().iter().map(|&v| Dim::Known(v)));
                     }
                     _ => {
-                        return Err(self.invalid(
-                            cx,
-                            format!("input #{i} cannot be concatenated with a 1-D shape"),
-                        ));
+                        return Err(self.invalid(cx, format!("input #{i} cannot be concatenated with a 1-D shape")));
                     }
                 }
             }
@@ -2750,11 +2457,8 @@ impl<'g> Importer<'g> {
             return Err(self.invalid(cx, "Concat of scalars"));
         }
         let a = self.axis_index(cx, axis, rank, "axis")?;
-        let fits = |c: &Const| {
-            c.dims.len() == rank
-                && c.is_float() == first.is_float()
-                && (0..rank).all(|d| d == a || c.dims[d] == first.dims[d])
-        };
+        let fits =
+            |c: &Const| c.dims.len() == rank && c.is_float() == first.is_float() && (0..rank).all(|d| d == a || c.dims[d] == first.dims[d]);
         if let Some(c) = consts.iter().find(|c| !fits(c)) {
             return Err(self.invalid(
                 cx,
@@ -2810,20 +2514,9 @@ impl<'g> Importer<'g> {
     fn cast(&mut self, cx: &Ctx, to: i32) -> PResult<()> {
         let float = match to {
             dt::FLOAT | dt::DOUBLE => true,
-            dt::INT64
-            | dt::INT32
-            | dt::INT16
-            | dt::INT8
-            | dt::UINT64
-            | dt::UINT32
-            | dt::UINT16
-            | dt::UINT8
-            | dt::BOOL => false,
+            dt::INT64 | dt::INT32 | dt::INT16 | dt::INT8 | dt::UINT64 | dt::UINT32 | dt::UINT16 | dt::UINT8 | dt::BOOL => false,
             other => {
-                return unsupported(format!(
-                    "Cast to {} is not supported (penni computes in float32)",
-                    dt::name(other)
-                ));
+                return unsupported(format!("Cast to {} is not supported (penni computes in float32)", dt::name(other)));
             }
         };
         let out = match self.value_of_input(cx, 0)? {
@@ -2833,15 +2526,10 @@ impl<'g> Importer<'g> {
                 producer: None,
             },
             Value::Act { .. } => {
-                return unsupported(format!(
-                    "Cast of a run-time tensor to {} is not supported",
-                    dt::name(to)
-                ));
+                return unsupported(format!("Cast of a run-time tensor to {} is not supported", dt::name(to)));
             }
             Value::Dims { .. } if float => {
-                return unsupported(format!(
-                    "Cast of a shape that {BATCH_DEPENDENT} to a float type"
-                ));
+                return unsupported(format!("Cast of a shape that {BATCH_DEPENDENT} to a float type"));
             }
             v @ Value::Dims { .. } => v,
             Value::Const(c) => {
@@ -2850,9 +2538,7 @@ impl<'g> Importer<'g> {
                 } else {
                     let ints: Vec<i64> = match &c.data {
                         // float -> integer truncates toward zero (NaN becomes 0)
-                        Data::F32(v) if to == dt::BOOL => {
-                            v.iter().map(|x| (*x != 0.0) as i64).collect()
-                        }
+                        Data::F32(v) if to == dt::BOOL => v.iter().map(|x| (*x != 0.0) as i64).collect(),
                         Data::F32(v) => v.iter().map(|x| x.trunc() as i64).collect(),
                         Data::I64(v) => v.clone(),
                     };
@@ -2907,9 +2593,7 @@ impl<'g> Importer<'g> {
                 _ if a == b || b == 1 => a,
                 (1, _) => b,
                 _ => {
-                    return Err(
-                        self.invalid(cx, format!("cannot broadcast {:?} to {shape:?}", c.dims))
-                    );
+                    return Err(self.invalid(cx, format!("cannot broadcast {:?} to {shape:?}", c.dims)));
                 }
             });
         }
@@ -2977,11 +2661,7 @@ fn model_name(g: &GraphProto, fallback: &str) -> String {
         .file_stem()
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_default();
-    if stem.is_empty() {
-        "onnx_model".into()
-    } else {
-        stem
-    }
+    if stem.is_empty() { "onnx_model".into() } else { stem }
 }
 
 fn op_label(n: &NodeProto) -> String {
@@ -3020,8 +2700,7 @@ fn topo_order(g: &GraphProto, producer: &HashMap<&str, usize>) -> Result<Vec<usi
             }
         }
     }
-    let mut ready: BinaryHeap<Reverse<usize>> =
-        (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
     let mut order = Vec::with_capacity(n);
     while let Some(Reverse(i)) = ready.pop() {
         order.push(i);
@@ -3050,20 +2729,16 @@ fn resolve_reshape(dims: &[usize], target: &[i64], allowzero: bool) -> Result<Ve
                 infer_at = Some(i);
                 out.push(1);
             }
-            0 if !allowzero => out.push(*dims.get(i).ok_or_else(|| {
-                format!("target {target:?}: 0 at axis {i} has no input dimension to copy")
-            })?),
-            t if t >= 0 => out.push(
-                usize::try_from(t).map_err(|_| format!("target dimension {t} is too large"))?,
+            0 if !allowzero => out.push(
+                *dims
+                    .get(i)
+                    .ok_or_else(|| format!("target {target:?}: 0 at axis {i} has no input dimension to copy"))?,
             ),
+            t if t >= 0 => out.push(usize::try_from(t).map_err(|_| format!("target dimension {t} is too large"))?),
             _ => return Err(format!("target shape {target:?} is invalid")),
         }
     }
-    if out
-        .iter()
-        .try_fold(1usize, |a, &d| a.checked_mul(d.max(1)))
-        .is_none()
-    {
+    if out.iter().try_fold(1usize, |a, &d| a.checked_mul(d.max(1))).is_none() {
         return Err(format!("target shape {target:?} overflows"));
     }
     let known: usize = out.iter().product();
@@ -3073,9 +2748,7 @@ fn resolve_reshape(dims: &[usize], target: &[i64], allowzero: bool) -> Result<Ve
         }
         out[i] = numel / known;
     } else if known != numel {
-        return Err(format!(
-            "cannot reshape {dims:?} ({numel} values) to {target:?}"
-        ));
+        return Err(format!("cannot reshape {dims:?} ({numel} values) to {target:?}"));
     }
     Ok(out)
 }
@@ -3085,17 +2758,9 @@ fn resolve_reshape(dims: &[usize], target: &[i64], allowzero: bool) -> Result<Ve
 fn infer(op: &Op, ins: &[Shape]) -> Result<Shape, String> {
     let map = |s: Shape| match s {
         Shape::Map { c, h, w } => Ok((c, h, w)),
-        Shape::Vector(n) => Err(format!(
-            "expects a C x H x W feature map, got a vector of {n}"
-        )),
+        Shape::Vector(n) => Err(format!("expects a C x H x W feature map, got a vector of {n}")),
     };
-    let conv = |in_ch: usize,
-                out_ch: usize,
-                k: [usize; 2],
-                s: [usize; 2],
-                p: [usize; 4],
-                d: [usize; 2]|
-     -> Result<Shape, String> {
+    let conv = |in_ch: usize, out_ch: usize, k: [usize; 2], s: [usize; 2], p: [usize; 4], d: [usize; 2]| -> Result<Shape, String> {
         let (c, h, w) = map(ins[0])?;
         if c != in_ch {
             return Err(format!("expects {in_ch} input channels, got {c}"));
@@ -3103,72 +2768,27 @@ fn infer(op: &Op, ins: &[Shape]) -> Result<Shape, String> {
         let oh = window_out(h, k[0], s[0], p[0], p[2], d[0], false);
         let ow = window_out(w, k[1], s[1], p[1], p[3], d[1], false);
         match (oh, ow) {
-            (Some(oh), Some(ow)) if oh > 0 && ow > 0 => Ok(Shape::Map {
-                c: out_ch,
-                h: oh,
-                w: ow,
-            }),
+            (Some(oh), Some(ow)) if oh > 0 && ow > 0 => Ok(Shape::Map { c: out_ch, h: oh, w: ow }),
             _ => Err(format!(
                 "kernel {k:?} (dilation {d:?}) does not fit the {h}x{w} input with padding {p:?}"
             )),
         }
     };
     match op {
-        Op::Conv2d(c) => conv(
-            c.in_channels,
-            c.out_channels,
-            c.kernel,
-            c.stride,
-            c.padding,
-            c.dilation,
-        ),
-        Op::DecomposedConv2d(c) => conv(
-            c.in_channels,
-            c.out_channels,
-            c.kernel,
-            c.stride,
-            c.padding,
-            c.dilation,
-        ),
+        Op::Conv2d(c) => conv(c.in_channels, c.out_channels, c.kernel, c.stride, c.padding, c.dilation),
+        Op::DecomposedConv2d(c) => conv(c.in_channels, c.out_channels, c.kernel, c.stride, c.padding, c.dilation),
         Op::BatchNorm2d { .. } | Op::Relu | Op::Clip { .. } | Op::Softmax { .. } | Op::Activation(_) => Ok(ins[0]),
-        Op::Mul => penni_model::graph::mul_shape(ins[0], ins[1])
-            .ok_or_else(|| format!("cannot multiply {} by {}", ins[0], ins[1])),
+        Op::Mul => penni_model::graph::mul_shape(ins[0], ins[1]).ok_or_else(|| format!("cannot multiply {} by {}", ins[0], ins[1])),
         Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
             let (c, h, w) = map(ins[0])?;
-            if p.padding[0] >= p.kernel[0]
-                || p.padding[1] >= p.kernel[1]
-                || p.padding[2] >= p.kernel[0]
-                || p.padding[3] >= p.kernel[1]
-            {
-                return Err(format!(
-                    "padding {:?} must be smaller than the kernel {:?}",
-                    p.padding, p.kernel
-                ));
+            if p.padding[0] >= p.kernel[0] || p.padding[1] >= p.kernel[1] || p.padding[2] >= p.kernel[0] || p.padding[3] >= p.kernel[1] {
+                return Err(format!("padding {:?} must be smaller than the kernel {:?}", p.padding, p.kernel));
             }
-            let oh = window_out(
-                h,
-                p.kernel[0],
-                p.stride[0],
-                p.padding[0],
-                p.padding[2],
-                1,
-                p.ceil_mode,
-            );
-            let ow = window_out(
-                w,
-                p.kernel[1],
-                p.stride[1],
-                p.padding[1],
-                p.padding[3],
-                1,
-                p.ceil_mode,
-            );
+            let oh = window_out(h, p.kernel[0], p.stride[0], p.padding[0], p.padding[2], 1, p.ceil_mode);
+            let ow = window_out(w, p.kernel[1], p.stride[1], p.padding[1], p.padding[3], 1, p.ceil_mode);
             match (oh, ow) {
                 (Some(oh), Some(ow)) if oh > 0 && ow > 0 => Ok(Shape::Map { c, h: oh, w: ow }),
-                _ => Err(format!(
-                    "pooling window {:?} does not fit the {h}x{w} input",
-                    p.kernel
-                )),
+                _ => Err(format!("pooling window {:?} does not fit the {h}x{w} input", p.kernel)),
             }
         }
         Op::GlobalAvgPool => {
@@ -3225,9 +2845,7 @@ fn attr_float(imp: &Importer, cx: &Ctx, name: &str) -> Result<Option<f32>, OnnxE
 fn attr_string(imp: &Importer, cx: &Ctx, name: &str) -> Result<Option<String>, OnnxError> {
     match attr(cx, name) {
         None => Ok(None),
-        Some(a) if a.r#type == at::STRING || a.r#type == at::UNDEFINED => {
-            Ok(Some(String::from_utf8_lossy(&a.s).into_owned()))
-        }
+        Some(a) if a.r#type == at::STRING || a.r#type == at::UNDEFINED => Ok(Some(String::from_utf8_lossy(&a.s).into_owned())),
         Some(_) => Err(wrong_type(imp, cx, name, "a string")),
     }
 }
@@ -3238,10 +2856,7 @@ mod tests {
 
     #[test]
     fn reshape_resolution() {
-        assert_eq!(
-            resolve_reshape(&[2, 3, 4], &[0, -1], false).unwrap(),
-            vec![2, 12]
-        );
+        assert_eq!(resolve_reshape(&[2, 3, 4], &[0, -1], false).unwrap(), vec![2, 12]);
         assert_eq!(resolve_reshape(&[2, 3, 4], &[-1], false).unwrap(), vec![24]);
         assert!(resolve_reshape(&[2, 3, 4], &[5, -1], false).is_err());
         assert!(resolve_reshape(&[2, 3, 4], &[-1, -1], false).is_err());

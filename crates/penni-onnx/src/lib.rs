@@ -18,7 +18,4 @@ pub mod tensor;
 
 pub use error::{Issue, OnnxError};
 pub use export::{EXPORT_IR_VERSION, EXPORT_OPSET, export_bytes, export_file, export_proto};
-pub use import::{
-    DECOMPOSED_KEY, MAX_OPSET, MIN_IR_VERSION, MIN_OPSET, SUPPORTED_OPS, import_bytes, import_file,
-    import_proto,
-};
+pub use import::{DECOMPOSED_KEY, MAX_OPSET, MIN_IR_VERSION, MIN_OPSET, SUPPORTED_OPS, import_bytes, import_file, import_proto};

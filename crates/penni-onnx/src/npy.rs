@@ -38,22 +38,14 @@ pub fn read_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
     }
     let (hlen, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
         v => return Err(bad(format!(".npy version {v} is not supported"))),
     };
-    let header = bytes
-        .get(start..start + hlen)
-        .ok_or_else(|| bad("truncated .npy header"))?;
+    let header = bytes.get(start..start + hlen).ok_or_else(|| bad("truncated .npy header"))?;
     let header = std::str::from_utf8(header).map_err(|_| bad("the .npy header is not text"))?;
     let field = |key: &str| -> Option<&str> {
         let i = header.find(&format!("'{key}'"))?;
-        let rest = header[i + key.len() + 2..]
-            .trim_start()
-            .strip_prefix(':')?
-            .trim_start();
+        let rest = header[i + key.len() + 2..].trim_start().strip_prefix(':')?.trim_start();
         Some(rest)
     };
     let descr = field("descr").ok_or_else(|| bad("no descr in the .npy header"))?;
@@ -62,10 +54,7 @@ pub fn read_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
     } else if descr.starts_with("'<f8'") {
         8
     } else {
-        return Err(bad(format!(
-            "unsupported .npy dtype {}",
-            descr.split(',').next().unwrap_or("")
-        )));
+        return Err(bad(format!("unsupported .npy dtype {}", descr.split(',').next().unwrap_or(""))));
     };
     if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
         return Err(bad("Fortran-order .npy arrays are not supported"));
@@ -79,10 +68,7 @@ pub fn read_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .map_err(|_| bad(format!("unreadable dimension '{s}'")))
-        })
+        .map(|s| s.parse().map_err(|_| bad(format!("unreadable dimension '{s}'"))))
         .collect::<Result<_>>()?;
     let n = shape
         .iter()
@@ -96,9 +82,7 @@ pub fn read_f32(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
         )));
     }
     let data = if size == 4 {
-        body.chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect()
+        body.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
     } else {
         body.chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)

@@ -62,12 +62,7 @@ impl Const {
         let mut src = Vec::with_capacity(n);
         let mut idx = vec![0usize; rank];
         for _ in 0..n {
-            src.push(
-                perm.iter()
-                    .zip(&idx)
-                    .map(|(&p, &i)| i * in_strides[p])
-                    .sum::<usize>(),
-            );
+            src.push(perm.iter().zip(&idx).map(|(&p, &i)| i * in_strides[p]).sum::<usize>());
             for ax in (0..rank).rev() {
                 idx[ax] += 1;
                 if idx[ax] < dims[ax] {
@@ -126,9 +121,7 @@ pub fn dims_of(dims: &[i64]) -> Result<(Vec<usize>, usize), String> {
             return Err(format!("has a negative dimension {d} in {dims:?}"));
         }
         let d = usize::try_from(d).map_err(|_| format!("dimension {d} is too large"))?;
-        nonzero = nonzero
-            .checked_mul(d.max(1))
-            .ok_or_else(|| format!("shape {dims:?} overflows"))?;
+        nonzero = nonzero.checked_mul(d.max(1)).ok_or_else(|| format!("shape {dims:?} overflows"))?;
         out.push(d);
     }
     let numel = if out.contains(&0) { 0 } else { nonzero };
@@ -144,15 +137,10 @@ pub fn decode(t: &TensorProto) -> Result<Const, String> {
     let (dims, numel) = dims_of(&t.dims)?;
     let ty = t.data_type;
     let Some(size) = elem_size(ty) else {
-        return Err(format!(
-            "has element type {}, which penni does not read",
-            dt::name(ty)
-        ));
+        return Err(format!("has element type {}, which penni does not read", dt::name(ty)));
     };
     if !t.raw_data.is_empty() || numel == 0 {
-        let want = numel
-            .checked_mul(size)
-            .ok_or_else(|| format!("shape {:?} overflows", t.dims))?;
+        let want = numel.checked_mul(size).ok_or_else(|| format!("shape {:?} overflows", t.dims))?;
         if t.raw_data.len() != want {
             return Err(format!(
                 "declares shape {:?} ({numel} values, {want} bytes of {}) but holds {} bytes of raw data",
@@ -163,31 +151,19 @@ pub fn decode(t: &TensorProto) -> Result<Const, String> {
         }
         let b = &t.raw_data;
         let data = match ty {
-            dt::FLOAT => Data::F32(
-                b.chunks_exact(4)
-                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
+            dt::FLOAT => Data::F32(b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()),
             dt::DOUBLE => Data::F32(
                 b.chunks_exact(8)
                     .map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32)
                     .collect(),
             ),
-            dt::FLOAT16 => Data::F32(
-                b.chunks_exact(2)
-                    .map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]])))
-                    .collect(),
-            ),
+            dt::FLOAT16 => Data::F32(b.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()),
             dt::BFLOAT16 => Data::F32(
                 b.chunks_exact(2)
                     .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
                     .collect(),
             ),
-            dt::INT64 => Data::I64(
-                b.chunks_exact(8)
-                    .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-                    .collect(),
-            ),
+            dt::INT64 => Data::I64(b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()),
             dt::UINT64 => Data::I64(
                 b.chunks_exact(8)
                     .map(|c| u64::from_le_bytes(c.try_into().unwrap()).min(i64::MAX as u64) as i64)
@@ -203,16 +179,8 @@ pub fn decode(t: &TensorProto) -> Result<Const, String> {
                     .map(|c| u32::from_le_bytes(c.try_into().unwrap()) as i64)
                     .collect(),
             ),
-            dt::INT16 => Data::I64(
-                b.chunks_exact(2)
-                    .map(|c| i16::from_le_bytes([c[0], c[1]]) as i64)
-                    .collect(),
-            ),
-            dt::UINT16 => Data::I64(
-                b.chunks_exact(2)
-                    .map(|c| u16::from_le_bytes([c[0], c[1]]) as i64)
-                    .collect(),
-            ),
+            dt::INT16 => Data::I64(b.chunks_exact(2).map(|c| i16::from_le_bytes([c[0], c[1]]) as i64).collect()),
+            dt::UINT16 => Data::I64(b.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as i64).collect()),
             dt::INT8 => Data::I64(b.iter().map(|&x| x as i8 as i64).collect()),
             _ => Data::I64(b.iter().map(|&x| x as i64).collect()), // UINT8, BOOL
         };
@@ -237,19 +205,9 @@ pub fn decode(t: &TensorProto) -> Result<Const, String> {
         dt::DOUBLE => Data::F32(t.double_data.iter().map(|v| *v as f32).collect()),
         // float16/bfloat16 values travel as their bit patterns in int32_data
         dt::FLOAT16 => Data::F32(t.int32_data.iter().map(|v| f16_to_f32(*v as u16)).collect()),
-        dt::BFLOAT16 => Data::F32(
-            t.int32_data
-                .iter()
-                .map(|v| f32::from_bits((*v as u16 as u32) << 16))
-                .collect(),
-        ),
+        dt::BFLOAT16 => Data::F32(t.int32_data.iter().map(|v| f32::from_bits((*v as u16 as u32) << 16)).collect()),
         dt::INT64 => Data::I64(t.int64_data.clone()),
-        dt::UINT32 | dt::UINT64 => Data::I64(
-            t.uint64_data
-                .iter()
-                .map(|v| (*v).min(i64::MAX as u64) as i64)
-                .collect(),
-        ),
+        dt::UINT32 | dt::UINT64 => Data::I64(t.uint64_data.iter().map(|v| (*v).min(i64::MAX as u64) as i64).collect()),
         _ => Data::I64(t.int32_data.iter().map(|v| *v as i64).collect()),
     };
     Ok(Const { dims, data })
@@ -329,10 +287,24 @@ mod tests {
 
     #[test]
     fn zero_sized_tensors_cannot_hide_overflowing_dims() {
-        let t = TensorProto { dims: vec![0, 1 << 40, 1 << 40], data_type: dt::FLOAT, ..Default::default() };
+        let t = TensorProto {
+            dims: vec![0, 1 << 40, 1 << 40],
+            data_type: dt::FLOAT,
+            ..Default::default()
+        };
         assert!(decode(&t).unwrap_err().contains("overflows"));
-        let t = TensorProto { dims: vec![0, 5], data_type: dt::FLOAT, ..Default::default() };
-        assert_eq!(decode(&t).unwrap(), Const { dims: vec![0, 5], data: Data::F32(vec![]) });
+        let t = TensorProto {
+            dims: vec![0, 5],
+            data_type: dt::FLOAT,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode(&t).unwrap(),
+            Const {
+                dims: vec![0, 5],
+                data: Data::F32(vec![])
+            }
+        );
     }
 
     #[test]
@@ -340,27 +312,52 @@ mod tests {
         let want = Data::F32(vec![1.0, -2.0, 0.5]);
         let f16_bits = [0x3c00u16, 0xc000, 0x3800];
         let cases = [
-            TensorProto { dims: vec![3], data_type: dt::FLOAT, float_data: vec![1.0, -2.0, 0.5], ..Default::default() },
-            TensorProto { dims: vec![3], data_type: dt::DOUBLE, double_data: vec![1.0, -2.0, 0.5], ..Default::default() },
+            TensorProto {
+                dims: vec![3],
+                data_type: dt::FLOAT,
+                float_data: vec![1.0, -2.0, 0.5],
+                ..Default::default()
+            },
+            TensorProto {
+                dims: vec![3],
+                data_type: dt::DOUBLE,
+                double_data: vec![1.0, -2.0, 0.5],
+                ..Default::default()
+            },
             TensorProto {
                 dims: vec![3],
                 data_type: dt::DOUBLE,
                 raw_data: [1.0f64, -2.0, 0.5].iter().flat_map(|v| v.to_le_bytes()).collect(),
                 ..Default::default()
             },
-            TensorProto { dims: vec![3], data_type: dt::FLOAT16, int32_data: f16_bits.iter().map(|b| *b as i32).collect(), ..Default::default() },
+            TensorProto {
+                dims: vec![3],
+                data_type: dt::FLOAT16,
+                int32_data: f16_bits.iter().map(|b| *b as i32).collect(),
+                ..Default::default()
+            },
             TensorProto {
                 dims: vec![3],
                 data_type: dt::FLOAT16,
                 raw_data: f16_bits.iter().flat_map(|b| b.to_le_bytes()).collect(),
                 ..Default::default()
             },
-            TensorProto { dims: vec![3], data_type: dt::BFLOAT16, int32_data: vec![0x3f80, 0xc000, 0x3f00], ..Default::default() },
+            TensorProto {
+                dims: vec![3],
+                data_type: dt::BFLOAT16,
+                int32_data: vec![0x3f80, 0xc000, 0x3f00],
+                ..Default::default()
+            },
         ];
         for t in cases {
             assert_eq!(decode(&t).unwrap().data, want, "{}", dt::name(t.data_type));
         }
-        let shape = TensorProto { dims: vec![2], data_type: dt::INT32, int32_data: vec![0, -1], ..Default::default() };
+        let shape = TensorProto {
+            dims: vec![2],
+            data_type: dt::INT32,
+            int32_data: vec![0, -1],
+            ..Default::default()
+        };
         assert_eq!(decode(&shape).unwrap().data, Data::I64(vec![0, -1]));
         let t = encode_f32("w", &[3], &[1.0, -2.0, 0.5]);
         assert_eq!(decode(&t).unwrap(), Const { dims: vec![3], data: want });

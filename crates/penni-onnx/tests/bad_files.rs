@@ -42,10 +42,7 @@ fn base() -> ModelProto {
         }],
         graph: Some(GraphProto {
             name: "g".into(),
-            node: vec![
-                node("Conv", "conv", &["x", "w"], "c"),
-                node("Relu", "relu", &["c"], "y"),
-            ],
+            node: vec![node("Conv", "conv", &["x", "w"], "c"), node("Relu", "relu", &["c"], "y")],
             initializer: vec![tensor("w", &[3, 2, 3, 3], &[0.1; 54])],
             input: vec![vi("x", &[1, 2, 4, 4])],
             output: vec![vi("y", &[1, 3, 2, 2])],
@@ -74,27 +71,15 @@ fn truncated_protobuf() {
     for cut in [bytes.len() / 2, bytes.len() - 3, 7] {
         let e = penni_onnx::import_bytes(&bytes[..cut], "cut.onnx").unwrap_err();
         assert!(matches!(e, OnnxError::Decode { .. }), "{e}");
-        assert!(
-            e.to_string()
-                .starts_with("cut.onnx: not a readable ONNX model"),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with("cut.onnx: not a readable ONNX model"), "{e}");
     }
 }
 
 #[test]
 fn garbage_bytes() {
-    for bytes in [
-        &b"this is not an onnx file at all"[..],
-        &[0xff; 64],
-        b"PK\x03\x04zipzipzip",
-        &[],
-    ] {
+    for bytes in [&b"this is not an onnx file at all"[..], &[0xff; 64], b"PK\x03\x04zipzipzip", &[]] {
         let e = penni_onnx::import_bytes(bytes, "garbage.onnx").unwrap_err();
-        assert!(
-            matches!(e, OnnxError::Decode { .. } | OnnxError::IrVersion { .. }),
-            "{e}"
-        );
+        assert!(matches!(e, OnnxError::Decode { .. } | OnnxError::IrVersion { .. }), "{e}");
     }
 }
 
@@ -103,10 +88,7 @@ fn huge_declared_dims_with_tiny_data() {
     let mut p = base();
     graph(&mut p).initializer[0].dims = vec![1 << 20, 1 << 20, 3, 3];
     let e = import(&p).unwrap_err();
-    assert!(
-        matches!(&e, OnnxError::Tensor { tensor, .. } if tensor == "w"),
-        "{e}"
-    );
+    assert!(matches!(&e, OnnxError::Tensor { tensor, .. } if tensor == "w"), "{e}");
     assert!(e.to_string().contains("holds 216 bytes"), "{e}");
     graph(&mut p).initializer[0].dims = vec![i64::MAX, 4];
     assert!(matches!(import(&p).unwrap_err(), OnnxError::Tensor { .. }));
@@ -124,10 +106,7 @@ fn huge_declared_dims_with_tiny_data() {
     // huge input image
     let mut p = base();
     graph(&mut p).input[0] = vi("x", &[1, 2, 1 << 40, 1 << 40]);
-    assert!(matches!(
-        import(&p).unwrap_err(),
-        OnnxError::Malformed { .. }
-    ));
+    assert!(matches!(import(&p).unwrap_err(), OnnxError::Malformed { .. }));
 }
 
 #[test]
@@ -135,10 +114,7 @@ fn negative_dims() {
     let mut p = base();
     graph(&mut p).initializer[0].dims = vec![-3, 2, 3, 3];
     let e = import(&p).unwrap_err();
-    assert!(
-        matches!(e, OnnxError::Tensor { .. }) && e.to_string().contains("negative"),
-        "{e}"
-    );
+    assert!(matches!(e, OnnxError::Tensor { .. }) && e.to_string().contains("negative"), "{e}");
     let mut p = base();
     graph(&mut p).input[0] = vi("x", &[1, 2, -4, 4]);
     let e = import(&p).unwrap_err();
@@ -228,9 +204,7 @@ fn unsupported_ops_are_listed_together() {
         ("fused", "com.microsoft"),
     ] {
         assert!(
-            issues
-                .iter()
-                .any(|i| i.node == node && i.to_string().contains(what)),
+            issues.iter().any(|i| i.node == node && i.to_string().contains(what)),
             "{node}/{what} missing from:\n{text}"
         );
     }
@@ -319,24 +293,15 @@ fn malformed_nodes() {
         ints: vec![i64::MAX, 1],
         ..Default::default()
     });
-    assert!(matches!(
-        import(&p).unwrap_err(),
-        OnnxError::InvalidNode { .. }
-    ));
+    assert!(matches!(import(&p).unwrap_err(), OnnxError::InvalidNode { .. }));
     // a tensor written twice
     let mut p = base();
     graph(&mut p).node[1].output[0] = "c".into();
-    assert!(matches!(
-        import(&p).unwrap_err(),
-        OnnxError::Malformed { .. }
-    ));
+    assert!(matches!(import(&p).unwrap_err(), OnnxError::Malformed { .. }));
     // no graph
     let mut p = base();
     p.graph = None;
-    assert!(matches!(
-        import(&p).unwrap_err(),
-        OnnxError::Malformed { .. }
-    ));
+    assert!(matches!(import(&p).unwrap_err(), OnnxError::Malformed { .. }));
 }
 
 #[test]
@@ -364,10 +329,7 @@ fn subgraphs_external_data_and_giant_constants() {
         value: "weights.bin".into(),
     }];
     let e = import(&p).unwrap_err();
-    assert!(
-        matches!(e, OnnxError::Tensor { .. }) && e.to_string().contains("external"),
-        "{e}"
-    );
+    assert!(matches!(e, OnnxError::Tensor { .. }) && e.to_string().contains("external"), "{e}");
 
     // ConstantOfShape asking for 2^60 values
     let mut p = base();
@@ -380,13 +342,9 @@ fn subgraphs_external_data_and_giant_constants() {
         int64_data: vec![1 << 15; 4],
         ..Default::default()
     });
-    g.node
-        .insert(0, node("ConstantOfShape", "fill", &["shape"], "w"));
+    g.node.insert(0, node("ConstantOfShape", "fill", &["shape"], "w"));
     let e = import(&p).unwrap_err();
-    assert!(
-        matches!(&e, OnnxError::InvalidNode { node, .. } if node == "fill"),
-        "{e}"
-    );
+    assert!(matches!(&e, OnnxError::InvalidNode { node, .. } if node == "fill"), "{e}");
 }
 
 #[test]

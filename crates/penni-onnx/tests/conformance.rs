@@ -22,8 +22,7 @@ const SUITES: &[&str] = &["node", "pytorch-converted", "pytorch-operator", "simp
 
 fn read_tensor(path: &Path) -> Result<(Vec<usize>, Vec<f32>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let t =
-        TensorProto::decode(bytes.as_slice()).map_err(|e| format!("{}: {e}", path.display()))?;
+    let t = TensorProto::decode(bytes.as_slice()).map_err(|e| format!("{}: {e}", path.display()))?;
     let c = decode(&t).map_err(|e| format!("{}: {e}", path.display()))?;
     match c.data {
         Data::F32(v) => Ok((c.dims, v)),
@@ -36,11 +35,7 @@ fn data_sets(dir: &Path) -> Vec<PathBuf> {
         .map(|r| {
             r.filter_map(|e| e.ok())
                 .map(|e| e.path())
-                .filter(|p| {
-                    p.is_dir()
-                        && p.file_name()
-                            .is_some_and(|n| n.to_string_lossy().starts_with("test_data_set_"))
-                })
+                .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("test_data_set_")))
                 .collect()
         })
         .unwrap_or_default();
@@ -56,32 +51,22 @@ fn run_case(dir: &Path) -> Result<(), String> {
     let first = sets.first().ok_or("no test data")?;
     if let Some(g) = proto.graph.as_mut() {
         let inits: BTreeSet<String> = g.initializer.iter().map(|t| t.name.clone()).collect();
-        let real: Vec<String> = g
-            .input
-            .iter()
-            .map(|i| i.name.clone())
-            .filter(|n| !inits.contains(n))
-            .collect();
+        let real: Vec<String> = g.input.iter().map(|i| i.name.clone()).filter(|n| !inits.contains(n)).collect();
         for (k, name) in real.iter().enumerate().skip(1) {
             let p = first.join(format!("input_{k}.pb"));
             let Ok(b) = std::fs::read(&p) else { continue };
-            let mut t =
-                TensorProto::decode(b.as_slice()).map_err(|e| format!("{}: {e}", p.display()))?;
+            let mut t = TensorProto::decode(b.as_slice()).map_err(|e| format!("{}: {e}", p.display()))?;
             t.name = name.clone();
             g.initializer.push(t);
         }
     }
-    let model =
-        penni_onnx::import_proto(&proto, "model.onnx").map_err(|e| format!("import: {e}"))?;
+    let model = penni_onnx::import_proto(&proto, "model.onnx").map_err(|e| format!("import: {e}"))?;
     for set in &sets {
         let (dims, x) = read_tensor(&set.join("input_0.pb"))?;
         let per = model.input_shape().numel();
         let n = dims.first().copied().unwrap_or(1);
         if n * per != x.len() {
-            return Err(format!(
-                "input {dims:?} does not match the model input N x {}",
-                model.input_shape()
-            ));
+            return Err(format!("input {dims:?} does not match the model input N x {}", model.input_shape()));
         }
         let y = forward(
             &model,
@@ -94,11 +79,7 @@ fn run_case(dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("forward: {e}"))?;
         let (edims, want) = read_tensor(&set.join("output_0.pb"))?;
         if want.len() != y.data.len() {
-            return Err(format!(
-                "output has {} values, expected {} ({edims:?})",
-                y.data.len(),
-                want.len()
-            ));
+            return Err(format!("output has {} values, expected {} ({edims:?})", y.data.len(), want.len()));
         }
         for (i, (a, b)) in y.data.iter().zip(&want).enumerate() {
             let ok = (a - b).abs() <= ATOL + RTOL * b.abs() || (a.is_nan() && b.is_nan()) || a == b;
@@ -116,10 +97,7 @@ fn run_case(dir: &Path) -> Result<(), String> {
 fn short(e: &str) -> String {
     let line = e.lines().take(3).collect::<Vec<_>>().join(" | ");
     if line.len() > 220 {
-        format!(
-            "{}...",
-            &line[..line.char_indices().nth(217).map_or(line.len(), |c| c.0)]
-        )
+        format!("{}...", &line[..line.char_indices().nth(217).map_or(line.len(), |c| c.0)])
     } else {
         line
     }
@@ -128,16 +106,10 @@ fn short(e: &str) -> String {
 #[test]
 fn onnx_backend_conformance() {
     let Some(root) = std::env::var_os("PENNI_ONNX_TESTDATA").map(PathBuf::from) else {
-        eprintln!(
-            "skipped: set PENNI_ONNX_TESTDATA to onnx/backend/test/data (crates/penni-onnx/conformance/run.sh does it)"
-        );
+        eprintln!("skipped: set PENNI_ONNX_TESTDATA to onnx/backend/test/data (crates/penni-onnx/conformance/run.sh does it)");
         return;
     };
-    assert!(
-        root.join("node").is_dir(),
-        "{} has no node/ folder",
-        root.display()
-    );
+    assert!(root.join("node").is_dir(), "{} has no node/ folder", root.display());
     let manifest_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/manifest.txt");
     let manifest: BTreeSet<String> = std::fs::read_to_string(&manifest_path)
         .unwrap()
@@ -215,11 +187,7 @@ fn onnx_backend_conformance() {
                     .collect();
                 ops.sort();
                 ops.dedup();
-                format!(
-                    "rejected: {} issue(s), unsupported operators: {}",
-                    issues.len(),
-                    ops.join(", ")
-                )
+                format!("rejected: {} issue(s), unsupported operators: {}", issues.len(), ops.join(", "))
             }
             Ok(Err(e)) => format!("rejected: {}", short(&e.to_string())),
         };
@@ -240,18 +208,7 @@ fn onnx_backend_conformance() {
             eprintln!("  {n}");
         }
     }
-    assert!(
-        panics.is_empty(),
-        "the importer or the reference panicked on: {panics:?}"
-    );
-    assert!(
-        missing.is_empty(),
-        "manifest entries with no test data: {missing:?}"
-    );
-    assert!(
-        broken.is_empty(),
-        "{} manifest case(s) fail:\n{}",
-        broken.len(),
-        broken.join("\n")
-    );
+    assert!(panics.is_empty(), "the importer or the reference panicked on: {panics:?}");
+    assert!(missing.is_empty(), "manifest entries with no test data: {missing:?}");
+    assert!(broken.is_empty(), "{} manifest case(s) fail:\n{}", broken.len(), broken.join("\n"));
 }

@@ -10,23 +10,7 @@ use prost::Message;
 fn ops() -> Vec<&'static str> {
     penni_onnx::SUPPORTED_OPS.iter().copied().chain(["Hardmax"]).collect()
 }
-const NUMBERS: &[i64] = &[
-    -(1 << 62),
-    -7,
-    -2,
-    -1,
-    0,
-    1,
-    2,
-    3,
-    4,
-    5,
-    7,
-    64,
-    1 << 31,
-    1 << 40,
-    i64::MAX,
-];
+const NUMBERS: &[i64] = &[-(1 << 62), -7, -2, -1, 0, 1, 2, 3, 4, 5, 7, 64, 1 << 31, 1 << 40, i64::MAX];
 
 /// Applies one semantic edit to a decoded model: reaches the converters with odd values that
 /// byte flips (which mostly break the protobuf framing) rarely produce.

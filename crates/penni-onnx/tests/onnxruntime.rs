@@ -14,9 +14,7 @@ use penni_onnx::npy;
 #[test]
 fn onnxruntime_agrees_with_the_reference() {
     let Some(python) = std::env::var_os("PENNI_PYTHON") else {
-        eprintln!(
-            "skipped: set PENNI_PYTHON to the python printed by scripts/python-env.sh to compare with onnxruntime"
-        );
+        eprintln!("skipped: set PENNI_PYTHON to the python printed by scripts/python-env.sh to compare with onnxruntime");
         return;
     };
     let mut models: Vec<Model> = Vec::new();
@@ -30,8 +28,7 @@ fn onnxruntime_agrees_with_the_reference() {
     models.push(pz.clone());
     pz.name = "op_zoo_round_trip".into();
     // The re-imported export must also run the same.
-    models
-        .push(penni_onnx::import_bytes(&penni_onnx::export_bytes(&pz).unwrap(), "op_zoo").unwrap());
+    models.push(penni_onnx::import_bytes(&penni_onnx::export_bytes(&pz).unwrap(), "op_zoo").unwrap());
 
     let dir = tempfile::tempdir().unwrap();
     let mut args = Vec::new();
@@ -48,17 +45,9 @@ fn onnxruntime_agrees_with_the_reference() {
         }) else {
             unreachable!()
         };
-        std::fs::write(
-            p("in.npy"),
-            npy::write_f32(&[2, per[0], per[1], per[2]], &x.data),
-        )
-        .unwrap();
+        std::fs::write(p("in.npy"), npy::write_f32(&[2, per[0], per[1], per[2]], &x.data)).unwrap();
         args.extend([p("model.onnx"), p("in.npy"), p("out.npy")]);
-        expected.push((
-            format!("{} ({} nodes)", m.name, m.nodes.len()),
-            y.data,
-            p("out.npy"),
-        ));
+        expected.push((format!("{} ({} nodes)", m.name, m.nodes.len()), y.data, p("out.npy")));
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ort_run.py");
     let out = Command::new(&python)
@@ -77,9 +66,6 @@ fn onnxruntime_agrees_with_the_reference() {
         let (_, got) = npy::read_f32(&std::fs::read(&path).unwrap()).unwrap();
         let diff = max_rel_diff(&got, &want);
         eprintln!("  {label}: max relative difference {diff:.2e}");
-        assert!(
-            diff < 1e-4,
-            "{label}: onnxruntime differs from the reference by {diff}"
-        );
+        assert!(diff < 1e-4, "{label}: onnxruntime differs from the reference by {diff}");
     }
 }

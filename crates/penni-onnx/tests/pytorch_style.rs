@@ -35,13 +35,7 @@ fn typed(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
     }
 }
 
-fn node(
-    op: &str,
-    name: &str,
-    inputs: &[&str],
-    outputs: &[&str],
-    attribute: Vec<AttributeProto>,
-) -> NodeProto {
+fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str], attribute: Vec<AttributeProto>) -> NodeProto {
     NodeProto {
         op_type: op.into(),
         name: name.into(),
@@ -207,21 +201,9 @@ fn pytorch_style_export_imports_to_the_expected_graph() {
             &["/fc2/MatMul_output_0"],
             vec![],
         ),
-        node(
-            "Add",
-            "/fc2/Add",
-            &["fc2.bias", "/fc2/MatMul_output_0"],
-            &["logits"],
-            vec![],
-        ),
+        node("Add", "/fc2/Add", &["fc2.bias", "/fc2/MatMul_output_0"], &["logits"], vec![]),
         // A dead branch (not reaching the output) is ignored, whatever it uses.
-        node(
-            "Softmax",
-            "/unused/Softmax",
-            &["logits"],
-            &["probabilities"],
-            vec![],
-        ),
+        node("Softmax", "/unused/Softmax", &["logits"], &["probabilities"], vec![]),
     ];
     let initializer = vec![
         raw("conv1.weight", &[8, 3, 3, 3], &w1),
@@ -267,8 +249,7 @@ fn pytorch_style_export_imports_to_the_expected_graph() {
         }),
         ..Default::default()
     };
-    let model = penni_onnx::import_bytes(&proto.encode_to_vec(), "pytorch_style.onnx")
-        .unwrap_or_else(|e| panic!("{e}"));
+    let model = penni_onnx::import_bytes(&proto.encode_to_vec(), "pytorch_style.onnx").unwrap_or_else(|e| panic!("{e}"));
 
     let mut fc2_t = vec![0f32; 40];
     for i in 0..10 {
@@ -291,10 +272,7 @@ fn pytorch_style_export_imports_to_the_expected_graph() {
         op,
         inputs: inputs.iter().map(|s| s.to_string()).collect(),
         output: output.into(),
-        params: params
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect::<BTreeMap<_, _>>(),
+        params: params.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),
     };
     let expected = Model {
         name: "main_graph".into(),
@@ -314,10 +292,7 @@ fn pytorch_style_export_imports_to_the_expected_graph() {
             ),
             n(
                 "/bn1/BatchNormalization",
-                Op::BatchNorm2d {
-                    channels: 8,
-                    eps: 1e-5,
-                },
+                Op::BatchNorm2d { channels: 8, eps: 1e-5 },
                 &["/conv1/Conv_output_0"],
                 "/bn1/BatchNormalization_output_0",
                 vec![
@@ -461,9 +436,7 @@ fn keras_style_auto_pad_and_legacy_opset() {
         "keras.onnx",
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let Op::Conv2d(c) = &m.nodes[0].op else {
-        panic!()
-    };
+    let Op::Conv2d(c) = &m.nodes[0].op else { panic!() };
     // 6x5 input, stride 2, kernel 3: output 3x3, total padding 1 (rows) / 2 (cols), extra at the end.
     assert_eq!(c.padding, [0, 1, 1, 1]);
     assert!(c.bias);
@@ -479,16 +452,12 @@ fn keras_style_auto_pad_and_legacy_opset() {
     g.initializer.push(raw("lo", &[], &[0.0]));
     g.initializer.push(raw("hi", &[], &[6.0]));
     let err = penni_onnx::import_bytes(&p.encode_to_vec(), "keras13.onnx").unwrap_err();
-    assert!(
-        matches!(err, penni_onnx::OnnxError::UnsupportedModel { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, penni_onnx::OnnxError::UnsupportedModel { .. }), "{err}");
     assert!(err.to_string().contains("bias_add"), "{err}");
     // With a [2, 1, 1] bias it is one.
     let g = p.graph.as_mut().unwrap();
     g.initializer[1] = raw("b", &[2, 1, 1], &[1.0, -1.0]);
-    let m = penni_onnx::import_bytes(&p.encode_to_vec(), "keras13.onnx")
-        .unwrap_or_else(|e| panic!("{e}"));
+    let m = penni_onnx::import_bytes(&p.encode_to_vec(), "keras13.onnx").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(m.nodes[1].op, Op::Clip { min: 0.0, max: 6.0 });
     assert_eq!(m.nodes[0].params["bias"].data, vec![1.0, -1.0]);
 }

@@ -9,12 +9,7 @@ use penni_onnx::{export_bytes, import_bytes};
 
 #[test]
 fn dense_zoo_models_round_trip_exactly() {
-    for (name, width) in [
-        ("resnet20", 0.25),
-        ("resnet18", 0.125),
-        ("vgg16", 0.125),
-        ("resnet56", 0.25),
-    ] {
+    for (name, width) in [("resnet20", 0.25), ("resnet18", 0.125), ("vgg16", 0.125), ("resnet56", 0.25)] {
         let mut m = zoo(name, width);
         randomize_bn(&mut m, 3);
         let bytes = export_bytes(&m).unwrap();
@@ -50,10 +45,7 @@ fn decomposed_without_metadata_still_computes_the_same() {
     let mut proto = penni_onnx::export_proto(&d).unwrap();
     proto.metadata_props.clear();
     let back = penni_onnx::import_proto(&proto, "no-meta").unwrap();
-    assert!(
-        back.nodes.len() > d.nodes.len(),
-        "without the tags the layers stay two plain convs"
-    );
+    assert!(back.nodes.len() > d.nodes.len(), "without the tags the layers stay two plain convs");
     let x = random_input(&d, 2, 1);
     let (a, b) = (forward(&d, &x).unwrap(), forward(&back, &x).unwrap());
     assert!(max_rel_diff(&b.data, &a.data) < 1e-5);
@@ -67,9 +59,5 @@ fn export_file_is_atomic_and_reloads() {
     penni_onnx::export_file(&m, &path).unwrap();
     let back = penni_onnx::import_file(&path).unwrap();
     assert_eq!(back, m);
-    assert_eq!(
-        std::fs::read_dir(dir.path()).unwrap().count(),
-        1,
-        "no temporary file left behind"
-    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left behind");
 }

@@ -72,21 +72,10 @@ fn weights(fc_in: usize) -> Weights {
 }
 
 /// An ONNX model: `nodes` read "r" (the Relu output, 3 x 4 x 4) and write "flat" (N x fc_in).
-fn onnx_model(
-    opset: i64,
-    batch: Option<i64>,
-    fc_in: usize,
-    nodes: Vec<NodeProto>,
-    inits: Vec<TensorProto>,
-) -> ModelProto {
+fn onnx_model(opset: i64, batch: Option<i64>, fc_in: usize, nodes: Vec<NodeProto>, inits: Vec<TensorProto>) -> ModelProto {
     let w = weights(fc_in);
     let mut node = vec![
-        node(
-            "Conv",
-            &["x", "conv.w", "conv.b"],
-            "c",
-            vec![attr_ints("pads", &[1, 1, 1, 1])],
-        ),
+        node("Conv", &["x", "conv.w", "conv.b"], "c", vec![attr_ints("pads", &[1, 1, 1, 1])]),
         node("Relu", &["c"], "r", vec![]),
     ];
     node.extend(nodes);
@@ -118,12 +107,7 @@ fn onnx_model(
 }
 
 fn node_gemm() -> NodeProto {
-    node(
-        "Gemm",
-        &["flat", "fc.w", "fc.b"],
-        "y",
-        vec![attr_int("transB", 1)],
-    )
+    node("Gemm", &["flat", "fc.w", "fc.b"], "y", vec![attr_int("transB", 1)])
 }
 
 /// The IR model the patterns must come out as: Conv, Relu, `mid`, Linear.
@@ -176,10 +160,7 @@ fn ir_model(fc_in: usize, mid: &[Op]) -> Model {
         },
         inputs: vec![format!("t{}", mid.len())],
         output: "y".into(),
-        params: BTreeMap::from([
-            ("weight".into(), t(vec![5, fc_in], w.fc_w)),
-            ("bias".into(), t(vec![5], w.fc_b)),
-        ]),
+        params: BTreeMap::from([("weight".into(), t(vec![5, fc_in], w.fc_w)), ("bias".into(), t(vec![5], w.fc_b))]),
     });
     let m = Model {
         name: "expected".into(),
@@ -231,12 +212,7 @@ fn view_batch_minus_one(opset: i64) -> (Vec<NodeProto>, Vec<TensorProto>) {
         node("Shape", &["r"], "s", vec![]),
         node("Gather", &["s", "zero"], "n", vec![attr_int("axis", 0)]),
         unsqueeze,
-        node(
-            "Concat",
-            &["n1", "minus1"],
-            "target",
-            vec![attr_int("axis", 0)],
-        ),
+        node("Concat", &["n1", "minus1"], "target", vec![attr_int("axis", 0)]),
         node("Reshape", &["r", "target"], "flat", vec![]),
     ];
     let inits = vec![
@@ -252,11 +228,7 @@ fn torchscript_view_with_the_run_time_batch_size_is_a_flatten() {
     for opset in [11, 13, 17] {
         for batch in [None, Some(3)] {
             let (nodes, inits) = view_batch_minus_one(opset);
-            check(
-                &onnx_model(opset, batch, 48, nodes, inits),
-                48,
-                &[Op::Flatten],
-            );
+            check(&onnx_model(opset, batch, 48, nodes, inits), 48, &[Op::Flatten]);
         }
     }
 }
@@ -265,38 +237,18 @@ fn torchscript_view_with_the_run_time_batch_size_is_a_flatten() {
 fn dynamo_unoptimized_flatten_target_is_a_flatten() {
     // Shape(start=0, end=1) -> Squeeze -> Reshape([-1]) -> Concat with [48] -> Reshape(allowzero=1)
     let nodes = vec![
-        node(
-            "Shape",
-            &["r"],
-            "s",
-            vec![attr_int("start", 0), attr_int("end", 1)],
-        ),
+        node("Shape", &["r"], "s", vec![attr_int("start", 0), attr_int("end", 1)]),
         node("Squeeze", &["s"], "n", vec![]),
         node("Reshape", &["n", "minus1"], "n1", vec![]),
-        node(
-            "Concat",
-            &["n1", "feat"],
-            "target",
-            vec![attr_int("axis", 0)],
-        ),
-        node(
-            "Reshape",
-            &["r", "target"],
-            "flat",
-            vec![attr_int("allowzero", 1)],
-        ),
+        node("Concat", &["n1", "feat"], "target", vec![attr_int("axis", 0)]),
+        node("Reshape", &["r", "target"], "flat", vec![attr_int("allowzero", 1)]),
     ];
     let inits = vec![ints64("minus1", &[1], &[-1]), ints64("feat", &[1], &[48])];
     check(&onnx_model(18, None, 48, nodes, inits), 48, &[Op::Flatten]);
     // the shape without the batch: Shape(start=1) = [3, 4, 4], a constant
     let nodes = vec![
         node("Shape", &["r"], "s", vec![attr_int("start", -3)]),
-        node(
-            "Concat",
-            &["zero", "s"],
-            "target",
-            vec![attr_int("axis", 0)],
-        ),
+        node("Concat", &["zero", "s"], "target", vec![attr_int("axis", 0)]),
         node("Reshape", &["r", "target"], "same", vec![]),
         node("Flatten", &["same"], "flat", vec![]),
     ];
@@ -311,58 +263,23 @@ fn dynamo_unoptimized_flatten_target_is_a_flatten() {
 fn reduce_mean_over_space_is_global_average_pooling() {
     // opset 18: axes as an input; keepdims=1 then Flatten, or keepdims=0
     let nodes = vec![
-        node(
-            "ReduceMean",
-            &["r", "axes"],
-            "m",
-            vec![attr_int("keepdims", 1)],
-        ),
-        node(
-            "Reshape",
-            &["m", "target"],
-            "flat",
-            vec![attr_int("allowzero", 1)],
-        ),
+        node("ReduceMean", &["r", "axes"], "m", vec![attr_int("keepdims", 1)]),
+        node("Reshape", &["m", "target"], "flat", vec![attr_int("allowzero", 1)]),
     ];
-    let inits = vec![
-        ints64("axes", &[2], &[-1, -2]),
-        ints64("target", &[2], &[-1, 3]),
-    ];
-    check(
-        &onnx_model(18, None, 3, nodes, inits),
-        3,
-        &[Op::GlobalAvgPool, Op::Flatten],
-    );
-    let nodes = vec![node(
-        "ReduceMean",
-        &["r", "axes"],
-        "flat",
-        vec![attr_int("keepdims", 0)],
-    )];
+    let inits = vec![ints64("axes", &[2], &[-1, -2]), ints64("target", &[2], &[-1, 3])];
+    check(&onnx_model(18, None, 3, nodes, inits), 3, &[Op::GlobalAvgPool, Op::Flatten]);
+    let nodes = vec![node("ReduceMean", &["r", "axes"], "flat", vec![attr_int("keepdims", 0)])];
     let inits = vec![ints64("axes", &[2], &[2, 3])];
-    check(
-        &onnx_model(18, None, 3, nodes, inits),
-        3,
-        &[Op::GlobalAvgPool, Op::Flatten],
-    );
+    check(&onnx_model(18, None, 3, nodes, inits), 3, &[Op::GlobalAvgPool, Op::Flatten]);
     // opset 13: axes as an attribute, keepdims defaults to 1
     let nodes = vec![
         node("ReduceMean", &["r"], "m", vec![attr_ints("axes", &[3, 2])]),
         node("Flatten", &["m"], "flat", vec![]),
     ];
-    check(
-        &onnx_model(13, Some(1), 3, nodes, vec![]),
-        3,
-        &[Op::GlobalAvgPool, Op::Flatten],
-    );
+    check(&onnx_model(13, Some(1), 3, nodes, vec![]), 3, &[Op::GlobalAvgPool, Op::Flatten]);
     // opset 18, no axes and noop_with_empty_axes=1: the identity
     let nodes = vec![
-        node(
-            "ReduceMean",
-            &["r"],
-            "m",
-            vec![attr_int("noop_with_empty_axes", 1)],
-        ),
+        node("ReduceMean", &["r"], "m", vec![attr_int("noop_with_empty_axes", 1)]),
         node("Flatten", &["m"], "flat", vec![]),
     ];
     check(&onnx_model(18, None, 48, nodes, vec![]), 48, &[Op::Flatten]);
@@ -370,13 +287,7 @@ fn reduce_mean_over_space_is_global_average_pooling() {
 
 /// The weight of the imported Gemm, built from `w` by the pattern in `nodes`.
 fn folded_fc_weight(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, fc_in: usize) -> Vec<f32> {
-    let mut p = onnx_model(
-        13,
-        None,
-        fc_in,
-        vec![node("Flatten", &["r"], "flat", vec![])],
-        inits,
-    );
+    let mut p = onnx_model(13, None, fc_in, vec![node("Flatten", &["r"], "flat", vec![])], inits);
     let g = p.graph.as_mut().unwrap();
     g.initializer.retain(|t| t.name != "fc.w");
     let last = g.node.len() - 1;
@@ -390,34 +301,16 @@ fn constants_fold_as_onnx_defines() {
     let ramp = |n: usize| (0..n).map(|i| i as f32).collect::<Vec<f32>>();
     // Gather along axis 1 with a negative index, rows of a 5 x 2 x 48 constant
     let w = folded_fc_weight(
-        vec![node(
-            "Gather",
-            &["big", "idx"],
-            "fc.w",
-            vec![attr_int("axis", 1)],
-        )],
-        vec![
-            floats("big", &[5, 2, 48], &ramp(480)),
-            ints64("idx", &[], &[-1]),
-        ],
+        vec![node("Gather", &["big", "idx"], "fc.w", vec![attr_int("axis", 1)])],
+        vec![floats("big", &[5, 2, 48], &ramp(480)), ints64("idx", &[], &[-1])],
         48,
     );
-    let want: Vec<f32> = (0..5)
-        .flat_map(|o| (0..48).map(move |k| (o * 96 + 48 + k) as f32))
-        .collect();
+    let want: Vec<f32> = (0..5).flat_map(|o| (0..48).map(move |k| (o * 96 + 48 + k) as f32)).collect();
     assert_eq!(w, want);
     // Concat along axis 1 of 5 x 16 and 5 x 32
     let w = folded_fc_weight(
-        vec![node(
-            "Concat",
-            &["a", "b"],
-            "fc.w",
-            vec![attr_int("axis", -1)],
-        )],
-        vec![
-            floats("a", &[5, 16], &ramp(80)),
-            floats("b", &[5, 32], &vec![-1.0; 160]),
-        ],
+        vec![node("Concat", &["a", "b"], "fc.w", vec![attr_int("axis", -1)])],
+        vec![floats("a", &[5, 16], &ramp(80)), floats("b", &[5, 32], &vec![-1.0; 160])],
         48,
     );
     for o in 0..5 {
@@ -427,12 +320,7 @@ fn constants_fold_as_onnx_defines() {
     // Expand a 5 x 1 column to 5 x 48, its values cast to int32 (truncated) and back to float
     let w = folded_fc_weight(
         vec![
-            node(
-                "Cast",
-                &["col"],
-                "coli",
-                vec![attr_int("to", data_type::INT32 as i64)],
-            ),
+            node("Cast", &["col"], "coli", vec![attr_int("to", data_type::INT32 as i64)]),
             node("Expand", &["coli", "shape"], "wide", vec![]),
             node("CastLike", &["wide", "r"], "fc.w", vec![]),
         ],
@@ -442,10 +330,7 @@ fn constants_fold_as_onnx_defines() {
         ],
         48,
     );
-    let want: Vec<f32> = [1.0, -1.0, 2.0, 0.0, 0.0]
-        .iter()
-        .flat_map(|v| vec![*v; 48])
-        .collect();
+    let want: Vec<f32> = [1.0, -1.0, 2.0, 0.0, 0.0].iter().flat_map(|v| vec![*v; 48]).collect();
     assert_eq!(w, want);
     // Unsqueeze / Squeeze of constants only change the shape
     let w = folded_fc_weight(
@@ -453,10 +338,7 @@ fn constants_fold_as_onnx_defines() {
             node("Unsqueeze", &["flat_w", "ax"], "u", vec![]),
             node("Squeeze", &["u"], "fc.w", vec![]),
         ],
-        vec![
-            floats("flat_w", &[5, 48], &ramp(240)),
-            ints64("ax", &[2], &[0, -1]),
-        ],
+        vec![floats("flat_w", &[5, 48], &ramp(240)), ints64("ax", &[2], &[0, -1])],
         48,
     );
     assert_eq!(w, ramp(240));
@@ -475,12 +357,7 @@ fn what_penni_cannot_express_is_listed_together() {
         node("Shape", &["r"], "s2", vec![]),
         node("Gather", &["s2", "zero"], "n", vec![]),
         node("Unsqueeze", &["n", "zero1"], "n1", vec![]),
-        node(
-            "Concat",
-            &["minus1", "n1"],
-            "target",
-            vec![attr_int("axis", 0)],
-        ),
+        node("Concat", &["minus1", "n1"], "target", vec![attr_int("axis", 0)]),
         node("Reshape", &["r", "target"], "flat", vec![]),
     ];
     let inits = vec![
@@ -491,11 +368,7 @@ fn what_penni_cannot_express_is_listed_together() {
         ints64("minus1", &[1], &[-1]),
     ];
     let mut p = onnx_model(17, None, 48, nodes, inits);
-    p.graph
-        .as_mut()
-        .unwrap()
-        .output
-        .push(vi("mix", &[None, Some(1)]));
+    p.graph.as_mut().unwrap().output.push(vi("mix", &[None, Some(1)]));
     let e = import(&p).unwrap_err();
     let OnnxError::UnsupportedModel { issues, .. } = &e else {
         panic!("{e}")
@@ -507,9 +380,7 @@ fn what_penni_cannot_express_is_listed_together() {
         ("/flat", "batch size at axis 1"),
     ] {
         assert!(
-            issues
-                .iter()
-                .any(|i| i.node == node && i.message.contains(what)),
+            issues.iter().any(|i| i.node == node && i.message.contains(what)),
             "{node}: {what} missing from:\n{text}"
         );
     }
@@ -522,23 +393,12 @@ fn malformed_shape_ops_are_errors_not_panics() {
         // index out of range
         (
             vec![node("Gather", &["w", "idx"], "fc.w", vec![])],
-            vec![
-                floats("w", &[5, 48], &[0.0; 240]),
-                ints64("idx", &[1], &[7]),
-            ],
+            vec![floats("w", &[5, 48], &[0.0; 240]), ints64("idx", &[1], &[7])],
         ),
         // shapes that do not fit along the other axes
         (
-            vec![node(
-                "Concat",
-                &["a", "b"],
-                "fc.w",
-                vec![attr_int("axis", 0)],
-            )],
-            vec![
-                floats("a", &[2, 48], &[0.0; 96]),
-                floats("b", &[3, 47], &[0.0; 141]),
-            ],
+            vec![node("Concat", &["a", "b"], "fc.w", vec![attr_int("axis", 0)])],
+            vec![floats("a", &[2, 48], &[0.0; 96]), floats("b", &[3, 47], &[0.0; 141])],
         ),
         // squeezing an axis that is not 1
         (
@@ -548,30 +408,18 @@ fn malformed_shape_ops_are_errors_not_panics() {
         // not broadcastable
         (
             vec![node("Expand", &["w", "shape"], "fc.w", vec![])],
-            vec![
-                floats("w", &[5, 3], &[0.0; 15]),
-                ints64("shape", &[2], &[5, 48]),
-            ],
+            vec![floats("w", &[5, 3], &[0.0; 15]), ints64("shape", &[2], &[5, 48])],
         ),
         // Expand asking for 2^50 values (every fold counts against the same limits as
         // ConstantOfShape, so a chain of Concats cannot double a constant without end either)
         (
             vec![node("Expand", &["w", "shape"], "fc.w", vec![])],
-            vec![
-                floats("w", &[1, 1], &[0.0]),
-                ints64("shape", &[2], &[1 << 25, 1 << 25]),
-            ],
+            vec![floats("w", &[1, 1], &[0.0]), ints64("shape", &[2], &[1 << 25, 1 << 25])],
         ),
     ];
     for (nodes, inits) in bad {
         let what = nodes[0].op_type.clone();
-        let mut p = onnx_model(
-            13,
-            None,
-            48,
-            vec![node("Flatten", &["r"], "flat", vec![])],
-            inits,
-        );
+        let mut p = onnx_model(13, None, 48, vec![node("Flatten", &["r"], "flat", vec![])], inits);
         let g = p.graph.as_mut().unwrap();
         g.initializer.retain(|t| t.name != "fc.w");
         let last = g.node.len() - 1;
@@ -627,7 +475,19 @@ fn arithmetic_with_per_channel_constants_is_a_batchnorm() {
         floats("c0", &[1], &[c]),
     ];
     let got = import(&onnx_model(13, None, 48, nodes, inits)).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(kinds(&got), ["Conv2d", "ReLU", "BatchNorm2d", "BatchNorm2d", "BatchNorm2d", "BatchNorm2d", "Flatten", "Linear"]);
+    assert_eq!(
+        kinds(&got),
+        [
+            "Conv2d",
+            "ReLU",
+            "BatchNorm2d",
+            "BatchNorm2d",
+            "BatchNorm2d",
+            "BatchNorm2d",
+            "Flatten",
+            "Linear"
+        ]
+    );
     // the same function as one hand-made affine map: y = c - (k x - m) / sd
     let mut want = ir_model(48, &[Op::Flatten]);
     let scale: Vec<f32> = (0..3).map(|i| -k[i] / sd[i]).collect();
@@ -650,7 +510,11 @@ fn arithmetic_with_per_channel_constants_is_a_batchnorm() {
     );
     want.validate().unwrap();
     let mut rng = InitRng::new(5);
-    let x = Activation { n: 2, shape: want.input_shape(), data: (0..2 * 32).map(|_| rng.normal()).collect() };
+    let x = Activation {
+        n: 2,
+        shape: want.input_shape(),
+        data: (0..2 * 32).map(|_| rng.normal()).collect(),
+    };
     let (a, b) = (forward(&got, &x).unwrap().data, forward(&want, &x).unwrap().data);
     let err = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
     assert!(err < 1e-5, "max difference {err}");
@@ -658,13 +522,24 @@ fn arithmetic_with_per_channel_constants_is_a_batchnorm() {
     // what is not an affine map of one tensor is refused clearly
     for (nodes, inits, what) in [
         (vec![node("Sub", &["r", "r"], "a", vec![])], vec![], "two run-time tensors"),
-        (vec![node("Div", &["k", "r"], "a", vec![])], vec![floats("k", &[3, 1, 1], &k)], "divides a constant"),
-        (vec![node("Mul", &["r", "w"], "a", vec![])], vec![floats("w", &[4, 4], &[1.0; 16])], "not per-channel"),
+        (
+            vec![node("Div", &["k", "r"], "a", vec![])],
+            vec![floats("k", &[3, 1, 1], &k)],
+            "divides a constant",
+        ),
+        (
+            vec![node("Mul", &["r", "w"], "a", vec![])],
+            vec![floats("w", &[4, 4], &[1.0; 16])],
+            "not per-channel",
+        ),
     ] {
         let mut nodes = nodes;
         nodes.push(node("Flatten", &["a"], "flat", vec![]));
         let e = import(&onnx_model(13, None, 48, nodes, inits)).unwrap_err();
-        assert!(matches!(e, OnnxError::UnsupportedModel { .. }) && e.to_string().contains(what), "{what}: {e}");
+        assert!(
+            matches!(e, OnnxError::UnsupportedModel { .. }) && e.to_string().contains(what),
+            "{what}: {e}"
+        );
     }
     let nodes = vec![node("Div", &["r", "z"], "a", vec![]), node("Flatten", &["a"], "flat", vec![])];
     let e = import(&onnx_model(13, None, 48, nodes, vec![floats("z", &[3, 1, 1], &[1.0, 0.0, 1.0])])).unwrap_err();
@@ -711,13 +586,24 @@ fn concat_of_feature_maps_along_the_channels() {
         assert_eq!(got.nodes[3].inputs.len(), 3);
     }
     let cases = [
-        (vec![node("Concat", &["r", "r"], "cat", vec![attr_int("axis", 2)])], vec![], "only along the channels"),
-        (vec![node("Concat", &["r", "k"], "cat", vec![attr_int("axis", 1)])], vec![floats("k", &[1, 3, 4, 4], &[0.0; 48])], "constant concatenated"),
+        (
+            vec![node("Concat", &["r", "r"], "cat", vec![attr_int("axis", 2)])],
+            vec![],
+            "only along the channels",
+        ),
+        (
+            vec![node("Concat", &["r", "k"], "cat", vec![attr_int("axis", 1)])],
+            vec![floats("k", &[1, 3, 4, 4], &[0.0; 48])],
+            "constant concatenated",
+        ),
     ];
     for (mut nodes, inits, what) in cases {
         nodes.push(node("Flatten", &["cat"], "flat", vec![]));
         let e = import(&onnx_model(13, None, 96, nodes, inits)).unwrap_err();
-        assert!(matches!(e, OnnxError::UnsupportedModel { .. }) && e.to_string().contains(what), "{what}: {e}");
+        assert!(
+            matches!(e, OnnxError::UnsupportedModel { .. }) && e.to_string().contains(what),
+            "{what}: {e}"
+        );
     }
 }
 
@@ -732,14 +618,33 @@ fn zero_pad_before_a_conv_is_folded_into_its_padding() {
     let tail = || node("Flatten", &["cv"], "flat", vec![]);
     let k_init = || floats("k", &[2, 3, 3, 3], &kw);
     // the reference: the conv pads (top 1, left 2, bottom 1, right 0) itself
-    let want = import(&onnx_model(13, None, 32, vec![conv("r", vec![attr_ints("pads", &[1, 2, 1, 0])]), tail()], vec![k_init()])).unwrap();
+    let want = import(&onnx_model(
+        13,
+        None,
+        32,
+        vec![conv("r", vec![attr_ints("pads", &[1, 2, 1, 0])]), tail()],
+        vec![k_init()],
+    ))
+    .unwrap();
     let mut rng = InitRng::new(3);
-    let x = Activation { n: 2, shape: want.input_shape(), data: (0..2 * 32).map(|_| rng.normal()).collect() };
+    let x = Activation {
+        n: 2,
+        shape: want.input_shape(),
+        data: (0..2 * 32).map(|_| rng.normal()).collect(),
+    };
     let expected = forward(&want, &x).unwrap().data;
     let pads = [0i64, 0, 1, 2, 0, 0, 1, 0];
     let cases: Vec<(i64, Vec<NodeProto>, Vec<TensorProto>)> = vec![
-        (9, vec![node("Pad", &["r"], "p", vec![attr_ints("pads", &pads)]), conv("p", vec![])], vec![]),
-        (13, vec![node("Pad", &["r", "pads"], "p", vec![]), conv("p", vec![])], vec![ints64("pads", &[8], &pads)]),
+        (
+            9,
+            vec![node("Pad", &["r"], "p", vec![attr_ints("pads", &pads)]), conv("p", vec![])],
+            vec![],
+        ),
+        (
+            13,
+            vec![node("Pad", &["r", "pads"], "p", vec![]), conv("p", vec![])],
+            vec![ints64("pads", &[8], &pads)],
+        ),
         (
             18,
             vec![node("Pad", &["r", "pads", "", "axes"], "p", vec![]), conv("p", vec![])],
@@ -747,11 +652,25 @@ fn zero_pad_before_a_conv_is_folded_into_its_padding() {
         ),
         (
             13,
-            vec![node("Pad", &["r", "pa"], "p0", vec![]), node("Pad", &["p0", "pb"], "p", vec![]), conv("p", vec![])],
-            vec![ints64("pa", &[8], &[0, 0, 1, 0, 0, 0, 0, 0]), ints64("pb", &[8], &[0, 0, 0, 2, 0, 0, 1, 0])],
+            vec![
+                node("Pad", &["r", "pa"], "p0", vec![]),
+                node("Pad", &["p0", "pb"], "p", vec![]),
+                conv("p", vec![]),
+            ],
+            vec![
+                ints64("pa", &[8], &[0, 0, 1, 0, 0, 0, 0, 0]),
+                ints64("pb", &[8], &[0, 0, 0, 2, 0, 0, 1, 0]),
+            ],
         ),
         // VALID on the padded input is the same conv
-        (13, vec![node("Pad", &["r", "pads"], "p", vec![]), conv("p", vec![attr_string("auto_pad", "VALID")])], vec![ints64("pads", &[8], &pads)]),
+        (
+            13,
+            vec![
+                node("Pad", &["r", "pads"], "p", vec![]),
+                conv("p", vec![attr_string("auto_pad", "VALID")]),
+            ],
+            vec![ints64("pads", &[8], &pads)],
+        ),
     ];
     for (i, (opset, mut nodes, mut inits)) in cases.into_iter().enumerate() {
         nodes.push(tail());
@@ -761,16 +680,46 @@ fn zero_pad_before_a_conv_is_folded_into_its_padding() {
         assert_eq!(forward(&got, &x).unwrap().data, expected, "case {i}");
     }
     let refused: Vec<(Vec<NodeProto>, Vec<TensorProto>, &str)> = vec![
-        (vec![node("Pad", &["r", "pads"], "p", vec![]), node("Relu", &["p"], "q", vec![]), conv("q", vec![])], vec![ints64("pads", &[8], &pads)], "only supported right before a Conv"),
-        (vec![node("Pad", &["r", "pads"], "p", vec![attr_string("mode", "reflect")]), conv("p", vec![])], vec![ints64("pads", &[8], &pads)], "mode 'reflect'"),
-        (vec![node("Pad", &["r", "pads", "v"], "p", vec![]), conv("p", vec![])], vec![ints64("pads", &[8], &pads), floats("v", &[], &[1.0])], "only zero padding"),
-        (vec![node("Pad", &["r", "pads"], "p", vec![]), conv("p", vec![])], vec![ints64("pads", &[8], &[0, 1, 0, 0, 0, 0, 0, 0])], "channel axis"),
-        (vec![node("Pad", &["r", "pads"], "p", vec![]), conv("p", vec![])], vec![ints64("pads", &[8], &[0, 0, -1, 0, 0, 0, 0, 0])], "cropping"),
+        (
+            vec![
+                node("Pad", &["r", "pads"], "p", vec![]),
+                node("Relu", &["p"], "q", vec![]),
+                conv("q", vec![]),
+            ],
+            vec![ints64("pads", &[8], &pads)],
+            "only supported right before a Conv",
+        ),
+        (
+            vec![
+                node("Pad", &["r", "pads"], "p", vec![attr_string("mode", "reflect")]),
+                conv("p", vec![]),
+            ],
+            vec![ints64("pads", &[8], &pads)],
+            "mode 'reflect'",
+        ),
+        (
+            vec![node("Pad", &["r", "pads", "v"], "p", vec![]), conv("p", vec![])],
+            vec![ints64("pads", &[8], &pads), floats("v", &[], &[1.0])],
+            "only zero padding",
+        ),
+        (
+            vec![node("Pad", &["r", "pads"], "p", vec![]), conv("p", vec![])],
+            vec![ints64("pads", &[8], &[0, 1, 0, 0, 0, 0, 0, 0])],
+            "channel axis",
+        ),
+        (
+            vec![node("Pad", &["r", "pads"], "p", vec![]), conv("p", vec![])],
+            vec![ints64("pads", &[8], &[0, 0, -1, 0, 0, 0, 0, 0])],
+            "cropping",
+        ),
     ];
     for (mut nodes, mut inits, what) in refused {
         nodes.push(tail());
         inits.push(k_init());
         let e = import(&onnx_model(13, None, 32, nodes, inits)).unwrap_err();
-        assert!(matches!(e, OnnxError::UnsupportedModel { .. }) && e.to_string().contains(what), "{what}: {e}");
+        assert!(
+            matches!(e, OnnxError::UnsupportedModel { .. }) && e.to_string().contains(what),
+            "{what}: {e}"
+        );
     }
 }

@@ -14,7 +14,13 @@ pub enum TrainError {
         "training diverged in phase '{phase}', epoch {epoch}, step {step}: {what}; the last good checkpoint is kept{}",
         checkpoint.as_ref().map(|p| format!(" at {}", p.display())).unwrap_or_default()
     )]
-    Diverged { phase: String, epoch: usize, step: usize, what: String, checkpoint: Option<std::path::PathBuf> },
+    Diverged {
+        phase: String,
+        epoch: usize,
+        step: usize,
+        what: String,
+        checkpoint: Option<std::path::PathBuf>,
+    },
     #[error("{path}: {source}")]
     Io { path: std::path::PathBuf, source: std::io::Error },
     /// The run was asked to stop early (used to simulate interruptions in tests).

@@ -7,6 +7,5 @@ pub mod trainer;
 
 pub use error::{Result, TrainError};
 pub use trainer::{
-    EpochRecord, Evaluation, LrSchedule, RunOptions, TrainData, TrainOptions, TrainOutcome, evaluate, forward, gradients,
-    train,
+    EpochRecord, Evaluation, LrSchedule, RunOptions, TrainData, TrainOptions, TrainOutcome, evaluate, forward, gradients, train,
 };

@@ -84,7 +84,12 @@ impl Net {
                 }
                 index.insert((i, pname.to_string()), slots.len());
                 values.push(to_tensor(&node.params[pname].data, device));
-                slots.push(ParamSlot { node: i, name: pname.to_string(), kind: kind_of(&node.op, pname), shape });
+                slots.push(ParamSlot {
+                    node: i,
+                    name: pname.to_string(),
+                    kind: kind_of(&node.op, pname),
+                    shape,
+                });
             }
             if let Op::BatchNorm2d { .. } = node.op {
                 bn.insert(
@@ -96,7 +101,13 @@ impl Net {
                 );
             }
         }
-        Self { slots, values, index, bn, bn_momentum: 0.1 }
+        Self {
+            slots,
+            values,
+            index,
+            bn,
+            bn_momentum: 0.1,
+        }
     }
 
     fn p(&self, node: usize, name: &str) -> Tensor<1> {
@@ -137,7 +148,11 @@ impl Net {
     fn run(&mut self, model: &Model, x: Tensor<4>, train: bool, skip_final_softmax: bool) -> Result<Tensor<2>> {
         let last = model.producer(&model.output);
         let skip = skip_final_softmax && last.is_some_and(|i| matches!(model.nodes[i].op, Op::Softmax { log: false }));
-        let output = if skip { model.nodes[last.expect("checked")].inputs[0].as_str() } else { model.output.as_str() };
+        let output = if skip {
+            model.nodes[last.expect("checked")].inputs[0].as_str()
+        } else {
+            model.output.as_str()
+        };
         let mut env: HashMap<&str, Act> = HashMap::new();
         env.insert(model.input.name.as_str(), Act::Map(x));
         // Free each activation after its last reader so memory stays flat on deep nets.
@@ -302,14 +317,22 @@ impl Net {
                 }
                 flat => flat,
             },
-            Op::Linear { in_features, out_features, bias } => {
+            Op::Linear {
+                in_features,
+                out_features,
+                bias,
+            } => {
                 let x = match ins.remove(0) {
                     Act::Flat(t) => t,
                     Act::Map(_) => return Err(unsupported("linear layer needs a flattened input")),
                 };
                 let w = self.p(i, "weight").reshape([*out_features, *in_features]);
                 let y = x.matmul(w.transpose());
-                Act::Flat(if *bias { y + self.p(i, "bias").reshape([1, *out_features]) } else { y })
+                Act::Flat(if *bias {
+                    y + self.p(i, "bias").reshape([1, *out_features])
+                } else {
+                    y
+                })
             }
         })
     }

@@ -21,7 +21,10 @@ use crate::net::{Net, ParamKind, to_tensor, to_vec};
 pub enum LrSchedule {
     Constant,
     /// Multiply by `gamma` at each milestone epoch.
-    MultiStep { milestones: Vec<usize>, gamma: f64 },
+    MultiStep {
+        milestones: Vec<usize>,
+        gamma: f64,
+    },
     /// Cosine decay from the base rate to zero over the run.
     Cosine,
 }
@@ -30,9 +33,7 @@ impl LrSchedule {
     pub fn lr(&self, base: f64, epoch: usize, epochs: usize) -> f64 {
         match self {
             LrSchedule::Constant => base,
-            LrSchedule::MultiStep { milestones, gamma } => {
-                base * gamma.powi(milestones.iter().filter(|m| epoch >= **m).count() as i32)
-            }
+            LrSchedule::MultiStep { milestones, gamma } => base * gamma.powi(milestones.iter().filter(|m| epoch >= **m).count() as i32),
             LrSchedule::Cosine => base * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs.max(1) as f64).cos()),
         }
     }
@@ -176,7 +177,11 @@ pub fn device() -> Device {
 fn check_data(model: &Model, ds: &Dataset, t: &Transform, what: &str) -> Result<()> {
     for (name, v) in [("mean", &t.mean), ("std", &t.std)] {
         if !(v.is_empty() || v.len() == 1 || v.len() == ds.channels) {
-            return Err(TrainError::Config(format!("{name} has {} values for {}-channel images", v.len(), ds.channels)));
+            return Err(TrainError::Config(format!(
+                "{name} has {} values for {}-channel images",
+                v.len(),
+                ds.channels
+            )));
         }
     }
     if t.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
@@ -192,10 +197,17 @@ fn check_data(model: &Model, ds: &Dataset, t: &Transform, what: &str) -> Result<
     }
     let classes = match model.output_shape()? {
         penni_model::Shape::Vector(n) => n,
-        s => return Err(TrainError::Config(format!("the model's output is a {s} map, a classifier must output a vector"))),
+        s => {
+            return Err(TrainError::Config(format!(
+                "the model's output is a {s} map, a classifier must output a vector"
+            )));
+        }
     };
     if ds.num_classes > classes {
-        return Err(TrainError::Config(format!("the {what} data has {} classes, the model outputs {classes}", ds.num_classes)));
+        return Err(TrainError::Config(format!(
+            "the {what} data has {} classes, the model outputs {classes}",
+            ds.num_classes
+        )));
     }
     if ds.is_empty() {
         return Err(TrainError::Config(format!("the {what} dataset is empty")));
@@ -204,7 +216,10 @@ fn check_data(model: &Model, ds: &Dataset, t: &Transform, what: &str) -> Result<
 }
 
 fn batch_tensors(b: &penni_data::Batch, classes: usize, device: &Device) -> (Tensor<4>, Vec<i64>, Tensor<2>) {
-    let x = Tensor::from_data(TensorData::new(b.images.clone(), [b.batch_size, b.channels, b.height, b.width]), device);
+    let x = Tensor::from_data(
+        TensorData::new(b.images.clone(), [b.batch_size, b.channels, b.height, b.width]),
+        device,
+    );
     let mut onehot = vec![0f32; b.batch_size * classes];
     for (i, l) in b.labels.iter().enumerate() {
         onehot[i * classes + *l as usize] = 1.0;
@@ -240,7 +255,11 @@ pub fn evaluate(model: &Model, ds: &Dataset, transform: &Transform, batch_size: 
         loss_sum += nll as f64;
         hits += correct(&to_vec(logits), &labels, classes);
     }
-    Ok(Evaluation { top1: hits as f64 / ds.len() as f64, loss: loss_sum / ds.len() as f64, examples: ds.len() })
+    Ok(Evaluation {
+        top1: hits as f64 / ds.len() as f64,
+        loss: loss_sum / ds.len() as f64,
+        examples: ds.len(),
+    })
 }
 
 /// Momentum buffers, one per parameter slot, kept across epochs and in checkpoints.
@@ -261,24 +280,52 @@ fn slot_key(net: &Net, model: &Model, i: usize) -> String {
     format!("{}.{}", model.nodes[s.node].name, s.name)
 }
 
-fn save_checkpoint(dir: &Path, model: &Model, net: &Net, sgd: &Sgd, masks: &[Option<Tensor<1>>], opts: &TrainOptions, epochs_done: usize, history: &[EpochRecord]) -> Result<()> {
+fn save_checkpoint(
+    dir: &Path,
+    model: &Model,
+    net: &Net,
+    sgd: &Sgd,
+    masks: &[Option<Tensor<1>>],
+    opts: &TrainOptions,
+    epochs_done: usize,
+    history: &[EpochRecord],
+) -> Result<()> {
     let mut extras = Extras::default();
-    extras.metadata.insert("train.options".into(), serde_json::to_string(opts).expect("options serialise"));
+    extras
+        .metadata
+        .insert("train.options".into(), serde_json::to_string(opts).expect("options serialise"));
     extras.metadata.insert("train.epochs_done".into(), epochs_done.to_string());
-    extras.metadata.insert("train.history".into(), serde_json::to_string(history).expect("history serialises"));
+    extras
+        .metadata
+        .insert("train.history".into(), serde_json::to_string(history).expect("history serialises"));
     for i in 0..net.slots.len() {
         let key = slot_key(net, model, i);
         let shape = vec![net.slots[i].shape.iter().product()];
         if let Some(m) = &sgd.momentum[i] {
-            extras.tensors.insert(format!("momentum/{key}"), penni_model::Tensor { shape: shape.clone(), data: to_vec(m.clone()) });
+            extras.tensors.insert(
+                format!("momentum/{key}"),
+                penni_model::Tensor {
+                    shape: shape.clone(),
+                    data: to_vec(m.clone()),
+                },
+            );
         }
         if let Some(m) = &masks[i] {
-            extras.tensors.insert(format!("mask/{key}"), penni_model::Tensor { shape, data: to_vec(m.clone()) });
+            extras.tensors.insert(
+                format!("mask/{key}"),
+                penni_model::Tensor {
+                    shape,
+                    data: to_vec(m.clone()),
+                },
+            );
         }
     }
     let current = dir.join(CHECKPOINT);
     if current.exists() {
-        std::fs::rename(&current, dir.join(PREVIOUS_CHECKPOINT)).map_err(|source| TrainError::Io { path: current.clone(), source })?;
+        std::fs::rename(&current, dir.join(PREVIOUS_CHECKPOINT)).map_err(|source| TrainError::Io {
+            path: current.clone(),
+            source,
+        })?;
     }
     io::save_with_extras(&net.to_model(model), &extras, &current)?;
     Ok(())
@@ -298,17 +345,41 @@ fn read_checkpoint(path: &Path, model: &Model, opts: &TrainOptions) -> Result<Ch
         )));
     }
     let same_graph = ck_model.nodes.len() == model.nodes.len()
-        && ck_model.nodes.iter().zip(&model.nodes).all(|(a, b)| a.name == b.name && a.op == b.op && a.inputs == b.inputs);
+        && ck_model
+            .nodes
+            .iter()
+            .zip(&model.nodes)
+            .all(|(a, b)| a.name == b.name && a.op == b.op && a.inputs == b.inputs);
     if !same_graph || ck_model.input != model.input {
-        return Err(TrainError::Checkpoint(format!("{}: the checkpoint holds a different model", path.display())));
+        return Err(TrainError::Checkpoint(format!(
+            "{}: the checkpoint holds a different model",
+            path.display()
+        )));
     }
     let epochs_done = extras.metadata.get("train.epochs_done").and_then(|s| s.parse().ok()).unwrap_or(0);
-    let history = extras.metadata.get("train.history").and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default();
+    let history = extras
+        .metadata
+        .get("train.history")
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default();
     let net = Net::from_model(&ck_model, &Device::flex());
     let fetch = |prefix: &str| -> Vec<Option<Vec<f32>>> {
-        (0..net.slots.len()).map(|i| extras.tensors.get(&format!("{prefix}/{}", slot_key(&net, &ck_model, i))).map(|t| t.data.clone())).collect()
+        (0..net.slots.len())
+            .map(|i| {
+                extras
+                    .tensors
+                    .get(&format!("{prefix}/{}", slot_key(&net, &ck_model, i)))
+                    .map(|t| t.data.clone())
+            })
+            .collect()
     };
-    Ok(Checkpoint { momentum: fetch("momentum"), masks: fetch("mask"), model: ck_model, epochs_done, history })
+    Ok(Checkpoint {
+        momentum: fetch("momentum"),
+        masks: fetch("mask"),
+        model: ck_model,
+        epochs_done,
+        history,
+    })
 }
 
 /// Loads the newest readable checkpoint: a corrupt latest one falls back to the previous.
@@ -330,14 +401,19 @@ fn load_resume_point(dir: &Path, model: &Model, opts: &TrainOptions) -> Result<O
 }
 
 fn append_log(path: &Path, rec: &EpochRecord) -> Result<()> {
-    let io = |source| TrainError::Io { path: path.to_path_buf(), source };
+    let io = |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
     writeln!(f, "{}", serde_json::to_string(rec).expect("record serialises")).map_err(io)
 }
 
 /// The first parameter holding NaN/Inf, to name the layer in a divergence error.
 fn first_non_finite(net: &Net, model: &Model) -> Option<String> {
-    (0..net.slots.len()).find(|&i| to_vec(net.values[i].clone().inner()).iter().any(|v| !v.is_finite())).map(|i| slot_key(net, model, i))
+    (0..net.slots.len())
+        .find(|&i| to_vec(net.values[i].clone().inner()).iter().any(|v| !v.is_finite()))
+        .map(|i| slot_key(net, model, i))
 }
 
 /// Trains `model` and returns it with the trained weights written back.
@@ -369,7 +445,9 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
     }
     let mut net = Net::from_model(&current, &dev);
     let n_slots = net.slots.len();
-    let mut sgd = Sgd { momentum: vec![None; n_slots] };
+    let mut sgd = Sgd {
+        momentum: vec![None; n_slots],
+    };
     // Masks: 1 where a parameter may change, 0 where it was zero at the start of the run.
     let mut masks: Vec<Option<Tensor<1>>> = vec![None; n_slots];
     match &resumed {
@@ -384,7 +462,10 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
                 if matches!(slot.kind, ParamKind::Weight | ParamKind::Coefficients) {
                     let v = &current.nodes[slot.node].params[&slot.name].data;
                     if v.contains(&0.0) {
-                        masks[i] = Some(to_tensor(&v.iter().map(|x| if *x == 0.0 { 0.0 } else { 1.0 }).collect::<Vec<_>>(), &dev));
+                        masks[i] = Some(to_tensor(
+                            &v.iter().map(|x| if *x == 0.0 { 0.0 } else { 1.0 }).collect::<Vec<_>>(),
+                            &dev,
+                        ));
                     }
                 }
             }
@@ -401,7 +482,16 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
         let lr = opts.schedule.lr(opts.lr, epoch, opts.epochs);
         let frozen = opts.frozen_kind(epoch);
         let trains = |k: ParamKind| Some(k) != frozen;
-        let iter = BatchIter::new(data.train, opts.batch_size, &data.train_transform, true, true, opts.seed, epoch as u64, true);
+        let iter = BatchIter::new(
+            data.train,
+            opts.batch_size,
+            &data.train_transform,
+            true,
+            true,
+            opts.seed,
+            epoch as u64,
+            true,
+        );
         let steps = iter.num_batches();
         if steps == 0 {
             return Err(TrainError::Config(format!(
@@ -410,7 +500,11 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
                 opts.batch_size
             )));
         }
-        let bar = progress_bar(run.progress, steps as u64, &format!("{} epoch {}/{}", opts.phase, epoch + 1, opts.epochs));
+        let bar = progress_bar(
+            run.progress,
+            steps as u64,
+            &format!("{} epoch {}/{}", opts.phase, epoch + 1, opts.epochs),
+        );
         let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
         for (step, b) in iter.enumerate() {
             // Leaves for this step: trainable parameters track gradients, frozen ones are constants.
@@ -503,7 +597,13 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
             },
         };
         if !rec.train_loss.is_finite() {
-            return Err(TrainError::Diverged { phase: opts.phase.clone(), epoch, step: steps, what: "the epoch's mean loss is not finite".into(), checkpoint: None });
+            return Err(TrainError::Diverged {
+                phase: opts.phase.clone(),
+                epoch,
+                step: steps,
+                what: "the epoch's mean loss is not finite".into(),
+                checkpoint: None,
+            });
         }
         history.push(rec.clone());
         if let Some(log) = &run.metrics_log {
@@ -527,7 +627,10 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
             save_checkpoint(dir, &current, &net, &sgd, &masks, opts, epoch + 1, &history)?;
         }
     }
-    Ok(TrainOutcome { model: net.to_model(&current), history })
+    Ok(TrainOutcome {
+        model: net.to_model(&current),
+        history,
+    })
 }
 
 fn progress_bar(enabled: bool, len: u64, msg: &str) -> indicatif::ProgressBar {

@@ -26,12 +26,29 @@ fn synthetic(n: usize, seed: u64) -> Dataset {
             }
         }
     }
-    Dataset { images, labels, channels: 1, height: h, width: w, num_classes: 4, class_names: (0..4).map(|c| c.to_string()).collect() }
+    Dataset {
+        images,
+        labels,
+        channels: 1,
+        height: h,
+        width: w,
+        num_classes: 4,
+        class_names: (0..4).map(|c| c.to_string()).collect(),
+    }
 }
 
 /// A small CNN with one decomposed conv, batchnorm, residual add, pooling and a linear layer.
 fn small_model(seed: u64) -> Model {
-    let mut b = GraphBuilder::new("small", Input { name: "input".into(), channels: 1, height: 8, width: 8 }, seed);
+    let mut b = GraphBuilder::new(
+        "small",
+        Input {
+            name: "input".into(),
+            channels: 1,
+            height: 8,
+            width: 8,
+        },
+        seed,
+    );
     let x = b.input();
     let x = b.conv_bn("stem.", &x, 6, 3, 1, true);
     let y = b.conv_bn("body.", &x, 6, 3, 1, false);
@@ -49,7 +66,9 @@ fn small_model(seed: u64) -> Model {
 fn decompose_node(m: &mut Model, name: &str, d: usize, seed: u64) {
     let mut rng = InitRng::new(seed + 7);
     let node = m.node_mut(name).unwrap();
-    let Op::Conv2d(c) = node.op.clone() else { panic!("{name} is not a conv") };
+    let Op::Conv2d(c) = node.op.clone() else {
+        panic!("{name} is not a conv")
+    };
     let kk = c.kernel[0] * c.kernel[1];
     let rows = c.out_channels * c.in_channels / c.groups;
     node.op = Op::DecomposedConv2d(DecomposedConv2d {
@@ -64,9 +83,18 @@ fn decompose_node(m: &mut Model, name: &str, d: usize, seed: u64) {
         bias: true,
     });
     node.params = BTreeMap::from([
-        ("bases".into(), Tensor::new(vec![d, kk], (0..d * kk).map(|_| rng.normal() * 0.5).collect()).unwrap()),
-        ("coefficients".into(), Tensor::new(vec![rows, d], (0..rows * d).map(|_| rng.normal() * 0.3).collect()).unwrap()),
-        ("bias".into(), Tensor::new(vec![c.out_channels], (0..c.out_channels).map(|_| rng.normal() * 0.1).collect()).unwrap()),
+        (
+            "bases".into(),
+            Tensor::new(vec![d, kk], (0..d * kk).map(|_| rng.normal() * 0.5).collect()).unwrap(),
+        ),
+        (
+            "coefficients".into(),
+            Tensor::new(vec![rows, d], (0..rows * d).map(|_| rng.normal() * 0.3).collect()).unwrap(),
+        ),
+        (
+            "bias".into(),
+            Tensor::new(vec![c.out_channels], (0..c.out_channels).map(|_| rng.normal() * 0.1).collect()).unwrap(),
+        ),
     ]);
 }
 
@@ -100,14 +128,31 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
 #[test]
 fn burn_forward_matches_the_reference_forward() {
     let mut models = vec![small_model(1)];
-    let mut r20 = zoo::build("resnet20", &ZooOptions { width_multiplier: 0.5, height: 16, width: 16, ..Default::default() }).unwrap();
+    let mut r20 = zoo::build(
+        "resnet20",
+        &ZooOptions {
+            width_multiplier: 0.5,
+            height: 16,
+            width: 16,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     decompose_node(&mut r20, "layer2.0.1.conv", 5, 3);
     models.push(r20);
     for mut m in models {
         randomise_bn(&mut m, 5);
         let x = random_input(&m, 2, 9);
         let burn_out = penni_train::forward(&m, &x, 2).unwrap();
-        let reference = reference::forward(&m, &Activation { n: 2, shape: m.input_shape(), data: x }).unwrap();
+        let reference = reference::forward(
+            &m,
+            &Activation {
+                n: 2,
+                shape: m.input_shape(),
+                data: x,
+            },
+        )
+        .unwrap();
         let d = max_rel_diff(&burn_out, &reference.data);
         assert!(d < 1e-4, "{}: burn and reference differ by {d}", m.name);
     }
@@ -115,7 +160,15 @@ fn burn_forward_matches_the_reference_forward() {
 
 /// Cross-entropy of the reference forward pass, in f64, for finite differences.
 fn reference_loss(m: &Model, x: &[f32], labels: &[i64]) -> f64 {
-    let out = reference::forward(m, &Activation { n: labels.len(), shape: m.input_shape(), data: x.to_vec() }).unwrap();
+    let out = reference::forward(
+        m,
+        &Activation {
+            n: labels.len(),
+            shape: m.input_shape(),
+            data: x.to_vec(),
+        },
+    )
+    .unwrap();
     let k = out.shape.numel();
     let mut loss = 0.0;
     for (i, l) in labels.iter().enumerate() {
@@ -172,8 +225,20 @@ fn quick_opts(epochs: usize) -> TrainOptions {
 }
 
 fn data(ds: &Dataset) -> TrainData<'_> {
-    let t = Transform { mean: vec![0.3], std: vec![0.3], ..Default::default() };
-    TrainData { train: ds, test: Some(ds), train_transform: Transform { crop_padding: 1, ..t.clone() }, test_transform: t }
+    let t = Transform {
+        mean: vec![0.3],
+        std: vec![0.3],
+        ..Default::default()
+    };
+    TrainData {
+        train: ds,
+        test: Some(ds),
+        train_transform: Transform {
+            crop_padding: 1,
+            ..t.clone()
+        },
+        test_transform: t,
+    }
 }
 
 #[test]
@@ -182,11 +247,28 @@ fn resume_after_a_stop_ends_with_the_same_weights_as_an_uninterrupted_run() {
     let m = small_model(3);
     let opts = quick_opts(3);
     let dir = tempfile::tempdir().unwrap();
-    let whole = train(&m, &data(&ds), &opts, &RunOptions { checkpoint_dir: Some(dir.path().join("a")), ..Default::default() }).unwrap();
+    let whole = train(
+        &m,
+        &data(&ds),
+        &opts,
+        &RunOptions {
+            checkpoint_dir: Some(dir.path().join("a")),
+            ..Default::default()
+        },
+    )
+    .unwrap();
 
-    let run = RunOptions { checkpoint_dir: Some(dir.path().join("b")), stop_after_epochs: Some(1), ..Default::default() };
+    let run = RunOptions {
+        checkpoint_dir: Some(dir.path().join("b")),
+        stop_after_epochs: Some(1),
+        ..Default::default()
+    };
     assert!(matches!(train(&m, &data(&ds), &opts, &run), Err(TrainError::Stopped(1))));
-    let run = RunOptions { checkpoint_dir: Some(dir.path().join("b")), resume: true, ..Default::default() };
+    let run = RunOptions {
+        checkpoint_dir: Some(dir.path().join("b")),
+        resume: true,
+        ..Default::default()
+    };
     let resumed = train(&m, &data(&ds), &opts, &run).unwrap();
     assert_eq!(resumed.history.len(), 3);
     assert_eq!(resumed.model, whole.model, "resumed run differs from the uninterrupted one");
@@ -219,15 +301,28 @@ fn alternation_freezes_one_factor_per_epoch_and_frozen_zeros_stay_zero() {
         }
     }
     let zeros: Vec<bool> = coef.iter().map(|v| *v == 0.0).collect();
-    let opts = TrainOptions { alternate_interval: Some(2), freeze_zeros: true, l1_coefficients: 1e-3, ..quick_opts(3) };
+    let opts = TrainOptions {
+        alternate_interval: Some(2),
+        freeze_zeros: true,
+        l1_coefficients: 1e-3,
+        ..quick_opts(3)
+    };
     let dir = tempfile::tempdir().unwrap();
     let param = |m: &Model, p: &str| m.node("body.conv").unwrap().params[p].data.clone();
     let mut prev = m.clone();
     for epoch in 1..=3 {
-        let run = RunOptions { checkpoint_dir: Some(dir.path().to_path_buf()), resume: true, stop_after_epochs: Some(epoch), ..Default::default() };
+        let run = RunOptions {
+            checkpoint_dir: Some(dir.path().to_path_buf()),
+            resume: true,
+            stop_after_epochs: Some(epoch),
+            ..Default::default()
+        };
         let _ = train(&m, &data(&ds), &opts, &run);
         let (now, _) = penni_model::io::load_with_extras(&dir.path().join("checkpoint.penni")).unwrap();
-        let (bases_same, coef_same) = (param(&now, "bases") == param(&prev, "bases"), param(&now, "coefficients") == param(&prev, "coefficients"));
+        let (bases_same, coef_same) = (
+            param(&now, "bases") == param(&prev, "bases"),
+            param(&now, "coefficients") == param(&prev, "coefficients"),
+        );
         // epoch index 0 trains coefficients, 1 and 2 train bases
         if epoch == 1 {
             assert!(bases_same && !coef_same, "epoch 0 must train only the coefficients");
@@ -248,7 +343,10 @@ fn a_short_run_lowers_the_loss_and_beats_chance() {
     let ds = synthetic(512, 3);
     let test = synthetic(256, 4);
     let m = small_model(5);
-    let d = TrainData { test: Some(&test), ..data(&ds) };
+    let d = TrainData {
+        test: Some(&test),
+        ..data(&ds)
+    };
     let before = penni_train::evaluate(&m, &test, &d.test_transform, 64).unwrap();
     let out = train(&m, &d, &quick_opts(3), &RunOptions::default()).unwrap();
     let after = penni_train::evaluate(&out.model, &test, &d.test_transform, 64).unwrap();
@@ -261,7 +359,11 @@ fn a_short_run_lowers_the_loss_and_beats_chance() {
 fn divergence_stops_with_a_message_naming_phase_and_epoch() {
     let ds = synthetic(128, 5);
     let m = small_model(6);
-    let opts = TrainOptions { lr: 1e12, momentum: 0.0, ..quick_opts(2) };
+    let opts = TrainOptions {
+        lr: 1e12,
+        momentum: 0.0,
+        ..quick_opts(2)
+    };
     let err = train(&m, &data(&ds), &opts, &RunOptions::default()).err().expect("must diverge");
     let msg = err.to_string();
     assert!(matches!(err, TrainError::Diverged { .. }), "{msg}");
@@ -272,9 +374,21 @@ fn divergence_stops_with_a_message_naming_phase_and_epoch() {
 fn bad_options_and_mismatched_data_are_clear_errors() {
     let ds = synthetic(64, 6);
     let m = small_model(7);
-    let e = train(&m, &data(&ds), &TrainOptions { lr: -1.0, ..quick_opts(1) }, &RunOptions::default()).err().unwrap();
+    let e = train(&m, &data(&ds), &TrainOptions { lr: -1.0, ..quick_opts(1) }, &RunOptions::default())
+        .err()
+        .unwrap();
     assert!(e.to_string().contains("learning rate"), "{e}");
-    let wrong = zoo::build("resnet20", &ZooOptions { in_channels: 3, height: 8, width: 8, num_classes: 4, ..Default::default() }).unwrap();
+    let wrong = zoo::build(
+        "resnet20",
+        &ZooOptions {
+            in_channels: 3,
+            height: 8,
+            width: 8,
+            num_classes: 4,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let e = train(&wrong, &data(&ds), &quick_opts(1), &RunOptions::default()).err().unwrap();
     assert!(e.to_string().contains("takes 3x8x8"), "{e}");
     assert_eq!(m.output_shape().unwrap(), Shape::Vector(4));
@@ -283,7 +397,13 @@ fn bad_options_and_mismatched_data_are_clear_errors() {
 /// Appends a softmax (or log-softmax) node that becomes the model output.
 fn with_softmax(mut m: Model, log: bool) -> Model {
     let input = m.output.clone();
-    m.nodes.push(penni_model::Node { name: "prob".into(), op: Op::Softmax { log }, inputs: vec![input], output: "prob".into(), params: BTreeMap::new() });
+    m.nodes.push(penni_model::Node {
+        name: "prob".into(),
+        op: Op::Softmax { log },
+        inputs: vec![input],
+        output: "prob".into(),
+        params: BTreeMap::new(),
+    });
     m.output = "prob".into();
     m.validate().unwrap();
     m
@@ -302,7 +422,15 @@ fn a_final_softmax_is_part_of_the_model_but_not_of_the_loss() {
     for log in [false, true] {
         let s = with_softmax(m.clone(), log);
         let burn_out = penni_train::forward(&s, &x, 3).unwrap();
-        let reference = reference::forward(&s, &Activation { n: 3, shape: s.input_shape(), data: x.clone() }).unwrap();
+        let reference = reference::forward(
+            &s,
+            &Activation {
+                n: 3,
+                shape: s.input_shape(),
+                data: x.clone(),
+            },
+        )
+        .unwrap();
         assert!(max_rel_diff(&burn_out, &reference.data) < 1e-5, "log {log}");
         let grads = penni_train::gradients(&s, &x, &labels).unwrap();
         assert_eq!(grads.len(), plain.len());
@@ -316,7 +444,16 @@ fn a_final_softmax_is_part_of_the_model_but_not_of_the_loss() {
 /// reference, and gradients reach both branches.
 #[test]
 fn concat_branches_train_like_the_reference() {
-    let mut b = GraphBuilder::new("fire", Input { name: "input".into(), channels: 1, height: 8, width: 8 }, 6);
+    let mut b = GraphBuilder::new(
+        "fire",
+        Input {
+            name: "input".into(),
+            channels: 1,
+            height: 8,
+            width: 8,
+        },
+        6,
+    );
     let x = b.input();
     let s = b.conv_bn("stem.", &x, 4, 3, 1, true);
     let e1 = b.conv_bn("e1.", &s, 3, 1, 1, true);
@@ -331,11 +468,22 @@ fn concat_branches_train_like_the_reference() {
     randomise_bn(&mut m, 7);
     let x = random_input(&m, 2, 8);
     let burn_out = penni_train::forward(&m, &x, 2).unwrap();
-    let reference = reference::forward(&m, &Activation { n: 2, shape: m.input_shape(), data: x.clone() }).unwrap();
+    let reference = reference::forward(
+        &m,
+        &Activation {
+            n: 2,
+            shape: m.input_shape(),
+            data: x.clone(),
+        },
+    )
+    .unwrap();
     assert!(max_rel_diff(&burn_out, &reference.data) < 1e-5);
     let grads = penni_train::gradients(&m, &x, &[1, 2]).unwrap();
     for k in ["e1.conv.weight", "e3.conv.weight", "fc.a.weight"] {
-        let g = grads.iter().find(|(name, _)| name.contains(k)).unwrap_or_else(|| panic!("no gradient for {k}: {:?}", grads.keys()));
+        let g = grads
+            .iter()
+            .find(|(name, _)| name.contains(k))
+            .unwrap_or_else(|| panic!("no gradient for {k}: {:?}", grads.keys()));
         assert!(g.1.iter().any(|v| *v != 0.0), "{k}");
     }
 }
@@ -345,7 +493,16 @@ fn concat_branches_train_like_the_reference() {
 #[test]
 fn activations_and_squeeze_excitation_train_like_the_reference() {
     use penni_model::Activation;
-    let mut b = GraphBuilder::new("se", Input { name: "input".into(), channels: 1, height: 8, width: 8 }, 9);
+    let mut b = GraphBuilder::new(
+        "se",
+        Input {
+            name: "input".into(),
+            channels: 1,
+            height: 8,
+            width: 8,
+        },
+        9,
+    );
     let x = b.input();
     let s = b.conv_bn("stem.", &x, 6, 3, 1, false);
     let s = b.activation("hswish", &s, Activation::HardSwish);
@@ -363,7 +520,15 @@ fn activations_and_squeeze_excitation_train_like_the_reference() {
     randomise_bn(&mut m, 10);
     let x = random_input(&m, 2, 11);
     let burn_out = penni_train::forward(&m, &x, 2).unwrap();
-    let reference = reference::forward(&m, &reference::Activation { n: 2, shape: m.input_shape(), data: x.clone() }).unwrap();
+    let reference = reference::forward(
+        &m,
+        &reference::Activation {
+            n: 2,
+            shape: m.input_shape(),
+            data: x.clone(),
+        },
+    )
+    .unwrap();
     assert!(max_rel_diff(&burn_out, &reference.data) < 1e-5);
     let grads = penni_train::gradients(&m, &x, &[0, 3]).unwrap();
     for k in ["stem.conv.weight", "se.conv.weight"] {

@@ -7,7 +7,17 @@ use penni_model::zoo::{InitRng, ZooOptions};
 use penni_model::{Model, Op, Shape};
 
 pub fn zoo(name: &str, hw: usize, seed: u64) -> Model {
-    penni_model::zoo::build(name, &ZooOptions { height: hw, width: hw, width_multiplier: 0.25, seed, ..Default::default() }).unwrap()
+    penni_model::zoo::build(
+        name,
+        &ZooOptions {
+            height: hw,
+            width: hw,
+            width_multiplier: 0.25,
+            seed,
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 pub fn random_input(model: &Model, n: usize, seed: u64) -> Activation {
@@ -23,7 +33,12 @@ pub fn randomize_batchnorm(model: &mut Model, seed: u64) {
     let mut rng = InitRng::new(seed);
     for node in &mut model.nodes {
         if let Op::BatchNorm2d { .. } = node.op {
-            for (p, lo, hi) in [("weight", 0.5, 1.5), ("bias", -1.0, 1.0), ("running_mean", -0.5, 0.5), ("running_var", 0.5, 1.5)] {
+            for (p, lo, hi) in [
+                ("weight", 0.5, 1.5),
+                ("bias", -1.0, 1.0),
+                ("running_mean", -0.5, 0.5),
+                ("running_var", 0.5, 1.5),
+            ] {
                 for v in &mut node.params.get_mut(p).unwrap().data {
                     *v = lo + (hi - lo) * rng.uniform();
                 }
@@ -37,7 +52,12 @@ pub fn relative_diff(a: &Activation, b: &Activation) -> f64 {
     assert_eq!(a.shape, b.shape);
     assert_eq!(a.data.len(), b.data.len());
     let scale = a.data.iter().map(|v| v.abs() as f64).fold(1e-12, f64::max);
-    a.data.iter().zip(&b.data).map(|(x, y)| (*x as f64 - *y as f64).abs()).fold(0.0, f64::max) / scale
+    a.data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .fold(0.0, f64::max)
+        / scale
 }
 
 /// Asserts that two models compute the same function on random inputs.
@@ -63,7 +83,9 @@ pub fn zero_slice(model: &mut Model, node: &str, out: Option<usize>, inp: Option
     let (n, c, l, p) = match &node.op {
         Op::Conv2d(c) => (c.out_channels, c.in_channels / c.groups, c.kernel[0] * c.kernel[1], "weight"),
         Op::DecomposedConv2d(c) => (c.out_channels, c.in_channels / c.groups, c.num_bases, "coefficients"),
-        Op::Linear { in_features, out_features, .. } => (*out_features, *in_features, 1, "weight"),
+        Op::Linear {
+            in_features, out_features, ..
+        } => (*out_features, *in_features, 1, "weight"),
         _ => panic!("not a mixing layer"),
     };
     let t = node.params.get_mut(p).unwrap();

@@ -51,11 +51,7 @@ pub fn write_mnist_dir(dir: &Path, n_train: usize, n_test: usize, gzip: bool) {
         let (img, lab) = synthetic_idx(n, 28, 28, 10);
         let ib = idx_bytes(8, &[n as u32, 28, 28], &img);
         let lb = idx_bytes(8, &[n as u32], &lab);
-        let (ib, lb, ext) = if gzip {
-            (gz(&ib), gz(&lb), ".gz")
-        } else {
-            (ib, lb, "")
-        };
+        let (ib, lb, ext) = if gzip { (gz(&ib), gz(&lb), ".gz") } else { (ib, lb, "") };
         write(dir, &format!("{prefix}-images-idx3-ubyte{ext}"), &ib);
         write(dir, &format!("{prefix}-labels-idx1-ubyte{ext}"), &lb);
     }
@@ -70,24 +66,11 @@ pub fn cifar_record(label_bytes: &[u8], seed: u8) -> Vec<u8> {
 
 /// Encodes a PNG. `data` is interleaved, in the given colour type and depth
 /// (16-bit samples big-endian, as PNG stores them).
-pub fn png_bytes(
-    w: u32,
-    h: u32,
-    color: png::ColorType,
-    depth: png::BitDepth,
-    data: &[u8],
-) -> Vec<u8> {
+pub fn png_bytes(w: u32, h: u32, color: png::ColorType, depth: png::BitDepth, data: &[u8]) -> Vec<u8> {
     png_bytes_with(w, h, color, depth, data, None)
 }
 
-pub fn png_bytes_with(
-    w: u32,
-    h: u32,
-    color: png::ColorType,
-    depth: png::BitDepth,
-    data: &[u8],
-    palette: Option<&[u8]>,
-) -> Vec<u8> {
+pub fn png_bytes_with(w: u32, h: u32, color: png::ColorType, depth: png::BitDepth, data: &[u8], palette: Option<&[u8]>) -> Vec<u8> {
     let mut out = Vec::new();
     {
         let mut enc = png::Encoder::new(&mut out, w, h);

@@ -56,27 +56,16 @@ pub fn decompose(model: &Model, d: usize, seed: u64) -> Model {
         let scale = (2.0 / (rows as f32 / c.out_channels as f32 * d as f32)).sqrt();
         let bases = Tensor {
             shape: vec![d, kk],
-            data: (0..d * kk)
-                .map(|_| rng.normal() * (1.0 / kk as f32).sqrt())
-                .collect(),
+            data: (0..d * kk).map(|_| rng.normal() * (1.0 / kk as f32).sqrt()).collect(),
         };
         let coef = Tensor {
             shape: vec![rows, d],
             data: (0..rows * d)
-                .map(|_| {
-                    if rng.uniform() < 0.5 {
-                        0.0
-                    } else {
-                        rng.normal() * scale
-                    }
-                })
+                .map(|_| if rng.uniform() < 0.5 { 0.0 } else { rng.normal() * scale })
                 .collect(),
         };
         let bias = i % 2 == 0;
-        let mut params = BTreeMap::from([
-            ("bases".to_string(), bases),
-            ("coefficients".to_string(), coef),
-        ]);
+        let mut params = BTreeMap::from([("bases".to_string(), bases), ("coefficients".to_string(), coef)]);
         if bias {
             params.insert(
                 "bias".into(),
@@ -180,28 +169,17 @@ pub fn op_zoo() -> Model {
         Op::Conv2d(conv),
         &["image"],
         BTreeMap::from([
-            (
-                "weight".into(),
-                rand_tensor(&mut rng, vec![8, 2, 3, 3], 0.3),
-            ),
+            ("weight".into(), rand_tensor(&mut rng, vec![8, 2, 3, 3], 0.3)),
             ("bias".into(), rand_tensor(&mut rng, vec![8], 0.1)),
         ]),
     );
     push(
         "bn",
-        Op::BatchNorm2d {
-            channels: 8,
-            eps: 1e-3,
-        },
+        Op::BatchNorm2d { channels: 8, eps: 1e-3 },
         &["conv_out"],
         bn_params(&mut rng, 8),
     );
-    push(
-        "relu6",
-        Op::Clip { min: 0.0, max: 6.0 },
-        &["bn_out"],
-        BTreeMap::new(),
-    );
+    push("relu6", Op::Clip { min: 0.0, max: 6.0 }, &["bn_out"], BTreeMap::new());
     let pen = DecomposedConv2d {
         in_channels: 8,
         out_channels: 8,
@@ -219,29 +197,13 @@ pub fn op_zoo() -> Model {
         &["relu6_out"],
         BTreeMap::from([
             ("bases".into(), rand_tensor(&mut rng, vec![3, 6], 0.4)),
-            (
-                "coefficients".into(),
-                rand_tensor(&mut rng, vec![8 * 4, 3], 0.4),
-            ),
+            ("coefficients".into(), rand_tensor(&mut rng, vec![8 * 4, 3], 0.4)),
             ("bias".into(), rand_tensor(&mut rng, vec![8], 0.1)),
         ]),
     );
-    push(
-        "clip",
-        Op::Clip {
-            min: -0.5,
-            max: 0.75,
-        },
-        &["penni_out"],
-        BTreeMap::new(),
-    );
+    push("clip", Op::Clip { min: -0.5, max: 0.75 }, &["penni_out"], BTreeMap::new());
     push("relu", Op::Relu, &["penni_out"], BTreeMap::new());
-    push(
-        "sum3",
-        Op::Add,
-        &["penni_out", "clip_out", "relu_out"],
-        BTreeMap::new(),
-    );
+    push("sum3", Op::Add, &["penni_out", "clip_out", "relu_out"], BTreeMap::new());
     let avg = Pool2d {
         kernel: [3, 3],
         stride: [2, 2],
@@ -249,12 +211,7 @@ pub fn op_zoo() -> Model {
         ceil_mode: true,
         count_include_pad: true,
     };
-    push(
-        "softmax",
-        Op::Softmax { log: false },
-        &["sum3_out"],
-        BTreeMap::new(),
-    );
+    push("softmax", Op::Softmax { log: false }, &["sum3_out"], BTreeMap::new());
     push("avg", Op::AvgPool2d(avg), &["softmax_out"], BTreeMap::new());
     let avg2 = Pool2d {
         kernel: [2, 3],
@@ -281,7 +238,12 @@ pub fn op_zoo() -> Model {
     let gate = Activation::HardSigmoid { alpha: 0.2, beta: 0.5 };
     push("se_gate", Op::Activation(gate), &["se_pool_out"], BTreeMap::new());
     push("se_scale", Op::Mul, &["silu_out", "se_gate_out"], BTreeMap::new());
-    push("leaky", Op::Activation(Activation::LeakyRelu { alpha: 0.1 }), &["se_scale_out"], BTreeMap::new());
+    push(
+        "leaky",
+        Op::Activation(Activation::LeakyRelu { alpha: 0.1 }),
+        &["se_scale_out"],
+        BTreeMap::new(),
+    );
     push("gap", Op::GlobalAvgPool, &["leaky_out"], BTreeMap::new());
     push("flat", Op::Flatten, &["gap_out"], BTreeMap::new());
     push(
@@ -309,12 +271,7 @@ pub fn op_zoo() -> Model {
             ("bias".into(), rand_tensor(&mut rng, vec![3], 0.1)),
         ]),
     );
-    push(
-        "log_softmax",
-        Op::Softmax { log: true },
-        &["fc2_out"],
-        BTreeMap::new(),
-    );
+    push("log_softmax", Op::Softmax { log: true }, &["fc2_out"], BTreeMap::new());
     let m = Model {
         name: "op_zoo".into(),
         input: Input {
