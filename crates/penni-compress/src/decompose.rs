@@ -192,17 +192,7 @@ pub fn decompose(model: &Model, opts: &DecomposeOptions) -> Result<(Model, Decom
         let w = node.param("weight")?;
         let rows = w.shape[0] * w.shape[1];
         let f = factorize(&w.data, rows, kk, d, opts.init)?;
-        let spec = DecomposedConv2d {
-            in_channels: c.in_channels,
-            out_channels: c.out_channels,
-            kernel: c.kernel,
-            num_bases: d,
-            stride: c.stride,
-            padding: c.padding,
-            dilation: c.dilation,
-            groups: c.groups,
-            bias: c.bias,
-        };
+        let spec = DecomposedConv2d::from_conv(c, d);
         report.layers.push(DecomposedLayer {
             node: node.name.clone(),
             rows,

@@ -93,7 +93,7 @@ fn starts_group(op: &Op) -> bool {
 fn conv_groups(op: &Op) -> usize {
     match op {
         Op::Conv2d(c) => c.groups,
-        Op::DecomposedConv2d(c) => c.groups,
+        Op::DecomposedConv2d(c) => c.conv.groups,
         _ => 1,
     }
 }

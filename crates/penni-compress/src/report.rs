@@ -68,7 +68,7 @@ impl PhaseRecord {
         for (node, lc) in model.nodes.iter().zip(&cost.layers) {
             let (i, o, b, p) = match &node.op {
                 Op::Conv2d(c) => (c.in_channels, c.out_channels, None, "weight"),
-                Op::DecomposedConv2d(c) => (c.in_channels, c.out_channels, Some(c.num_bases), "coefficients"),
+                Op::DecomposedConv2d(c) => (c.conv.in_channels, c.conv.out_channels, Some(c.num_bases), "coefficients"),
                 Op::Linear {
                     in_features, out_features, ..
                 } => (*in_features, *out_features, None, "weight"),

@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 
+use penni_model::batchnorm::Affine;
 use penni_model::{Model, Node, Op, Pool2d, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -107,8 +108,8 @@ fn mixing(node: &Node, unit: usize) -> Result<Mixing<'_>> {
         Op::DecomposedConv2d(c) => {
             let a = node.param("coefficients")?;
             Ok(Mixing {
-                n: c.out_channels,
-                c: c.in_channels / c.groups,
+                n: c.conv.out_channels,
+                c: c.conv.in_channels / c.conv.groups,
                 l: c.num_bases,
                 data: &a.data,
             })
@@ -136,7 +137,7 @@ fn absorbs_constant(op: &Op) -> bool {
     match op {
         Op::Linear { .. } => true,
         Op::Conv2d(c) => c.groups == 1 && c.padding == [0; 4],
-        Op::DecomposedConv2d(c) => c.groups == 1 && c.padding == [0; 4],
+        Op::DecomposedConv2d(c) => c.conv.groups == 1 && c.conv.padding == [0; 4],
         _ => false,
     }
 }
@@ -173,22 +174,16 @@ fn group_constants<'m>(model: &'m Model, g: &ChannelGroup) -> Result<HashMap<&'m
             .collect::<Result<_>>()?;
         let x = ins[0];
         let out: Vec<Option<f32>> = match &node.op {
-            Op::BatchNorm2d { eps, .. } => {
-                let (gm, b) = (&node.param("weight")?.data, &node.param("bias")?.data);
-                let (mu, var) = (&node.param("running_mean")?.data, &node.param("running_var")?.data);
+            Op::BatchNorm2d { .. } => {
                 // the same arithmetic as the reference forward pass
-                (0..c)
-                    .map(|k| {
-                        x[k].map(|v| {
-                            let scale = gm[k] as f64 / (var[k] as f64 + *eps as f64).sqrt();
-                            ((v as f64 - mu[k] as f64) * scale + b[k] as f64) as f32
-                        })
-                    })
-                    .collect()
+                let affine = Affine::of_batchnorm(node)?;
+                (0..c).map(|k| x[k].map(|v| affine.apply(k, v))).collect()
             }
             Op::Relu => x.iter().map(|v| v.map(|v| v.max(0.0))).collect(),
             Op::Clip { min, max } => x.iter().map(|v| v.map(|v| v.clamp(*min, *max))).collect(),
             Op::Activation(a) => x.iter().map(|v| v.map(|v| a.apply(v))).collect(),
+            // zero padding keeps a channel constant only when the constant is zero
+            Op::Pad { .. } => x.iter().map(|v| v.filter(|v| *v == 0.0)).collect(),
             // a product is constant when both factors are, or when one is 0
             Op::Mul => (0..c)
                 .map(|k| match (ins[0][k], ins[1][k]) {
@@ -337,7 +332,7 @@ fn plan_step(model: &Model, dg: &DependencyGraph) -> Result<Plan> {
 fn set_bias_flag(op: &mut Op) {
     match op {
         Op::Conv2d(c) => c.bias = true,
-        Op::DecomposedConv2d(c) => c.bias = true,
+        Op::DecomposedConv2d(c) => c.conv.bias = true,
         Op::Linear { bias, .. } => *bias = true,
         _ => {}
     }
@@ -354,7 +349,7 @@ fn apply_folds(model: &mut Model, folds: &[Fold]) -> Result<()> {
         let tap_weight: Vec<f64> = match &node.op {
             Op::DecomposedConv2d(c) => {
                 let b = node.param("bases")?;
-                let kk = c.kernel[0] * c.kernel[1];
+                let kk = c.conv.kernel[0] * c.conv.kernel[1];
                 (0..c.num_bases)
                     .map(|j| b.data[j * kk..(j + 1) * kk].iter().map(|v| *v as f64).sum())
                     .collect()
@@ -427,22 +422,22 @@ fn apply_keep(model: &mut Model, dg: &DependencyGraph, keep: &[Vec<usize>]) -> R
                 c.in_channels = ki.len();
                 c.out_channels = ko.len();
             }
-            Op::DecomposedConv2d(c) if c.groups == 1 => {
+            Op::DecomposedConv2d(c) if c.conv.groups == 1 => {
                 let (ki, ko) = (group_keep(&node.inputs[0])?, group_keep(&node.output)?);
-                if ki.len() == c.in_channels && ko.len() == c.out_channels {
+                if ki.len() == c.conv.in_channels && ko.len() == c.conv.out_channels {
                     continue;
                 }
                 let a = node
                     .params
                     .get_mut("coefficients")
                     .ok_or_else(|| CompressError::Invalid(format!("shrink: '{}' has no coefficients", node.name)))?;
-                a.data = select(&a.data, c.in_channels, c.num_bases, ko, ki);
+                a.data = select(&a.data, c.conv.in_channels, c.num_bases, ko, ki);
                 a.shape = vec![ko.len() * ki.len(), c.num_bases];
                 if let Some(b) = node.params.get_mut("bias") {
                     select_vec(b, ko);
                 }
-                c.in_channels = ki.len();
-                c.out_channels = ko.len();
+                c.conv.in_channels = ki.len();
+                c.conv.out_channels = ko.len();
             }
             Op::Linear {
                 in_features, out_features, ..
@@ -514,7 +509,7 @@ fn drop_unused_bases(model: &mut Model) -> Result<usize> {
     for node in &mut model.nodes {
         let Op::DecomposedConv2d(c) = &mut node.op else { continue };
         let d = c.num_bases;
-        let kk = c.kernel[0] * c.kernel[1];
+        let kk = c.conv.kernel[0] * c.conv.kernel[1];
         let a = node
             .params
             .get("coefficients")
@@ -564,7 +559,7 @@ fn layer_dims(model: &Model) -> Vec<(String, String, usize, usize, Option<usize>
         .filter_map(|n| {
             let (i, o, b) = match &n.op {
                 Op::Conv2d(c) => (c.in_channels, c.out_channels, None),
-                Op::DecomposedConv2d(c) => (c.in_channels, c.out_channels, Some(c.num_bases)),
+                Op::DecomposedConv2d(c) => (c.conv.in_channels, c.conv.out_channels, Some(c.num_bases)),
                 Op::Linear {
                     in_features, out_features, ..
                 } => (*in_features, *out_features, None),

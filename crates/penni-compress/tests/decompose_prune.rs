@@ -117,7 +117,7 @@ fn decompose_covers_every_kxk_conv_and_leaves_1x1_and_linear_alone() {
     assert_eq!(names, ["first", "grouped", "tall"]);
     let first = d.node("first").unwrap();
     match &first.op {
-        Op::DecomposedConv2d(c) => assert!(c.bias && c.num_bases == 5),
+        Op::DecomposedConv2d(c) => assert!(c.conv.bias && c.num_bases == 5),
         other => panic!("{other:?}"),
     }
     assert_eq!(first.params["bias"], m.node("first").unwrap().params["bias"], "bias kept");

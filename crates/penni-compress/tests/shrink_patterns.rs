@@ -215,7 +215,7 @@ fn decomposed_layers_lose_channels_and_unused_bases() {
     assert_same_outputs(&m, &s, TOL, "decomposed");
     let node = s.node("b.conv").unwrap();
     match &node.op {
-        Op::DecomposedConv2d(c) => assert_eq!((c.in_channels, c.num_bases), (5, 3)),
+        Op::DecomposedConv2d(c) => assert_eq!((c.conv.in_channels, c.num_bases), (5, 3)),
         _ => unreachable!(),
     }
     assert_eq!(node.params["bases"].shape, vec![3, 9]);

@@ -64,7 +64,7 @@ fn kill_channels(model: &mut Model, seed: u64) -> Vec<(usize, Vec<usize>)> {
         .iter()
         .filter_map(|n| match &n.op {
             Op::Conv2d(c) if c.groups == 1 => Some((n.name.clone(), c.out_channels, c.in_channels)),
-            Op::DecomposedConv2d(c) if c.groups == 1 => Some((n.name.clone(), c.out_channels, c.in_channels)),
+            Op::DecomposedConv2d(c) if c.conv.groups == 1 => Some((n.name.clone(), c.conv.out_channels, c.conv.in_channels)),
             _ => None,
         })
         .collect();

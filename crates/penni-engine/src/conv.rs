@@ -11,7 +11,7 @@
 
 use std::array::from_fn;
 
-use penni_model::{Conv2d, DecomposedConv2d};
+use penni_model::Conv2d;
 
 use crate::arena::AVec;
 use crate::error::EngineError;
@@ -135,46 +135,6 @@ pub(crate) struct ConvGroup {
     kchunks: Vec<(usize, usize)>,
 }
 
-/// The hyper-parameters of a convolution, dense or (reconstructed) decomposed.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ConvSpec {
-    pub in_channels: usize,
-    pub out_channels: usize,
-    pub kernel: [usize; 2],
-    pub stride: [usize; 2],
-    pub padding: [usize; 4],
-    pub dilation: [usize; 2],
-    pub groups: usize,
-}
-
-impl From<&Conv2d> for ConvSpec {
-    fn from(c: &Conv2d) -> Self {
-        ConvSpec {
-            in_channels: c.in_channels,
-            out_channels: c.out_channels,
-            kernel: c.kernel,
-            stride: c.stride,
-            padding: c.padding,
-            dilation: c.dilation,
-            groups: c.groups,
-        }
-    }
-}
-
-impl From<&DecomposedConv2d> for ConvSpec {
-    fn from(c: &DecomposedConv2d) -> Self {
-        ConvSpec {
-            in_channels: c.in_channels,
-            out_channels: c.out_channels,
-            kernel: c.kernel,
-            stride: c.stride,
-            padding: c.padding,
-            dilation: c.dilation,
-            groups: c.groups,
-        }
-    }
-}
-
 pub(crate) struct ConvStep {
     x: ValId,
     y: ValId,
@@ -213,7 +173,7 @@ impl ConvStep {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: &str,
-        c: &ConvSpec,
+        c: &Conv2d,
         w: &[f32],
         b: Option<&[f32]>,
         scale: &[f64],

@@ -49,7 +49,7 @@ struct Analysis {
 fn analyse(node: &Node, c: &DecomposedConv2d) -> Result<Analysis, EngineError> {
     let a = &node.param("coefficients")?.data;
     let d = c.num_bases;
-    let (cg, og) = (c.in_channels / c.groups, c.out_channels / c.groups);
+    let (cg, og) = (c.conv.in_channels / c.conv.groups, c.conv.out_channels / c.conv.groups);
     let mut basis_live = vec![false; d];
     let mut nnz = 0;
     for (i, v) in a.iter().enumerate() {
@@ -59,9 +59,9 @@ fn analyse(node: &Node, c: &DecomposedConv2d) -> Result<Analysis, EngineError> {
         }
     }
     let jl: Vec<usize> = (0..d).filter(|&j| basis_live[j]).collect();
-    let mut live_c = vec![false; c.in_channels];
-    let mut live_col = vec![false; c.in_channels * jl.len()];
-    for n in 0..c.out_channels {
+    let mut live_c = vec![false; c.conv.in_channels];
+    let mut live_col = vec![false; c.conv.in_channels * jl.len()];
+    for n in 0..c.conv.out_channels {
         let g = n / og;
         for cl in 0..cg {
             let ci = g * cg + cl;
@@ -75,7 +75,7 @@ fn analyse(node: &Node, c: &DecomposedConv2d) -> Result<Analysis, EngineError> {
     }
     Ok(Analysis {
         d,
-        kk: c.kernel[0] * c.kernel[1],
+        kk: c.conv.kernel[0] * c.conv.kernel[1],
         cg,
         og,
         jl,
@@ -111,20 +111,20 @@ fn costs(c: &DecomposedConv2d, an: &Analysis, coef: &[f32], input: Shape, output
     let rin = (h * w) as f64 / (oh * ow) as f64;
     let dl = an.jl.len() as f64;
     let kk = an.kk as f64;
-    let nbo = c.out_channels.div_ceil(L);
-    let live_cbs = (0..c.in_channels.div_ceil(L))
-        .filter(|cb| an.live_c[cb * L..((cb + 1) * L).min(c.in_channels)].iter().any(|&l| l))
+    let nbo = c.conv.out_channels.div_ceil(L);
+    let live_cbs = (0..c.conv.in_channels.div_ceil(L))
+        .filter(|cb| an.live_c[cb * L..((cb + 1) * L).min(c.conv.in_channels)].iter().any(|&l| l))
         .count() as f64;
     let stage1 = live_cbs * dl * kk / 2.0;
     let nnz = an.nnz as f64;
     let bf_pixel = stage1 + live_cbs * dl * 4.0 + nnz / 16.0 + nbo as f64 * 5.0;
     let bf_blocked = stage1 + block_columns(c, an, coef) as f64 + nbo as f64;
     let mix_first = rin * (live_cbs * 4.0 + nnz / 16.0 + nbo as f64 * dl * 4.0) + nbo as f64 * dl * kk / 2.0 + nbo as f64;
-    let dense = if c.groups == 1 {
-        let icn = if c.in_channels < L {
-            c.in_channels
+    let dense = if c.conv.groups == 1 {
+        let icn = if c.conv.in_channels < L {
+            c.conv.in_channels
         } else {
-            c.in_channels.div_ceil(L) * L
+            c.conv.in_channels.div_ceil(L) * L
         };
         nbo as f64 * icn as f64 * kk / 2.0 + nbo as f64
     } else {
@@ -143,10 +143,10 @@ fn costs(c: &DecomposedConv2d, an: &Analysis, coef: &[f32], input: Shape, output
 fn block_columns(c: &DecomposedConv2d, an: &Analysis, coef: &[f32]) -> usize {
     let (d, cg, og) = (an.d, an.cg, an.og);
     let mut total = 0;
-    let mut seen = vec![false; c.in_channels * an.jl.len()];
-    for nb in 0..c.out_channels.div_ceil(L) {
+    let mut seen = vec![false; c.conv.in_channels * an.jl.len()];
+    for nb in 0..c.conv.out_channels.div_ceil(L) {
         seen.iter_mut().for_each(|v| *v = false);
-        for n in nb * L..((nb + 1) * L).min(c.out_channels) {
+        for n in nb * L..((nb + 1) * L).min(c.conv.out_channels) {
             let g = n / og;
             for cl in 0..cg {
                 for (jj, &j) in an.jl.iter().enumerate() {
@@ -316,7 +316,7 @@ impl DecompStep {
         let a = &node.param("coefficients")?.data;
         let bases = &node.param("bases")?.data;
         let b = node.params.get("bias").map(|t| &t.data);
-        let (n_out, n_in) = (c.out_channels, c.in_channels);
+        let (n_out, n_in) = (c.conv.out_channels, c.conv.in_channels);
         let (d, kk, cg, og) = (an.d, an.kk, an.cg, an.og);
         let dl = an.jl.len();
         let nbo = n_out.div_ceil(L);
@@ -341,8 +341,8 @@ impl DecompStep {
             yl,
             rl,
             strategy,
-            kernel: c.kernel,
-            stride: c.stride,
+            kernel: c.conv.kernel,
+            stride: c.conv.stride,
             batch,
             nbo,
             dl,
@@ -447,25 +447,25 @@ impl DecompStep {
                     c: nbo * dl.max(1) * L,
                     h: xl.h,
                     w: xl.w,
-                    pad: c.padding,
+                    pad: c.conv.padding,
                 };
                 let ws = ul.ws() as isize;
                 let mut mf_taps = Vec::with_capacity(nbo);
                 for js in &live_js {
                     let mut v = Vec::new();
                     for &jj in js {
-                        for ky in 0..c.kernel[0] {
-                            for kx in 0..c.kernel[1] {
+                        for ky in 0..c.conv.kernel[0] {
+                            for kx in 0..c.conv.kernel[1] {
                                 let off = (jj * ul.plane()) as isize
-                                    + ((ky * c.dilation[0]) as isize * ws + (kx * c.dilation[1]) as isize) * L as isize;
-                                v.push((off, bases[an.jl[jj] * kk + ky * c.kernel[1] + kx]));
+                                    + ((ky * c.conv.dilation[0]) as isize * ws + (kx * c.conv.dilation[1]) as isize) * L as isize;
+                                v.push((off, bases[an.jl[jj] * kk + ky * c.conv.kernel[1] + kx]));
                             }
                         }
                     }
                     mf_taps.push(v);
                 }
                 let steps = dl * kk;
-                let (_, mut r, mut qc) = choose_tile(nbo, yl.h, yl.w, batch, c.stride[1], steps, threads, 1);
+                let (_, mut r, mut qc) = choose_tile(nbo, yl.h, yl.w, batch, c.conv.stride[1], steps, threads, 1);
                 if ![(3, 8), (6, 4), (12, 2), (4, 4)].contains(&(r, qc)) {
                     (r, qc) = (16, 1);
                 }
@@ -488,10 +488,10 @@ impl DecompStep {
             }
             _ => {
                 let ws = xl.ws() as isize;
-                for ky in 0..c.kernel[0] {
-                    for kx in 0..c.kernel[1] {
+                for ky in 0..c.conv.kernel[0] {
+                    for kx in 0..c.conv.kernel[1] {
                         step.taps
-                            .push(((ky * c.dilation[0]) as isize * ws + (kx * c.dilation[1]) as isize) * L as isize);
+                            .push(((ky * c.conv.dilation[0]) as isize * ws + (kx * c.conv.dilation[1]) as isize) * L as isize);
                     }
                 }
                 // chunks of at most MAX_D live bases, as even as possible
@@ -609,9 +609,9 @@ impl DecompStep {
                 }
                 step.colmap = colmap;
                 step.ncols = ncols;
-                step.row0 = xl.pad[0] as isize - c.padding[0] as isize;
-                step.col0 = xl.pad[1] as isize - c.padding[1] as isize;
-                if step.row0 < 0 || step.col0 < 0 || xl.pad[2] < c.padding[2] || xl.pad[3] < c.padding[3] {
+                step.row0 = xl.pad[0] as isize - c.conv.padding[0] as isize;
+                step.col0 = xl.pad[1] as isize - c.conv.padding[1] as isize;
+                if step.row0 < 0 || step.col0 < 0 || xl.pad[2] < c.conv.padding[2] || xl.pad[3] < c.conv.padding[3] {
                     return Err(EngineError::Internal(format!(
                         "'{}': input storage has less padding than the convolution",
                         node.name

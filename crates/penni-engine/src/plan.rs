@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use penni_model::{Model, Node, Op, Shape};
+use penni_model::{Conv2d, Model, Node, Op, Shape};
 use serde::Serialize;
 
 use crate::arena::{AVec, Interval, place};
@@ -812,6 +812,12 @@ impl<'m> Builder<'m> {
         strategy: Strategy,
         knobs: Knobs,
     ) -> Result<Self, EngineError> {
+        if let Some(n) = model.nodes.iter().find(|n| matches!(n.op, Op::Pad { .. })) {
+            return Err(EngineError::Unsupported {
+                node: n.name.clone(),
+                message: "a Pad is run only when it is folded into the padding of the convs that read it".into(),
+            });
+        }
         let mut readers: HashMap<&str, usize> = HashMap::new();
         for n in &model.nodes {
             for i in &n.inputs {
@@ -931,6 +937,8 @@ impl<'m> Builder<'m> {
                 Op::MaxPool2d(_) | Op::AvgPool2d(_) => GKind::Pool { node: i },
                 Op::GlobalAvgPool => GKind::Gap,
                 Op::Flatten => GKind::Flatten,
+                // rejected by Builder::new
+                Op::Pad { .. } => continue,
                 Op::Softmax { log } => GKind::Softmax { log: *log },
                 Op::Concat => {
                     inputs = node.inputs.clone();
@@ -1021,9 +1029,9 @@ impl<'m> Builder<'m> {
                 Some(Shape::Map { h, w, .. }) => (h * w) as u128,
                 _ => continue,
             };
-            let (spec, decomposed): (conv::ConvSpec, bool) = match &n.op {
-                Op::Conv2d(c) => (c.into(), false),
-                Op::DecomposedConv2d(c) => (c.into(), true),
+            let (spec, decomposed): (Conv2d, bool) = match &n.op {
+                Op::Conv2d(c) => (*c, false),
+                Op::DecomposedConv2d(c) => (c.conv, true),
                 _ => continue,
             };
             let kk = (spec.kernel[0] * spec.kernel[1]) as u128;
@@ -1042,7 +1050,7 @@ impl<'m> Builder<'m> {
     }
 
     /// Resolves `Auto` for a decomposed convolution on the planar backend.
-    fn planar_strategy(&self, n: &Node, c: &conv::ConvSpec) -> Result<Strategy, EngineError> {
+    fn planar_strategy(&self, n: &Node, c: &Conv2d) -> Result<Strategy, EngineError> {
         if self.strategy != Strategy::Auto {
             return Ok(self.strategy);
         }
@@ -1077,8 +1085,8 @@ impl<'m> Builder<'m> {
                 let need = match &n.op {
                     Op::Conv2d(c) => c.padding,
                     Op::DecomposedConv2d(c) if planar => {
-                        strategies.insert(node, self.planar_strategy(n, &c.into())?);
-                        c.padding
+                        strategies.insert(node, self.planar_strategy(n, &c.conv)?);
+                        c.conv.padding
                     }
                     Op::DecomposedConv2d(c) => {
                         let s = decomp::choose_strategy(
@@ -1090,7 +1098,7 @@ impl<'m> Builder<'m> {
                             self.strategy,
                         )?;
                         strategies.insert(node, s);
-                        if s == Strategy::MixFirst { [0; 4] } else { c.padding }
+                        if s == Strategy::MixFirst { [0; 4] } else { c.conv.padding }
                     }
                     _ => [0; 4],
                 };
@@ -1167,14 +1175,14 @@ impl<'m> Builder<'m> {
                     let (scale, shift) = bn_fold(&bn_nodes, out_c)?;
                     let (res, act, batch, threads) = (ins[1..].to_vec(), g.act, self.batch, self.threads);
                     let strategy = strategies.get(node).copied();
-                    let (spec, w, b): (conv::ConvSpec, Option<Vec<f32>>, Option<&[f32]>) = match &n.op {
-                        Op::Conv2d(c) => (c.into(), None, n.params.get("bias").map(|t| t.data.as_slice())),
+                    let (spec, w, b): (Conv2d, Option<Vec<f32>>, Option<&[f32]>) = match &n.op {
+                        Op::Conv2d(c) => (*c, None, n.params.get("bias").map(|t| t.data.as_slice())),
                         Op::DecomposedConv2d(c) if strategy == Some(Strategy::Dense) => (
-                            c.into(),
+                            c.conv,
                             Some(penni_model::reference::decomposed_weight(n)?),
                             n.params.get("bias").map(|t| t.data.as_slice()),
                         ),
-                        Op::DecomposedConv2d(c) => (c.into(), None, None),
+                        Op::DecomposedConv2d(c) => (c.conv, None, None),
                         _ => unreachable!("conv group"),
                     };
                     let dense_w: Option<&[f32]> = match &n.op {

@@ -16,10 +16,10 @@
 
 use std::array::from_fn;
 
-use penni_model::{Node, Pool2d};
+use penni_model::{Conv2d, Node, Pool2d};
 
 use crate::arena::AVec;
-use crate::conv::{ConvSpec, MAX_RES};
+use crate::conv::MAX_RES;
 use crate::error::EngineError;
 use crate::plan::{Act, ActV, Ctx, Strategy, ValId};
 use crate::simd::{L, Simd, isa_dispatch};
@@ -66,7 +66,7 @@ struct Access {
 }
 
 impl Access {
-    fn new(xl: &PLay, yl: &PLay, c: &ConvSpec) -> Access {
+    fn new(xl: &PLay, yl: &PLay, c: &Conv2d) -> Access {
         let (h, w, oh, ow) = (xl.h as isize, xl.w as isize, yl.h, yl.w);
         let [sy, sx] = c.stride;
         let [dy, dx] = c.dilation;
@@ -370,7 +370,7 @@ unsafe fn spmm_row<S: Simd, const T: usize>(m: &Csr, row: usize, bias: f32, z: *
 }
 
 /// Estimated cycles per output vector of basis-first, mix-first and a rebuilt dense kernel.
-pub(crate) fn costs(node: &Node, c: &ConvSpec, xl_hw: (usize, usize), yl_hw: (usize, usize)) -> Result<(f64, f64, f64), EngineError> {
+pub(crate) fn costs(node: &Node, c: &Conv2d, xl_hw: (usize, usize), yl_hw: (usize, usize)) -> Result<(f64, f64, f64), EngineError> {
     let a = &node.param("coefficients")?.data;
     let d = a.len() / (c.out_channels * (c.in_channels / c.groups)).max(1);
     let kk = (c.kernel[0] * c.kernel[1]) as f64;
@@ -442,7 +442,7 @@ impl PDecomp {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         node: &Node,
-        c: &ConvSpec,
+        c: &Conv2d,
         scale: &[f64],
         shift: &[f64],
         strategy: Strategy,
@@ -1100,7 +1100,7 @@ pub(crate) struct PConv {
     x: ValId,
     xl: PLay,
     epi: Epi,
-    spec: ConvSpec,
+    spec: Conv2d,
     batch: usize,
     threads: usize,
     acc: Access,
@@ -1123,7 +1123,7 @@ impl PConv {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: &str,
-        c: &ConvSpec,
+        c: &Conv2d,
         w: &[f32],
         b: Option<&[f32]>,
         scale: &[f64],

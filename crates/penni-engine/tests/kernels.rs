@@ -134,15 +134,17 @@ fn conv_model(cs: &ConvCase, decomposed: bool) -> Model {
                 .collect();
             params.insert("coefficients".into(), Tensor::new(vec![n * cs.cg, cs.bases], coefs).unwrap());
             Op::DecomposedConv2d(DecomposedConv2d {
-                in_channels: c,
-                out_channels: n,
-                kernel: cs.kernel,
+                conv: Conv2d {
+                    in_channels: c,
+                    out_channels: n,
+                    kernel: cs.kernel,
+                    stride: cs.stride,
+                    padding: cs.padding,
+                    dilation: cs.dilation,
+                    groups: cs.groups,
+                    bias: cs.bias,
+                },
                 num_bases: cs.bases,
-                stride: cs.stride,
-                padding: cs.padding,
-                dilation: cs.dilation,
-                groups: cs.groups,
-                bias: cs.bias,
             })
         } else {
             params.insert("weight".into(), randn(rng, vec![n, cs.cg, cs.kernel[0], cs.kernel[1]], std));

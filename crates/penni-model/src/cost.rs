@@ -69,12 +69,12 @@ pub fn model_cost(model: &Model) -> Result<ModelCost> {
                 let a = nnz("coefficients");
                 let bases = numel("bases");
                 let b = numel("bias");
-                let k = (c.kernel[0] * c.kernel[1]) as u64;
-                let stage1 = pixels * c.in_channels as u64 * c.num_bases as u64 * k;
+                let k = (c.conv.kernel[0] * c.conv.kernel[1]) as u64;
+                let stage1 = pixels * c.conv.in_channels as u64 * c.num_bases as u64 * k;
                 let stage2 = a * pixels;
                 basis = stage1;
                 let macs = stage1 + stage2;
-                (a, a + bases + b, macs, macs + if c.bias { out_elems } else { 0 })
+                (a, a + bases + b, macs, macs + if c.conv.bias { out_elems } else { 0 })
             }
             Op::BatchNorm2d { channels, .. } => (0, 2 * *channels as u64, 0, out_elems),
             Op::Linear { bias, .. } => {

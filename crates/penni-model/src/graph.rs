@@ -7,7 +7,7 @@ use crate::tensor::Tensor;
 
 /// Hyper-parameters of an ordinary 2-D convolution. Padding is (top, left, bottom, right) so that
 /// asymmetric ONNX/TensorFlow paddings are representable without an extra pad layer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Conv2d {
     pub in_channels: usize,
     pub out_channels: usize,
@@ -22,17 +22,49 @@ pub struct Conv2d {
 /// A PENNI convolution: every kernel w[n, c] is a combination of `num_bases` shared basis kernels,
 /// w[n, c] = sum_j coefficients[n * C/groups + c, j] * bases[j]. Parameters: `bases` (d x kh*kw),
 /// `coefficients` (N*C/groups x d, pruned entries are exactly zero), optional `bias` (N).
+/// Its geometry is the dense conv's it replaces; in files its fields sit beside `num_bases`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DecomposedConv2d {
-    pub in_channels: usize,
-    pub out_channels: usize,
-    pub kernel: [usize; 2],
+    #[serde(flatten)]
+    pub conv: Conv2d,
     pub num_bases: usize,
-    pub stride: [usize; 2],
-    pub padding: [usize; 4],
-    pub dilation: [usize; 2],
-    pub groups: usize,
-    pub bias: bool,
+}
+
+impl DecomposedConv2d {
+    /// The PENNI form of `conv` with `num_bases` bases per layer.
+    pub fn from_conv(conv: &Conv2d, num_bases: usize) -> Self {
+        DecomposedConv2d { conv: *conv, num_bases }
+    }
+}
+
+impl Conv2d {
+    /// Input channels seen by each output channel.
+    pub fn channels_per_group(&self) -> usize {
+        self.in_channels / self.groups.max(1)
+    }
+
+    /// Output height and width for an `h` x `w` input; `None` when the kernel does not fit.
+    pub fn output_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let oh = window_out(
+            h,
+            self.kernel[0],
+            self.stride[0],
+            self.padding[0],
+            self.padding[2],
+            self.dilation[0],
+            false,
+        )?;
+        let ow = window_out(
+            w,
+            self.kernel[1],
+            self.stride[1],
+            self.padding[1],
+            self.padding[3],
+            self.dilation[1],
+            false,
+        )?;
+        (oh > 0 && ow > 0).then_some((oh, ow))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -114,6 +146,12 @@ pub enum Op {
     /// Element-wise product of two tensors of one shape, or of a feature map and a C x 1 x 1
     /// map broadcast over its pixels (squeeze-and-excitation, SiLU as x * sigmoid(x)).
     Mul,
+    /// Zero padding of a feature map on the spatial axes: (top, left, bottom, right). Front ends
+    /// emit it for an explicit pad op; `passes::fold_pads` merges it into the convs that read it,
+    /// and only the reference forward pass runs what is left.
+    Pad {
+        pads: [usize; 4],
+    },
     MaxPool2d(Pool2d),
     AvgPool2d(Pool2d),
     GlobalAvgPool,
@@ -145,6 +183,7 @@ impl Op {
             Op::Clip { .. } => "Clip",
             Op::Activation(a) => a.name(),
             Op::Mul => "Mul",
+            Op::Pad { .. } => "Pad",
             Op::MaxPool2d(_) => "MaxPool2d",
             Op::AvgPool2d(_) => "AvgPool2d",
             Op::GlobalAvgPool => "GlobalAvgPool",
@@ -162,10 +201,7 @@ impl Op {
     pub fn param_shapes(&self) -> Vec<(&'static str, Vec<usize>)> {
         match self {
             Op::Conv2d(c) => {
-                let mut v = vec![(
-                    "weight",
-                    vec![c.out_channels, c.in_channels / c.groups.max(1), c.kernel[0], c.kernel[1]],
-                )];
+                let mut v = vec![("weight", vec![c.out_channels, c.channels_per_group(), c.kernel[0], c.kernel[1]])];
                 if c.bias {
                     v.push(("bias", vec![c.out_channels]));
                 }
@@ -173,14 +209,14 @@ impl Op {
             }
             Op::DecomposedConv2d(c) => {
                 let mut v = vec![
-                    ("bases", vec![c.num_bases, c.kernel[0].saturating_mul(c.kernel[1])]),
+                    ("bases", vec![c.num_bases, c.conv.kernel[0].saturating_mul(c.conv.kernel[1])]),
                     (
                         "coefficients",
-                        vec![c.out_channels.saturating_mul(c.in_channels / c.groups.max(1)), c.num_bases],
+                        vec![c.conv.out_channels.saturating_mul(c.conv.channels_per_group()), c.num_bases],
                     ),
                 ];
-                if c.bias {
-                    v.push(("bias", vec![c.out_channels]));
+                if c.conv.bias {
+                    v.push(("bias", vec![c.conv.out_channels]));
                 }
                 v
             }
@@ -478,18 +514,17 @@ fn positive(node: &Node, what: &str, v: &[usize]) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn conv_out(
-    node: &Node,
-    input: Shape,
-    in_ch: usize,
-    out_ch: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 4],
-    dilation: [usize; 2],
-    groups: usize,
-) -> Result<Shape> {
+fn conv_out(node: &Node, input: Shape, conv: &Conv2d) -> Result<Shape> {
+    let Conv2d {
+        in_channels: in_ch,
+        out_channels: out_ch,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        groups,
+        ..
+    } = *conv;
     let (c, h, w) = expect_map(node, input)?;
     positive(node, "kernel", &kernel)?;
     positive(node, "stride", &stride)?;
@@ -504,11 +539,9 @@ fn conv_out(
             format!("groups {groups} must divide in ({in_ch}) and out ({out_ch}) channels"),
         ));
     }
-    let oh = window_out(h, kernel[0], stride[0], padding[0], padding[2], dilation[0], false);
-    let ow = window_out(w, kernel[1], stride[1], padding[1], padding[3], dilation[1], false);
-    match (oh, ow) {
-        (Some(oh), Some(ow)) if oh > 0 && ow > 0 => Ok(Shape::Map { c: out_ch, h: oh, w: ow }),
-        _ => Err(shape_err(
+    match conv.output_hw(h, w) {
+        Some((oh, ow)) => Ok(Shape::Map { c: out_ch, h: oh, w: ow }),
+        None => Err(shape_err(
             node,
             format!("kernel {kernel:?} (dilation {dilation:?}) does not fit the {h}x{w} input with padding {padding:?}"),
         )),
@@ -550,32 +583,12 @@ pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
         return Err(shape_err(node, format!("expects {n} input(s), got {}", ins.len())));
     }
     match &node.op {
-        Op::Conv2d(c) => conv_out(
-            node,
-            ins[0],
-            c.in_channels,
-            c.out_channels,
-            c.kernel,
-            c.stride,
-            c.padding,
-            c.dilation,
-            c.groups,
-        ),
+        Op::Conv2d(c) => conv_out(node, ins[0], c),
         Op::DecomposedConv2d(c) => {
             if c.num_bases == 0 {
                 return Err(shape_err(node, "needs at least one basis".into()));
             }
-            conv_out(
-                node,
-                ins[0],
-                c.in_channels,
-                c.out_channels,
-                c.kernel,
-                c.stride,
-                c.padding,
-                c.dilation,
-                c.groups,
-            )
+            conv_out(node, ins[0], &c.conv)
         }
         Op::BatchNorm2d { channels, eps } => {
             let (c, _, _) = expect_map(node, ins[0])?;
@@ -608,6 +621,14 @@ pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
                 return Err(shape_err(node, format!("clip range [{min}, {max}] is empty")));
             }
             Ok(ins[0])
+        }
+        Op::Pad { pads } => {
+            let (c, h, w) = expect_map(node, ins[0])?;
+            let grow = |size: usize, lo: usize, hi: usize| size.checked_add(lo)?.checked_add(hi);
+            match (grow(h, pads[0], pads[2]), grow(w, pads[1], pads[3])) {
+                (Some(h), Some(w)) => Ok(Shape::Map { c, h, w }),
+                _ => Err(shape_err(node, format!("padding {pads:?} overflows the {h}x{w} map"))),
+            }
         }
         Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
             let (c, h, w) = expect_map(node, ins[0])?;

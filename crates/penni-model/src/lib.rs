@@ -1,6 +1,7 @@
 //! The penni model IR: the one representation that the trainer, the compressor, the inference
 //! engine and the ONNX code all read and write.
 
+pub mod batchnorm;
 pub mod cost;
 pub mod error;
 pub mod graph;

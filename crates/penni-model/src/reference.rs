@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 
+use crate::batchnorm::Affine;
 use crate::error::{ModelError, Result};
-use crate::graph::{Model, Node, Op, Pool2d, Shape};
+use crate::graph::{Conv2d, Model, Node, Op, Pool2d, Shape};
 
 /// A batch of activations: `n` examples of `shape`, row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,7 +23,7 @@ pub fn decomposed_weight(node: &Node) -> Result<Vec<f32>> {
     };
     let a = node.param("coefficients")?;
     let b = node.param("bases")?;
-    let (d, kk) = (c.num_bases, c.kernel[0] * c.kernel[1]);
+    let (d, kk) = (c.num_bases, c.conv.kernel[0] * c.conv.kernel[1]);
     let rows = a.shape[0];
     let mut w = vec![0f32; rows * kk];
     for r in 0..rows {
@@ -67,18 +68,15 @@ fn dims(s: Shape) -> (usize, usize, usize) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn conv(
-    x: &Activation,
-    out: Shape,
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 4],
-    dilation: [usize; 2],
-    groups: usize,
-) -> Vec<f32> {
+fn conv(x: &Activation, out: Shape, weight: &[f32], bias: Option<&[f32]>, geometry: &Conv2d) -> Vec<f32> {
+    let Conv2d {
+        kernel,
+        stride,
+        padding,
+        dilation,
+        groups,
+        ..
+    } = *geometry;
     let (c, h, w) = dims(x.shape);
     let (oc, oh, ow) = dims(out);
     let (cg, og) = (c / groups, oc / groups);
@@ -172,39 +170,37 @@ fn eval_node(node: &Node, ins: &[&Activation], out: Shape) -> Result<Activation>
     let data = match &node.op {
         Op::Conv2d(c) => {
             let bias = node.params.get("bias").map(|b| b.data.as_slice());
-            conv(
-                x,
-                out,
-                &node.param("weight")?.data,
-                bias,
-                c.kernel,
-                c.stride,
-                c.padding,
-                c.dilation,
-                c.groups,
-            )
+            conv(x, out, &node.param("weight")?.data, bias, c)
         }
         Op::DecomposedConv2d(c) => {
             let w = decomposed_weight(node)?;
             let bias = node.params.get("bias").map(|b| b.data.as_slice());
-            conv(x, out, &w, bias, c.kernel, c.stride, c.padding, c.dilation, c.groups)
+            conv(x, out, &w, bias, &c.conv)
         }
-        Op::BatchNorm2d { eps, .. } => {
+        Op::BatchNorm2d { .. } => {
             let (c, h, w) = dims(x.shape);
-            let (g, b) = (&node.param("weight")?.data, &node.param("bias")?.data);
-            let (m, v) = (&node.param("running_mean")?.data, &node.param("running_var")?.data);
+            let affine = Affine::of_batchnorm(node)?;
             let mut y = x.data.clone();
             for (i, chunk) in y.chunks_mut(h * w).enumerate() {
-                let ch = i % c;
-                let scale = g[ch] as f64 / (v[ch] as f64 + *eps as f64).sqrt();
                 for v in chunk {
-                    *v = ((*v as f64 - m[ch] as f64) * scale + b[ch] as f64) as f32;
+                    *v = affine.apply(i % c, *v);
                 }
             }
             y
         }
         Op::Relu => x.data.iter().map(|v| v.max(0.0)).collect(),
         Op::Clip { min, max } => x.data.iter().map(|v| v.clamp(*min, *max)).collect(),
+        Op::Pad { pads } => {
+            let ((_, h, w), (_, oh, ow)) = (dims(x.shape), dims(out));
+            let mut y = vec![0f32; n * out.numel()];
+            for (src, dst) in x.data.chunks(h * w).zip(y.chunks_mut(oh * ow)) {
+                for (row, line) in src.chunks(w).enumerate() {
+                    let at = (row + pads[0]) * ow + pads[1];
+                    dst[at..at + w].copy_from_slice(line);
+                }
+            }
+            y
+        }
         Op::MaxPool2d(p) => pool(x, out, p, true),
         Op::AvgPool2d(p) => pool(x, out, p, false),
         Op::GlobalAvgPool => {

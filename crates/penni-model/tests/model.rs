@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use penni_model::zoo::{self, ZooOptions};
-use penni_model::{DecomposedConv2d, Extras, Model, ModelError, Node, Op, Shape, Tensor, io, model_cost};
+use penni_model::{Conv2d, DecomposedConv2d, Extras, Model, ModelError, Node, Op, Shape, Tensor, io, model_cost};
 
 fn zoo_model(name: &str) -> Model {
     zoo::build(name, &ZooOptions::default()).unwrap()
@@ -71,15 +71,17 @@ fn decomposed_model() -> Model {
     let rows = c.out_channels * c.in_channels;
     let coefficients: Vec<f32> = (0..rows * 3).map(|i| if i % 4 == 0 { i as f32 * 0.5 - 3.0 } else { 0.0 }).collect();
     node.op = Op::DecomposedConv2d(DecomposedConv2d {
-        in_channels: c.in_channels,
-        out_channels: c.out_channels,
-        kernel: c.kernel,
+        conv: Conv2d {
+            in_channels: c.in_channels,
+            out_channels: c.out_channels,
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+            dilation: c.dilation,
+            groups: 1,
+            bias: true,
+        },
         num_bases: 3,
-        stride: c.stride,
-        padding: c.padding,
-        dilation: c.dilation,
-        groups: 1,
-        bias: true,
     });
     node.params = BTreeMap::from([
         (
@@ -291,15 +293,17 @@ fn reference_forward_matches_hand_computed_conv_pool_linear() {
 #[test]
 fn decomposed_conv_macs_are_basis_stage_plus_nonzero_combinations() {
     let spec = DecomposedConv2d {
-        in_channels: 3,
-        out_channels: 4,
-        kernel: [3, 3],
+        conv: Conv2d {
+            in_channels: 3,
+            out_channels: 4,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1; 4],
+            dilation: [1, 1],
+            groups: 1,
+            bias: false,
+        },
         num_bases: 2,
-        stride: [1, 1],
-        padding: [1; 4],
-        dilation: [1, 1],
-        groups: 1,
-        bias: false,
     };
     let mut coefficients = vec![0f32; 4 * 3 * 2];
     for i in [0, 5, 9, 17, 23] {
@@ -337,4 +341,45 @@ fn decomposed_conv_macs_are_basis_stage_plus_nonzero_combinations() {
         0,
         "a dense model has no basis stage"
     );
+}
+
+/// A `.penni` file written before the conv geometry was shared between the conv kinds (format 1,
+/// a compressed ResNet-20 from experiments/penni-fmnist) still loads, and computes what it
+/// computed then. The expected scores were printed by the reference forward pass of commit
+/// 4d918d3 on the same input.
+#[test]
+fn format1_decomposed_model_still_loads_and_computes_the_same() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format1-resnet20-penni.penni");
+    let m = io::load(&path).unwrap();
+    let decomposed: Vec<&DecomposedConv2d> = m
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.op {
+            Op::DecomposedConv2d(d) => Some(d),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(decomposed.len(), 19);
+    let x = penni_model::reference::Activation {
+        n: 1,
+        shape: Shape::Map { c: 1, h: 28, w: 28 },
+        data: (0..784).map(|i| ((i * 37 % 101) as f32) / 101.0 - 0.4).collect(),
+    };
+    let y = penni_model::reference::forward(&m, &x).unwrap();
+    let expect: [f32; 10] = [
+        2.7901807,
+        0.7924346,
+        1.6882248,
+        0.5107546,
+        -1.5302145,
+        -1.695852,
+        -0.062305454,
+        -2.2432444,
+        1.984424,
+        -2.1231277,
+    ];
+    assert_eq!(y.data.len(), expect.len());
+    for (a, e) in y.data.iter().zip(expect) {
+        assert!((a - e).abs() <= 1e-5 * (1.0 + e.abs()), "{:?} vs {expect:?}", y.data);
+    }
 }

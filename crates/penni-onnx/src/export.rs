@@ -12,7 +12,7 @@ use prost::Message;
 use crate::error::OnnxError;
 use crate::import::DECOMPOSED_KEY;
 use crate::proto::*;
-use crate::tensor::encode_f32;
+use crate::tensor::{encode_f32, encode_i64};
 
 /// The operator set written: opset 13 is run by every onnxruntime of the last years.
 pub const EXPORT_OPSET: i64 = 13;
@@ -139,6 +139,8 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
     let mut node_names = Names(model.nodes.iter().map(|n| n.name.clone()).collect());
     let mut nodes = Vec::new();
     let mut inits = Vec::new();
+    // constants that are not parameters of a node (Pad's pads)
+    let mut consts = Vec::new();
     let mut meta = Vec::new();
     let mut param = |tensors: &mut Names, n: &Node, p: &str, dims: &[usize], data: &[f32]| -> String {
         let name = tensors.fresh(format!("{}.{p}", n.name));
@@ -163,7 +165,7 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                 ));
             }
             Op::DecomposedConv2d(c) => {
-                let (cin, d, kk) = (c.in_channels, c.num_bases, c.kernel[0] * c.kernel[1]);
+                let (cin, d, kk) = (c.conv.in_channels, c.num_bases, c.conv.kernel[0] * c.conv.kernel[1]);
                 let bases = n.param("bases")?;
                 let coef = n.param("coefficients")?;
                 // Stage 1: every input channel convolved with each of the d bases.
@@ -171,7 +173,7 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                 for _ in 0..cin {
                     w1.extend_from_slice(&bases.data);
                 }
-                let w1_name = param(&mut tensors, n, "bases", &[cin * d, 1, c.kernel[0], c.kernel[1]], &w1);
+                let w1_name = param(&mut tensors, n, "bases", &[cin * d, 1, c.conv.kernel[0], c.conv.kernel[1]], &w1);
                 let mid = tensors.fresh(format!("{}.basis_maps", n.output));
                 let stage1 = node_names.fresh(format!("{}.basis", n.name));
                 nodes.push(node(
@@ -179,19 +181,22 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                     &stage1,
                     vec![x, w1_name],
                     &mid,
-                    conv_attrs(c.kernel, c.stride, c.padding, c.dilation, cin),
+                    conv_attrs(c.conv.kernel, c.conv.stride, c.conv.padding, c.conv.dilation, cin),
                 ));
                 // Stage 2: 1x1 conv whose weight (N, C/g*d) is the coefficient matrix, regrouped.
-                let cpg = cin / c.groups;
-                let mut w2 = vec![0f32; c.out_channels * cpg * d];
-                for o in 0..c.out_channels {
+                let cpg = cin / c.conv.groups;
+                let mut w2 = vec![0f32; c.conv.out_channels * cpg * d];
+                for o in 0..c.conv.out_channels {
                     for cl in 0..cpg {
                         for j in 0..d {
                             w2[o * cpg * d + cl * d + j] = coef.data[(o * cpg + cl) * d + j];
                         }
                     }
                 }
-                let mut ins = vec![mid, param(&mut tensors, n, "coefficients", &[c.out_channels, cpg * d, 1, 1], &w2)];
+                let mut ins = vec![
+                    mid,
+                    param(&mut tensors, n, "coefficients", &[c.conv.out_channels, cpg * d, 1, 1], &w2),
+                ];
                 if let Some(b) = n.params.get("bias") {
                     ins.push(param(&mut tensors, n, "bias", &b.shape, &b.data));
                 }
@@ -200,7 +205,7 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                     &n.name,
                     ins,
                     &n.output,
-                    conv_attrs([1, 1], [1, 1], [0; 4], [1, 1], c.groups),
+                    conv_attrs([1, 1], [1, 1], [0; 4], [1, 1], c.conv.groups),
                 ));
                 meta.push(StringStringEntryProto {
                     key: format!("{DECOMPOSED_KEY}{}", n.name),
@@ -285,6 +290,13 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                 &n.output,
                 vec![attr_int("axis", 1)],
             )),
+            Op::Pad { pads } => {
+                // opset 13: the pads are an input, [x1_begin, x2_begin, ..., x1_end, ...] over N, C, H, W
+                let name = tensors.fresh(format!("{}.pads", n.name));
+                let p = pads.map(|v| v as i64);
+                consts.push(encode_i64(&name, &[8], &[0, 0, p[0], p[1], 0, 0, p[2], p[3]]));
+                nodes.push(node("Pad", &n.name, vec![x, name], &n.output, vec![]));
+            }
             Op::Flatten => nodes.push(node("Flatten", &n.name, vec![x], &n.output, vec![attr_int("axis", 1)])),
             Op::Linear { .. } => {
                 let w = n.param("weight")?;
@@ -303,7 +315,7 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
     let graph = GraphProto {
         name: model.name.clone(),
         node: nodes,
-        initializer: inits,
+        initializer: inits.into_iter().chain(consts).collect(),
         input: vec![value_info(
             &model.input.name,
             &[model.input.channels, model.input.height, model.input.width],

@@ -1314,15 +1314,17 @@ impl<'g> Importer<'g> {
             }
         }
         let dc = DecomposedConv2d {
-            in_channels: c,
-            out_channels: n,
-            kernel: c1.kernel,
+            conv: Conv2d {
+                in_channels: c,
+                out_channels: n,
+                kernel: c1.kernel,
+                stride: c1.stride,
+                padding: c1.padding,
+                dilation: c1.dilation,
+                groups: g,
+                bias: spec.bias,
+            },
             num_bases: d,
-            stride: c1.stride,
-            padding: c1.padding,
-            dilation: c1.dilation,
-            groups: g,
-            bias: spec.bias,
         };
         let mut p = BTreeMap::new();
         p.insert(
@@ -1534,7 +1536,7 @@ impl<'g> Importer<'g> {
             let node = &mut self.nodes[idx];
             let (flag, out_ch) = match &mut node.op {
                 Op::Conv2d(c) => (Some(&mut c.bias), c.out_channels),
-                Op::DecomposedConv2d(c) => (Some(&mut c.bias), c.out_channels),
+                Op::DecomposedConv2d(c) => (Some(&mut c.conv.bias), c.conv.out_channels),
                 Op::Linear { out_features, bias, .. } => (Some(bias), *out_features),
                 _ => (None, 0),
             };
@@ -2776,8 +2778,23 @@ fn infer(op: &Op, ins: &[Shape]) -> Result<Shape, String> {
     };
     match op {
         Op::Conv2d(c) => conv(c.in_channels, c.out_channels, c.kernel, c.stride, c.padding, c.dilation),
-        Op::DecomposedConv2d(c) => conv(c.in_channels, c.out_channels, c.kernel, c.stride, c.padding, c.dilation),
+        Op::DecomposedConv2d(c) => conv(
+            c.conv.in_channels,
+            c.conv.out_channels,
+            c.conv.kernel,
+            c.conv.stride,
+            c.conv.padding,
+            c.conv.dilation,
+        ),
         Op::BatchNorm2d { .. } | Op::Relu | Op::Clip { .. } | Op::Softmax { .. } | Op::Activation(_) => Ok(ins[0]),
+        Op::Pad { pads } => {
+            let (c, h, w) = map(ins[0])?;
+            Ok(Shape::Map {
+                c,
+                h: h + pads[0] + pads[2],
+                w: w + pads[1] + pads[3],
+            })
+        }
         Op::Mul => penni_model::graph::mul_shape(ins[0], ins[1]).ok_or_else(|| format!("cannot multiply {} by {}", ins[0], ins[1])),
         Op::MaxPool2d(p) | Op::AvgPool2d(p) => {
             let (c, h, w) = map(ins[0])?;

@@ -228,6 +228,17 @@ pub fn encode_f32(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
     }
 }
 
+/// An int64 tensor (shapes, pads) with little-endian raw_data.
+pub fn encode_i64(name: &str, dims: &[usize], data: &[i64]) -> TensorProto {
+    TensorProto {
+        name: name.to_string(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: dt::INT64,
+        raw_data: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use burn::tensor::activation::{hard_sigmoid, hard_swish, leaky_relu, log_softmax, relu, sigmoid, softmax};
-use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
+use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions, PadMode};
 use burn::tensor::{Device, Tensor, TensorData};
 use penni_model::{Activation, Model, Node, Op};
 
@@ -206,16 +206,18 @@ impl Net {
                 Act::Map(burn::tensor::module::conv2d(map(ins.remove(0))?, w, b, opts))
             }
             Op::DecomposedConv2d(c) => {
-                let cg = c.in_channels / c.groups;
-                let coef = self.p(i, "coefficients").reshape([c.out_channels * cg, c.num_bases]);
-                let bases = self.p(i, "bases").reshape([c.num_bases, c.kernel[0] * c.kernel[1]]);
-                let w = coef.matmul(bases).reshape([c.out_channels, cg, c.kernel[0], c.kernel[1]]);
-                let b = c.bias.then(|| self.p(i, "bias"));
+                let cg = c.conv.in_channels / c.conv.groups;
+                let coef = self.p(i, "coefficients").reshape([c.conv.out_channels * cg, c.num_bases]);
+                let bases = self.p(i, "bases").reshape([c.num_bases, c.conv.kernel[0] * c.conv.kernel[1]]);
+                let w = coef
+                    .matmul(bases)
+                    .reshape([c.conv.out_channels, cg, c.conv.kernel[0], c.conv.kernel[1]]);
+                let b = c.conv.bias.then(|| self.p(i, "bias"));
                 let opts = ConvOptions::new_with_padding(
-                    c.stride,
-                    [(c.padding[0], c.padding[2]), (c.padding[1], c.padding[3])],
-                    c.dilation,
-                    c.groups,
+                    c.conv.stride,
+                    [(c.conv.padding[0], c.conv.padding[2]), (c.conv.padding[1], c.conv.padding[3])],
+                    c.conv.dilation,
+                    c.conv.groups,
                 );
                 Act::Map(burn::tensor::module::conv2d(map(ins.remove(0))?, w, b, opts))
             }
@@ -272,6 +274,7 @@ impl Net {
                 };
                 Act::Map(burn::tensor::module::avg_pool2d(map(ins.remove(0))?, opts))
             }
+            Op::Pad { pads } => Act::Map(map(ins.remove(0))?.pad([(pads[0], pads[2]), (pads[1], pads[3])], PadMode::Constant(0.0))),
             Op::GlobalAvgPool => Act::Map(map(ins.remove(0))?.mean_dim(2).mean_dim(3)),
             Op::Add => {
                 let mut it = ins.into_iter();

@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use penni_data::{Dataset, Transform};
 use penni_model::reference::{self, Activation};
 use penni_model::zoo::{self, GraphBuilder, InitRng, ZooOptions};
-use penni_model::{DecomposedConv2d, Input, Model, Op, Shape, Tensor};
+use penni_model::{Conv2d, DecomposedConv2d, Input, Model, Op, Shape, Tensor};
 use penni_train::{LrSchedule, RunOptions, TrainData, TrainError, TrainOptions, train};
 
 /// Images whose class shows in a bright square's position: learnable in a few steps.
@@ -72,15 +72,17 @@ fn decompose_node(m: &mut Model, name: &str, d: usize, seed: u64) {
     let kk = c.kernel[0] * c.kernel[1];
     let rows = c.out_channels * c.in_channels / c.groups;
     node.op = Op::DecomposedConv2d(DecomposedConv2d {
-        in_channels: c.in_channels,
-        out_channels: c.out_channels,
-        kernel: c.kernel,
+        conv: Conv2d {
+            in_channels: c.in_channels,
+            out_channels: c.out_channels,
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+            dilation: c.dilation,
+            groups: c.groups,
+            bias: true,
+        },
         num_bases: d,
-        stride: c.stride,
-        padding: c.padding,
-        dilation: c.dilation,
-        groups: c.groups,
-        bias: true,
     });
     node.params = BTreeMap::from([
         (

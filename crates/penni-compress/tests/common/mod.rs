@@ -82,7 +82,7 @@ pub fn zero_slice(model: &mut Model, node: &str, out: Option<usize>, inp: Option
     let node = model.node_mut(node).unwrap();
     let (n, c, l, p) = match &node.op {
         Op::Conv2d(c) => (c.out_channels, c.in_channels / c.groups, c.kernel[0] * c.kernel[1], "weight"),
-        Op::DecomposedConv2d(c) => (c.out_channels, c.in_channels / c.groups, c.num_bases, "coefficients"),
+        Op::DecomposedConv2d(c) => (c.conv.out_channels, c.conv.in_channels / c.conv.groups, c.num_bases, "coefficients"),
         Op::Linear {
             in_features, out_features, ..
         } => (*out_features, *in_features, 1, "weight"),

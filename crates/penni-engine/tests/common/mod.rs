@@ -74,17 +74,7 @@ pub fn decompose(model: &mut Model, d: usize, sparsity: f32, seed: u64) {
                 if keep { v } else { 0.0 }
             })
             .collect();
-        let spec = DecomposedConv2d {
-            in_channels: c.in_channels,
-            out_channels: c.out_channels,
-            kernel: c.kernel,
-            num_bases: d,
-            stride: c.stride,
-            padding: c.padding,
-            dilation: c.dilation,
-            groups: c.groups,
-            bias: c.bias,
-        };
+        let spec = DecomposedConv2d::from_conv(c, d);
         let mut params = BTreeMap::new();
         params.insert("bases".into(), Tensor::new(vec![d, kk], bases).unwrap());
         params.insert("coefficients".into(), Tensor::new(vec![c.out_channels * cg, d], coefs).unwrap());
@@ -103,7 +93,7 @@ pub fn kill_channels(model: &mut Model, frac: f32, seed: u64) {
     let mut rng = InitRng::new(seed);
     for node in &mut model.nodes {
         let Op::DecomposedConv2d(c) = &node.op else { continue };
-        let (n, cg, d) = (c.out_channels, c.in_channels / c.groups, c.num_bases);
+        let (n, cg, d) = (c.conv.out_channels, c.conv.in_channels / c.conv.groups, c.num_bases);
         let dead_out: Vec<bool> = (0..n).map(|_| rng.uniform() < frac).collect();
         let dead_in: Vec<bool> = (0..cg).map(|_| rng.uniform() < frac).collect();
         let a = &mut node.params.get_mut("coefficients").unwrap().data;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use penni_model::reference::Activation;
 use penni_model::zoo::{InitRng, ZooOptions};
-use penni_model::{DecomposedConv2d, Model, Op, Tensor};
+use penni_model::{Conv2d, DecomposedConv2d, Model, Op, Tensor};
 
 pub fn zoo(name: &str, width: f32) -> Model {
     penni_model::zoo::build(
@@ -76,15 +76,17 @@ pub fn decompose(model: &Model, d: usize, seed: u64) -> Model {
             );
         }
         n.op = Op::DecomposedConv2d(DecomposedConv2d {
-            in_channels: c.in_channels,
-            out_channels: c.out_channels,
-            kernel: c.kernel,
+            conv: Conv2d {
+                in_channels: c.in_channels,
+                out_channels: c.out_channels,
+                kernel: c.kernel,
+                stride: c.stride,
+                padding: c.padding,
+                dilation: c.dilation,
+                groups: c.groups,
+                bias,
+            },
             num_bases: d,
-            stride: c.stride,
-            padding: c.padding,
-            dilation: c.dilation,
-            groups: c.groups,
-            bias,
         });
         n.params = params;
     }
@@ -181,15 +183,17 @@ pub fn op_zoo() -> Model {
     );
     push("relu6", Op::Clip { min: 0.0, max: 6.0 }, &["bn_out"], BTreeMap::new());
     let pen = DecomposedConv2d {
-        in_channels: 8,
-        out_channels: 8,
-        kernel: [3, 2],
+        conv: Conv2d {
+            in_channels: 8,
+            out_channels: 8,
+            kernel: [3, 2],
+            stride: [1, 1],
+            padding: [2, 1, 2, 0],
+            dilation: [2, 1],
+            groups: 2,
+            bias: true,
+        },
         num_bases: 3,
-        stride: [1, 1],
-        padding: [2, 1, 2, 0],
-        dilation: [2, 1],
-        groups: 2,
-        bias: true,
     };
     push(
         "penni",
