@@ -122,12 +122,12 @@ fn pruned_tensors_are_stored_sparse() {
     let mut m = zoo_model("resnet20");
     let dense = io::to_bytes(&m, &Extras::default()).unwrap().len();
     for node in &mut m.nodes {
-        if let Some(w) = node.params.get_mut("weight") {
-            if w.shape.len() == 4 {
-                for (i, v) in w.data.iter_mut().enumerate() {
-                    if i % 10 != 0 {
-                        *v = 0.0;
-                    }
+        if let Some(w) = node.params.get_mut("weight")
+            && w.shape.len() == 4
+        {
+            for (i, v) in w.data.iter_mut().enumerate() {
+                if i % 10 != 0 {
+                    *v = 0.0;
                 }
             }
         }

@@ -1686,7 +1686,7 @@ impl<'g> Importer<'g> {
             (Arith::Sub, true) => (vec![1.0; channels], k.iter().map(|v| -v).collect()),
             (Arith::Sub, false) => (vec![-1.0; channels], k),
             (Arith::Div, true) => {
-                if k.iter().any(|v| *v == 0.0) {
+                if k.contains(&0.0) {
                     return Err(self.invalid(cx, "divides by a constant that has zeros"));
                 }
                 (k.iter().map(|v| 1.0 / v).collect(), vec![0.0; channels])
