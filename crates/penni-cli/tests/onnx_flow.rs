@@ -89,7 +89,7 @@ fn compress_and_compare(py: &str, script: &str) -> Vec<f32> {
     let input = dir.path().join("x.npy");
     std::fs::write(&input, penni_onnx::npy::write_f32(&[n, 1, 28, 28], &x)).unwrap();
     let (ort_out, penni_out) = (dir.path().join("ort.npy"), dir.path().join("penni.npy"));
-    ok(Command::new(&py)
+    ok(Command::new(py)
         .arg(here.join("../penni-onnx/tests/ort_run.py"))
         .args([p(&compressed), p(&input), p(&ort_out)]));
     ok(Command::new(penni).args(["infer", "--model", p(&compressed), "--input", p(&input), "--output", p(&penni_out)]));

@@ -304,7 +304,7 @@ impl Net {
             },
             Op::Concat => {
                 if ins.iter().all(|a| matches!(a, Act::Map(_))) {
-                    Act::Map(Tensor::cat(ins.into_iter().map(|a| map(a)).collect::<Result<Vec<_>>>()?, 1))
+                    Act::Map(Tensor::cat(ins.into_iter().map(map).collect::<Result<Vec<_>>>()?, 1))
                 } else {
                     let flat = |a: Act| match a {
                         Act::Flat(t) => Ok(t),

@@ -102,10 +102,10 @@ impl TrainOptions {
         if self.alternate_interval == Some(0) {
             return bad("alternation interval must be at least 1 epoch".into());
         }
-        if let LrSchedule::MultiStep { gamma, .. } = self.schedule {
-            if !(gamma.is_finite() && gamma > 0.0) {
-                return bad(format!("learning-rate factor gamma must be positive, got {gamma}"));
-            }
+        if let LrSchedule::MultiStep { gamma, .. } = self.schedule
+            && !(gamma.is_finite() && gamma > 0.0)
+        {
+            return bad(format!("learning-rate factor gamma must be positive, got {gamma}"));
         }
         Ok(())
     }
@@ -113,7 +113,7 @@ impl TrainOptions {
     /// Which factor of the decomposed convs trains in `epoch` under the alternation rule.
     pub fn frozen_kind(&self, epoch: usize) -> Option<ParamKind> {
         let interval = self.alternate_interval?;
-        let trains_bases = epoch >= 1 && ((epoch - 1) / interval) % 2 == 0;
+        let trains_bases = epoch >= 1 && ((epoch - 1) / interval).is_multiple_of(2);
         Some(if trains_bases { ParamKind::Coefficients } else { ParamKind::Bases })
     }
 }
