@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::decompose::{DecomposeOptions, Init};
 use crate::error::{CompressError, Result};
-use crate::pipeline::PhaseTraining;
 use crate::prune::PruneOptions;
+use crate::training::PhaseTraining;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -18,12 +18,14 @@ pub mod pipeline;
 pub mod prune;
 pub mod report;
 pub mod shrink;
+pub mod training;
 
 pub use config::Config;
 pub use decompose::{DecomposeOptions, DecomposeReport, Init, decompose};
 pub use error::{CompressError, Result};
 pub use groups::{ChannelGroup, DependencyGraph};
-pub use pipeline::{CompressOutcome, Phase, PhaseTraining, Trainer, compress};
+pub use pipeline::{CompressOutcome, Phase, compress};
 pub use prune::{PruneOptions, PruneReport, prune};
 pub use report::{CompressionReport, PhaseRecord};
 pub use shrink::{ShrinkReport, shrink};
+pub use training::{PhaseTraining, Trainer};
