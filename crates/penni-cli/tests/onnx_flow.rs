@@ -7,13 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn python() -> Option<String> {
-    match std::env::var("PENNI_PYTHON") {
-        Ok(p) if !p.is_empty() => Some(p),
-        _ => {
-            eprintln!("skipped: set PENNI_PYTHON=$(scripts/python-env.sh) to run the onnxruntime cross-check");
-            None
-        }
-    }
+    penni_testkit::python().map(|p| p.to_string_lossy().into_owned())
 }
 
 fn ok(cmd: &mut Command) -> String {

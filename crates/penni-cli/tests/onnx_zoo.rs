@@ -19,8 +19,7 @@ fn read(path: &Path) -> Vec<f32> {
 
 #[test]
 fn zoo_models_with_random_weights_match_onnxruntime() {
-    let (Some(py), Some(data)) = (std::env::var_os("PENNI_PYTHON"), std::env::var_os("PENNI_ONNX_TESTDATA")) else {
-        eprintln!("skipped: set PENNI_PYTHON and PENNI_ONNX_TESTDATA (scripts/test.sh does) to compare zoo models with onnxruntime");
+    let (Some(py), Some(data)) = (penni_testkit::python(), penni_testkit::onnx_testdata()) else {
         return;
     };
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));

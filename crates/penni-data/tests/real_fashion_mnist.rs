@@ -1,37 +1,22 @@
 //! The real Fashion-MNIST, where installed (Debian's dataset-fashion-mnist or
-//! scripts/fetch-data.sh). Skips with a message when absent, since only some
-//! machines have it.
+//! scripts/fetch-data.sh). Skips with a message when absent, and fails under CI=true.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use penni_data::*;
 
-fn data_dir() -> Option<&'static Path> {
-    let dir = Path::new(DEBIAN_FASHION_MNIST_DIR);
-    let present = [
-        "train-images-idx3-ubyte",
-        "train-labels-idx1-ubyte",
-        "t10k-images-idx3-ubyte",
-        "t10k-labels-idx1-ubyte",
-    ]
-    .iter()
-    .all(|f| dir.join(f).is_file() || dir.join(format!("{f}.gz")).is_file());
-    if present {
-        Some(dir)
-    } else {
-        println!("SKIPPED: Fashion-MNIST not found in {}", dir.display());
-        None
-    }
+fn data_dir() -> Option<PathBuf> {
+    penni_testkit::fashion_mnist(Path::new(DEBIAN_FASHION_MNIST_DIR))
 }
 
 #[test]
 fn real_fashion_mnist_loads() {
     let Some(dir) = data_dir() else { return };
     let t0 = Instant::now();
-    let train = load_fashion_mnist(dir, Split::Train).unwrap();
+    let train = load_fashion_mnist(&dir, Split::Train).unwrap();
     println!("loaded 60k training images in {:?}", t0.elapsed());
-    let test = load_fashion_mnist(dir, Split::Test).unwrap();
+    let test = load_fashion_mnist(&dir, Split::Test).unwrap();
     assert_eq!(train.len(), 60000);
     assert_eq!(test.len(), 10000);
     for ds in [&train, &test] {

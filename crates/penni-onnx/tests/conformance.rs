@@ -105,10 +105,7 @@ fn short(e: &str) -> String {
 
 #[test]
 fn onnx_backend_conformance() {
-    let Some(root) = std::env::var_os("PENNI_ONNX_TESTDATA").map(PathBuf::from) else {
-        eprintln!("skipped: set PENNI_ONNX_TESTDATA to onnx/backend/test/data (crates/penni-onnx/conformance/run.sh does it)");
-        return;
-    };
+    let Some(root) = penni_testkit::onnx_testdata() else { return };
     assert!(root.join("node").is_dir(), "{} has no node/ folder", root.display());
     let manifest_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conformance/manifest.txt");
     let manifest: BTreeSet<String> = std::fs::read_to_string(&manifest_path)
