@@ -6,6 +6,7 @@ pub mod cost;
 pub mod error;
 pub mod graph;
 pub mod io;
+pub mod passes;
 pub mod reference;
 pub mod tensor;
 pub mod zoo;

@@ -1,0 +1,375 @@
+//! Graph rewrites on the IR that any front end can run once it has built a model: they turn
+//! what a file format spells with several ops into the one op that penni's engine runs. Each
+//! pass computes exactly what the graph computed before, keeps the node order topological and
+//! returns how many rewrites it made; what it cannot rewrite it leaves as it is.
+
+use crate::graph::{Activation, Model, Op};
+
+/// Merges each zero `Pad` into the padding of the convolutions that read it: a Pad whose
+/// readers are all `Conv2d`, `DecomposedConv2d` or further Pads, and whose output is not the
+/// model output, disappears and its readers read its input with the padding added. Chains of
+/// Pads add up. A conv whose padding was derived from the padded size (ONNX `auto_pad`) keeps
+/// it: zero padding is additive, so conv(pad(x, a), padding p) = conv(x, padding a + p).
+pub fn fold_pads(model: &mut Model) -> usize {
+    let mut folded = 0;
+    let mut i = 0;
+    // Nodes are in topological order, so a Pad that folds into a later Pad is gone before that
+    // one is looked at, which then carries both paddings.
+    while i < model.nodes.len() {
+        if fold_pad(model, i) {
+            folded += 1;
+        } else {
+            i += 1;
+        }
+    }
+    folded
+}
+
+/// Folds the Pad at `i` into its readers; false (and no change) when it is not a Pad or cannot fold.
+fn fold_pad(model: &mut Model, i: usize) -> bool {
+    let node = &model.nodes[i];
+    let Op::Pad { pads } = node.op else {
+        return false;
+    };
+    if node.inputs.len() != 1 || node.output == model.output {
+        return false;
+    }
+    let (source, padded) = (node.inputs[0].clone(), node.output.clone());
+    let readers = model.consumers(&padded);
+    let mut merged = Vec::with_capacity(readers.len());
+    for &r in &readers {
+        let current = match &model.nodes[r].op {
+            Op::Conv2d(c) => c.padding,
+            Op::DecomposedConv2d(d) => d.conv.padding,
+            Op::Pad { pads } => *pads,
+            _ => return false,
+        };
+        let mut sum = [0usize; 4];
+        for k in 0..4 {
+            match current[k].checked_add(pads[k]) {
+                Some(v) => sum[k] = v,
+                None => return false,
+            }
+        }
+        merged.push(sum);
+    }
+    for (&r, sum) in readers.iter().zip(merged) {
+        let reader = &mut model.nodes[r];
+        match &mut reader.op {
+            Op::Conv2d(c) => c.padding = sum,
+            Op::DecomposedConv2d(d) => d.conv.padding = sum,
+            Op::Pad { pads } => *pads = sum,
+            _ => unreachable!("checked above"),
+        }
+        for input in reader.inputs.iter_mut().filter(|n| **n == padded) {
+            input.clone_from(&source);
+        }
+    }
+    model.nodes.remove(i);
+    true
+}
+
+/// Fuses `x * HardSigmoid(x; alpha 1/6, beta 1/2)` (how ONNX before opset 14 and PyTorch's
+/// exporters write HardSwish) into one `HardSwish`. The gate must be read by that Mul only and
+/// not be the model output; the fused node sits where the gate was and takes the Mul's name
+/// and output, so everything that read the Mul reads it.
+pub fn fuse_hard_swish(model: &mut Model) -> usize {
+    let mut fused = 0;
+    let mut i = 0;
+    while i < model.nodes.len() {
+        match hard_swish_gate(model, i) {
+            Some(gate) => {
+                let mul = model.nodes.remove(i);
+                // the gate comes before the Mul, so removing the Mul leaves its index alone
+                let node = &mut model.nodes[gate];
+                node.op = Op::Activation(Activation::HardSwish);
+                node.name = mul.name;
+                node.output = mul.output;
+                fused += 1;
+            }
+            None => i += 1,
+        }
+    }
+    fused
+}
+
+/// The index of the HardSigmoid node that the Mul at `i` fuses with, if any.
+fn hard_swish_gate(model: &Model, i: usize) -> Option<usize> {
+    let mul = &model.nodes[i];
+    if mul.op != Op::Mul || mul.inputs.len() != 2 {
+        return None;
+    }
+    [(0, 1), (1, 0)].into_iter().find_map(|(x, g)| {
+        let (x, gate) = (&mul.inputs[x], &mul.inputs[g]);
+        let p = model.producer(gate)?;
+        let n = &model.nodes[p];
+        let Op::Activation(Activation::HardSigmoid { alpha, beta }) = n.op else {
+            return None;
+        };
+        let is_swish = (alpha - 1.0 / 6.0).abs() < 1e-6 && beta == 0.5;
+        let sole_reader = *gate != model.output && model.consumers(gate) == [i];
+        (is_swish && sole_reader && n.inputs.len() == 1 && n.inputs[0] == *x && p < i).then_some(p)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::graph::{Conv2d, DecomposedConv2d, Input, Node, Pool2d};
+    use crate::reference::{Activation as Batch, forward};
+    use crate::tensor::Tensor;
+    use crate::zoo::InitRng;
+
+    fn node(name: &str, op: Op, inputs: &[&str], output: &str, rng: &mut InitRng) -> Node {
+        let params = op
+            .param_shapes()
+            .into_iter()
+            .map(|(p, shape)| {
+                let n = shape.iter().product();
+                // running_var must not be negative
+                let data = (0..n).map(|_| if p == "running_var" { 1.0 } else { rng.normal() }).collect();
+                (p.to_string(), Tensor { shape, data })
+            })
+            .collect::<BTreeMap<_, _>>();
+        Node {
+            name: name.into(),
+            op,
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            output: output.into(),
+            params,
+        }
+    }
+
+    fn model(c: usize, h: usize, w: usize, nodes: Vec<Node>, output: &str) -> Model {
+        Model {
+            name: "m".into(),
+            input: Input {
+                name: "x".into(),
+                channels: c,
+                height: h,
+                width: w,
+            },
+            nodes,
+            output: output.into(),
+        }
+    }
+
+    fn conv(c: usize, m: usize, k: usize, stride: usize, padding: [usize; 4], groups: usize) -> Conv2d {
+        Conv2d {
+            in_channels: c,
+            out_channels: m,
+            kernel: [k, k],
+            stride: [stride; 2],
+            padding,
+            dilation: [1; 2],
+            groups,
+            bias: true,
+        }
+    }
+
+    fn pad(pads: [usize; 4]) -> Op {
+        Op::Pad { pads }
+    }
+
+    /// Output of the reference forward pass on a seeded batch of two.
+    fn run(m: &Model) -> Vec<f32> {
+        let shape = m.input_shape();
+        let mut rng = InitRng::new(7);
+        let x = Batch {
+            n: 2,
+            shape,
+            data: (0..2 * shape.numel()).map(|_| rng.normal() * 4.0).collect(),
+        };
+        forward(m, &x).unwrap().data
+    }
+
+    fn assert_close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{x} vs {y}");
+        }
+    }
+
+    fn kinds(m: &Model) -> Vec<&'static str> {
+        m.nodes.iter().map(|n| n.op.kind()).collect()
+    }
+
+    /// Runs `pass` on `m` and checks that the output is the unrewritten graph's; returns the
+    /// rewritten model and the number of rewrites.
+    fn rewrite(mut m: Model, pass: fn(&mut Model) -> usize) -> (Model, usize) {
+        m.validate().unwrap();
+        let want = run(&m);
+        let n = pass(&mut m);
+        m.validate().unwrap();
+        assert_close(&run(&m), &want);
+        (m, n)
+    }
+
+    #[test]
+    fn pads_fold_into_the_convs_that_read_them() {
+        let mut rng = InitRng::new(1);
+        // asymmetric pad, strided conv with its own padding
+        let m = model(
+            2,
+            5,
+            6,
+            vec![
+                node("p", pad([1, 2, 0, 1]), &["x"], "xp", &mut rng),
+                node("c", Op::Conv2d(conv(2, 3, 3, 2, [0, 1, 1, 0], 1)), &["xp"], "y", &mut rng),
+            ],
+            "y",
+        );
+        let (m, n) = rewrite(m, fold_pads);
+        assert_eq!(n, 1);
+        assert_eq!(kinds(&m), ["Conv2d"]);
+        let Op::Conv2d(c) = &m.nodes[0].op else { panic!() };
+        assert_eq!(c.padding, [1, 3, 1, 1]);
+        assert_eq!(m.nodes[0].inputs, ["x"]);
+    }
+
+    #[test]
+    fn chained_pads_and_several_conv_readers_fold() {
+        let mut rng = InitRng::new(2);
+        let dc = DecomposedConv2d::from_conv(&conv(2, 4, 3, 1, [0; 4], 2), 2);
+        let m = model(
+            2,
+            4,
+            4,
+            vec![
+                node("relu", Op::Relu, &["x"], "r", &mut rng),
+                node("p1", pad([1, 0, 0, 0]), &["r"], "r1", &mut rng),
+                node("p2", pad([0, 1, 1, 1]), &["r1"], "r2", &mut rng),
+                node("a", Op::Conv2d(conv(2, 4, 3, 1, [0; 4], 1)), &["r2"], "ya", &mut rng),
+                node("b", Op::DecomposedConv2d(dc), &["r2"], "yb", &mut rng),
+                node("sum", Op::Add, &["ya", "yb"], "y", &mut rng),
+            ],
+            "y",
+        );
+        let (m, n) = rewrite(m, fold_pads);
+        assert_eq!(n, 2);
+        assert_eq!(kinds(&m), ["ReLU", "Conv2d", "DecomposedConv2d", "Add"]);
+        for node in &m.nodes[1..3] {
+            assert_eq!(node.inputs, ["r"]);
+        }
+        let Op::DecomposedConv2d(d) = &m.nodes[2].op else { panic!() };
+        assert_eq!(d.conv.padding, [1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn pads_that_cannot_fold_stay() {
+        let mut rng = InitRng::new(3);
+        let pool = Pool2d {
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0; 4],
+            ceil_mode: false,
+            count_include_pad: false,
+        };
+        // read by a conv and a max pool (which pads with -inf, not zeros)
+        let m = model(
+            1,
+            4,
+            4,
+            vec![
+                node("p", pad([1, 1, 1, 1]), &["x"], "xp", &mut rng),
+                node("c", Op::Conv2d(conv(1, 1, 2, 2, [0; 4], 1)), &["xp"], "a", &mut rng),
+                node("m", Op::MaxPool2d(pool), &["xp"], "b", &mut rng),
+                node("sum", Op::Add, &["a", "b"], "y", &mut rng),
+            ],
+            "y",
+        );
+        let (m, n) = rewrite(m, fold_pads);
+        assert_eq!((n, kinds(&m)), (0, vec!["Pad", "Conv2d", "MaxPool2d", "Add"]));
+        // the model output
+        let m = model(1, 3, 3, vec![node("p", pad([0, 1, 0, 1]), &["x"], "y", &mut rng)], "y");
+        let (m, n) = rewrite(m, fold_pads);
+        assert_eq!((n, kinds(&m)), (0, vec!["Pad"]));
+        // read by an activation before the conv: the pad goes first, a relu'd zero is zero
+        // but that is not this pass's business
+        let m = model(
+            1,
+            3,
+            3,
+            vec![
+                node("p", pad([1; 4]), &["x"], "xp", &mut rng),
+                node("r", Op::Relu, &["xp"], "r", &mut rng),
+                node("c", Op::Conv2d(conv(1, 2, 3, 1, [0; 4], 1)), &["r"], "y", &mut rng),
+            ],
+            "y",
+        );
+        let (m, n) = rewrite(m, fold_pads);
+        assert_eq!((n, kinds(&m)), (0, vec!["Pad", "ReLU", "Conv2d"]));
+    }
+
+    fn hard_sigmoid(alpha: f32, beta: f32) -> Op {
+        Op::Activation(Activation::HardSigmoid { alpha, beta })
+    }
+
+    #[test]
+    fn x_times_its_hard_sigmoid_becomes_a_hard_swish() {
+        let mut rng = InitRng::new(4);
+        for gate_first in [false, true] {
+            let mul_in: [&str; 2] = if gate_first { ["g", "r"] } else { ["r", "g"] };
+            let m = model(
+                2,
+                3,
+                3,
+                vec![
+                    node("c", Op::Conv2d(conv(2, 2, 1, 1, [0; 4], 1)), &["x"], "r", &mut rng),
+                    node("hs", hard_sigmoid(1.0 / 6.0, 0.5), &["r"], "g", &mut rng),
+                    node("mul", Op::Mul, &mul_in, "h", &mut rng),
+                    node("flat", Op::Flatten, &["h"], "y", &mut rng),
+                ],
+                "y",
+            );
+            let (m, n) = rewrite(m, fuse_hard_swish);
+            assert_eq!(n, 1);
+            assert_eq!(kinds(&m), ["Conv2d", "HardSwish", "Flatten"]);
+            let hs = &m.nodes[1];
+            assert_eq!(
+                (hs.name.as_str(), hs.inputs.as_slice(), hs.output.as_str()),
+                ("mul", &["r".to_string()][..], "h")
+            );
+        }
+    }
+
+    #[test]
+    fn other_gates_do_not_fuse() {
+        let mut rng = InitRng::new(5);
+        let cases: Vec<(Vec<Node>, &str)> = vec![
+            // the PyTorch default HardSigmoid (alpha 0.2) is not HardSwish's gate
+            (
+                vec![
+                    node("hs", hard_sigmoid(0.2, 0.5), &["x"], "g", &mut rng),
+                    node("mul", Op::Mul, &["x", "g"], "y", &mut rng),
+                ],
+                "y",
+            ),
+            // the gate is read by something else too
+            (
+                vec![
+                    node("hs", hard_sigmoid(1.0 / 6.0, 0.5), &["x"], "g", &mut rng),
+                    node("mul", Op::Mul, &["x", "g"], "m", &mut rng),
+                    node("sum", Op::Add, &["m", "g"], "y", &mut rng),
+                ],
+                "y",
+            ),
+            // the gate of another tensor
+            (
+                vec![
+                    node("r", Op::Relu, &["x"], "r", &mut rng),
+                    node("hs", hard_sigmoid(1.0 / 6.0, 0.5), &["r"], "g", &mut rng),
+                    node("mul", Op::Mul, &["x", "g"], "y", &mut rng),
+                ],
+                "y",
+            ),
+        ];
+        for (nodes, out) in cases {
+            let before: Vec<&str> = nodes.iter().map(|n| n.op.kind()).collect();
+            let (m, n) = rewrite(model(2, 2, 3, nodes.clone(), out), fuse_hard_swish);
+            assert_eq!((n, kinds(&m)), (0, before));
+        }
+    }
+}
