@@ -607,6 +607,50 @@ fn concat_of_feature_maps_along_the_channels() {
     }
 }
 
+/// A zero Pad that not only Convs read cannot become their padding (`passes::fold_pads` leaves
+/// it) and the engine runs no standalone Pad: the import refuses it, naming the Pad and its readers.
+#[test]
+fn a_pad_that_does_not_fold_is_refused_at_import() {
+    let mut rng = InitRng::new(5);
+    let kw = rand(&mut rng, 3 * 3 * 9);
+    let pool = |input: &str, out: &str, k: i64| node("MaxPool", &[input], out, vec![attr_ints("kernel_shape", &[k, k])]);
+    let pad = || node("Pad", &["r", "pads"], "p", vec![]);
+    let cases: Vec<(usize, Vec<NodeProto>, &[&str])> = vec![
+        // read by a max pool only (which pads with -inf, not zeros)
+        (
+            75,
+            vec![pad(), pool("p", "mp", 2), node("Flatten", &["mp"], "flat", vec![])],
+            &["'/mp' (MaxPool2d)"],
+        ),
+        // read by a conv and a max pool
+        (
+            48,
+            vec![
+                pad(),
+                node("Conv", &["p", "k"], "cv", vec![]),
+                pool("p", "mp", 3),
+                node("Add", &["cv", "mp"], "sum", vec![]),
+                node("Flatten", &["sum"], "flat", vec![]),
+            ],
+            &["'/cv' (Conv2d)", "'/mp' (MaxPool2d)"],
+        ),
+    ];
+    for (fc_in, nodes, readers) in cases {
+        let inits = vec![ints64("pads", &[8], &[0, 0, 1, 1, 0, 0, 1, 1]), floats("k", &[3, 3, 3, 3], &kw)];
+        let e = import(&onnx_model(13, None, fc_in, nodes, inits)).unwrap_err();
+        let OnnxError::UnsupportedModel { issues, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(issues.len(), 1, "{e}");
+        let (issue, text) = (&issues[0], issues[0].to_string());
+        assert_eq!((issue.node.as_str(), issue.op.as_str()), ("/p", "Pad"), "{e}");
+        assert!(text.contains("only supported right before a Conv"), "{e}");
+        for r in readers {
+            assert!(text.contains(r), "{r}: {e}");
+        }
+    }
+}
+
 /// A zero Pad on the spatial axes in front of a Conv (TensorFlow/Keras ZeroPadding2D, 'same'
 /// strided convs) becomes the Conv's own padding: attribute form (opset < 11), input form,
 /// opset-18 axes, two Pads in a row, and auto_pad on the padded size. Anything else is refused.

@@ -175,7 +175,9 @@ impl Importer<'_> {
         }
     }
 
-    /// Adds an IR node that writes the node's first ONNX output.
+    /// Adds an IR node that writes the node's first ONNX output. `fusable` records the node as
+    /// the producer of its output, so that a constant Add after a Conv/Gemm/MatMul can fold into
+    /// its bias.
     pub(super) fn emit(&mut self, cx: &Ctx, op: Op, inputs: Vec<String>, params: BTreeMap<String, Tensor>, fusable: bool) -> PResult<()> {
         let Some(output) = cx.node.output.first().filter(|o| !o.is_empty()).cloned() else {
             return Err(self.invalid(cx, "the node has no output"));
