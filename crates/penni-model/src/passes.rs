@@ -286,8 +286,7 @@ mod tests {
         let m = model(1, 3, 3, vec![node("p", pad([0, 1, 0, 1]), &["x"], "y", &mut rng)], "y");
         let (m, n) = rewrite(m, fold_pads);
         assert_eq!((n, kinds(&m)), (0, vec!["Pad"]));
-        // read by an activation before the conv: the pad goes first, a relu'd zero is zero
-        // but that is not this pass's business
+        // a Relu between the Pad and the Conv: only direct Conv readers take a Pad
         let m = model(
             1,
             3,
