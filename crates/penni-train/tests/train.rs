@@ -286,9 +286,27 @@ fn resume_after_a_stop_ends_with_the_same_weights_as_an_uninterrupted_run() {
     let n = bytes.len();
     bytes[n - 3] ^= 0xff;
     std::fs::write(&ck, bytes).unwrap();
-    let longer = TrainOptions { epochs: 3, ..opts };
-    let again = train(&m, &data(&ds), &longer, &run).unwrap();
-    assert_eq!(again.history.len(), 3);
+    let log = dir.path().join("again.jsonl");
+    let again = train(
+        &m,
+        &data(&ds),
+        &opts,
+        &RunOptions {
+            metrics_log: Some(log.clone()),
+            ..run
+        },
+    )
+    .unwrap();
+    // it resumed after epoch 2 (the previous checkpoint): one epoch trained, not three
+    let trained: Vec<String> = std::fs::read_to_string(&log).unwrap().lines().map(String::from).collect();
+    assert_eq!(trained.len(), 1, "epochs trained after the fallback: {trained:?}");
+    assert!(trained[0].contains("\"epoch\":2,"), "{}", trained[0]);
+    assert_eq!(
+        again.history[..2],
+        resumed.history[..2],
+        "the first two epochs come from the previous checkpoint"
+    );
+    assert_eq!(again.model, whole.model, "the fallback run differs from the uninterrupted one");
 }
 
 #[test]
@@ -536,4 +554,41 @@ fn activations_and_squeeze_excitation_train_like_the_reference() {
     for k in ["stem.conv.weight", "se.conv.weight"] {
         assert!(grads[k].iter().any(|v| *v != 0.0), "no gradient reaches {k}");
     }
+}
+
+/// The L1 term of sparse retraining pulls the coefficients toward zero: the same run with and
+/// without it, from the same start, ends with a much smaller sum of |coefficients| and more
+/// near-zero entries with it.
+#[test]
+fn the_l1_term_drives_coefficients_toward_zero() {
+    let ds = synthetic(256, 7);
+    let m = small_model(8);
+    let coef = |m: &Model| m.node("body.conv").unwrap().params["coefficients"].data.clone();
+    let run = |l1: f64| {
+        let opts = TrainOptions {
+            l1_coefficients: l1,
+            weight_decay: 0.0,
+            ..quick_opts(3)
+        };
+        coef(&train(&m, &data(&ds), &opts, &RunOptions::default()).unwrap().model)
+    };
+    let (plain, sparse) = (run(0.0), run(0.05));
+    let l1 = |v: &[f32]| v.iter().map(|x| x.abs() as f64).sum::<f64>();
+    let small = |v: &[f32]| v.iter().filter(|x| x.abs() < 1e-2).count();
+    let start = coef(&m);
+    assert_eq!(plain.len(), start.len());
+    assert_eq!(sparse.len(), start.len());
+    assert!(
+        l1(&sparse) < 0.5 * l1(&plain),
+        "sum |a|: {} with L1, {} without (start {})",
+        l1(&sparse),
+        l1(&plain),
+        l1(&start)
+    );
+    assert!(
+        small(&sparse) > small(&plain),
+        "near-zero coefficients: {} with L1, {} without",
+        small(&sparse),
+        small(&plain)
+    );
 }
