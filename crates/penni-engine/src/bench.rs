@@ -6,7 +6,8 @@ use penni_model::Model;
 use serde::Serialize;
 
 use crate::error::EngineError;
-use crate::plan::{EngineOptions, Plan};
+use crate::options::EngineOptions;
+use crate::plan::Plan;
 
 /// What [`bench`] measured. Latencies are per batch; throughput counts images.
 #[derive(Clone, Debug, Serialize)]

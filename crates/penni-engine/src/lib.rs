@@ -36,20 +36,29 @@
 // keeps the accumulators in registers), and kernel entry points take many geometric arguments.
 #![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
 
+// What lives where (each module uses only modules earlier in this list; `ops` never uses
+// `plan`): error (EngineError), simd (vector types, ISA dispatch), arena (aligned storage,
+// liveness placement), thread_pool (the spinning pool), options (public options and report
+// types), layout (blocked maps, planar maps, flat vectors), epilogue (clamp, residual count,
+// batchnorm folding), step (value ids, the run-time context, the StepOp trait), ops (one
+// module per op family: steps, their layouts and kernels), plan (fusion, building,
+// scheduling, memory; Plan itself), bench (latency and memory report).
 mod arena;
 mod bench;
-mod conv;
-mod decomp;
+mod epilogue;
 mod error;
+mod layout;
 mod ops;
+mod options;
 mod plan;
-mod planar;
-mod pool;
 mod simd;
+mod step;
+mod thread_pool;
 
 pub use bench::{BenchReport, bench, peak_rss_bytes, pseudo_random_input};
 pub use error::EngineError;
-pub use plan::{EngineOptions, LayerTiming, Plan, Strategy};
+pub use options::{EngineOptions, LayerTiming, Strategy};
+pub use plan::Plan;
 
 #[doc(hidden)]
 pub mod testing {

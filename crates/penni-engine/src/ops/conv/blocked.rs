@@ -12,70 +12,15 @@
 use std::array::from_fn;
 
 use penni_model::Conv2d;
+use penni_model::batchnorm::Affine;
 
+use super::tiling::{Seg, choose_tile, segments};
 use crate::arena::AVec;
+use crate::epilogue::{Act, ActV, MAX_RES, fold_bias, fold_weight};
 use crate::error::EngineError;
-use crate::plan::{Act, ActV, Ctx, MapLay, ValId};
+use crate::layout::MapLay;
 use crate::simd::{L, Simd, isa_dispatch};
-
-/// A run of QC output pixels in one row; the first `skip` are stored by another segment (the
-/// last segment of a row is shifted left to stay inside the row). `skip == QC` stores nothing.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Seg {
-    pub img: u32,
-    pub oy: u32,
-    pub ox: u32,
-    pub skip: u32,
-}
-
-/// Cuts every output row of every image into segments of `qc` pixels and pads the list to a
-/// multiple of `r` segments with segments that store nothing.
-pub(crate) fn segments(batch: usize, h: usize, w: usize, qc: usize, r: usize) -> Vec<Seg> {
-    let mut segs = Vec::new();
-    for img in 0..batch {
-        for oy in 0..h {
-            let mut ox = 0;
-            while ox < w {
-                let start = ox.min(w - qc);
-                segs.push(Seg {
-                    img: img as u32,
-                    oy: oy as u32,
-                    ox: start as u32,
-                    skip: (ox - start) as u32,
-                });
-                ox += qc;
-            }
-        }
-    }
-    let last = *segs.last().unwrap_or(&Seg {
-        img: 0,
-        oy: 0,
-        ox: 0,
-        skip: 0,
-    });
-    while segs.len() % r != 0 {
-        segs.push(Seg { skip: qc as u32, ..last });
-    }
-    segs
-}
-
-/// Register tiles (output blocks OB, segments R, pixels per segment QC): R*QC*OB accumulators.
-const VARIANTS: &[(usize, usize, usize)] = &[
-    (1, 3, 8),
-    (1, 6, 4),
-    (1, 12, 2),
-    (1, 16, 1),
-    (1, 4, 4),
-    (2, 3, 4),
-    (2, 6, 2),
-    (2, 12, 1),
-    (2, 2, 4),
-    (4, 1, 6),
-    (4, 2, 3),
-    (4, 3, 2),
-    (4, 6, 1),
-    (4, 1, 4),
-];
+use crate::step::{Ctx, StepOp, ValId};
 
 /// How many taps ahead the weights are prefetched (a tap is 16 x OB cache lines).
 const PREFETCH_TAPS: usize = 8;
@@ -84,47 +29,7 @@ const PREFETCH_TAPS: usize = 8;
 /// (larger groups are split along the input channels: K-blocking).
 const KCHUNK_BYTES: usize = 256 * 1024;
 
-/// Picks the register tile with the least estimated time: wasted pixels (segments shifted or
-/// padded), the load/FMA balance of the tile, the weight traffic from L2 and how evenly the
-/// tasks spread over the threads.
-pub(crate) fn choose_tile(
-    nb: usize,
-    h: usize,
-    w: usize,
-    batch: usize,
-    sx: usize,
-    steps: usize,
-    threads: usize,
-    max_ob: usize,
-) -> (usize, usize, usize) {
-    // weights that do not fit in L2 stream from L3 (about 10 bytes per cycle and core) on the
-    // first tile of every K-chunk; the other tiles of the task re-read them from L2
-    let from_l3 = nb * L * steps * 4 > 1536 * 1024;
-    let mut best = (f64::INFINITY, (1, 16, 1));
-    for &(ob, r, qc) in VARIANTS {
-        if ob > max_ob || (qc > 1 && (sx > 2 || qc > w)) {
-            continue;
-        }
-        let segs = batch * h * w.div_ceil(qc);
-        let tiles = segs.div_ceil(r);
-        let groups = nb.div_ceil(ob);
-        let p = r * qc;
-        let spill = if r > 10 { r / 2 } else { 0 };
-        let per_step = f64::max((ob * p) as f64 / 2.0, (ob + p + spill) as f64 / 2.5).max((ob * 64) as f64 / 32.0);
-        let chunks = (4 * threads).div_ceil(groups).clamp(1, tiles.max(1));
-        let per_task = tiles.div_ceil(chunks) as f64;
-        let first = if from_l3 { (128.0 / p as f64 / 10.0).max(1.0) } else { 1.0 };
-        let task = per_step * steps as f64 * (per_task - 1.0 + first);
-        let rounds = (groups * chunks).div_ceil(threads.max(1)) as f64;
-        let t = rounds * task * (1.0 + 0.02 * ob as f64).recip();
-        if t < best.0 {
-            best = (t, (ob, r, qc));
-        }
-    }
-    best.1
-}
-
-pub(crate) struct ConvGroup {
+struct ConvGroup {
     ob0: usize,
     /// Output blocks of this group that exist (the last group may be partial).
     nvalid: usize,
@@ -161,23 +66,21 @@ pub(crate) struct ConvStep {
     row0: isize,
     col0: isize,
     batch: usize,
-    pub macs: u64,
+    macs: u64,
+    /// Appended to the description (a rebuilt decomposed layer says so).
+    note: String,
 }
 
-/// Most residual inputs an epilogue adds.
-pub(crate) const MAX_RES: usize = 3;
-
 impl ConvStep {
-    /// Packs `weight` (N x C/groups x kh x kw), scaled per output channel by `scale`, and the
-    /// bias `scale*b + shift`, for input layout `xl` and output layout `yl`.
+    /// Packs `weight` (N x C/groups x kh x kw), scaled per output channel by the folded
+    /// batchnorm, and the bias `scale*b + shift`, for input layout `xl` and output layout `yl`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: &str,
         c: &Conv2d,
         w: &[f32],
         b: Option<&[f32]>,
-        scale: &[f64],
-        shift: &[f64],
+        fold: &Affine,
         x: ValId,
         xl: MapLay,
         y: ValId,
@@ -244,7 +147,7 @@ impl ConvStep {
                                     let ci = ib * L + ic;
                                     let v = if o < nvalid && oc < n_out && ci < n_in && ci / cg == oc / og {
                                         let idx = ((oc * cg + ci % cg) * kh + ky) * kw + kx;
-                                        (w[idx] as f64 * scale[oc]) as f32
+                                        fold_weight(fold, oc, w[idx])
                                     } else {
                                         0.0
                                     };
@@ -268,7 +171,7 @@ impl ConvStep {
         }
         let mut bias = vec![0f32; groups.len() * ob * L];
         for oc in 0..n_out {
-            bias[oc] = (b.map_or(0.0, |b| b[oc] as f64) * scale[oc] + shift[oc]) as f32;
+            bias[oc] = fold_bias(fold, b, oc);
         }
         let segs = segments(batch, yl.h, yl.w, qc, r);
         let tiles = segs.len() / r;
@@ -299,22 +202,34 @@ impl ConvStep {
             col0: xl.pad[1] as isize - c.padding[1] as isize,
             batch,
             macs,
+            note: String::new(),
         })
     }
 
-    pub fn describe(&self) -> String {
+    pub fn with_note(mut self, note: String) -> Self {
+        self.note = note;
+        self
+    }
+}
+
+impl StepOp for ConvStep {
+    fn describe(&self) -> String {
         format!(
-            "conv {}x{} s{} {}->{} [ob{} {}x{}]",
-            self.kernel[0], self.kernel[1], self.stride[0], self.xl.c, self.yl.c, self.ob, self.r, self.qc
+            "conv {}x{} s{} {}->{} [ob{} {}x{}]{}",
+            self.kernel[0], self.kernel[1], self.stride[0], self.xl.c, self.yl.c, self.ob, self.r, self.qc, self.note
         )
     }
 
-    pub fn weight_floats(&self) -> usize {
+    fn macs(&self) -> u64 {
+        self.macs
+    }
+
+    fn weight_floats(&self) -> usize {
         self.weights.len() + self.bias.len()
     }
 
-    pub fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
-        crate::ops::zero_borders(ctx, self.y, self.batch);
+    fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
+        ctx.zero_borders(self.y, self.batch);
         let n = self.groups.len() * self.chunks;
         ctx.par(n, &|t, _| {
             let (g, c) = (t / self.chunks, t % self.chunks);
@@ -487,27 +402,6 @@ unsafe fn tiles<S: Simd, const OB: usize, const R: usize, const QC: usize, const
                     }
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn segments_cover_every_pixel_once() {
-        for (b, h, w, qc, r) in [(2, 3, 7, 4, 3), (1, 4, 4, 8, 2), (1, 1, 1, 1, 16), (3, 5, 9, 2, 6)] {
-            let qc = qc.min(w);
-            let segs = segments(b, h, w, qc, r);
-            assert_eq!(segs.len() % r, 0);
-            let mut hit = vec![0; b * h * w];
-            for s in &segs {
-                for q in s.skip as usize..qc {
-                    hit[(s.img as usize * h + s.oy as usize) * w + s.ox as usize + q] += 1;
-                }
-            }
-            assert!(hit.iter().all(|&c| c == 1), "{b} {h} {w} {qc} {r}");
         }
     }
 }

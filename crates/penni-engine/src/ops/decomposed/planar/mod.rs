@@ -1,0 +1,315 @@
+//! Decomposed (PENNI) convolution on planar maps, every kernel vectorised over 16 pixels: the
+//! basis stage reads shifted pixel vectors of one channel (masked, no padding) and broadcasts
+//! basis values; the combination is a CSR matrix times pixel rows; mix-first mixes at input
+//! resolution, then sums taps of the mixed maps. The kernels are in `kernels`.
+
+use penni_model::batchnorm::Affine;
+use penni_model::{Conv2d, Node};
+
+use super::analysis::Coefs;
+use super::csr::Csr;
+use crate::epilogue::{Act, MAX_RES, fold_bias};
+use crate::error::EngineError;
+use crate::layout::PLay;
+use crate::ops::conv::planar_access::{Access, Epi, TILE, Tile, tile_of};
+use crate::options::Strategy;
+use crate::simd::L;
+use crate::step::{Ctx, StepOp, ValId};
+
+mod kernels;
+
+/// A decomposed convolution on planar maps.
+pub(crate) struct PDecomp {
+    x: ValId,
+    xl: PLay,
+    epi: Epi,
+    strategy: Strategy,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    batch: usize,
+    threads: usize,
+    n_out: usize,
+    dl: usize,
+    nnz: usize,
+    macs: u64,
+    acc: Access,
+    bias: Vec<f32>,
+    // basis-first / fused
+    chunks: Vec<(usize, usize)>,
+    chunk_bases: Vec<Vec<f32>>,
+    live_c: Vec<usize>,
+    /// c*dl + jj -> column or -1.
+    colmap: Vec<i32>,
+    ncols: usize,
+    rows: Csr,
+    zstride: usize,
+    // mix-first
+    urows: Csr,
+    /// Per output channel: (offset of its U row for a live basis, tap, basis value at the tap).
+    mf_entries: Vec<Vec<(usize, u32, f32)>>,
+    nu: usize,
+    // scratch
+    per_thread: usize,
+    big_floats: usize,
+    scratch: Option<ValId>,
+    big: Option<ValId>,
+}
+
+impl PDecomp {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node: &Node,
+        c: &Conv2d,
+        fold: &Affine,
+        an: &Coefs,
+        strategy: Strategy,
+        x: ValId,
+        xl: PLay,
+        y: ValId,
+        yl: PLay,
+        res: Vec<ValId>,
+        act: Act,
+        batch: usize,
+        threads: usize,
+    ) -> Result<PDecomp, EngineError> {
+        if res.len() > MAX_RES {
+            return Err(EngineError::Unsupported {
+                node: node.name.clone(),
+                message: format!("more than {MAX_RES} residual inputs"),
+            });
+        }
+        let bases = &node.param("bases")?.data;
+        let b = node.params.get("bias").map(|t| t.data.as_slice());
+        let (n_out, n_in) = (c.out_channels, c.in_channels);
+        let (cg, og, kk) = (an.cg, an.og, an.kk);
+        let coef = |n: usize, ci: usize, j: usize| an.coef(n, ci, j);
+        let bias: Vec<f32> = (0..n_out).map(|n| fold_bias(fold, b, n)).collect();
+        let (jl, dl, nnz) = (&an.jl, an.dl(), an.nnz);
+        let acc = Access::new(&xl, &yl, c);
+        let mut st = PDecomp {
+            x,
+            xl,
+            epi: Epi { y, yl, res, act },
+            strategy,
+            kernel: c.kernel,
+            stride: c.stride,
+            batch,
+            threads,
+            n_out,
+            dl,
+            nnz,
+            macs: 0,
+            acc,
+            bias,
+            chunks: vec![],
+            chunk_bases: vec![],
+            live_c: vec![],
+            colmap: vec![],
+            ncols: 0,
+            rows: Csr::new(),
+            zstride: 0,
+            urows: Csr::new(),
+            mf_entries: vec![],
+            nu: 0,
+            per_thread: 0,
+            big_floats: 0,
+            scratch: None,
+            big: None,
+        };
+        let p_out = (batch * yl.h * yl.w) as u64;
+        let nvec = st.acc.nvec * batch;
+        let nvpad = nvec.div_ceil(TILE) * TILE;
+        if strategy == Strategy::MixFirst {
+            // U rows: live (n, jj), computed over the input planes
+            let mut urow_of = vec![usize::MAX; n_out * dl.max(1)];
+            for n in 0..n_out {
+                for (jj, &j) in jl.iter().enumerate() {
+                    let start = st.urows.terms();
+                    let g = n / og;
+                    for ci in g * cg..(g + 1) * cg {
+                        let v = coef(n, ci, j);
+                        if v != 0.0 {
+                            st.urows.push(ci * xl.plane(), v);
+                        }
+                    }
+                    if st.urows.terms() > start {
+                        urow_of[n * dl + jj] = st.nu;
+                        st.nu += 1;
+                        st.urows.end_row();
+                    }
+                }
+            }
+            st.mf_entries = (0..n_out)
+                .map(|n| {
+                    let mut e = Vec::new();
+                    for jj in 0..dl {
+                        if urow_of[n * dl + jj] != usize::MAX {
+                            for t in 0..kk {
+                                e.push((urow_of[n * dl + jj] * xl.plane(), t as u32, bases[jl[jj] * kk + t]));
+                            }
+                        }
+                    }
+                    e
+                })
+                .collect();
+            st.big_floats = batch
+                .checked_mul(st.nu)
+                .and_then(|v| v.checked_mul(xl.plane()))
+                .ok_or(EngineError::TooLarge(u128::MAX))?;
+            st.per_thread = L;
+            let p_in = (batch * xl.h * xl.w) as u64;
+            st.macs = nnz as u64 * p_in + st.nu as u64 * kk as u64 * p_out;
+        } else {
+            (st.chunks, st.chunk_bases) = an.basis_chunks(bases);
+            (st.colmap, st.ncols) = an.columns(n_in * dl);
+            st.live_c = (0..n_in).filter(|&ci| an.live_c[ci]).collect();
+            let fused = strategy == Strategy::Fused;
+            st.zstride = if fused { TILE * L } else { nvpad * L };
+            for n in 0..n_out {
+                let g = n / og;
+                for ci in g * cg..(g + 1) * cg {
+                    for (jj, &j) in jl.iter().enumerate() {
+                        let v = coef(n, ci, j);
+                        if v != 0.0 {
+                            st.rows.push(st.colmap[ci * dl + jj] as usize * st.zstride, v);
+                        }
+                    }
+                }
+                st.rows.end_row();
+            }
+            if fused {
+                st.per_thread = st.ncols * TILE * L;
+            } else {
+                st.per_thread = L;
+                st.big_floats = st.ncols.checked_mul(nvpad * L).ok_or(EngineError::TooLarge(u128::MAX))?;
+            }
+            st.macs = p_out * (st.live_c.len() * dl * kk) as u64 + nnz as u64 * p_out;
+        }
+        Ok(st)
+    }
+
+    fn scratch_ptr(&self, ctx: &Ctx, tid: usize) -> *mut f32 {
+        let base = self.scratch.map_or(std::ptr::null_mut(), |v| ctx.ptr(v));
+        base.wrapping_add(tid * self.per_thread.div_ceil(L) * L)
+    }
+
+    fn total(&self) -> usize {
+        self.acc.nvec * self.batch
+    }
+
+    fn tile(&self, tile: usize) -> Tile {
+        tile_of(self.acc.nvec, self.total(), tile)
+    }
+}
+
+impl StepOp for PDecomp {
+    /// Slot 0: per-thread working memory; slot 1 (if any): a whole-layer buffer.
+    fn scratch_floats(&self) -> Vec<usize> {
+        let mut v = vec![self.per_thread.div_ceil(L) * L * self.threads];
+        if self.big_floats > 0 {
+            v.push(self.big_floats);
+        }
+        v
+    }
+
+    fn macs(&self) -> u64 {
+        self.macs
+    }
+
+    fn set_scratch(&mut self, slot: usize, v: ValId) {
+        if slot == 0 {
+            self.scratch = Some(v);
+        } else {
+            self.big = Some(v);
+        }
+    }
+
+    fn describe(&self) -> String {
+        let s = match self.strategy {
+            Strategy::MixFirst => "mix-first",
+            Strategy::Fused => "fused",
+            _ => "basis-first",
+        };
+        format!(
+            "penni {}x{} s{} {}->{} planar {s} d{} nnz{} cols{}{}",
+            self.kernel[0],
+            self.kernel[1],
+            self.stride[0],
+            self.xl.c,
+            self.n_out,
+            self.dl,
+            self.nnz,
+            self.ncols.max(self.nu),
+            self.acc.mode()
+        )
+    }
+
+    fn weight_floats(&self) -> usize {
+        self.bias.len()
+            + self.rows.floats()
+            + self.urows.floats()
+            + self.chunk_bases.iter().map(Vec::len).sum::<usize>()
+            + self.mf_entries.iter().map(|e| e.len() * 4).sum::<usize>()
+    }
+
+    fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
+        let tiles = self.total().div_ceil(TILE);
+        // split the output channels too when there are few tiles
+        let ngroups = (4 * self.threads).div_ceil(tiles).clamp(1, self.n_out.max(1));
+        let nper = self.n_out.div_ceil(ngroups);
+        match self.strategy {
+            Strategy::MixFirst => {
+                let per_img = self.xl.plane() / L;
+                let chunks = per_img.div_ceil(TILE);
+                ctx.par(self.batch * chunks, &|t, _| {
+                    kernels::p_mix(ctx.isa, self, ctx, t / chunks, (t % chunks) * TILE, per_img)
+                })?;
+                ctx.par(tiles * ngroups, &|t, _| {
+                    kernels::p_mfconv(
+                        ctx.isa,
+                        self,
+                        ctx,
+                        t / ngroups,
+                        (t % ngroups) * nper,
+                        ((t % ngroups + 1) * nper).min(self.n_out),
+                    )
+                })
+            }
+            Strategy::Fused => ctx.par(tiles, &|t, tid| kernels::p_fused(ctx.isa, self, ctx, t, tid)),
+            _ => {
+                // few tiles (a small map): split the input channels of stage 1 as well
+                let nc = self.live_c.len();
+                let parts = (2 * self.threads).div_ceil(tiles).clamp(1, (nc / 8).max(1));
+                let cper = nc.div_ceil(parts);
+                ctx.par(tiles * parts, &|t, _| {
+                    let z = self.big.map_or(std::ptr::null_mut(), |v| ctx.ptr(v));
+                    let (tile, p) = (t / parts, t % parts);
+                    kernels::p_stage1(
+                        ctx.isa,
+                        self,
+                        ctx,
+                        tile,
+                        z,
+                        self.zstride,
+                        tile * TILE * L,
+                        p * cper,
+                        ((p + 1) * cper).min(nc),
+                    );
+                })?;
+                ctx.par(tiles * ngroups, &|t, _| {
+                    let z = self.big.map_or(std::ptr::null_mut(), |v| ctx.ptr(v));
+                    let (tile, g) = (t / ngroups, t % ngroups);
+                    kernels::p_stage2(
+                        ctx.isa,
+                        self,
+                        ctx,
+                        tile,
+                        z.wrapping_add(tile * TILE * L),
+                        g * nper,
+                        ((g + 1) * nper).min(self.n_out),
+                    );
+                })
+            }
+        }
+    }
+}

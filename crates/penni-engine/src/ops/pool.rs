@@ -1,0 +1,216 @@
+//! Pooling: max / average windows and global average pooling, on both layouts (blocked maps
+//! vectorised over 16 channels, planar maps over 16 pixels or one output pixel at a time).
+
+use penni_model::Pool2d;
+
+use crate::error::EngineError;
+use crate::layout::{MapLay, PLay, prefix};
+use crate::simd::{L, Simd, isa_dispatch};
+use crate::step::{Ctx, StepOp, ValId};
+
+/// "maxpool 3x3 s2" / "avgpool 2x2 s2".
+fn describe_pool(p: &Pool2d, max: bool) -> String {
+    format!(
+        "{}pool {}x{} s{}",
+        if max { "max" } else { "avg" },
+        p.kernel[0],
+        p.kernel[1],
+        p.stride[0]
+    )
+}
+
+/// Max or average pooling on the blocked layout, with padding, ceil mode and both divisor
+/// conventions exactly as the reference defines them.
+pub(crate) struct PoolStep {
+    pub x: ValId,
+    pub y: ValId,
+    pub xl: MapLay,
+    pub yl: MapLay,
+    pub p: Pool2d,
+    pub max: bool,
+    pub batch: usize,
+}
+
+isa_dispatch!(fn pool_block => pool_block_g(st: &PoolStep, ctx: &Ctx, t: usize));
+
+impl StepOp for PoolStep {
+    fn describe(&self) -> String {
+        describe_pool(&self.p, self.max)
+    }
+
+    fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
+        ctx.zero_borders(self.y, self.batch);
+        ctx.par(self.batch * self.xl.cb(), &|t, _| pool_block(ctx.isa, self, ctx, t))
+    }
+}
+
+#[inline(always)]
+unsafe fn pool_block_g<S: Simd>(st: &PoolStep, ctx: &Ctx, t: usize) {
+    unsafe {
+        let (xl, yl, p) = (&st.xl, &st.yl, &st.p);
+        let (img, cb) = (t / xl.cb(), t % xl.cb());
+        let xb = (ctx.ptr(st.x) as *const f32).add(img * xl.img() + cb * xl.plane());
+        let yb = ctx.ptr(st.y).add(img * yl.img() + cb * yl.plane());
+        let (h, w) = (xl.h as isize, xl.w as isize);
+        // cells inside [0, size + pad_hi) of one axis, and the valid (inside the map) range
+        let axis = |o: usize, k: usize, s: usize, lo: usize, hi: usize, size: isize| {
+            let a = (o * s) as isize - lo as isize;
+            let counted = (size + hi as isize - a).clamp(0, k as isize);
+            (a.max(0), (a + k as isize).min(size), counted)
+        };
+        for oy in 0..yl.h {
+            let (y0, y1, cy) = axis(oy, p.kernel[0], p.stride[0], p.padding[0], p.padding[2], h);
+            for ox in 0..yl.w {
+                let (x0, x1, cx) = axis(ox, p.kernel[1], p.stride[1], p.padding[1], p.padding[3], w);
+                let mut v = if st.max { S::splat(f32::NEG_INFINITY) } else { S::zero() };
+                for iy in y0..y1 {
+                    for ix in x0..x1 {
+                        let xv = S::load(xb.add(xl.at(iy as usize, ix as usize)));
+                        v = if st.max { S::max(xv, v) } else { S::add(v, xv) };
+                    }
+                }
+                if !st.max {
+                    let cnt = (y1 - y0).max(0) * (x1 - x0).max(0);
+                    let div = if p.count_include_pad { cy * cx } else { cnt };
+                    v = S::mul(v, S::splat(1.0 / div.max(1) as f32));
+                }
+                S::store(yb.add(yl.at(oy, ox)), v);
+            }
+        }
+    }
+}
+
+/// Global average pooling: one 1x1 map per channel block.
+pub(crate) struct GapStep {
+    pub x: ValId,
+    pub y: ValId,
+    pub xl: MapLay,
+    pub yl: MapLay,
+    pub batch: usize,
+}
+
+isa_dispatch!(fn gap_block => gap_block_g(st: &GapStep, ctx: &Ctx, t: usize));
+
+impl StepOp for GapStep {
+    fn describe(&self) -> String {
+        "global avgpool".into()
+    }
+
+    fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
+        ctx.zero_borders(self.y, self.batch);
+        ctx.par(self.batch * self.xl.cb(), &|t, _| gap_block(ctx.isa, self, ctx, t))
+    }
+}
+
+#[inline(always)]
+unsafe fn gap_block_g<S: Simd>(st: &GapStep, ctx: &Ctx, t: usize) {
+    unsafe {
+        let (xl, yl) = (&st.xl, &st.yl);
+        let (img, cb) = (t / xl.cb(), t % xl.cb());
+        let xb = (ctx.ptr(st.x) as *const f32).add(img * xl.img() + cb * xl.plane());
+        let mut acc = [S::zero(); 4];
+        let mut i = 0;
+        for y in 0..xl.h {
+            let row = xb.add(xl.at(y, 0));
+            for x in 0..xl.w {
+                acc[i & 3] = S::add(acc[i & 3], S::load(row.add(x * L)));
+                i += 1;
+            }
+        }
+        let s = S::add(S::add(acc[0], acc[1]), S::add(acc[2], acc[3]));
+        let v = S::mul(s, S::splat(1.0 / (xl.h * xl.w) as f32));
+        S::store(ctx.ptr(st.y).add(img * yl.img() + cb * yl.plane() + yl.at(0, 0)), v);
+    }
+}
+
+/// Global average pooling of planar maps into 1x1 planar maps.
+pub(crate) struct PGap {
+    pub x: ValId,
+    pub xl: PLay,
+    pub y: ValId,
+    pub yl: PLay,
+    pub batch: usize,
+}
+
+isa_dispatch!(fn p_gap => p_gap_g(st: &PGap, ctx: &Ctx, t: usize));
+
+impl StepOp for PGap {
+    fn describe(&self) -> String {
+        "global avgpool".into()
+    }
+
+    fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
+        ctx.par(self.batch * self.xl.c, &|t, _| p_gap(ctx.isa, self, ctx, t))
+    }
+}
+
+#[inline(always)]
+unsafe fn p_gap_g<S: Simd>(st: &PGap, ctx: &Ctx, t: usize) {
+    unsafe {
+        let (xl, yl) = (&st.xl, &st.yl);
+        let xb = (ctx.ptr(st.x) as *const f32).add(t * xl.plane());
+        let mut acc = [S::zero(); 2];
+        let hw = xl.hw();
+        for (i, p) in (0..hw).step_by(L).enumerate() {
+            acc[i & 1] = S::add(acc[i & 1], S::load_mask(xb.add(p), prefix(hw - p)));
+        }
+        *ctx.ptr(st.y).add(t * yl.plane()) = S::hsum(S::add(acc[0], acc[1])) / hw as f32;
+    }
+}
+
+/// Max or average pooling on planar maps, one output pixel at a time (as the reference does).
+pub(crate) struct PPool {
+    pub x: ValId,
+    pub xl: PLay,
+    pub y: ValId,
+    pub yl: PLay,
+    pub p: Pool2d,
+    pub max: bool,
+    pub batch: usize,
+}
+
+impl StepOp for PPool {
+    fn describe(&self) -> String {
+        describe_pool(&self.p, self.max)
+    }
+
+    fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
+        ctx.par(self.batch * self.xl.c, &|t, _| {
+            let (xl, yl, p) = (&self.xl, &self.yl, &self.p);
+            // SAFETY: reads inside the input plane, writes inside the output plane.
+            unsafe {
+                let xb = (ctx.ptr(self.x) as *const f32).add(t * xl.plane());
+                let yb = ctx.ptr(self.y).add(t * yl.plane());
+                let (h, w) = (xl.h as isize, xl.w as isize);
+                let axis = |o: usize, k: usize, s: usize, lo: usize, hi: usize, size: isize| {
+                    let a = (o * s) as isize - lo as isize;
+                    (a.max(0), (a + k as isize).min(size), (size + hi as isize - a).clamp(0, k as isize))
+                };
+                for oy in 0..yl.h {
+                    let (y0, y1, cy) = axis(oy, p.kernel[0], p.stride[0], p.padding[0], p.padding[2], h);
+                    for ox in 0..yl.w {
+                        let (x0, x1, cx) = axis(ox, p.kernel[1], p.stride[1], p.padding[1], p.padding[3], w);
+                        let mut m = f32::NEG_INFINITY;
+                        let mut s = 0f32;
+                        for iy in y0..y1 {
+                            let row = xb.add(iy as usize * xl.w);
+                            for ix in x0..x1 {
+                                let v = *row.add(ix as usize);
+                                m = if v > m { v } else { m };
+                                s += v;
+                            }
+                        }
+                        let v = if self.max {
+                            m
+                        } else {
+                            let cnt = (y1 - y0).max(0) * (x1 - x0).max(0);
+                            let div = if p.count_include_pad { cy * cx } else { cnt };
+                            s / div.max(1) as f32
+                        };
+                        *yb.add(oy * yl.w + ox) = v;
+                    }
+                }
+            }
+        })
+    }
+}

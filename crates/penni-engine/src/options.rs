@@ -1,0 +1,46 @@
+//! The public option and report types: what a caller chooses ([`EngineOptions`], [`Strategy`])
+//! and what [`Plan::profile`](crate::Plan::profile) reports ([`LayerTiming`]).
+
+use serde::Serialize;
+
+/// How a decomposed (PENNI) convolution is evaluated (spec section 5). The choice changes the
+/// order of floating-point sums, not the result beyond round-off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Strategy {
+    /// Per layer, the cheapest of basis-first, mix-first and `Dense` by a cost model fitted to
+    /// measured kernel times (counting multiply-accumulates, loads and stores); basis-first runs
+    /// fused unless the layer has too few tiles to keep every thread busy.
+    #[default]
+    Auto,
+    /// Basis maps of the whole layer first (C*d maps in memory), then the sparse combination.
+    BasisFirst,
+    /// Sparse mixing at input resolution first (N*d maps), then one small convolution per basis.
+    MixFirst,
+    /// Basis-first, streamed tile by tile: a tile's basis maps go straight into the combination.
+    Fused,
+    /// Rebuild the dense kernel w = A B at plan time and run a dense convolution: the cheapest
+    /// for layers with very few input channels (an RGB stem), where the basis stage costs more
+    /// than the convolution it replaces. `Auto` picks it only where it needs fewer operations.
+    Dense,
+}
+
+/// Options for [`Plan::new`](crate::Plan::new).
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// Worker threads including the caller; 0 = all cores.
+    pub threads: usize,
+    /// Dataflow for decomposed convolutions.
+    pub decomposed_strategy: Strategy,
+}
+
+/// Time spent in one planned step (one or more fused IR nodes).
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerTiming {
+    /// The IR nodes the step computes, joined by '+'.
+    pub name: String,
+    /// What kernel runs, e.g. "conv 3x3 s1 [ob4 3x2]" or "penni 3x3 fused d5 nnz1234".
+    pub kind: String,
+    pub median_ns: u64,
+    /// Multiply-accumulates the step performs for the whole batch (useful ones, not padding).
+    pub macs: u64,
+}

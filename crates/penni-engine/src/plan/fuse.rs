@@ -1,0 +1,199 @@
+//! Fusion: which IR nodes become one step. A convolution absorbs the batchnorms that are the
+//! sole readers of its output, then one residual add, then ReLU/Clip chains (one clamp); a
+//! standalone add, batchnorm or linear layer absorbs the activations after it.
+
+use std::collections::HashMap;
+
+use penni_model::{Model, Op};
+
+use crate::epilogue::Act;
+use crate::ops::elementwise::PointOp;
+
+/// One step-to-be: IR nodes fused together, anchored at the last of them in node order.
+pub(super) struct Group {
+    anchor: usize,
+    pub kind: GKind,
+    /// Main input first; for convolutions the residuals follow.
+    pub inputs: Vec<String>,
+    pub output: String,
+    pub act: Act,
+    pub names: Vec<String>,
+}
+
+pub(super) enum GKind {
+    /// A dense or decomposed convolution with the batchnorms folded into it.
+    Conv {
+        node: usize,
+        bns: Vec<usize>,
+    },
+    Add,
+    Affine {
+        node: usize,
+    },
+    Act,
+    Pool {
+        node: usize,
+    },
+    Gap,
+    Flatten,
+    Linear {
+        node: usize,
+    },
+    Softmax {
+        log: bool,
+    },
+    Concat,
+    Point(PointOp),
+}
+
+/// Who reads each tensor, for fusion decisions.
+pub(super) struct Readers<'m> {
+    model: &'m Model,
+    count: HashMap<&'m str, usize>,
+}
+
+impl<'m> Readers<'m> {
+    pub fn new(model: &'m Model) -> Self {
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for n in &model.nodes {
+            for i in &n.inputs {
+                *count.entry(i.as_str()).or_default() += 1;
+            }
+        }
+        Readers { model, count }
+    }
+
+    /// Whether any node reads `t`.
+    pub fn is_read(&self, t: &str) -> bool {
+        self.count.contains_key(t)
+    }
+
+    /// The node that is the only reader of `t` (read exactly once, and not the model output):
+    /// only then can `t` disappear into a fused step.
+    fn sole_reader(&self, t: &str) -> Option<usize> {
+        if t == self.model.output || self.count.get(t).copied() != Some(1) {
+            return None;
+        }
+        self.model.nodes.iter().position(|n| n.inputs.iter().any(|i| i == t))
+    }
+
+    /// Follows ReLU/Clip nodes that are the sole readers of `t`, composing them into `act`.
+    fn absorb_acts(&self, t: &mut String, act: &mut Act, anchor: &mut usize, names: &mut Vec<String>, absorbed: &mut [bool]) {
+        while let Some(j) = self.sole_reader(t) {
+            let node = &self.model.nodes[j];
+            let (lo, hi) = match node.op {
+                Op::Relu => (0.0, f32::INFINITY),
+                Op::Clip { min, max } => (min, max),
+                _ => break,
+            };
+            if absorbed[j] {
+                break;
+            }
+            *act = act.then(lo, hi);
+            absorbed[j] = true;
+            *anchor = j;
+            names.push(node.name.clone());
+            *t = node.output.clone();
+        }
+    }
+
+    /// The model's nodes grouped into steps-to-be, in node order of their last node.
+    pub fn groups(&self) -> Vec<Group> {
+        let nodes = &self.model.nodes;
+        let mut absorbed = vec![false; nodes.len()];
+        let mut groups = Vec::new();
+        for i in 0..nodes.len() {
+            if absorbed[i] {
+                continue;
+            }
+            absorbed[i] = true;
+            let node = &nodes[i];
+            let mut t = node.output.clone();
+            let mut act = Act::None;
+            let mut anchor = i;
+            let mut names = vec![node.name.clone()];
+            let mut inputs = vec![node.inputs[0].clone()];
+            let kind = match &node.op {
+                Op::Conv2d(_) | Op::DecomposedConv2d(_) => {
+                    let mut bns = Vec::new();
+                    while let Some(j) = self.sole_reader(&t) {
+                        if !matches!(nodes[j].op, Op::BatchNorm2d { .. }) || absorbed[j] {
+                            break;
+                        }
+                        absorbed[j] = true;
+                        bns.push(j);
+                        anchor = j;
+                        names.push(nodes[j].name.clone());
+                        t = nodes[j].output.clone();
+                    }
+                    if let Some(j) = self.sole_reader(&t) {
+                        let add = &nodes[j];
+                        if matches!(add.op, Op::Add) && !absorbed[j] && add.inputs.len() <= 4 {
+                            absorbed[j] = true;
+                            anchor = j;
+                            names.push(add.name.clone());
+                            let mut skipped = false;
+                            for x in &add.inputs {
+                                if !skipped && *x == t {
+                                    skipped = true;
+                                } else {
+                                    inputs.push(x.clone());
+                                }
+                            }
+                            t = add.output.clone();
+                        }
+                    }
+                    self.absorb_acts(&mut t, &mut act, &mut anchor, &mut names, &mut absorbed);
+                    GKind::Conv { node: i, bns }
+                }
+                Op::Add => {
+                    inputs = node.inputs.clone();
+                    self.absorb_acts(&mut t, &mut act, &mut anchor, &mut names, &mut absorbed);
+                    GKind::Add
+                }
+                Op::BatchNorm2d { .. } => {
+                    self.absorb_acts(&mut t, &mut act, &mut anchor, &mut names, &mut absorbed);
+                    GKind::Affine { node: i }
+                }
+                Op::Relu | Op::Clip { .. } => {
+                    let (lo, hi) = match node.op {
+                        Op::Clip { min, max } => (min, max),
+                        _ => (0.0, f32::INFINITY),
+                    };
+                    act = Act::None.then(lo, hi);
+                    self.absorb_acts(&mut t, &mut act, &mut anchor, &mut names, &mut absorbed);
+                    GKind::Act
+                }
+                Op::MaxPool2d(_) | Op::AvgPool2d(_) => GKind::Pool { node: i },
+                Op::GlobalAvgPool => GKind::Gap,
+                Op::Flatten => GKind::Flatten,
+                // rejected by Builder::new
+                Op::Pad { .. } => continue,
+                Op::Softmax { log } => GKind::Softmax { log: *log },
+                Op::Concat => {
+                    inputs = node.inputs.clone();
+                    GKind::Concat
+                }
+                Op::Activation(a) => GKind::Point(PointOp::Unary(*a)),
+                Op::Mul => {
+                    inputs = node.inputs.clone();
+                    GKind::Point(PointOp::Mul)
+                }
+                Op::Linear { .. } => {
+                    self.absorb_acts(&mut t, &mut act, &mut anchor, &mut names, &mut absorbed);
+                    GKind::Linear { node: i }
+                }
+            };
+            groups.push(Group {
+                anchor,
+                kind,
+                inputs,
+                output: t,
+                act,
+                names,
+            });
+        }
+        groups.sort_by_key(|g| g.anchor);
+        groups
+    }
+}

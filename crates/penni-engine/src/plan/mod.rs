@@ -1,0 +1,378 @@
+//! The plan: the model turned, once per batch size, into a list of steps over buffers placed in
+//! one arena, and the code that runs it (micro-batches, batch-parallel lanes, profiling).
+//!
+//! - `fuse`: which IR nodes become one step (batchnorm, residual add and activation folded into
+//!   the producer);
+//! - `build`: the builder, one step per group through the op families of `crate::ops`, the
+//!   choice of backend and of each buffer's layout;
+//! - `schedule`: micro-batching and lanes, and the placement of every buffer by liveness.
+
+mod build;
+mod fuse;
+mod schedule;
+
+use std::time::Instant;
+
+use penni_model::{Model, Shape};
+
+use self::schedule::{Batching, batching, build_core};
+use crate::arena::AVec;
+use crate::error::EngineError;
+use crate::options::{EngineOptions, LayerTiming};
+use crate::simd::Isa;
+use crate::step::{Ctx, Step, Val, ValId};
+use crate::thread_pool::Pool;
+
+/// Internal choices that tests force to reach every kernel.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Knobs {
+    pub isa: Isa,
+    /// Force the combination orientation of basis-first layers (None = by cost).
+    pub blocked_combination: Option<bool>,
+    /// Force the planar (true) or the channel-blocked (false) backend.
+    pub planar: Option<bool>,
+    /// Force the micro-batch (a divisor of the batch).
+    pub micro_batch: Option<usize>,
+    /// Force batch-parallel lanes on or off (None = when every thread gets micro-batches).
+    pub lanes: Option<bool>,
+}
+
+/// The steps and arena of one micro-batch.
+pub(super) struct Core {
+    pub batch: usize,
+    pub out_val: ValId,
+    pub out_len: usize,
+    pub steps: Vec<Step>,
+    pub vals: Vec<Val>,
+    pub arena: AVec,
+}
+
+impl Core {
+    fn ctx<'a>(&'a mut self, pool: &'a Pool, isa: Isa, input: &[f32]) -> Ctx<'a> {
+        Ctx {
+            base: self.arena.mut_ptr(),
+            vals: &self.vals,
+            pool,
+            isa,
+            input: input.as_ptr(),
+            serial: false,
+        }
+    }
+
+    fn output(&self) -> &[f32] {
+        let off = self.vals[self.out_val].off;
+        &self.arena.as_slice()[off..off + self.batch * self.out_len]
+    }
+
+    /// Runs every step; with `timing`, calls `timed(step, ns)` after each.
+    fn run<F: FnMut(usize, u64)>(&mut self, pool: &Pool, isa: Isa, input: &[f32], timing: bool, timed: &mut F) -> Result<(), EngineError> {
+        let steps = std::mem::take(&mut self.steps);
+        let result = (|| {
+            let mut ctx = self.ctx(pool, isa, input);
+            for (i, s) in steps.iter().enumerate() {
+                ctx.serial = s.serial;
+                if timing {
+                    let t = Instant::now();
+                    s.op.exec(&ctx)?;
+                    timed(i, t.elapsed().as_nanos() as u64);
+                } else {
+                    s.op.exec(&ctx)?;
+                }
+            }
+            Ok(())
+        })();
+        self.steps = steps;
+        result
+    }
+
+    /// Largest number of bytes one step touches per image (its inputs, outputs and scratch).
+    pub fn bytes_per_image(&self) -> usize {
+        self.steps
+            .iter()
+            .map(|s| s.reads.iter().chain(&s.writes).map(|&v| self.vals[v].size * 4).sum::<usize>() / self.batch)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// A model compiled for one batch size: run it as often as you like; `run` does not allocate.
+///
+/// A large batch is run as micro-batches, the whole network on a few images at a time, so that
+/// activations stay in the L2 cache between layers (unless the weights are the larger stream).
+pub struct Plan {
+    isa: Isa,
+    batch: usize,
+    input_len: usize,
+    input_shape: Shape,
+    output_shape: Shape,
+    core: Core,
+    /// Batch-parallel mode: one serial copy of the network for each thread but the first
+    /// (which runs `core`); empty when the threads share each layer instead.
+    lanes: Vec<Core>,
+    /// The one-thread pool that lanes run their steps on.
+    serial: Pool,
+    /// Micro-batches per run (the core's batch times this is the plan's batch).
+    chunks: usize,
+    /// The whole batch's output when it is computed in several micro-batches.
+    out: Vec<f32>,
+    pool: Pool,
+    weight_bytes: usize,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("batch", &self.batch)
+            .field("micro_batch", &self.core.batch)
+            .field("threads", &self.pool.threads())
+            .field(
+                "steps",
+                &self
+                    .core
+                    .steps
+                    .iter()
+                    .map(|s| format!("{} ({})", s.name, s.kind))
+                    .collect::<Vec<_>>(),
+            )
+            .field("arena_peak_bytes", &self.arena_peak_bytes())
+            .field("weight_bytes", &self.weight_bytes)
+            .finish()
+    }
+}
+
+impl Plan {
+    /// Compiles `model` for `batch` images at a time. Fails with a clear error when the model
+    /// is invalid, when an option is out of range or when a layer cannot be planned.
+    pub fn new(model: &Model, batch: usize, opts: &EngineOptions) -> Result<Plan, EngineError> {
+        Plan::with_isa(model, batch, opts, Isa::detect())
+    }
+
+    pub(crate) fn with_isa(model: &Model, batch: usize, opts: &EngineOptions, isa: Isa) -> Result<Plan, EngineError> {
+        Plan::with_knobs(
+            model,
+            batch,
+            opts,
+            Knobs {
+                isa,
+                blocked_combination: None,
+                planar: None,
+                micro_batch: None,
+                lanes: None,
+            },
+        )
+    }
+
+    pub(crate) fn with_knobs(model: &Model, batch: usize, opts: &EngineOptions, knobs: Knobs) -> Result<Plan, EngineError> {
+        let isa = knobs.isa;
+        if batch == 0 {
+            return Err(EngineError::Options("batch size must be at least 1".into()));
+        }
+        let threads = if opts.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            opts.threads
+        };
+        if threads > 1024 {
+            return Err(EngineError::Options(format!(
+                "{threads} threads is more than this engine supports (1024)"
+            )));
+        }
+        let shapes = model.validate()?;
+        // a one-image plan tells the weight and per-image activation sizes (a full-batch one
+        // would touch a full-batch arena, which then shows in the process's peak memory)
+        let strategy = opts.decomposed_strategy;
+        let mut core = build_core(model, &shapes, 1, threads, strategy, knobs)?;
+        let weight_bytes = core.steps.iter().map(|s| 4 * s.op.weight_floats()).sum();
+        let Batching { micro, lanes: lanes_on } = batching(batch, threads, weight_bytes, core.bytes_per_image(), &knobs);
+        let chunks = batch / micro;
+        let lane_threads = if lanes_on { 1 } else { threads };
+        if micro != 1 || lanes_on {
+            core = build_core(model, &shapes, micro, lane_threads, strategy, knobs)?;
+        }
+        let mut lanes = Vec::new();
+        if lanes_on {
+            for _ in 1..threads {
+                lanes.push(build_core(model, &shapes, micro, 1, strategy, knobs)?);
+            }
+        }
+        let pool = Pool::new(threads).map_err(|e| EngineError::Threads(e.to_string()))?;
+        let serial = Pool::new(1).map_err(|e| EngineError::Threads(e.to_string()))?;
+        let out = if chunks > 1 { vec![0.0; batch * core.out_len] } else { Vec::new() };
+        Ok(Plan {
+            isa,
+            batch,
+            input_len: model.input_shape().numel(),
+            input_shape: model.input_shape(),
+            output_shape: shapes[&model.output],
+            core,
+            lanes,
+            serial,
+            chunks,
+            out,
+            pool,
+            weight_bytes,
+        })
+    }
+
+    fn check_input(&self, input: &[f32]) -> Result<(), EngineError> {
+        let expected = self.batch * self.input_len;
+        if input.len() != expected {
+            return Err(EngineError::InputLength {
+                got: input.len(),
+                expected,
+                batch: self.batch,
+                shape: self.input_shape.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn run_chunks<F: FnMut(usize, u64)>(&mut self, input: &[f32], timing: bool, timed: &mut F) -> Result<(), EngineError> {
+        if !self.lanes.is_empty() && !timing {
+            return self.run_lanes(input);
+        }
+        let (per_in, per_out) = (self.core.batch * self.input_len, self.core.batch * self.core.out_len);
+        // profiling a batch-parallel plan times its first lane alone, micro-batch after micro-batch
+        let pool = if self.lanes.is_empty() { &self.pool } else { &self.serial };
+        for k in 0..self.chunks {
+            let chunk = &input[k * per_in..(k + 1) * per_in];
+            self.core.run(pool, self.isa, chunk, timing, timed)?;
+            if self.chunks > 1 {
+                self.out[k * per_out..(k + 1) * per_out].copy_from_slice(self.core.output());
+            }
+        }
+        Ok(())
+    }
+
+    /// Batch-parallel run: the pool hands out micro-batches, and thread `t` runs them through
+    /// its own copy of the network (thread 0 through `core`, thread t > 0 through `lanes[t - 1]`).
+    fn run_lanes(&mut self, input: &[f32]) -> Result<(), EngineError> {
+        struct Shared(Vec<*mut Core>, *mut f32);
+        // SAFETY: see below; the pointers are only used inside the pool job.
+        unsafe impl Sync for Shared {}
+        impl Shared {
+            fn core(&self, tid: usize) -> *mut Core {
+                self.0[tid]
+            }
+            fn out(&self) -> *mut f32 {
+                self.1
+            }
+        }
+        let (per_in, per_out) = (self.core.batch * self.input_len, self.core.batch * self.core.out_len);
+        let cores: Vec<*mut Core> = std::iter::once(&mut self.core as *mut Core)
+            .chain(self.lanes.iter_mut().map(|c| c as *mut Core))
+            .collect();
+        let shared = Shared(cores, self.out.as_mut_ptr());
+        let failure = std::sync::Mutex::new(None);
+        let (isa, serial) = (self.isa, &self.serial);
+        let ok = self.pool.for_each(self.chunks, &|k, tid| {
+            // SAFETY: a pool thread runs one task at a time and thread ids are distinct, so core
+            // `tid` is used by this thread alone; micro-batch k owns output rows k*per_out.. only.
+            let core = unsafe { &mut *shared.core(tid) };
+            match core.run(serial, isa, &input[k * per_in..(k + 1) * per_in], false, &mut |_, _| {}) {
+                Ok(()) => unsafe {
+                    std::ptr::copy_nonoverlapping(core.output().as_ptr(), shared.out().add(k * per_out), per_out);
+                },
+                Err(e) => *failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(e),
+            }
+        });
+        if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
+        if !ok {
+            return Err(EngineError::Internal("a kernel panicked".into()));
+        }
+        Ok(())
+    }
+
+    fn output(&self) -> &[f32] {
+        if self.chunks > 1 { &self.out } else { self.core.output() }
+    }
+
+    /// Runs the model on `input` (batch x C x H x W values, NCHW order) and returns the output
+    /// (batch x the output shape, NCHW order for a feature map).
+    pub fn run(&mut self, input: &[f32]) -> Result<&[f32], EngineError> {
+        self.check_input(input)?;
+        self.run_chunks(input, false, &mut |_, _| {})?;
+        Ok(self.output())
+    }
+
+    /// Runs the model `reps` times (at least once) and reports the median time of every step
+    /// (summed over the micro-batches of a run).
+    pub fn profile(&mut self, input: &[f32], reps: usize) -> Result<Vec<LayerTiming>, EngineError> {
+        self.check_input(input)?;
+        let reps = reps.max(1);
+        let n = self.core.steps.len();
+        let mut times = vec![Vec::with_capacity(reps); n];
+        for _ in 0..reps {
+            let mut run = vec![0u64; n];
+            self.run_chunks(input, true, &mut |i, ns| run[i] += ns)?;
+            for (t, r) in times.iter_mut().zip(run) {
+                t.push(r);
+            }
+        }
+        let chunks = self.chunks as u64;
+        Ok(self
+            .core
+            .steps
+            .iter()
+            .zip(times)
+            .map(|(s, mut t)| {
+                t.sort_unstable();
+                LayerTiming {
+                    name: s.name.clone(),
+                    kind: s.kind.clone(),
+                    median_ns: t[t.len() / 2],
+                    macs: s.macs * chunks,
+                }
+            })
+            .collect())
+    }
+
+    /// Shape of one example's output.
+    pub fn output_shape(&self) -> Shape {
+        self.output_shape
+    }
+
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Images run through the network together (a divisor of the batch).
+    pub fn micro_batch(&self) -> usize {
+        self.core.batch
+    }
+
+    /// Whether the threads run separate micro-batches (each through its own copy of the
+    /// network) rather than sharing every layer.
+    pub fn batch_parallel(&self) -> bool {
+        !self.lanes.is_empty()
+    }
+
+    /// Threads the plan runs on (the caller included).
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// Size of the activation memory: the arena holding every intermediate buffer and kernel
+    /// scratch (placed by liveness, so buffers never live together share memory), plus the
+    /// output of the whole batch when it runs in micro-batches.
+    pub fn arena_peak_bytes(&self) -> usize {
+        (self.core.arena.len() + self.lanes.iter().map(|c| c.arena.len()).sum::<usize>() + self.out.len()) * 4
+    }
+
+    /// Bytes of packed weights, biases and sparse coefficient structures the plan holds.
+    pub fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    /// Multiply-accumulates of one run (the whole batch), as the planned kernels count them.
+    pub fn macs(&self) -> u64 {
+        self.core.steps.iter().map(|s| s.macs).sum::<u64>() * self.chunks as u64
+    }
+
+    /// One line per planned step: its nodes and kernel (for `penni inspect`-style output).
+    pub fn describe(&self) -> Vec<String> {
+        self.core.steps.iter().map(|s| format!("{} : {}", s.name, s.kind)).collect()
+    }
+}
