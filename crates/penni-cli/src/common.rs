@@ -38,6 +38,20 @@ pub struct DataArgs {
     /// Zero-pad images (centred) to this size, e.g. 32 turns 28x28 Fashion-MNIST into 32x32.
     #[arg(long)]
     pub pad_to: Option<usize>,
+    #[command(flatten)]
+    pub norm: NormArgs,
+}
+
+/// The input normalisation options that every command reading images shares.
+#[derive(Args, Clone, Debug, Default)]
+pub struct NormArgs {
+    /// Per-channel input mean of x/255, comma-separated (one value for every channel, or one
+    /// per channel). Overrides the preprocessing stored in a .penni model.
+    #[arg(long)]
+    pub mean: Option<String>,
+    /// Per-channel input std of x/255, comma-separated. Overrides the stored preprocessing.
+    #[arg(long)]
+    pub std: Option<String>,
 }
 
 pub struct LoadedData {
@@ -58,10 +72,7 @@ fn load_split(args: &DataArgs, split: Split) -> Result<Dataset> {
         DatasetKind::Mnist => penni_data::load_mnist(&dir()?, split)?,
         DatasetKind::Cifar10 => penni_data::load_cifar10(&dir()?, split)?,
         DatasetKind::Cifar100 => penni_data::load_cifar100(&dir()?, split)?,
-        DatasetKind::Folder => {
-            let sub = if split == Split::Train { "train" } else { "test" };
-            penni_data::load_image_folder(&dir()?.join(sub))?
-        }
+        DatasetKind::Folder => penni_data::load_image_folder_split(&dir()?, split)?,
     })
 }
 
@@ -105,6 +116,62 @@ impl Preprocess {
             std: self.std.clone(),
         }
     }
+}
+
+/// The preprocessing a command applies to a model's inputs, by one rule for every command:
+/// `--mean`/`--std` where given; otherwise what the model file stores; otherwise (ONNX files,
+/// models trained elsewhere) the per-channel statistics of the training split, when the command
+/// has a dataset, else none. Prints one line that says which was used.
+pub fn resolve_preprocess(
+    stored: Option<Preprocess>,
+    norm: &NormArgs,
+    train: Option<&Dataset>,
+    pad_to: Option<usize>,
+    model: &Model,
+) -> Result<Preprocess> {
+    let parse = |v: &Option<String>, what: &str| v.as_deref().map(|s| parse_list::<f32>(s, what)).transpose();
+    let (mean, std) = (parse(&norm.mean, "--mean")?, parse(&norm.std, "--std")?);
+    let from_args = mean.is_some() || std.is_some();
+    let (base, source) = match (stored, train) {
+        (Some(p), _) => (p, "stored in the model"),
+        (None, Some(ds)) => {
+            let (mean, std) = penni_data::channel_stats(ds);
+            let p = Preprocess {
+                mean,
+                std,
+                pad_to: pad_to.map(|p| (p, p)),
+                class_names: ds.class_names.clone(),
+            };
+            (p, "the training split's per-channel statistics (the model stores none)")
+        }
+        (None, None) => (
+            Preprocess {
+                pad_to: pad_to.map(|p| (p, p)),
+                ..Default::default()
+            },
+            "none (the model stores no preprocessing and no dataset was given)",
+        ),
+    };
+    let pre = Preprocess {
+        mean: mean.unwrap_or(base.mean),
+        std: std.unwrap_or(base.std),
+        ..base
+    };
+    let c = model.input.channels;
+    for (name, v) in [("mean", &pre.mean), ("std", &pre.std)] {
+        if v.len() > 1 && v.len() != c {
+            bail!("--{name}: {} values for a model with {c} input channels (give 1 or {c})", v.len());
+        }
+        if v.iter().any(|x| !x.is_finite()) {
+            bail!("--{name}: values must be finite, got {v:?}");
+        }
+    }
+    if pre.std.iter().any(|s| *s <= 0.0) {
+        bail!("--std: values must be positive, got {:?}", pre.std);
+    }
+    let source = if from_args { "--mean/--std" } else { source };
+    eprintln!("normalisation: mean {:?}, std {:?}: {source}", pre.mean, pre.std);
+    Ok(pre)
 }
 
 pub struct LoadedModel {

@@ -35,12 +35,6 @@ pub struct CompressArgs {
     /// Rerunning the same command resumes a stopped run where it stopped.
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
-    /// Per-channel input mean for models without stored preprocessing (e.g. ONNX), comma-separated.
-    #[arg(long)]
-    pub mean: Option<String>,
-    /// Per-channel input std for models without stored preprocessing, comma-separated.
-    #[arg(long)]
-    pub std: Option<String>,
     #[arg(long, default_value_t = 2)]
     pub crop_padding: usize,
     #[arg(long)]
@@ -113,19 +107,13 @@ pub fn run(args: CompressArgs) -> Result<()> {
     config.validate()?;
     let loaded = common::load_model(&args.model)?;
     let data = args.data.load(config.seed, true)?;
-    let preprocess = match (loaded.preprocess, &args.mean, &args.std) {
-        (Some(p), None, None) => p,
-        (stored, mean, std) => {
-            let (dm, ds) = penni_data::channel_stats(&data.train);
-            let pad_to = stored.as_ref().and_then(|p| p.pad_to).or(args.data.pad_to.map(|p| (p, p)));
-            Preprocess {
-                mean: mean.as_deref().map(|m| common::parse_list(m, "--mean")).transpose()?.unwrap_or(dm),
-                std: std.as_deref().map(|s| common::parse_list(s, "--std")).transpose()?.unwrap_or(ds),
-                pad_to,
-                class_names: data.train.class_names.clone(),
-            }
-        }
-    };
+    let preprocess = common::resolve_preprocess(
+        loaded.preprocess,
+        &args.data.norm,
+        Some(&data.train),
+        args.data.pad_to,
+        &loaded.model,
+    )?;
     let run_dir = args.run_dir.clone().unwrap_or_else(|| common::default_run_dir(&args.out));
     let outcome = compress_with(
         &loaded.model,

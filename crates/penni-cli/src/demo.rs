@@ -41,6 +41,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         train_subset: args.train_subset,
         test_subset: args.test_subset,
         pad_to: None,
+        norm: Default::default(),
     };
     let data = data_args.load(0, true)?;
     let (mean, std) = penni_data::channel_stats(&data.train);

@@ -30,7 +30,8 @@ pub struct InferArgs {
     /// (preprocessed as the model's training data was).
     #[arg(long, num_args = 1.., required = true)]
     pub input: Vec<PathBuf>,
-    /// Where to write the output scores as a .npy array (N x classes).
+    /// Where to write the outputs as a .npy array: N x classes, or N x C x H x W for a model whose
+    /// output is a feature map.
     #[arg(long)]
     pub output: Option<PathBuf>,
     /// How many top classes to print per image.
@@ -39,6 +40,8 @@ pub struct InferArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    #[command(flatten)]
+    pub norm: common::NormArgs,
 }
 
 /// Reads the inputs into one N x C x H x W batch that matches the model's input.
@@ -66,12 +69,15 @@ fn read_inputs(args: &InferArgs, loaded: &LoadedModel) -> Result<(usize, Vec<f32
                 i.width
             );
         }
+        if args.norm.mean.is_some() || args.norm.std.is_some() {
+            bail!("--mean/--std apply to PNG inputs; a .npy input is used as it is (already preprocessed)");
+        }
         if data.iter().any(|v| !v.is_finite()) {
             bail!("{}: the input holds NaN or infinite values", first.display());
         }
         return Ok((data.len() / per, data));
     }
-    let transform = loaded.preprocess.as_ref().map(|p| p.eval_transform()).unwrap_or_default();
+    let transform = common::resolve_preprocess(loaded.preprocess.clone(), &args.norm, None, None, &loaded.model)?.eval_transform();
     let mut batch = Vec::with_capacity(args.input.len() * per);
     for path in &args.input {
         let (c, h, w, pixels) = penni_data::load_png(path)?;
@@ -102,7 +108,21 @@ pub fn infer(args: InferArgs) -> Result<()> {
         },
     )?;
     let out = plan.run(&input)?.to_vec();
-    let classes = out.len() / n;
+    // the scores keep the model's own output shape: N x classes, or N x C x H x W for a map
+    let dims: Vec<usize> = match loaded.model.output_shape()? {
+        penni_model::Shape::Vector(k) => vec![n, k],
+        penni_model::Shape::Map { c, h, w } => vec![n, c, h, w],
+    };
+    let shown = dims[1..].iter().map(|d| d.to_string()).collect::<Vec<_>>().join(" x ");
+    if let Some(path) = &args.output {
+        penni_model::io::write_atomic(path, &penni_onnx::npy::write_f32(&dims, &out))?;
+        println!("outputs ({n} x {shown}) written to {}", path.display());
+    }
+    if dims.len() != 2 {
+        println!("the model's output is a {shown} map per input, not class scores: no top classes to print");
+        return Ok(());
+    }
+    let classes = dims[1];
     let names = loaded.preprocess.as_ref().map(|p| p.class_names.clone()).unwrap_or_default();
     for (k, row) in out.chunks(classes).enumerate() {
         let mut idx: Vec<usize> = (0..classes).collect();
@@ -118,10 +138,6 @@ pub fn infer(args: InferArgs) -> Result<()> {
             .map(|&c| format!("{} ({:.3})", names.get(c).cloned().unwrap_or_else(|| c.to_string()), row[c]))
             .collect();
         println!("{label}: {}", top.join(", "));
-    }
-    if let Some(path) = &args.output {
-        penni_model::io::write_atomic(path, &penni_onnx::npy::write_f32(&[n, classes], &out))?;
-        println!("scores ({n} x {classes}) written to {}", path.display());
     }
     Ok(())
 }

@@ -43,7 +43,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct EvalArgs {
-    /// The .penni model to evaluate.
+    /// The model to evaluate (.penni or .onnx).
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]
@@ -79,14 +79,16 @@ fn convert(args: ConvertArgs) -> Result<()> {
 
 fn eval(args: EvalArgs) -> Result<()> {
     let loaded = common::load_model(&args.model)?;
-    let data = args.data.load(0, false)?;
-    let transform = match &loaded.preprocess {
-        Some(p) => p.eval_transform(),
-        None => penni_data::Transform {
-            pad_to: args.data.pad_to.map(|p| (p, p)),
-            ..Default::default()
-        },
-    };
+    // the training split is needed only for the statistics of a model that stores no preprocessing
+    let data = args.data.load(0, loaded.preprocess.is_none())?;
+    let preprocess = common::resolve_preprocess(
+        loaded.preprocess,
+        &args.data.norm,
+        Some(&data.train),
+        args.data.pad_to,
+        &loaded.model,
+    )?;
+    let transform = preprocess.eval_transform();
     let e = penni_train::evaluate(&loaded.model, &data.test, &transform, args.batch_size)?;
     if args.json {
         println!("{}", serde_json::to_string(&e)?);

@@ -5,7 +5,7 @@ use clap::{Args, ValueEnum};
 use penni_data::Transform;
 use penni_train::{LrSchedule, RunOptions, TrainData, TrainOptions};
 
-use crate::common::{self, DataArgs, Preprocess};
+use crate::common::{self, DataArgs};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum ScheduleKind {
@@ -75,34 +75,20 @@ pub struct TrainArgs {
 
 pub fn run(args: TrainArgs) -> Result<()> {
     let data = args.data.load(args.seed, true)?;
-    let pad_to = args.data.pad_to.map(|p| (p, p));
-    let (mean, std) = penni_data::channel_stats(&data.train);
-    let (model, preprocess) = if common::is_zoo_name(&args.model) {
+    let (model, stored) = if common::is_zoo_name(&args.model) {
+        let pad_to = args.data.pad_to.map(|p| (p, p));
         let (c, h, w) = Transform {
             pad_to,
             ..Default::default()
         }
         .output_dims(data.train.channels, data.train.height, data.train.width);
         let model = common::build_zoo(&args.model, c, h, w, data.train.num_classes, args.width, args.seed)?;
-        (
-            model,
-            Preprocess {
-                mean,
-                std,
-                pad_to,
-                class_names: data.train.class_names.clone(),
-            },
-        )
+        (model, None)
     } else {
         let loaded = common::load_model(args.model.as_ref())?;
-        let pre = loaded.preprocess.unwrap_or(Preprocess {
-            mean,
-            std,
-            pad_to,
-            class_names: data.train.class_names.clone(),
-        });
-        (loaded.model, pre)
+        (loaded.model, loaded.preprocess)
     };
+    let preprocess = common::resolve_preprocess(stored, &args.data.norm, Some(&data.train), args.data.pad_to, &model)?;
     let train_transform = Transform {
         pad_to: preprocess.pad_to,
         crop_padding: args.crop_padding,

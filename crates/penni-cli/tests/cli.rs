@@ -417,3 +417,114 @@ fn infer_classifies_png_images_and_writes_scores() {
         "big.png",
     );
 }
+
+fn train_tiny(dir: &Path) -> PathBuf {
+    let model = dir.join("m.penni");
+    let o = run(&[
+        "train",
+        "--model",
+        "resnet20",
+        "--width",
+        "0.25",
+        "--train-subset",
+        "256",
+        "--test-subset",
+        "200",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--out",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    model
+}
+
+/// One normalisation rule for every command: an ONNX file (which stores no preprocessing) is
+/// evaluated with the training split's statistics, as `penni compress` and `penni train` use,
+/// so it scores what its `.penni` source scores; each command says which normalisation it used.
+#[test]
+fn eval_normalises_a_model_without_stored_preprocessing_like_training_did() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = train_tiny(dir.path());
+    let onnx = dir.path().join("m.onnx");
+    assert!(run(&["convert", model.to_str().unwrap(), onnx.to_str().unwrap()]).status.success());
+    let eval = |m: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--model",
+            m.to_str().unwrap(),
+            "--train-subset",
+            "256",
+            "--test-subset",
+            "200",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (v["top1"].as_f64().unwrap(), String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (penni_top1, penni_note) = eval(&model, &[]);
+    let (onnx_top1, onnx_note) = eval(&onnx, &[]);
+    assert!(
+        penni_note.contains("normalisation:") && penni_note.contains("stored in the model"),
+        "{penni_note}"
+    );
+    assert!(
+        onnx_note.contains("normalisation:") && onnx_note.contains("training split"),
+        "{onnx_note}"
+    );
+    assert_eq!(onnx_top1, penni_top1, "the ONNX copy must score what its source scores");
+    // --mean/--std override, and say so
+    let (_, note) = eval(&onnx, &["--mean", "0.5", "--std", "0.25"]);
+    assert!(
+        note.contains("--mean/--std") && note.contains("0.5") && note.contains("0.25"),
+        "{note}"
+    );
+    // values that do not fit the model are a clear error
+    let m = onnx.to_str().unwrap();
+    assert_clean_failure(
+        &run(&["eval", "--model", m, "--mean", "0.1,0.2", "--test-subset", "10"]),
+        "1 input channels",
+    );
+    assert_clean_failure(&run(&["eval", "--model", m, "--std", "0", "--test-subset", "10"]), "positive");
+}
+
+/// `penni infer --output` keeps the model's output shape: a model that ends in a feature map
+/// writes N x C x H x W, and prints no top classes for it.
+#[test]
+fn infer_writes_a_feature_map_output_in_its_own_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = train_tiny(dir.path());
+    // cut the network after its stem: the output is the stem's 4 x 28 x 28 map
+    let mut m = load(&model);
+    let keep = m.nodes.iter().position(|n| n.name == "stem.relu").unwrap();
+    m.nodes.truncate(keep + 1);
+    m.output = m.nodes[keep].output.clone();
+    let penni_model::Shape::Map { c, h, w } = m.output_shape().unwrap() else {
+        panic!("a map")
+    };
+    let cut = dir.path().join("stem.penni");
+    penni_model::save(&m, &cut).unwrap();
+    let x = dir.path().join("x.npy");
+    std::fs::write(&x, penni_onnx::npy::write_f32(&[2, 1, 28, 28], &vec![0.5; 2 * 28 * 28])).unwrap();
+    let out = dir.path().join("y.npy");
+    let o = run(&[
+        "infer",
+        "--model",
+        cut.to_str().unwrap(),
+        "--input",
+        x.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("not class scores"), "{t}");
+    let (shape, data) = penni_onnx::npy::read_f32(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(shape, vec![2, c, h, w]);
+    assert_eq!(data.len(), 2 * c * h * w);
+}

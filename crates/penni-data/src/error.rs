@@ -50,6 +50,10 @@ pub enum DataError {
     #[error("{}: bad dimensions: {detail}", path.display())]
     BadDims { path: PathBuf, detail: String },
 
+    /// The splits of an image folder hold different classes (labels follow the class names).
+    #[error("{}: {detail}", path.display())]
+    ClassMismatch { path: PathBuf, detail: String },
+
     /// The header asks for more data than this crate is willing to hold.
     #[error("{}: too large: {detail}", path.display())]
     TooLarge { path: PathBuf, detail: String },
@@ -121,6 +125,7 @@ impl DataError {
             | DataError::BadType { path, .. }
             | DataError::BadDims { path, .. }
             | DataError::TooLarge { path, .. }
+            | DataError::ClassMismatch { path, .. }
             | DataError::BadLabel { path, .. }
             | DataError::BadLength { path, .. }
             | DataError::Empty { path, .. }

@@ -128,6 +128,36 @@ fn grey_to_rgb(grey: &[u8], plane: usize) -> Vec<u8> {
     out
 }
 
+/// Loads split `train/` or `test/` of a folder dataset (`root/<split>/<class>/*.png`). Class
+/// ids follow the sorted class names of `train/`, so both splits must hold the same classes:
+/// a test split that lacks one (or has one more) would shift every label after it, and is
+/// refused with the names that differ.
+pub fn load_image_folder_split(root: &Path, split: crate::Split) -> Result<Dataset> {
+    let sub = |s: &str| root.join(s);
+    let ds = load_image_folder(&sub(if split == crate::Split::Train { "train" } else { "test" }))?;
+    if split == crate::Split::Train {
+        return Ok(ds);
+    }
+    let train = sub("train");
+    let train_classes: Vec<String> = list_dir(&train)?.iter().filter(|p| p.is_dir()).map(|p| file_name(p)).collect();
+    if ds.class_names != train_classes {
+        let missing: Vec<&String> = train_classes.iter().filter(|c| !ds.class_names.contains(c)).collect();
+        let extra: Vec<&String> = ds.class_names.iter().filter(|c| !train_classes.contains(c)).collect();
+        return Err(DataError::ClassMismatch {
+            path: sub("test"),
+            detail: format!(
+                "its classes differ from train/'s (missing {missing:?}, not in train/ {extra:?}); labels follow the class \
+                 folder names, so both splits need the same class folders (a class may hold few images, not none)"
+            ),
+        });
+    }
+    Ok(ds)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
 /// Loads `dir/<class>/*.png`; class ids follow the sorted sub-folder names.
 ///
 /// Non-PNG files are skipped (folders often carry notes or thumbnails) but a
@@ -198,9 +228,6 @@ pub fn load_image_folder(dir: &Path) -> Result<Dataset> {
         height,
         width,
         num_classes: classes.len(),
-        class_names: classes
-            .iter()
-            .map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
-            .collect(),
+        class_names: classes.iter().map(|p| file_name(p)).collect(),
     })
 }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 pub use cifar::{load_cifar10, load_cifar100};
 pub use error::{DataError, Result};
-pub use folder::{MAX_PNG_SIDE, load_image_folder, load_png};
+pub use folder::{MAX_PNG_SIDE, load_image_folder, load_image_folder_split, load_png};
 pub use idx::{load_fashion_mnist, load_idx, load_mnist};
 pub use transform::{Batch, BatchIter, Transform, channel_stats};
 

@@ -252,3 +252,28 @@ fn load_png_depths_and_types() {
     );
     assert_eq!(load_png(&pal).unwrap(), (3, 1, 2, vec![1, 9, 2, 8, 3, 7]));
 }
+
+/// The splits of a folder dataset share the class ids of train/: a test/ that lacks a class
+/// (or has another) is refused with the names, instead of shifting every label after it.
+#[test]
+fn png_folder_splits_must_hold_the_same_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = grey_png(2, 2, &[1, 2, 3, 4]);
+    for class in ["ant", "bee", "cat"] {
+        write(dir.path(), &format!("train/{class}/0.png"), &img);
+    }
+    for class in ["ant", "cat"] {
+        write(dir.path(), &format!("test/{class}/0.png"), &img);
+    }
+    let train = load_image_folder_split(dir.path(), Split::Train).unwrap();
+    assert_eq!(train.labels, vec![0, 1, 2]);
+    let err = load_image_folder_split(dir.path(), Split::Test).unwrap_err();
+    assert!(matches!(err, DataError::ClassMismatch { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("\"bee\"") && msg.contains("test"), "{msg}");
+
+    write(dir.path(), "test/bee/0.png", &img);
+    let test = load_image_folder_split(dir.path(), Split::Test).unwrap();
+    assert_eq!(test.labels, train.labels);
+    assert_eq!(test.class_names, train.class_names);
+}
