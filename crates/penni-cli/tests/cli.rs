@@ -168,8 +168,10 @@ fn train_keep_zeros_continues_a_sparse_model_without_losing_zeros() {
     assert!(o.status.success(), "{}", text(&o));
     let (before, after) = (load(&sparse), load(&out));
     let mut changed = 0;
+    assert_eq!(before.nodes.len(), after.nodes.len());
     for (a, b) in before.nodes.iter().zip(&after.nodes) {
         if let (Some(wa), Some(wb)) = (a.params.get("weight"), b.params.get("weight")) {
+            assert_eq!(wa.shape, wb.shape, "{}", a.name);
             for (x, y) in wa.data.iter().zip(&wb.data) {
                 assert!(*x != 0.0 || *y == 0.0, "{}: a zero weight became {y}", a.name);
                 changed += usize::from(x != y);

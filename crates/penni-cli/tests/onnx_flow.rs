@@ -87,8 +87,10 @@ fn compress_and_compare(py: &str, script: &str) -> Vec<f32> {
         .arg(here.join("../penni-onnx/tests/ort_run.py"))
         .args([p(&compressed), p(&input), p(&ort_out)]));
     ok(Command::new(penni).args(["infer", "--model", p(&compressed), "--input", p(&input), "--output", p(&penni_out)]));
-    let (_, a) = penni_onnx::npy::read_f32(&std::fs::read(&ort_out).unwrap()).unwrap();
-    let (_, b) = penni_onnx::npy::read_f32(&std::fs::read(&penni_out).unwrap()).unwrap();
+    let (ort_shape, a) = penni_onnx::npy::read_f32(&std::fs::read(&ort_out).unwrap()).unwrap();
+    let (penni_shape, b) = penni_onnx::npy::read_f32(&std::fs::read(&penni_out).unwrap()).unwrap();
+    assert_eq!(ort_shape, penni_shape, "{script}: output shapes differ");
+    assert_eq!(a.len(), b.len(), "{script}");
     let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
     let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(

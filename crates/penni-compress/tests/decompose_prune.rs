@@ -285,6 +285,7 @@ fn pca_decomposition_of_a_zoo_model_reports_larger_errors_than_svd() {
         },
     )
     .unwrap();
+    assert_eq!(svd.layers.len(), pca.layers.len());
     for (s, p) in svd.layers.iter().zip(&pca.layers) {
         assert_eq!(s.node, p.node);
         assert!(
@@ -326,6 +327,7 @@ fn prune_zeros_coefficients_below_s_standard_deviations_per_layer() {
             assert_eq!(l.zeros, expected_zeros(&before.data, s as f64), "{}", l.node);
             assert_eq!(after.data.iter().filter(|v| **v == 0.0).count(), l.zeros);
             // survivors are untouched
+            assert_eq!(before.data.len(), after.data.len());
             for (a, b) in before.data.iter().zip(&after.data) {
                 assert!(*b == 0.0 || a == b);
             }

@@ -134,6 +134,7 @@ fn normalisation_by_hand() {
     let b = BatchIter::new(&ds, 1, &t, false, false, 0, 0, false).next().unwrap();
     // (0 - .5)/.25 = -2 ; (0.2 - .5)/.25 = -1.2 ; (1 - .5)/.25 = 2
     let want = [-2.0f32, -1.2, 2.0];
+    assert_eq!(b.images.len(), want.len());
     for (g, w) in b.images.iter().zip(want) {
         assert!((g - w).abs() < 1e-5, "{:?} vs {want:?}", b.images);
     }
@@ -154,6 +155,7 @@ fn normalisation_by_hand() {
     };
     let b = BatchIter::new(&rgb, 1, &t, false, false, 0, 0, false).next().unwrap();
     let want = [1.0f32, -0.5, 0.0];
+    assert_eq!(b.images.len(), want.len());
     for (g, w) in b.images.iter().zip(want) {
         assert!((g - w).abs() < 1e-5, "{:?}", b.images);
     }

@@ -303,6 +303,7 @@ fn softmax_outputs_match_the_reference() {
             let mut plan = penni_engine::testing::plan_backend(&m, 5, &EngineOptions::default(), planar, None).unwrap();
             let y = plan.run(&x).unwrap().to_vec();
             assert!(rel_err(&y, &r) < 1e-5, "log {log} planar {planar}");
+            assert_eq!(y.len(), logits.len());
             for (row, z) in y.chunks(10).zip(logits.chunks(10)) {
                 let p: Vec<f32> = if log { row.iter().map(|v| v.exp()).collect() } else { row.to_vec() };
                 assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);

@@ -276,6 +276,7 @@ fn reference_forward_matches_hand_computed_conv_pool_linear() {
     // conv output (3x3): [12.5,16.5,9.5 | 24.5,28.5,15.5 | 15.5,17.5,9.5]; ceil-mode 2x2 average pool of that:
     let expect = [(12.5 + 16.5 + 24.5 + 28.5) / 4.0, (9.5 + 15.5) / 2.0, (15.5 + 17.5) / 2.0, 9.5];
     assert_eq!(y.shape, Shape::Vector(4));
+    assert_eq!(y.data.len(), expect.len());
     for (a, e) in y.data.iter().zip(expect) {
         assert!((a - e).abs() < 1e-5, "{:?} vs {expect:?}", y.data);
     }

@@ -516,6 +516,7 @@ fn arithmetic_with_per_channel_constants_is_a_batchnorm() {
         data: (0..2 * 32).map(|_| rng.normal()).collect(),
     };
     let (a, b) = (forward(&got, &x).unwrap().data, forward(&want, &x).unwrap().data);
+    assert_eq!(a.len(), b.len());
     let err = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
     assert!(err < 1e-5, "max difference {err}");
 
