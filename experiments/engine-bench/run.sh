@@ -3,10 +3,12 @@
 # ResNet-20 and ResNet-18 at 3x32x32 (synthetic PENNI models) and the real PENNI models of
 # experiments/penni-fmnist when they exist; batch 1 and 64, 1 and 2 threads, in one run.
 # Installs onnxruntime from PyPI into the project's venv (scripts/python-env.sh). Run it on a quiet
-# machine: results.md and results.json here are overwritten.
+# machine: results.md, results.json and run.log (the console output of this run) here are overwritten.
 #   REPS=30 (timed runs per configuration)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+# everything below is also written to run.log, so the log always belongs to the results beside it
+exec > >(tee "$here/run.log") 2>&1
 root="$(cd "$here/../.." && pwd)"
 cd "$root"
 py="$(scripts/python-env.sh)"
