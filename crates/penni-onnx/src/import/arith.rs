@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use penni_model::batchnorm::Affine;
 use penni_model::graph::mul_shape;
 use penni_model::{Activation, Op, Shape, Tensor};
 
@@ -213,24 +214,12 @@ pub(super) fn add(imp: &mut Importer, cx: &Ctx) -> PResult<()> {
 /// variance and eps 0 (exact).
 fn emit_affine(imp: &mut Importer, cx: &Ctx, tensor: String, scale: Vec<f32>, shift: Vec<f32>) -> PResult<()> {
     let channels = scale.len();
-    let params = BTreeMap::from([
-        (
-            "weight".to_string(),
-            Tensor {
-                shape: vec![channels],
-                data: scale,
-            },
-        ),
-        (
-            "bias".to_string(),
-            Tensor {
-                shape: vec![channels],
-                data: shift,
-            },
-        ),
-        ("running_mean".to_string(), Tensor::zeros(vec![channels])),
-        ("running_var".to_string(), Tensor::full(vec![channels], 1.0)),
-    ]);
+    let widen = |v: Vec<f32>| v.into_iter().map(f64::from).collect();
+    let params = Affine {
+        scale: widen(scale),
+        shift: widen(shift),
+    }
+    .to_batchnorm_params();
     imp.emit(cx, Op::BatchNorm2d { channels, eps: 0.0 }, vec![tensor], params, false)
 }
 
