@@ -83,7 +83,7 @@ pub mod testing {
             model,
             batch,
             opts,
-            crate::plan::Knobs {
+            crate::options::Knobs {
                 isa: crate::simd::Isa::detect(),
                 blocked_combination,
                 planar: Some(planar),
@@ -99,7 +99,7 @@ pub mod testing {
             model,
             batch,
             opts,
-            crate::plan::Knobs {
+            crate::options::Knobs {
                 isa: crate::simd::Isa::detect(),
                 blocked_combination: None,
                 planar: None,
@@ -121,7 +121,7 @@ pub mod testing {
             model,
             batch,
             opts,
-            crate::plan::Knobs {
+            crate::options::Knobs {
                 isa: crate::simd::Isa::detect(),
                 blocked_combination: None,
                 planar: None,
@@ -142,7 +142,7 @@ pub mod testing {
             model,
             batch,
             opts,
-            crate::plan::Knobs {
+            crate::options::Knobs {
                 isa: crate::simd::Isa::Fallback,
                 blocked_combination: None,
                 planar: Some(planar),

@@ -1,7 +1,10 @@
 //! The public option and report types: what a caller chooses ([`EngineOptions`], [`Strategy`])
-//! and what [`Plan::profile`](crate::Plan::profile) reports ([`LayerTiming`]).
+//! and what [`Plan::profile`](crate::Plan::profile) reports ([`LayerTiming`]); and the internal
+//! knobs tests force ([`Knobs`]).
 
 use serde::Serialize;
+
+use crate::simd::Isa;
 
 /// How a decomposed (PENNI) convolution is evaluated (spec section 5). The choice changes the
 /// order of floating-point sums, not the result beyond round-off.
@@ -43,4 +46,18 @@ pub struct LayerTiming {
     pub median_ns: u64,
     /// Multiply-accumulates the step performs for the whole batch (useful ones, not padding).
     pub macs: u64,
+}
+
+/// Internal choices that tests force to reach every kernel.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Knobs {
+    pub isa: Isa,
+    /// Force the combination orientation of basis-first layers (None = by cost).
+    pub blocked_combination: Option<bool>,
+    /// Force the planar (true) or the channel-blocked (false) backend.
+    pub planar: Option<bool>,
+    /// Force the micro-batch (a divisor of the batch).
+    pub micro_batch: Option<usize>,
+    /// Force batch-parallel lanes on or off (None = when every thread gets micro-batches).
+    pub lanes: Option<bool>,
 }

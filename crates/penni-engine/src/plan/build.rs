@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use penni_model::batchnorm::Affine;
 use penni_model::{Conv2d, Model, Node, Op, Shape};
 
-use super::Knobs;
 use super::fuse::{GKind, Group, Readers};
 use crate::error::EngineError;
 use crate::layout::{Lay, MapLay, PLay, planar_lays, same_layout_kind};
@@ -17,7 +16,7 @@ use crate::ops::conv::{self, ConvIo};
 use crate::ops::decomposed::analysis::Coefs;
 use crate::ops::decomposed::cost::{self, Choice};
 use crate::ops::{concat, convert, decomposed, elementwise, linear, pool, softmax};
-use crate::options::Strategy;
+use crate::options::{Knobs, Strategy};
 use crate::step::{Step, StepOp, Val, ValId};
 
 /// Largest (output vectors x kernel taps) of a layer on the planar backend (about 64 MB of

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use penni_model::{Model, Shape};
 
 use super::build::{Builder, Built};
-use super::{Core, Knobs};
+use super::core::Core;
 use crate::arena::{AVec, Interval, place};
 use crate::error::EngineError;
 use crate::layout::Lay;
-use crate::options::Strategy;
+use crate::options::{Knobs, Strategy};
 use crate::step::ValId;
 
 /// Most bytes of activation memory a plan may allocate (a guard against absurd shapes).

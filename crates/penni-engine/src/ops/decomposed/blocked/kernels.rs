@@ -5,15 +5,58 @@ use std::array::from_fn;
 
 use super::DecompStep;
 use crate::epilogue::{ActV, MAX_RES};
+use crate::error::EngineError;
+use crate::layout::zero_borders_raw;
 use crate::ops::decomposed::csr::Csr;
+use crate::options::Strategy;
 use crate::simd::{L, Simd, isa_dispatch};
 use crate::step::Ctx;
 
-isa_dispatch!(pub(super) fn fused_tile => fused_tile_g(st: &DecompStep, ctx: &Ctx, tile: usize, tid: usize));
-isa_dispatch!(pub(super) fn bf_stage1 => bf_stage1_g(st: &DecompStep, ctx: &Ctx, sub: usize, tid: usize));
-isa_dispatch!(pub(super) fn bf_stage2 => bf_stage2_g(st: &DecompStep, ctx: &Ctx, tile: usize, nb0: usize, nb1: usize));
-isa_dispatch!(pub(super) fn mf_mix => mf_mix_g(st: &DecompStep, ctx: &Ctx, tile: usize, tid: usize));
-isa_dispatch!(pub(super) fn mf_conv => mf_conv_g(st: &DecompStep, ctx: &Ctx, nb: usize, t0: usize, t1: usize));
+impl DecompStep {
+    /// Runs the step (its `StepOp::exec`): the task split of each dataflow.
+    pub(super) fn run(&self, ctx: &Ctx) -> Result<(), EngineError> {
+        ctx.zero_borders(self.y, self.batch);
+        match self.strategy {
+            Strategy::MixFirst => {
+                let ub = self.big.map_or(std::ptr::null_mut(), |v| ctx.ptr(v));
+                zero_borders_raw(ub, &self.ul, self.batch);
+                let tiles_in = (self.batch * self.xl.h * self.xl.w).div_ceil(L);
+                ctx.par(tiles_in, &|t, tid| mf_mix(ctx.isa, self, ctx, t, tid))?;
+                let (_, r, _) = self.mf_tile;
+                let tiles = self.mf_segs.len() / r;
+                let ch = self.mf_chunks;
+                ctx.par(self.nbo * ch, &|t, _| {
+                    let (nb, c) = (t / ch, t % ch);
+                    mf_conv(ctx.isa, self, ctx, nb, c * tiles / ch, (c + 1) * tiles / ch);
+                })
+            }
+            Strategy::Fused => {
+                let tiles = self.ptot.div_ceil(L * self.t);
+                ctx.par(tiles, &|t, tid| fused_tile(ctx.isa, self, ctx, t, tid))
+            }
+            _ => {
+                let sub = self.ppad / L;
+                let per_task = 4;
+                ctx.par(sub.div_ceil(per_task), &|t, tid| {
+                    for s in t * per_task..((t + 1) * per_task).min(sub) {
+                        bf_stage1(ctx.isa, self, ctx, s, tid);
+                    }
+                })?;
+                let tiles = self.ppad / (L * self.t);
+                let nbg = self.nbo.div_ceil(4);
+                ctx.par(tiles * nbg, &|t, _| {
+                    bf_stage2(ctx.isa, self, ctx, t / nbg, (t % nbg) * 4, ((t % nbg) * 4 + 4).min(self.nbo))
+                })
+            }
+        }
+    }
+}
+
+isa_dispatch!(fn fused_tile => fused_tile_g(st: &DecompStep, ctx: &Ctx, tile: usize, tid: usize));
+isa_dispatch!(fn bf_stage1 => bf_stage1_g(st: &DecompStep, ctx: &Ctx, sub: usize, tid: usize));
+isa_dispatch!(fn bf_stage2 => bf_stage2_g(st: &DecompStep, ctx: &Ctx, tile: usize, nb0: usize, nb1: usize));
+isa_dispatch!(fn mf_mix => mf_mix_g(st: &DecompStep, ctx: &Ctx, tile: usize, tid: usize));
+isa_dispatch!(fn mf_conv => mf_conv_g(st: &DecompStep, ctx: &Ctx, nb: usize, t0: usize, t1: usize));
 
 /// Stage 1 for 16 pixels in groups of PP and D bases: acc[p][j] = sum_t b[t][j] * x[p + tap t],
 /// written to zb[(j * jstride + p) * 16].

@@ -26,7 +26,7 @@ use super::csr::Csr;
 use crate::arena::AVec;
 use crate::epilogue::{Act, MAX_RES, fold_bias};
 use crate::error::EngineError;
-use crate::layout::{MapLay, zero_borders_raw};
+use crate::layout::MapLay;
 use crate::ops::conv::tiling::{Seg, choose_tile, segments};
 use crate::options::Strategy;
 use crate::simd::L;
@@ -466,39 +466,6 @@ impl StepOp for DecompStep {
     }
 
     fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
-        ctx.zero_borders(self.y, self.batch);
-        match self.strategy {
-            Strategy::MixFirst => {
-                let ub = self.big.map_or(std::ptr::null_mut(), |v| ctx.ptr(v));
-                zero_borders_raw(ub, &self.ul, self.batch);
-                let tiles_in = (self.batch * self.xl.h * self.xl.w).div_ceil(L);
-                ctx.par(tiles_in, &|t, tid| kernels::mf_mix(ctx.isa, self, ctx, t, tid))?;
-                let (_, r, _) = self.mf_tile;
-                let tiles = self.mf_segs.len() / r;
-                let ch = self.mf_chunks;
-                ctx.par(self.nbo * ch, &|t, _| {
-                    let (nb, c) = (t / ch, t % ch);
-                    kernels::mf_conv(ctx.isa, self, ctx, nb, c * tiles / ch, (c + 1) * tiles / ch);
-                })
-            }
-            Strategy::Fused => {
-                let tiles = self.ptot.div_ceil(L * self.t);
-                ctx.par(tiles, &|t, tid| kernels::fused_tile(ctx.isa, self, ctx, t, tid))
-            }
-            _ => {
-                let sub = self.ppad / L;
-                let per_task = 4;
-                ctx.par(sub.div_ceil(per_task), &|t, tid| {
-                    for s in t * per_task..((t + 1) * per_task).min(sub) {
-                        kernels::bf_stage1(ctx.isa, self, ctx, s, tid);
-                    }
-                })?;
-                let tiles = self.ppad / (L * self.t);
-                let nbg = self.nbo.div_ceil(4);
-                ctx.par(tiles * nbg, &|t, _| {
-                    kernels::bf_stage2(ctx.isa, self, ctx, t / nbg, (t % nbg) * 4, ((t % nbg) * 4 + 4).min(self.nbo))
-                })
-            }
-        }
+        self.run(ctx)
     }
 }

@@ -4,8 +4,10 @@
 use std::array::from_fn;
 
 use super::PDecomp;
+use crate::error::EngineError;
 use crate::ops::conv::planar_access::{Access, TILE, load_in, load_in2, tap_sum};
 use crate::ops::decomposed::csr::Csr;
+use crate::options::Strategy;
 use crate::simd::{L, Simd, isa_dispatch};
 use crate::step::Ctx;
 
@@ -50,11 +52,75 @@ unsafe fn spmm_row<S: Simd, const T: usize>(m: &Csr, row: usize, bias: f32, z: *
     }
 }
 
-isa_dispatch!(pub(super) fn p_stage1 => p_stage1_g(st: &PDecomp, ctx: &Ctx, tile: usize, z: *mut f32, zstride: usize, zoff: usize, c0: usize, c1: usize));
-isa_dispatch!(pub(super) fn p_stage2 => p_stage2_g(st: &PDecomp, ctx: &Ctx, tile: usize, z: *const f32, n0: usize, n1: usize));
-isa_dispatch!(pub(super) fn p_fused => p_fused_g(st: &PDecomp, ctx: &Ctx, tile: usize, tid: usize));
-isa_dispatch!(pub(super) fn p_mix => p_mix_g(st: &PDecomp, ctx: &Ctx, img: usize, v0: usize, per_img: usize));
-isa_dispatch!(pub(super) fn p_mfconv => p_mfconv_g(st: &PDecomp, ctx: &Ctx, tile: usize, n0: usize, n1: usize));
+impl PDecomp {
+    /// Runs the step (its `StepOp::exec`): the task split of each dataflow.
+    pub(super) fn run(&self, ctx: &Ctx) -> Result<(), EngineError> {
+        let tiles = self.total().div_ceil(TILE);
+        // split the output channels too when there are few tiles
+        let ngroups = (4 * self.threads).div_ceil(tiles).clamp(1, self.n_out.max(1));
+        let nper = self.n_out.div_ceil(ngroups);
+        match self.strategy {
+            Strategy::MixFirst => {
+                let per_img = self.xl.plane() / L;
+                let chunks = per_img.div_ceil(TILE);
+                ctx.par(self.batch * chunks, &|t, _| {
+                    p_mix(ctx.isa, self, ctx, t / chunks, (t % chunks) * TILE, per_img)
+                })?;
+                ctx.par(tiles * ngroups, &|t, _| {
+                    p_mfconv(
+                        ctx.isa,
+                        self,
+                        ctx,
+                        t / ngroups,
+                        (t % ngroups) * nper,
+                        ((t % ngroups + 1) * nper).min(self.n_out),
+                    )
+                })
+            }
+            Strategy::Fused => ctx.par(tiles, &|t, tid| p_fused(ctx.isa, self, ctx, t, tid)),
+            _ => {
+                // few tiles (a small map): split the input channels of stage 1 as well
+                let nc = self.live_c.len();
+                let parts = (2 * self.threads).div_ceil(tiles).clamp(1, (nc / 8).max(1));
+                let cper = nc.div_ceil(parts);
+                ctx.par(tiles * parts, &|t, _| {
+                    let z = self.big.map_or(std::ptr::null_mut(), |v| ctx.ptr(v));
+                    let (tile, p) = (t / parts, t % parts);
+                    p_stage1(
+                        ctx.isa,
+                        self,
+                        ctx,
+                        tile,
+                        z,
+                        self.zstride,
+                        tile * TILE * L,
+                        p * cper,
+                        ((p + 1) * cper).min(nc),
+                    );
+                })?;
+                ctx.par(tiles * ngroups, &|t, _| {
+                    let z = self.big.map_or(std::ptr::null_mut(), |v| ctx.ptr(v));
+                    let (tile, g) = (t / ngroups, t % ngroups);
+                    p_stage2(
+                        ctx.isa,
+                        self,
+                        ctx,
+                        tile,
+                        z.wrapping_add(tile * TILE * L),
+                        g * nper,
+                        ((g + 1) * nper).min(self.n_out),
+                    );
+                })
+            }
+        }
+    }
+}
+
+isa_dispatch!(fn p_stage1 => p_stage1_g(st: &PDecomp, ctx: &Ctx, tile: usize, z: *mut f32, zstride: usize, zoff: usize, c0: usize, c1: usize));
+isa_dispatch!(fn p_stage2 => p_stage2_g(st: &PDecomp, ctx: &Ctx, tile: usize, z: *const f32, n0: usize, n1: usize));
+isa_dispatch!(fn p_fused => p_fused_g(st: &PDecomp, ctx: &Ctx, tile: usize, tid: usize));
+isa_dispatch!(fn p_mix => p_mix_g(st: &PDecomp, ctx: &Ctx, img: usize, v0: usize, per_img: usize));
+isa_dispatch!(fn p_mfconv => p_mfconv_g(st: &PDecomp, ctx: &Ctx, tile: usize, n0: usize, n1: usize));
 
 /// Stage 1 of one channel for TV vectors and D bases, stored to Z columns `cols` (-1: dead).
 #[inline(always)]

@@ -253,63 +253,6 @@ impl StepOp for PDecomp {
     }
 
     fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
-        let tiles = self.total().div_ceil(TILE);
-        // split the output channels too when there are few tiles
-        let ngroups = (4 * self.threads).div_ceil(tiles).clamp(1, self.n_out.max(1));
-        let nper = self.n_out.div_ceil(ngroups);
-        match self.strategy {
-            Strategy::MixFirst => {
-                let per_img = self.xl.plane() / L;
-                let chunks = per_img.div_ceil(TILE);
-                ctx.par(self.batch * chunks, &|t, _| {
-                    kernels::p_mix(ctx.isa, self, ctx, t / chunks, (t % chunks) * TILE, per_img)
-                })?;
-                ctx.par(tiles * ngroups, &|t, _| {
-                    kernels::p_mfconv(
-                        ctx.isa,
-                        self,
-                        ctx,
-                        t / ngroups,
-                        (t % ngroups) * nper,
-                        ((t % ngroups + 1) * nper).min(self.n_out),
-                    )
-                })
-            }
-            Strategy::Fused => ctx.par(tiles, &|t, tid| kernels::p_fused(ctx.isa, self, ctx, t, tid)),
-            _ => {
-                // few tiles (a small map): split the input channels of stage 1 as well
-                let nc = self.live_c.len();
-                let parts = (2 * self.threads).div_ceil(tiles).clamp(1, (nc / 8).max(1));
-                let cper = nc.div_ceil(parts);
-                ctx.par(tiles * parts, &|t, _| {
-                    let z = self.big.map_or(std::ptr::null_mut(), |v| ctx.ptr(v));
-                    let (tile, p) = (t / parts, t % parts);
-                    kernels::p_stage1(
-                        ctx.isa,
-                        self,
-                        ctx,
-                        tile,
-                        z,
-                        self.zstride,
-                        tile * TILE * L,
-                        p * cper,
-                        ((p + 1) * cper).min(nc),
-                    );
-                })?;
-                ctx.par(tiles * ngroups, &|t, _| {
-                    let z = self.big.map_or(std::ptr::null_mut(), |v| ctx.ptr(v));
-                    let (tile, g) = (t / ngroups, t % ngroups);
-                    kernels::p_stage2(
-                        ctx.isa,
-                        self,
-                        ctx,
-                        tile,
-                        z.wrapping_add(tile * TILE * L),
-                        g * nper,
-                        ((g + 1) * nper).min(self.n_out),
-                    );
-                })
-            }
-        }
+        self.run(ctx)
     }
 }
