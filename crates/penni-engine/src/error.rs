@@ -1,3 +1,5 @@
+//! The one error type of the engine.
+
 use penni_model::ModelError;
 
 /// Everything that can go wrong when planning or running a model. Bad user input (a model the
