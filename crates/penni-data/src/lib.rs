@@ -78,11 +78,26 @@ impl Dataset {
     /// reproducible random sample matters more than exact class balance.
     pub fn subset(&self, n: usize, seed: u64) -> Dataset {
         let perm = rng::permutation(self.len(), rng::derive_seed(&[seed, 0x5B5E7]));
+        self.select(&perm[..n.min(self.len())])
+    }
+
+    /// Holds out `n` examples (all if `n >= len()`), chosen by a shuffle seeded by `seed`, as
+    /// a validation set: returns (the rest, in their original order; the validation set). The
+    /// two are disjoint and together are this dataset.
+    pub fn split_validation(&self, n: usize, seed: u64) -> (Dataset, Dataset) {
+        let perm = rng::permutation(self.len(), rng::derive_seed(&[seed, 0x7A11D]));
         let n = n.min(self.len());
+        let mut rest = perm[n..].to_vec();
+        rest.sort_unstable();
+        (self.select(&rest), self.select(&perm[..n]))
+    }
+
+    /// The examples at `indices`, in that order.
+    fn select(&self, indices: &[usize]) -> Dataset {
         let s = self.image_size();
-        let mut images = Vec::with_capacity(n * s);
-        let mut labels = Vec::with_capacity(n);
-        for &i in &perm[..n] {
+        let mut images = Vec::with_capacity(indices.len() * s);
+        let mut labels = Vec::with_capacity(indices.len());
+        for &i in indices {
             images.extend_from_slice(self.image(i));
             labels.push(self.labels[i]);
         }

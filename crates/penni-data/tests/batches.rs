@@ -359,3 +359,26 @@ fn subset_is_deterministic_and_distinct() {
     assert_eq!(ds.subset(1000, 1).len(), 100);
     assert_eq!(a.num_classes, 100);
 }
+
+#[test]
+fn validation_split_is_seeded_disjoint_and_complete() {
+    let ds = indexed(100, 2, 2);
+    let (rest, val) = ds.split_validation(12, 3);
+    assert_eq!((rest.len(), val.len()), (88, 12));
+    let (r2, v2) = ds.split_validation(12, 3);
+    assert_eq!(
+        (rest.labels.clone(), val.labels.clone()),
+        (r2.labels, v2.labels),
+        "same seed, same split"
+    );
+    assert_ne!(val.labels, ds.split_validation(12, 4).1.labels, "another seed, another split");
+    // every example lands in exactly one part, with its own image; the rest keeps its order
+    let mut all: Vec<u16> = rest.labels.iter().chain(&val.labels).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..100).collect::<Vec<u16>>());
+    assert!(rest.labels.windows(2).all(|w| w[0] < w[1]));
+    for (part, k) in [(&rest, 5), (&val, 7)] {
+        assert_eq!(part.image(k), ds.image(part.labels[k] as usize));
+    }
+    assert_eq!(ds.split_validation(500, 1).1.len(), 100);
+}
