@@ -141,6 +141,11 @@ pub struct TrainData<'a> {
     pub test_transform: Transform,
 }
 
+/// One epoch's metrics. The `*_seconds` fields after `seconds` are its wall-time breakdown
+/// (records written before they existed read back as 0). The flex backend runs every tensor op
+/// eagerly on the calling thread (its kernels fork-join on rayon internally and return when the
+/// result is ready; `sync` is a no-op), so the time of a phase is the wall time between the
+/// instants around it, with no forced synchronisation.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct EpochRecord {
     pub phase: String,
@@ -150,8 +155,39 @@ pub struct EpochRecord {
     pub train_top1: f64,
     pub test_loss: Option<f64>,
     pub test_top1: Option<f64>,
+    /// Wall time of the epoch: training steps, writing the weights back, evaluation (not the checkpoint).
     pub seconds: f64,
     pub trained: String,
+    /// Batch preparation: reading, augmenting and normalising the images (the batch iterator),
+    /// building the step's parameter leaves and copying the batch into tensors.
+    #[serde(default)]
+    pub data_seconds: f64,
+    /// Forward pass, cross-entropy and the L1 term: building the loss.
+    #[serde(default)]
+    pub forward_seconds: f64,
+    /// `loss.backward()`: the gradients of every trainable parameter.
+    #[serde(default)]
+    pub backward_seconds: f64,
+    /// SGD: weight decay, momentum, the update and the masks, for every parameter.
+    #[serde(default)]
+    pub optimizer_seconds: f64,
+    /// Evaluation on the test set (0 without one), of which `eval_data_seconds` prepared batches
+    /// and `eval_forward_seconds` ran the forward pass and read the loss and predictions back.
+    #[serde(default)]
+    pub eval_seconds: f64,
+    #[serde(default)]
+    pub eval_data_seconds: f64,
+    #[serde(default)]
+    pub eval_forward_seconds: f64,
+    /// The rest of `seconds`: reading the loss and the predictions back for the running metrics,
+    /// the progress bar, writing the trained weights back into the IR.
+    #[serde(default)]
+    pub other_seconds: f64,
+    /// Writing this epoch's checkpoint. Known only after the checkpoint (which holds the history)
+    /// is written, so it is in the metrics log line and the progress line, and `None` in the
+    /// history (returned and checkpointed), which therefore reads the same after a resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_seconds: Option<f64>,
 }
 
 pub struct TrainOutcome {
@@ -243,23 +279,54 @@ fn correct(logits: &[f32], labels: &[i64], classes: usize) -> usize {
 
 /// Top-1 accuracy and mean cross-entropy of a model in inference mode.
 pub fn evaluate(model: &Model, ds: &Dataset, transform: &Transform, batch_size: usize) -> Result<Evaluation> {
+    evaluate_timed(model, ds, transform, batch_size).map(|(e, _)| e)
+}
+
+/// Wall time of an evaluation: in all, preparing batches, and the forward pass with the reads
+/// of the loss and the logits (which the flex backend has computed by the time they return).
+#[derive(Clone, Copy, Debug, Default)]
+struct EvalTiming {
+    total: f64,
+    data: f64,
+    forward: f64,
+}
+
+fn evaluate_timed(model: &Model, ds: &Dataset, transform: &Transform, batch_size: usize) -> Result<(Evaluation, EvalTiming)> {
+    let started = Instant::now();
+    let mut timing = EvalTiming::default();
     check_data(model, ds, transform, "evaluation")?;
     let dev = device();
     let mut net = Net::from_model(model, &dev);
     let classes = model.output_shape()?.numel();
     let (mut hits, mut loss_sum) = (0usize, 0f64);
-    for b in BatchIter::new(ds, batch_size.max(1), transform, false, false, 0, 0, false) {
+    let mut batches = BatchIter::new(ds, batch_size.max(1), transform, false, false, 0, 0, false);
+    loop {
+        let t = Instant::now();
+        let Some(b) = batches.next() else { break };
         let (x, labels, onehot) = batch_tensors(&b, classes, &dev);
+        let t = lap(&mut timing.data, t);
         let logits = net.logits(model, x, false)?;
         let nll = -(log_softmax(logits.clone(), 1) * onehot).sum().into_scalar::<f32>();
         loss_sum += nll as f64;
         hits += correct(&to_vec(logits), &labels, classes);
+        lap(&mut timing.forward, t);
     }
-    Ok(Evaluation {
-        top1: hits as f64 / ds.len() as f64,
-        loss: loss_sum / ds.len() as f64,
-        examples: ds.len(),
-    })
+    timing.total = started.elapsed().as_secs_f64();
+    Ok((
+        Evaluation {
+            top1: hits as f64 / ds.len() as f64,
+            loss: loss_sum / ds.len() as f64,
+            examples: ds.len(),
+        },
+        timing,
+    ))
+}
+
+/// Adds the time since `since` to `bucket` and returns now, the start of the next lap.
+fn lap(bucket: &mut f64, since: Instant) -> Instant {
+    let now = Instant::now();
+    *bucket += (now - since).as_secs_f64();
+    now
 }
 
 /// Momentum buffers, one per parameter slot, kept across epochs and in checkpoints.
@@ -506,7 +573,12 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
             &format!("{} epoch {}/{}", opts.phase, epoch + 1, opts.epochs),
         );
         let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
-        for (step, b) in iter.enumerate() {
+        // Wall-time buckets of the epoch: data, forward, backward, optimizer.
+        let (mut t_data, mut t_fwd, mut t_bwd, mut t_opt) = (0f64, 0f64, 0f64, 0f64);
+        let mut batches = iter.enumerate();
+        loop {
+            let t = Instant::now();
+            let Some((step, b)) = batches.next() else { break };
             // Leaves for this step: trainable parameters track gradients, frozen ones are constants.
             let leaves: Vec<Tensor<1>> = (0..n_slots)
                 .map(|i| {
@@ -516,6 +588,7 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
                 .collect();
             net.values = leaves;
             let (x, labels, onehot) = batch_tensors(&b, classes, &ad);
+            let t = lap(&mut t_data, t);
             let logits = net.logits(&current, x, true)?;
             let ce = -(log_softmax(logits.clone(), 1) * onehot).sum() / b.batch_size as f64;
             let mut loss = ce.clone();
@@ -524,7 +597,9 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
                     loss = loss + net.values[i].clone().abs().sum() * opts.l1_coefficients;
                 }
             }
+            let t = lap(&mut t_fwd, t);
             let grads = loss.backward();
+            lap(&mut t_bwd, t);
             let ce_value = ce.into_scalar::<f32>() as f64;
             if !ce_value.is_finite() {
                 let what = first_non_finite(&net, &current).map_or_else(
@@ -542,6 +617,7 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
             loss_sum += ce_value * b.batch_size as f64;
             hits += correct(&to_vec(logits.inner()), &labels, classes);
             seen += b.batch_size;
+            let t = Instant::now();
             for i in 0..n_slots {
                 let p = net.values[i].clone().inner();
                 let Some(mut g) = net.values[i].grad(&grads) else {
@@ -567,6 +643,7 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
                 }
                 net.values[i] = next;
             }
+            lap(&mut t_opt, t);
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -574,13 +651,14 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
             *v = v.clone().inner();
         }
         let trained_model = net.to_model(&current);
-        let (test_loss, test_top1) = match data.test {
+        let (test_loss, test_top1, eval_timing) = match data.test {
             Some(test) => {
-                let e = evaluate(&trained_model, test, &data.test_transform, 256)?;
-                (Some(e.loss), Some(e.top1))
+                let (e, timing) = evaluate_timed(&trained_model, test, &data.test_transform, 256)?;
+                (Some(e.loss), Some(e.top1), timing)
             }
-            None => (None, None),
+            None => (None, None, EvalTiming::default()),
         };
+        let seconds = started.elapsed().as_secs_f64();
         let rec = EpochRecord {
             phase: opts.phase.clone(),
             epoch,
@@ -589,12 +667,21 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
             train_top1: hits as f64 / seen as f64,
             test_loss,
             test_top1,
-            seconds: started.elapsed().as_secs_f64(),
+            seconds,
             trained: match frozen {
                 Some(ParamKind::Bases) => "coefficients".into(),
                 Some(_) => "bases".into(),
                 None => "all".into(),
             },
+            data_seconds: t_data,
+            forward_seconds: t_fwd,
+            backward_seconds: t_bwd,
+            optimizer_seconds: t_opt,
+            eval_seconds: eval_timing.total,
+            eval_data_seconds: eval_timing.data,
+            eval_forward_seconds: eval_timing.forward,
+            other_seconds: (seconds - t_data - t_fwd - t_bwd - t_opt - eval_timing.total).max(0.0),
+            checkpoint_seconds: None,
         };
         if !rec.train_loss.is_finite() {
             return Err(TrainError::Diverged {
@@ -606,12 +693,20 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
             });
         }
         history.push(rec.clone());
+        current = trained_model;
+        // The checkpoint comes before the metrics line so that the line can carry its write time.
+        let mut rec = rec;
+        if let Some(dir) = &run.checkpoint_dir {
+            let t = Instant::now();
+            save_checkpoint(dir, &current, &net, &sgd, &masks, opts, epoch + 1, &history)?;
+            rec.checkpoint_seconds = Some(t.elapsed().as_secs_f64());
+        }
         if let Some(log) = &run.metrics_log {
             append_log(log, &rec)?;
         }
         if run.progress {
             eprintln!(
-                "{} epoch {}/{}: lr {:.4} loss {:.4} train top-1 {:.2}%{} ({:.0}s)",
+                "{} epoch {}/{}: lr {:.4} loss {:.4} train top-1 {:.2}%{} ({:.0}s: {})",
                 opts.phase,
                 epoch + 1,
                 opts.epochs,
@@ -619,18 +714,27 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
                 rec.train_loss,
                 rec.train_top1 * 100.0,
                 rec.test_top1.map(|t| format!(" test top-1 {:.2}%", t * 100.0)).unwrap_or_default(),
-                rec.seconds
+                rec.seconds,
+                breakdown(&rec)
             );
-        }
-        current = trained_model;
-        if let Some(dir) = &run.checkpoint_dir {
-            save_checkpoint(dir, &current, &net, &sgd, &masks, opts, epoch + 1, &history)?;
         }
     }
     Ok(TrainOutcome {
         model: net.to_model(&current),
         history,
     })
+}
+
+/// The time breakdown of an epoch for the progress line, in seconds.
+fn breakdown(r: &EpochRecord) -> String {
+    let mut s = format!(
+        "data {:.1} forward {:.1} backward {:.1} optimizer {:.1} eval {:.1} other {:.1}",
+        r.data_seconds, r.forward_seconds, r.backward_seconds, r.optimizer_seconds, r.eval_seconds, r.other_seconds
+    );
+    if let Some(c) = r.checkpoint_seconds {
+        s.push_str(&format!(" checkpoint {c:.1}"));
+    }
+    s
 }
 
 fn progress_bar(enabled: bool, len: u64, msg: &str) -> indicatif::ProgressBar {
@@ -676,4 +780,26 @@ pub fn forward(model: &Model, x: &[f32], n: usize) -> Result<Vec<f32>> {
     let i = &model.input;
     let xt = Tensor::from_data(TensorData::new(x.to_vec(), [n, i.channels, i.height, i.width]), &dev);
     Ok(to_vec(net.forward(model, xt, false)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_without_the_time_breakdown_still_load() {
+        let old = r#"{"phase":"train","epoch":0,"lr":0.1,"train_loss":1.5,"train_top1":0.4,"test_loss":null,"test_top1":null,"seconds":9.5,"trained":"all"}"#;
+        let r: EpochRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((r.data_seconds, r.forward_seconds, r.eval_seconds), (0.0, 0.0, 0.0));
+        assert_eq!(r.checkpoint_seconds, None);
+        // the history kept in checkpoints has no checkpoint time and writes no such key
+        assert!(!serde_json::to_string(&r).unwrap().contains("checkpoint_seconds"));
+        let logged = EpochRecord {
+            checkpoint_seconds: Some(0.25),
+            ..r
+        };
+        let line = serde_json::to_string(&logged).unwrap();
+        assert!(line.contains("\"checkpoint_seconds\":0.25"), "{line}");
+        assert!(breakdown(&logged).ends_with("checkpoint 0.2"), "{}", breakdown(&logged));
+    }
 }
