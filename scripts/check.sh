@@ -12,4 +12,4 @@ python3 scripts/module-cycles.py
 echo "== cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== benches build"
-cargo bench --workspace --benches --no-run --locked
+cargo bench --workspace --bench '*' --no-run --locked

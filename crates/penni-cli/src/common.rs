@@ -35,6 +35,13 @@ pub struct DataArgs {
     /// Use only this many test examples; 0 = all.
     #[arg(long, default_value_t = 0)]
     pub test_subset: usize,
+    /// Examples held out of the training data (seeded) as a validation split: every figure and
+    /// choice during training and compression uses it, and the test split is measured once, at
+    /// the end. Default: 5000, or a twelfth of the training examples when there are fewer than
+    /// 60,000 (Fashion-MNIST's 60,000 give 5,000). 0 = none: the per-epoch and per-phase
+    /// figures are then test figures.
+    #[arg(long)]
+    pub val_split: Option<usize>,
     /// Zero-pad images (centred) to this size, e.g. 32 turns 28x28 Fashion-MNIST into 32x32.
     #[arg(long)]
     pub pad_to: Option<usize>,
@@ -56,7 +63,23 @@ pub struct NormArgs {
 
 pub struct LoadedData {
     pub train: Dataset,
+    /// Held out of the training data (`--val-split`); `None` when it is 0 or no training data
+    /// was asked for.
+    pub val: Option<Dataset>,
     pub test: Dataset,
+}
+
+impl LoadedData {
+    /// The set that per-epoch and per-phase figures come from: the validation split, or the
+    /// test split when there is none.
+    pub fn eval_set(&self) -> &Dataset {
+        self.val.as_ref().unwrap_or(&self.test)
+    }
+
+    /// What `eval_set` is, for messages.
+    pub fn eval_name(&self) -> &'static str {
+        if self.val.is_some() { "validation" } else { "test" }
+    }
 }
 
 fn load_split(args: &DataArgs, split: Split) -> Result<Dataset> {
@@ -76,6 +99,9 @@ fn load_split(args: &DataArgs, split: Split) -> Result<Dataset> {
     })
 }
 
+/// The validation split of a full-size dataset (Fashion-MNIST: 5,000 of 60,000).
+const DEFAULT_VAL_SPLIT: usize = 5000;
+
 impl DataArgs {
     pub fn load(&self, seed: u64, need_train: bool) -> Result<LoadedData> {
         let mut train = if need_train {
@@ -90,7 +116,22 @@ impl DataArgs {
         if self.test_subset > 0 {
             test = test.subset(self.test_subset.min(test.len()), seed.wrapping_add(1));
         }
-        Ok(LoadedData { train, test })
+        let mut val = None;
+        if need_train {
+            let n = self.val_split.unwrap_or(DEFAULT_VAL_SPLIT.min(train.len() / 12));
+            if n > 0 && n >= train.len() {
+                bail!(
+                    "--val-split {n} leaves no training data ({} training examples); give a smaller --val-split, or 0 for none",
+                    train.len()
+                );
+            }
+            if n > 0 {
+                let (rest, held_out) = train.split_validation(n, seed.wrapping_add(2));
+                train = rest;
+                val = Some(held_out);
+            }
+        }
+        Ok(LoadedData { train, val, test })
     }
 }
 

@@ -9,7 +9,7 @@ use penni_data::{Dataset, Transform};
 use penni_model::Model;
 use penni_train::{LrSchedule, RunOptions, TrainData, TrainOptions};
 
-use crate::common::{self, DataArgs, Preprocess};
+use crate::common::{self, DataArgs, LoadedData, Preprocess};
 
 #[derive(Args, Debug)]
 pub struct CompressArgs {
@@ -44,9 +44,21 @@ pub struct CompressArgs {
 /// penni-train behind penni-compress's `Trainer`, on one dataset.
 pub struct BurnTrainer<'a> {
     pub train: &'a Dataset,
-    pub test: &'a Dataset,
+    /// What every in-pipeline figure comes from: the validation split (or the test split when
+    /// there is none, and then `test` is `None`).
+    pub eval: &'a Dataset,
+    /// Measured once at the end of a run.
+    pub test: Option<&'a Dataset>,
     pub train_transform: Transform,
-    pub test_transform: Transform,
+    pub eval_transform: Transform,
+}
+
+impl BurnTrainer<'_> {
+    fn top1(&self, model: &Model, ds: &Dataset) -> penni_compress::Result<f32> {
+        penni_train::evaluate(model, ds, &self.eval_transform, 256)
+            .map(|e| e.top1 as f32)
+            .map_err(|e| CompressError::Trainer(e.to_string()))
+    }
 }
 
 impl Trainer for BurnTrainer<'_> {
@@ -77,9 +89,9 @@ impl Trainer for BurnTrainer<'_> {
         };
         let data = TrainData {
             train: self.train,
-            test: Some(self.test),
+            test: Some(self.eval),
             train_transform: self.train_transform.clone(),
-            test_transform: self.test_transform.clone(),
+            test_transform: self.eval_transform.clone(),
         };
         penni_train::train(model, &data, &opts, &run)
             .map(|o| o.model)
@@ -87,9 +99,11 @@ impl Trainer for BurnTrainer<'_> {
     }
 
     fn evaluate(&mut self, model: &Model) -> penni_compress::Result<f32> {
-        penni_train::evaluate(model, self.test, &self.test_transform, 256)
-            .map(|e| e.top1 as f32)
-            .map_err(|e| CompressError::Trainer(e.to_string()))
+        self.top1(model, self.eval)
+    }
+
+    fn test(&mut self, model: &Model) -> penni_compress::Result<Option<f32>> {
+        self.test.map(|ds| self.top1(model, ds)).transpose()
     }
 }
 
@@ -118,8 +132,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
     let outcome = compress_with(
         &loaded.model,
         &config,
-        &data.train,
-        &data.test,
+        &data,
         &preprocess,
         args.crop_padding,
         !args.no_flip,
@@ -135,26 +148,36 @@ pub fn run(args: CompressArgs) -> Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn compress_with(
     model: &Model,
     config: &Config,
-    train: &Dataset,
-    test: &Dataset,
+    data: &LoadedData,
     pre: &Preprocess,
     crop_padding: usize,
     flip: bool,
     run_dir: &Path,
 ) -> Result<penni_compress::CompressOutcome> {
+    eprintln!(
+        "compressing on {} training examples; phase figures on {} {} examples{}",
+        data.train.len(),
+        data.eval_set().len(),
+        data.eval_name(),
+        if data.val.is_some() {
+            "; the test split is measured once, at the end"
+        } else {
+            ""
+        }
+    );
     let mut trainer = BurnTrainer {
-        train,
-        test,
+        train: &data.train,
+        eval: data.eval_set(),
+        test: data.val.as_ref().map(|_| &data.test),
         train_transform: Transform {
             crop_padding,
             hflip: flip,
             ..pre.eval_transform()
         },
-        test_transform: pre.eval_transform(),
+        eval_transform: pre.eval_transform(),
     };
     penni_compress::compress(model, config, &mut trainer, run_dir)
         .with_context(|| format!("compressing (run directory {})", run_dir.display()))

@@ -42,6 +42,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         test_subset: args.test_subset,
         pad_to: None,
         norm: Default::default(),
+        val_split: None,
     };
     let data = data_args.load(0, true)?;
     let (mean, std) = penni_data::channel_stats(&data.train);
@@ -85,7 +86,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     };
     let td = TrainData {
         train: &data.train,
-        test: Some(&data.test),
+        test: Some(data.eval_set()),
         train_transform,
         test_transform: pre.eval_transform(),
     };
@@ -94,7 +95,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     common::save_model(&out.model, Some(&pre), &path)?;
     let dense_top1 = out.history.last().context("no epoch ran")?.test_top1.unwrap_or(0.0);
     println!(
-        "demo: dense model test top-1 {:.2}%, written to {}",
+        "demo: dense model {} top-1 {:.2}%, written to {}",
+        data.eval_name(),
         dense_top1 * 100.0,
         path.display()
     );
@@ -107,7 +109,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     config.finetune.batch_size = 64;
     let run_dir = args.out_dir.join("compress.run");
     let _ = std::fs::remove_dir_all(&run_dir);
-    let outcome = crate::compress_cmd::compress_with(&out.model, &config, &data.train, &data.test, &pre, 2, true, &run_dir)?;
+    let outcome = crate::compress_cmd::compress_with(&out.model, &config, &data, &pre, 2, true, &run_dir)?;
     let compressed_path = args.out_dir.join("resnet20-demo-penni.penni");
     common::save_model(&outcome.model, Some(&pre), &compressed_path)?;
     println!("{}", outcome.report.to_table());
@@ -116,11 +118,25 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let acc_after = outcome.report.phases.last().and_then(|p| p.top1).unwrap_or(0.0) as f64;
     let bytes = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     println!(
-        "demo: before -> after PENNI ({} train images, {} test images)",
+        "demo: before -> after PENNI ({} train images, {} {} images, {} test images)",
         data.train.len(),
+        data.eval_set().len(),
+        data.eval_name(),
         data.test.len()
     );
-    println!("  test top-1      {:>8.2}% -> {:.2}%", dense_top1 * 100.0, acc_after * 100.0);
+    println!(
+        "  {} top-1 {:>8.2}% -> {:.2}%",
+        data.eval_name(),
+        dense_top1 * 100.0,
+        acc_after * 100.0
+    );
+    if let Some(t) = &outcome.report.test {
+        println!(
+            "  test top-1       {:>8.2}% -> {:.2}%  (measured once, at the end)",
+            t.baseline_top1 * 100.0,
+            t.final_top1 * 100.0
+        );
+    }
     println!(
         "  parameters      {:>9} -> {}  ({:.1}% removed; paper-style {} -> {})",
         human(before.params_all),

@@ -134,10 +134,11 @@ pub fn run(args: TrainArgs) -> Result<()> {
         stop_after_epochs: args.stop_after,
     };
     eprintln!(
-        "training {} ({} train / {} test examples, {}x{} input) for {} epochs; checkpoints in {}",
+        "training {} ({} train / {} {} examples per epoch, {}x{} input) for {} epochs; checkpoints in {}",
         model.name,
         data.train.len(),
-        data.test.len(),
+        data.eval_set().len(),
+        data.eval_name(),
         model.input.height,
         model.input.width,
         args.epochs,
@@ -145,16 +146,31 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     let td = TrainData {
         train: &data.train,
-        test: Some(&data.test),
+        test: Some(data.eval_set()),
         train_transform,
         test_transform: preprocess.eval_transform(),
     };
     let outcome = penni_train::train(&model, &td, &opts, &run)?;
     common::save_model(&outcome.model, Some(&preprocess), &args.out)?;
     if let Some(last) = outcome.history.last() {
+        // the per-epoch figures are validation figures; the test split gets its one look here
+        let test = match &data.val {
+            Some(_) => Some(penni_train::evaluate(
+                &outcome.model,
+                &data.test,
+                &preprocess.eval_transform(),
+                args.batch_size,
+            )?),
+            None => None,
+        };
         println!(
-            "final: test top-1 {:.2}%, train loss {:.4}; model written to {}",
+            "final: {} top-1 {:.2}%{}, train loss {:.4}; model written to {}",
+            data.eval_name(),
             last.test_top1.unwrap_or(0.0) * 100.0,
+            test.map_or(String::new(), |t| format!(
+                ", test top-1 {:.2}% (measured once, now)",
+                t.top1 * 100.0
+            )),
             last.train_loss,
             args.out.display()
         );

@@ -530,3 +530,43 @@ fn infer_writes_a_feature_map_output_in_its_own_shape() {
     assert_eq!(shape, vec![2, c, h, w]);
     assert_eq!(data.len(), 2 * c * h * w);
 }
+
+/// Training holds out a seeded validation split of the training data for its per-epoch
+/// figures, and measures the test split once, at the end; a split that leaves no training data
+/// is a clear error.
+#[test]
+fn train_reports_validation_per_epoch_and_the_test_split_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.penni");
+    let args = |val: &str| {
+        vec![
+            "train".to_string(),
+            "--model".into(),
+            "resnet20".into(),
+            "--width".into(),
+            "0.25".into(),
+            "--train-subset".into(),
+            "300".into(),
+            "--test-subset".into(),
+            "50".into(),
+            "--val-split".into(),
+            val.into(),
+            "--epochs".into(),
+            "1".into(),
+            "--batch-size".into(),
+            "50".into(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+        ]
+    };
+    let o = penni().args(args("100")).output().unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("200 train / 100 validation examples per epoch"), "{t}");
+    assert!(
+        t.contains("final: validation top-1") && t.contains("test top-1") && t.contains("measured once"),
+        "{t}"
+    );
+    let o = penni().args(args("300")).output().unwrap();
+    assert_clean_failure(&o, "--val-split 300 leaves no training data");
+}

@@ -26,6 +26,6 @@ pub use error::{CompressError, Result};
 pub use groups::{ChannelGroup, DependencyGraph};
 pub use pipeline::{CompressOutcome, Phase, compress};
 pub use prune::{PruneOptions, PruneReport, prune};
-pub use report::{CompressionReport, PhaseRecord};
+pub use report::{CompressionReport, PhaseRecord, TestResult};
 pub use shrink::{ShrinkReport, shrink};
 pub use training::{PhaseTraining, Trainer};

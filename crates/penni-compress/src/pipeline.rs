@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::decompose::decompose;
 use crate::error::{CompressError, Result};
 use crate::prune::prune;
-use crate::report::{CompressionReport, PhaseRecord, ReportFiles};
+use crate::report::{CompressionReport, PhaseRecord, ReportFiles, TestResult};
 use crate::shrink::shrink;
 use crate::training::Trainer;
 
@@ -367,6 +367,15 @@ pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_d
         );
         phases_run.push(phase);
         current = next;
+    }
+    // the test set's one look: after every phase is done, never before a choice
+    if state.report.test.is_none() {
+        let baseline = trainer.test(model)?;
+        let last = trainer.test(&current)?;
+        if let (Some(baseline_top1), Some(final_top1)) = (baseline, last) {
+            state.report.test = Some(TestResult { baseline_top1, final_top1 });
+            write_state(&state_path, &state)?;
+        }
     }
     let report_files = state.report.write(run_dir)?;
     Ok(CompressOutcome {

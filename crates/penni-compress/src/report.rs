@@ -125,6 +125,17 @@ pub struct CompressionReport {
     /// Things a reader should know (e.g. a trainer that did not keep pruned entries at zero).
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Test-set top-1 of the baseline and the final model, measured once after the last phase
+    /// (the phases' `top1` are validation figures).
+    #[serde(default)]
+    pub test: Option<TestResult>,
+}
+
+/// The test set's verdict on a run, measured once at its end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TestResult {
+    pub baseline_top1: f32,
+    pub final_top1: f32,
 }
 
 /// Where `CompressionReport::write` put its files.
@@ -231,7 +242,7 @@ impl CompressionReport {
         s += &render(
             &[
                 "phase",
-                "top-1",
+                "top-1 (val)",
                 "params (paper)",
                 "params (all)",
                 "MACs (paper)",
@@ -313,6 +324,14 @@ impl CompressionReport {
             s += &render(
                 &["channel group (first tensor)", "tensors", "channels", "constant kept", "pinned"],
                 &rows,
+            );
+        }
+        if let Some(t) = &self.test {
+            s += &format!(
+                "\ntest top-1 (measured once, after the last phase): baseline {:.2}%, final {:.2}% ({:+.2} points)\n",
+                t.baseline_top1 * 100.0,
+                t.final_top1 * 100.0,
+                (t.final_top1 - t.baseline_top1) * 100.0
             );
         }
         for n in &self.notes {

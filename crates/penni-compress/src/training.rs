@@ -40,6 +40,13 @@ pub trait Trainer {
     /// Trains a copy of `model` and returns it with the same graph and new values. Epoch
     /// checkpoints go to `checkpoint_dir` (created by the pipeline), so a rerun resumes there.
     fn train(&mut self, model: &Model, phase: &PhaseTraining, checkpoint_dir: &Path) -> Result<Model>;
-    /// Top-1 accuracy on the evaluation set, as a fraction in [0, 1].
+    /// Top-1 accuracy, as a fraction in [0, 1], on the set every in-pipeline number and
+    /// choice uses: a validation split held out of the training data.
     fn evaluate(&mut self, model: &Model) -> Result<f32>;
+    /// Top-1 accuracy on the test set, measured once at the end of a run (baseline and final
+    /// model) and reported beside validation, never used to choose. `None` when the caller has
+    /// no test set apart from the set `evaluate` uses.
+    fn test(&mut self, _model: &Model) -> Result<Option<f32>> {
+        Ok(None)
+    }
 }

@@ -20,6 +20,10 @@ struct FakeTrainer {
     fail_in: Option<&'static str>,
     change_graph: bool,
     accuracy: f32,
+    /// `Some`: answers `test` with this accuracy and records each call.
+    test_accuracy: Option<f32>,
+    /// For each `test` call: the evaluations done before it, and the model tested.
+    tested: Vec<(usize, Model)>,
 }
 
 impl FakeTrainer {
@@ -58,6 +62,57 @@ impl Trainer for FakeTrainer {
         self.evaluations += 1;
         Ok(self.accuracy)
     }
+
+    fn test(&mut self, model: &Model) -> penni_compress::Result<Option<f32>> {
+        if self.test_accuracy.is_some() {
+            self.tested.push((self.evaluations, model.clone()));
+        }
+        Ok(self.test_accuracy)
+    }
+}
+
+/// Validation decides, the test set is looked at once: `test` runs only after the last phase
+/// (every validation evaluation is done), on the baseline and the final model, its result is in
+/// the report beside the validation figures, and a finished run does not test again.
+#[test]
+fn the_test_set_is_measured_once_after_the_last_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let m = model();
+    let mut t = FakeTrainer {
+        test_accuracy: Some(0.75),
+        ..FakeTrainer::new()
+    };
+    let out = compress(&m, &small_config(), &mut t, &run).unwrap();
+    assert_eq!(t.tested.len(), 2);
+    assert!(
+        t.tested.iter().all(|(evals, _)| *evals == 6),
+        "tested before the validation evaluations were done"
+    );
+    assert_eq!(t.tested[0].1, m, "first the baseline");
+    assert_eq!(t.tested[1].1, out.model, "then the final model");
+    let test = out.report.test.clone().expect("a test result in the report");
+    assert_eq!((test.baseline_top1, test.final_top1), (0.75, 0.75));
+    assert!(
+        out.report.phases.iter().all(|p| p.top1 == Some(0.9)),
+        "phase figures are validation figures"
+    );
+    assert!(
+        out.report.to_table().contains("test top-1 (measured once"),
+        "{}",
+        out.report.to_table()
+    );
+    let mut t2 = FakeTrainer {
+        test_accuracy: Some(0.5),
+        ..FakeTrainer::new()
+    };
+    let again = compress(&m, &small_config(), &mut t2, &run).unwrap();
+    assert!(t2.tested.is_empty(), "a finished run does not look at the test set again");
+    assert_eq!(again.report.test, Some(test));
+    // a trainer without a test set leaves it out
+    let mut plain = FakeTrainer::new();
+    let other = compress(&m, &small_config(), &mut plain, &dir.path().join("run2")).unwrap();
+    assert_eq!(other.report.test, None);
 }
 
 fn small_config() -> Config {
