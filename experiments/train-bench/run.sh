@@ -59,12 +59,16 @@ penni="$root/target/release/penni"
 
 export RAYON_NUM_THREADS="$THREADS" OMP_NUM_THREADS="$THREADS" PYTHONWARNINGS="ignore"
 data_args=(--data-dir "$DATA_DIR" --train-subset "$TRAIN_SUBSET" --test-subset "$TEST_SUBSET")
+# A penni with --val-split holds a validation split out of the training data by default; the
+# benchmark trains on all TRAIN_SUBSET images and evaluates on the test subset, as PyTorch does.
+if "$penni" train --help | grep -c -- --val-split >/dev/null; then data_args+=(--val-split 0); fi
+echo "   penni data arguments: ${data_args[*]}"
 rm -rf "$work"
 mkdir -p "$work"
 
 snapshot() { # the machine's state before a timed run: load average and the busiest processes
   echo "-- $(date -u +%H:%M:%S) $(uptime | sed 's/.*load average/load average/')"
-  top -b -n1 -o %CPU -w 200 | sed -n '8,11p' | awk '{printf "     top: %5s%% %s\n", $9, $12}'
+  top -b -n2 -d 0.5 -o %CPU -w 200 | awk '/^top -/{f++} f==2' | sed -n '8,10p' | awk '{printf "     top: %5s%% %s\n", $9, $12}'
 }
 
 for rep in $(seq 1 "$REPS"); do

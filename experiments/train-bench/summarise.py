@@ -12,6 +12,9 @@ import statistics
 import sys
 
 work, out = sys.argv[1], sys.argv[2]
+# A run is "quiet" when the rest of the machine used less than this many cores meanwhile
+# (timed.py's others_cpu_cores, from /proc/stat): other engineers build on the same 2 cores.
+QUIET = 0.25
 BUCKETS = ["data", "forward", "backward", "optimizer", "eval", "other", "checkpoint"]
 
 
@@ -42,7 +45,7 @@ def torch_epoch(res):
     b["eval"] = e["eval"]
     b["checkpoint"] = None
     b["epoch"] = e["train_seconds"] + e["eval"]
-    b["train_loss"], b["test_top1"] = e["train_loss"], res["evals"][-1]["top1"]
+    b["train_loss"], b["test_top1"] = e["train_loss"], [v for v in res["evals"] if v["after"] == "epoch"][-1]["top1"]
     return b
 
 
@@ -71,13 +74,24 @@ def med(values):
     return statistics.median(v) if v else None
 
 
+def quiet(job):
+    return job is not None and job.get("others_cpu_cores") is not None and job["others_cpu_cores"] < QUIET
+
+
 summary = {}
 for task in ["dense", "penni"]:
     s = {}
     for side in ["penni", "torch"]:
         jobs = [r[task][side]["job"] for r in reps if r[task][side]["job"]]
         epochs = [r[task][side]["epoch"] for r in reps if r[task][side]["epoch"]]
+        qjobs = [r[task][side]["job"] for r in reps if quiet(r[task][side]["job"])]
+        qepochs = [r[task][side]["epoch"] for r in reps if quiet(r[task][side]["job"]) and r[task][side]["epoch"]]
         s[side] = {
+            "quiet_runs": len(qjobs),
+            "quiet_wall_s": med([j["wall_s"] for j in qjobs]),
+            "quiet_cpu_util": med([j["cpu_util"] for j in qjobs]),
+            "quiet_epoch": {k: med([e[k] for e in qepochs]) for k in (BUCKETS + ["epoch"])},
+            "others_cpu_cores": [round(j.get("others_cpu_cores", float("nan")), 2) for j in jobs],
             "runs": len(jobs),
             "wall_s": med([j["wall_s"] for j in jobs]),
             "cpu_util": med([j["cpu_util"] for j in jobs]),
@@ -95,6 +109,8 @@ for task in ["dense", "penni"]:
     s["ratio_per_rep"] = [round(x, 2) for x in ratios]
     s["ratio_median"] = med(ratios)
     s["ratio_of_medians"] = (s["penni"]["wall_s"] / s["torch"]["wall_s"]) if s["penni"]["wall_s"] and s["torch"]["wall_s"] else None
+    qp, qt = s["penni"]["quiet_wall_s"], s["torch"]["quiet_wall_s"]
+    s["quiet_ratio_of_medians"] = qp / qt if qp and qt else None
     summary[task] = s
 
 with open(os.path.join(out, "results.json"), "w") as f:
@@ -113,19 +129,39 @@ lines = [
     f"Medians over {len(reps)} repetitions; written by summarise.py from target/train-bench/ (see run.log).",
     "Wall = the whole process (data loading to the written model), from timed.py; CPU = (user+sys)/wall.",
     "",
-    "| job | penni wall s | PyTorch wall s | penni / PyTorch | per rep | penni CPU | PyTorch CPU | load avg before (penni; torch) |",
-    "|---|---|---|---|---|---|---|---|",
+    f"Others = cores the rest of the machine used during the run (/proc/stat); quiet = others < {QUIET}.",
+    "",
+    "All runs:",
+    "",
+    "| job | penni wall s | PyTorch wall s | penni / PyTorch | per rep | penni CPU | PyTorch CPU | load avg before (penni; torch) | others, cores (penni; torch) |",
+    "|---|---|---|---|---|---|---|---|---|",
 ]
 for task in ["dense", "penni"]:
     s = summary[task]
     lines.append(
         f"| {names[task]} | {fmt(s['penni']['wall_s'])} | {fmt(s['torch']['wall_s'])} | {fmt(s['ratio_median'], 2)} | "
         f"{', '.join(str(x) for x in s['ratio_per_rep'])} | {fmt(s['penni']['cpu_util'] and s['penni']['cpu_util'] * 100, 0)}% | "
-        f"{fmt(s['torch']['cpu_util'] and s['torch']['cpu_util'] * 100, 0)}% | {s['penni']['load_before']}; {s['torch']['load_before']} |"
+        f"{fmt(s['torch']['cpu_util'] and s['torch']['cpu_util'] * 100, 0)}% | {s['penni']['load_before']}; {s['torch']['load_before']} | "
+        f"{s['penni']['others_cpu_cores']}; {s['torch']['others_cpu_cores']} |"
     )
 lines += [
     "",
-    "Per-epoch breakdown (seconds, medians): penni from metrics.jsonl (EpochRecord), PyTorch from torch_bench.py's buckets.",
+    "Quiet runs only (medians of the runs with others < QUIET; n = how many):",
+    "",
+    "| job | penni wall s (n) | PyTorch wall s (n) | penni / PyTorch | penni CPU | PyTorch CPU | penni epoch s | PyTorch epoch s |",
+    "|---|---|---|---|---|---|---|---|",
+]
+for task in ["dense", "penni"]:
+    s = summary[task]
+    p, t = s["penni"], s["torch"]
+    lines.append(
+        f"| {names[task]} | {fmt(p['quiet_wall_s'])} ({p['quiet_runs']}) | {fmt(t['quiet_wall_s'])} ({t['quiet_runs']}) | "
+        f"{fmt(s['quiet_ratio_of_medians'], 2)} | {fmt(p['quiet_cpu_util'] and p['quiet_cpu_util'] * 100, 0)}% | "
+        f"{fmt(t['quiet_cpu_util'] and t['quiet_cpu_util'] * 100, 0)}% | {fmt(p['quiet_epoch']['epoch'])} | {fmt(t['quiet_epoch']['epoch'])} |"
+    )
+lines += [
+    "",
+    "Per-epoch breakdown (seconds, medians of all runs): penni from metrics.jsonl (EpochRecord), PyTorch from torch_bench.py's buckets.",
     "",
     "| job | side | data | forward | backward | optimizer | eval | other | checkpoint | epoch total | train loss | test top-1 |",
     "|---|---|---|---|---|---|---|---|---|---|---|---|",
