@@ -198,19 +198,22 @@ pub fn resolve_preprocess(
         std: std.unwrap_or(base.std),
         ..base
     };
+    let source = if from_args { "--mean/--std" } else { source };
     let c = model.input.channels;
     for (name, v) in [("mean", &pre.mean), ("std", &pre.std)] {
         if v.len() > 1 && v.len() != c {
-            bail!("--{name}: {} values for a model with {c} input channels (give 1 or {c})", v.len());
+            bail!(
+                "normalisation {name} ({source}): {} values for a model with {c} input channels (give 1 or {c})",
+                v.len()
+            );
         }
         if v.iter().any(|x| !x.is_finite()) {
-            bail!("--{name}: values must be finite, got {v:?}");
+            bail!("normalisation {name} ({source}): values must be finite, got {v:?}");
         }
     }
     if pre.std.iter().any(|s| *s <= 0.0) {
-        bail!("--std: values must be positive, got {:?}", pre.std);
+        bail!("normalisation std ({source}): values must be positive, got {:?}", pre.std);
     }
-    let source = if from_args { "--mean/--std" } else { source };
     eprintln!("normalisation: mean {:?}, std {:?}: {source}", pre.mean, pre.std);
     Ok(pre)
 }
