@@ -2,7 +2,9 @@
 //! a burn-side copy of the parameters is built from it, trained, and written back into it.
 
 pub mod error;
+pub mod kernels;
 pub mod net;
+pub mod ops;
 pub mod trainer;
 
 pub use error::{Result, TrainError};

@@ -10,6 +10,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use penni_model::{Activation, Model, Node, Op};
 
 use crate::error::{Result, TrainError};
+use crate::ops;
 
 /// What a parameter is, for the rules that treat kinds differently (L1, alternation, masks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,7 +204,7 @@ impl Net {
                     c.dilation,
                     c.groups,
                 );
-                Act::Map(burn::tensor::module::conv2d(map(ins.remove(0))?, w, b, opts))
+                Act::Map(ops::conv2d(map(ins.remove(0))?, w, b, opts))
             }
             Op::DecomposedConv2d(c) => {
                 let cg = c.conv.in_channels / c.conv.groups;
@@ -219,32 +220,28 @@ impl Net {
                     c.conv.dilation,
                     c.conv.groups,
                 );
-                Act::Map(burn::tensor::module::conv2d(map(ins.remove(0))?, w, b, opts))
+                Act::Map(ops::conv2d(map(ins.remove(0))?, w, b, opts))
             }
             Op::BatchNorm2d { channels, eps } => {
                 let x = map(ins.remove(0))?;
-                let c = *channels;
-                let gamma = self.p(i, "weight").reshape([1, c, 1, 1]);
-                let beta = self.p(i, "bias").reshape([1, c, 1, 1]);
+                if x.dims()[1] != *channels {
+                    return Err(unsupported("batchnorm channel count differs from its input's"));
+                }
+                let (gamma, beta) = (self.p(i, "weight"), self.p(i, "bias"));
                 let st = self.bn.get_mut(&i).expect("bn state");
-                let (mean, var) = if train {
+                if train {
                     let [n, _, h, w] = x.dims();
-                    let mean = x.clone().mean_dim(0).mean_dim(2).mean_dim(3);
-                    let centered = x.clone() - mean.clone();
-                    let var = (centered.clone() * centered).mean_dim(0).mean_dim(2).mean_dim(3);
+                    let (y, mean, var) = ops::batch_norm_train(x, gamma, beta, *eps as f64);
                     let count = (n * h * w) as f64;
                     let m = self.bn_momentum;
                     let unbiased = count / (count - 1.0).max(1.0);
-                    let bm = mean.clone().inner().reshape([c]);
-                    let bv = var.clone().inner().reshape([c]);
-                    st.mean = st.mean.clone() * (1.0 - m) + bm * m;
-                    st.var = st.var.clone() * (1.0 - m) + bv * (m * unbiased);
-                    (mean, var)
+                    st.mean = st.mean.clone() * (1.0 - m) + mean.inner() * m;
+                    st.var = st.var.clone() * (1.0 - m) + var.inner() * (m * unbiased);
+                    Act::Map(y)
                 } else {
-                    (st.mean.clone().reshape([1, c, 1, 1]), st.var.clone().reshape([1, c, 1, 1]))
-                };
-                let xhat = (x - mean) / (var + *eps as f64).sqrt();
-                Act::Map(xhat * gamma + beta)
+                    let (mean, var) = (st.mean.clone(), st.var.clone());
+                    Act::Map(burn::tensor::module::batch_norm(x, gamma, beta, mean, var, *eps as f64))
+                }
             }
             Op::Relu => match ins.remove(0) {
                 Act::Map(t) => Act::Map(relu(t)),
