@@ -51,7 +51,10 @@ mod layout;
 mod ops;
 mod options;
 mod plan;
-mod simd;
+/// The vector abstraction, from penni-simd (shared with penni-train).
+mod simd {
+    pub use penni_simd::*;
+}
 mod step;
 mod thread_pool;
 

@@ -78,44 +78,155 @@ impl ConvGeom {
     }
 }
 
-/// Fills `col` ([cin_g * kh * kw] x [out pixels]) from the `cin_g` input planes in `x`.
-fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32]) {
-    let [ho, wo] = g.out_hw;
-    let [h, w] = g.in_hw;
-    let p = ho * wo;
-    let mut row = 0;
-    for ci in 0..g.cin_g() {
-        let plane = &x[ci * h * w..(ci + 1) * h * w];
-        for ky in 0..g.kernel[0] {
-            for kx in 0..g.kernel[1] {
-                let dst = &mut col[row * p..(row + 1) * p];
-                let (oy_off, ox_off) = g.tap_offsets(ky, kx);
-                let (y0, y1) = ConvGeom::valid(ho, h, g.stride[0], oy_off);
-                let (x0, x1) = ConvGeom::valid(wo, w, g.stride[1], ox_off);
-                dst[..y0 * wo].fill(0.0);
-                dst[y1 * wo..].fill(0.0);
-                for oy in y0..y1 {
-                    let iy = (oy * g.stride[0]) as isize + oy_off;
-                    let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                    let d = &mut dst[oy * wo..(oy + 1) * wo];
-                    d[..x0].fill(0.0);
-                    d[x1..].fill(0.0);
-                    if g.stride[1] == 1 {
-                        let ix0 = (x0 as isize + ox_off) as usize;
-                        d[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
-                    } else {
-                        for ox in x0..x1 {
-                            d[ox] = src[((ox * g.stride[1]) as isize + ox_off) as usize];
-                        }
+/// How a convolution reads its input, per image and group. The input planes are copied into
+/// a zero-bordered buffer (its borders stay zero from one image to the next). At stride 1 the
+/// im2col matrix is never built: its row for input channel ci and tap (ky, kx) is the padded
+/// plane shifted by that tap, read through an offset table, and the output comes out in rows
+/// of the padded width (the columns past the output width are dropped when it is copied out).
+/// At other strides the im2col matrix is gathered from the padded planes.
+struct Lowering {
+    g: ConvGeom,
+    /// Padded plane height and width: the rows and columns that some output reads.
+    hp: usize,
+    wp: usize,
+    /// Stride 1: offsets of the virtual im2col rows in the padded planes.
+    direct: Option<Vec<usize>>,
+}
+
+/// Per-task buffers of a [`Lowering`].
+struct Scratch {
+    padded: Vec<f32>,
+    col: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl Lowering {
+    fn new(g: &ConvGeom) -> Self {
+        let hp = (g.out_hw[0] - 1) * g.stride[0] + (g.kernel[0] - 1) * g.dilation[0] + 1;
+        let wp = (g.out_hw[1] - 1) * g.stride[1] + (g.kernel[1] - 1) * g.dilation[1] + 1;
+        let direct = (g.stride == [1, 1] && !g.is_pointwise()).then(|| {
+            let mut offsets = Vec::with_capacity(g.col_rows());
+            for ci in 0..g.cin_g() {
+                for ky in 0..g.kernel[0] {
+                    for kx in 0..g.kernel[1] {
+                        offsets.push(ci * hp * wp + ky * g.dilation[0] * wp + kx * g.dilation[1]);
                     }
                 }
-                row += 1;
+            }
+            offsets
+        });
+        Self { g: *g, hp, wp, direct }
+    }
+
+    /// Columns of the input matrix: output pixels, in rows of the padded width when direct.
+    fn cols(&self) -> usize {
+        let [ho, wo] = self.g.out_hw;
+        if self.direct.is_some() { (ho - 1) * self.wp + wo } else { ho * wo }
+    }
+
+    fn scratch(&self) -> Scratch {
+        let g = &self.g;
+        let pointwise = g.is_pointwise();
+        let direct = self.direct.is_some();
+        Scratch {
+            padded: vec![0.0; if pointwise { 0 } else { g.cin_g() * self.hp * self.wp }],
+            col: vec![0.0; if pointwise || direct { 0 } else { g.col_rows() * g.out_pixels() }],
+            out: vec![0.0; if direct { g.cout_g() * self.cols() } else { 0 }],
+        }
+    }
+
+    /// The input matrix [cin_g * kh * kw] x [cols] of one group's planes `x`.
+    fn input<'a>(&'a self, x: &'a [f32], padded: &'a mut [f32], col: &'a mut [f32]) -> Mat<'a> {
+        let g = &self.g;
+        if g.is_pointwise() {
+            return Mat::row_major(x, g.out_pixels());
+        }
+        let [h, w] = g.in_hw;
+        let (hp, wp) = (self.hp, self.wp);
+        let [pt, pl] = g.pad_begin;
+        // the input rows and columns that land inside the padded plane
+        let rows = h.min(hp.saturating_sub(pt));
+        let cols = w.min(wp.saturating_sub(pl));
+        for ci in 0..g.cin_g() {
+            let plane = &x[ci * h * w..(ci + 1) * h * w];
+            let dst = &mut padded[ci * hp * wp..(ci + 1) * hp * wp];
+            for iy in 0..rows {
+                dst[(iy + pt) * wp + pl..][..cols].copy_from_slice(&plane[iy * w..][..cols]);
+            }
+        }
+        if let Some(offsets) = &self.direct {
+            return Mat::indirect(padded, offsets);
+        }
+        let [ho, wo] = g.out_hw;
+        let p = ho * wo;
+        let mut row = 0;
+        for ci in 0..g.cin_g() {
+            let plane = &padded[ci * hp * wp..(ci + 1) * hp * wp];
+            for ky in 0..g.kernel[0] {
+                for kx in 0..g.kernel[1] {
+                    let dst = &mut col[row * p..(row + 1) * p];
+                    for oy in 0..ho {
+                        let src = &plane[(oy * g.stride[0] + ky * g.dilation[0]) * wp + kx * g.dilation[1]..];
+                        for (ox, v) in dst[oy * wo..(oy + 1) * wo].iter_mut().enumerate() {
+                            *v = src[ox * g.stride[1]];
+                        }
+                    }
+                    row += 1;
+                }
+            }
+        }
+        Mat::row_major(col, p)
+    }
+
+    /// y (one image) = conv(x (one image), w).
+    fn forward_image(&self, w: &[f32], x: &[f32], y: &mut [f32], s: &mut Scratch) {
+        let g = &self.g;
+        let (kg, p, cog) = (g.col_rows(), g.out_pixels(), g.cout_g());
+        let [ho, wo] = g.out_hw;
+        let cols = self.cols();
+        let plane_in = g.cin_g() * g.in_pixels();
+        for grp in 0..g.groups {
+            let xg = &x[grp * plane_in..(grp + 1) * plane_in];
+            let wg = Mat::row_major(&w[grp * cog * kg..(grp + 1) * cog * kg], kg);
+            let yg = &mut y[grp * cog * p..(grp + 1) * cog * p];
+            let b = self.input(xg, &mut s.padded, &mut s.col);
+            if cols == p {
+                matmul(Mat::rows(yg, p), false, wg, b, cog, p, kg);
+            } else {
+                matmul(Mat::rows(&mut s.out, cols), false, wg, b, cog, cols, kg);
+                for co in 0..cog {
+                    for oy in 0..ho {
+                        yg[co * p + oy * wo..][..wo].copy_from_slice(&s.out[co * cols + oy * self.wp..][..wo]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The transposed output gradient of one group, [cols] x [cog], with zero rows for the
+    /// columns past the output width (so that they add nothing to the weight gradient).
+    fn output_grad_t(&self, dy: &[f32], dy_t: &mut [f32]) {
+        let g = &self.g;
+        let (cog, p) = (g.cout_g(), g.out_pixels());
+        let cols = self.cols();
+        if cols == p {
+            transpose(dy, cog, p, dy_t);
+            return;
+        }
+        let [ho, wo] = g.out_hw;
+        dy_t.fill(0.0);
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let j = oy * self.wp + ox;
+                for co in 0..cog {
+                    dy_t[j * cog + co] = dy[co * p + oy * wo + ox];
+                }
             }
         }
     }
 }
 
-/// Adds `col` back into the `cin_g` planes of `dx` (the adjoint of [`im2col`]).
+/// Adds `col` back into the `cin_g` planes of `dx` (the adjoint of building the im2col matrix).
 fn col2im(g: &ConvGeom, col: &[f32], dx: &mut [f32]) {
     let [ho, wo] = g.out_hw;
     let [h, w] = g.in_hw;
@@ -133,15 +244,8 @@ fn col2im(g: &ConvGeom, col: &[f32], dx: &mut [f32]) {
                     let iy = ((oy * g.stride[0]) as isize + oy_off) as usize;
                     let d = &mut plane[iy * w..(iy + 1) * w];
                     let s = &src[oy * wo..(oy + 1) * wo];
-                    if g.stride[1] == 1 {
-                        let ix0 = (x0 as isize + ox_off) as usize;
-                        for (dv, sv) in d[ix0..ix0 + (x1 - x0)].iter_mut().zip(&s[x0..x1]) {
-                            *dv += sv;
-                        }
-                    } else {
-                        for ox in x0..x1 {
-                            d[((ox * g.stride[1]) as isize + ox_off) as usize] += s[ox];
-                        }
+                    for ox in x0..x1 {
+                        d[((ox * g.stride[1]) as isize + ox_off) as usize] += s[ox];
                     }
                 }
                 row += 1;
@@ -150,30 +254,55 @@ fn col2im(g: &ConvGeom, col: &[f32], dx: &mut [f32]) {
     }
 }
 
+/// The input gradient of a stride-1 convolution is a stride-1 convolution of the output
+/// gradient with the flipped, transposed kernel: its geometry and weights, where the padding
+/// allows it (each leading pad at most the kernel's reach).
+fn transposed(g: &ConvGeom, w: &[f32]) -> Option<(ConvGeom, Vec<f32>)> {
+    let reach = [(g.kernel[0] - 1) * g.dilation[0], (g.kernel[1] - 1) * g.dilation[1]];
+    if g.stride != [1, 1] || g.pad_begin[0] > reach[0] || g.pad_begin[1] > reach[1] || g.is_pointwise() {
+        return None;
+    }
+    let t = ConvGeom {
+        in_channels: g.out_channels,
+        in_hw: g.out_hw,
+        out_channels: g.in_channels,
+        pad_begin: [reach[0] - g.pad_begin[0], reach[1] - g.pad_begin[1]],
+        out_hw: g.in_hw,
+        ..*g
+    };
+    let (cig, cog, [kh, kw]) = (g.cin_g(), g.cout_g(), g.kernel);
+    let mut wt = vec![0.0f32; w.len()];
+    for grp in 0..g.groups {
+        for co in 0..cog {
+            for ci in 0..cig {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let src = (((grp * cog + co) * cig + ci) * kh + ky) * kw + kx;
+                        let dst = (((grp * cig + ci) * cog + co) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx);
+                        wt[dst] = w[src];
+                    }
+                }
+            }
+        }
+    }
+    Some((t, wt))
+}
+
 /// y = conv(x, w) + bias. `w` is [out_channels, cin_g, kh, kw].
 pub fn conv2d_forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     assert_eq!(x.len(), g.input_len(), "conv input length");
     assert_eq!(w.len(), g.weight_len(), "conv weight length");
     let mut y = vec![0.0f32; g.output_len()];
-    let (kg, p, cog) = (g.col_rows(), g.out_pixels(), g.cout_g());
+    if g.output_len() == 0 {
+        return y;
+    }
+    let lowering = Lowering::new(g);
+    let p = g.out_pixels();
     let img_in = g.in_channels * g.in_pixels();
-    let img_out = g.out_channels * p;
-    y.par_chunks_mut(img_out).enumerate().for_each_init(
-        || vec![0.0f32; if g.is_pointwise() { 0 } else { kg * p }],
-        |col, (b, yb)| {
-            let xb = &x[b * img_in..(b + 1) * img_in];
-            for grp in 0..g.groups {
-                let xg = &xb[grp * g.cin_g() * g.in_pixels()..(grp + 1) * g.cin_g() * g.in_pixels()];
-                let colm: &[f32] = if g.is_pointwise() {
-                    xg
-                } else {
-                    im2col(g, xg, col);
-                    col
-                };
-                let wg = &w[grp * cog * kg..(grp + 1) * cog * kg];
-                let yg = &mut yb[grp * cog * p..(grp + 1) * cog * p];
-                matmul(Mat::rows(yg, p), false, Mat::row_major(wg, kg), Mat::row_major(colm, p), cog, p, kg);
-            }
+    y.par_chunks_mut(g.out_channels * p).enumerate().for_each_init(
+        || lowering.scratch(),
+        |s, (b, yb)| {
+            lowering.forward_image(w, &x[b * img_in..(b + 1) * img_in], yb, s);
             if let Some(bias) = bias {
                 for (co, plane) in yb.chunks_mut(p).enumerate() {
                     plane.iter_mut().for_each(|v| *v += bias[co]);
@@ -186,14 +315,28 @@ pub fn conv2d_forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) 
 
 /// Gradients of [`conv2d_forward`]: (dx if `want_dx`, dw, dbias if `want_bias`).
 pub fn conv2d_backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool, want_bias: bool) -> ConvGrads {
+    assert_eq!(x.len(), g.input_len(), "conv input length");
+    assert_eq!(w.len(), g.weight_len(), "conv weight length");
     assert_eq!(dy.len(), g.output_len(), "conv output-gradient length");
+    if g.output_len() == 0 || g.input_len() == 0 {
+        return ConvGrads {
+            dx: want_dx.then(|| vec![0.0; g.input_len()]),
+            dw: vec![0.0; g.weight_len()],
+            dbias: want_bias.then(|| vec![0.0; g.out_channels]),
+        };
+    }
     let (kg, p, cog) = (g.col_rows(), g.out_pixels(), g.cout_g());
     let img_in = g.in_channels * g.in_pixels();
     let img_out = g.out_channels * p;
+    let lowering = Lowering::new(g);
+    let cols = lowering.cols();
+    // The input gradient as a convolution of dY where it can be, else im2col's adjoint.
+    let by_conv = if want_dx { transposed(g, w) } else { None };
+    let lowering_t = by_conv.as_ref().map(|(t, wt)| (Lowering::new(t), wt));
     let per_part = g.batch.div_ceil(g.batch.clamp(1, WEIGHT_GRAD_PARTS)).max(1);
     let parts = g.batch.div_ceil(per_part).max(1);
     let mut dx = if want_dx { vec![0.0f32; g.input_len()] } else { vec![] };
-    // Each part: its images' input gradients and one partial weight gradient.
+    // Each part: its images' input gradients and one partial weight gradient (transposed).
     let mut dw_parts = vec![0.0f32; parts * g.weight_len()];
     let dx_chunks: Vec<&mut [f32]> = if want_dx {
         dx.chunks_mut(per_part * img_in).collect()
@@ -205,46 +348,49 @@ pub fn conv2d_backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: 
         .zip(dx_chunks)
         .enumerate()
         .for_each(|(part, (dw_t, dx_part))| {
-            let mut col = vec![0.0f32; if g.is_pointwise() { 0 } else { kg * p }];
-            let mut dcol = vec![0.0f32; if want_dx { kg * p } else { 0 }];
-            let mut dy_t = vec![0.0f32; p * cog];
+            let mut s = lowering.scratch();
+            let mut s_t = lowering_t.as_ref().map(|(l, _)| l.scratch());
+            let col2im_path = want_dx && lowering_t.is_none();
+            let mut dcol = vec![0.0f32; if col2im_path && !g.is_pointwise() { kg * p } else { 0 }];
+            let mut dy_t = vec![0.0f32; cols * cog];
             let first = part * per_part;
             for b in first..(first + per_part).min(g.batch) {
                 let xb = &x[b * img_in..(b + 1) * img_in];
                 let dyb = &dy[b * img_out..(b + 1) * img_out];
+                let dxb = if want_dx {
+                    &mut dx_part[(b - first) * img_in..(b - first + 1) * img_in]
+                } else {
+                    &mut [][..]
+                };
                 for grp in 0..g.groups {
                     let xs = grp * g.cin_g() * g.in_pixels()..(grp + 1) * g.cin_g() * g.in_pixels();
-                    let xg = &xb[xs.clone()];
-                    let colm: &[f32] = if g.is_pointwise() {
-                        xg
-                    } else {
-                        im2col(g, xg, &mut col);
-                        &col
-                    };
                     let dyg = &dyb[grp * cog * p..(grp + 1) * cog * p];
-                    transpose(dyg, cog, p, &mut dy_t);
-                    // dW_g^T [kg x cog] += col [kg x p] * dY_g^T [p x cog]
+                    lowering.output_grad_t(dyg, &mut dy_t);
+                    let a = lowering.input(&xb[xs.clone()], &mut s.padded, &mut s.col);
+                    // dW_g^T [kg x cog] += input matrix [kg x cols] * dY_g^T [cols x cog]
                     let wr = grp * cog * kg..(grp + 1) * cog * kg;
                     matmul(
                         Mat::rows(&mut dw_t[wr.clone()], cog),
                         true,
-                        Mat::row_major(colm, p),
+                        a,
                         Mat::row_major(&dy_t, cog),
                         kg,
                         cog,
-                        p,
+                        cols,
                     );
-                    if want_dx {
+                    if col2im_path {
                         // dcol [kg x p] = W_g^T [kg x cog] * dY_g [cog x p]
-                        let dxg = &mut dx_part[(b - first) * img_in + xs.start..(b - first) * img_in + xs.end];
                         let wt = Mat::col_major(&w[wr], kg);
                         if g.is_pointwise() {
-                            matmul(Mat::rows(dxg, p), false, wt, Mat::row_major(dyg, p), kg, p, cog);
+                            matmul(Mat::rows(&mut dxb[xs], p), false, wt, Mat::row_major(dyg, p), kg, p, cog);
                         } else {
                             matmul(Mat::rows(&mut dcol, p), false, wt, Mat::row_major(dyg, p), kg, p, cog);
-                            col2im(g, &dcol, dxg);
+                            col2im(g, &dcol, &mut dxb[xs]);
                         }
                     }
+                }
+                if let (Some((lt, wt)), Some(st)) = (&lowering_t, &mut s_t) {
+                    lt.forward_image(wt, dyb, dxb, st);
                 }
             }
         });
@@ -371,6 +517,9 @@ mod tests {
             mk(2, 6, [9, 7], 6, [3, 2], [2, 1], [0, 2, 1, 0], [2, 1], 3),
             mk(1, 2, [4, 4], 3, [1, 1], [2, 2], [0, 0, 0, 0], [1, 1], 1),
             mk(2, 2, [3, 3], 2, [5, 5], [1, 1], [2, 2, 2, 2], [1, 1], 1),
+            // padding beyond the kernel's reach: the input gradient by im2col's adjoint
+            mk(2, 3, [4, 4], 2, [1, 1], [1, 1], [1, 1, 1, 1], [1, 1], 1),
+            mk(1, 2, [3, 3], 2, [3, 3], [1, 1], [3, 0, 1, 3], [1, 1], 1),
         ]
     }
 

@@ -1,4 +1,5 @@
-//! A 16-lane f32 vector abstraction. Every kernel is written once, generic over [`Simd`], and
+//! A 16-lane f32 vector abstraction, shared by penni-engine's inference kernels and
+//! penni-train's training kernels. Every kernel is written once, generic over [`Simd`], and
 //! instantiated for AVX-512 (one zmm register) and for a portable fallback ([f32; 16], which the
 //! compiler vectorises with whatever the baseline target offers). The ISA is detected once at
 //! plan time; each step calls a `#[target_feature]` entry point so the whole loop nest of a task
@@ -316,28 +317,28 @@ mod x86 {
 
 /// Generates, for a generic `#[inline(always)] unsafe fn $generic<S: Simd>(args)`, a dispatcher
 /// `$name(isa, args)` that calls it compiled for the requested ISA.
+#[macro_export]
 macro_rules! isa_dispatch {
     ($(#[$m:meta])* $vis:vis fn $name:ident => $generic:ident ( $($arg:ident : $ty:ty),* $(,)? )) => {
         $(#[$m])*
-        $vis fn $name(isa: $crate::simd::Isa, $($arg: $ty),*) {
+        $vis fn $name(isa: $crate::Isa, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
             unsafe fn avx512($($arg: $ty),*) {
-                unsafe { $generic::<$crate::simd::Avx512>($($arg),*) }
+                unsafe { $generic::<$crate::Avx512>($($arg),*) }
             }
             fn fallback($($arg: $ty),*) {
-                unsafe { $generic::<$crate::simd::Fallback>($($arg),*) }
+                unsafe { $generic::<$crate::Fallback>($($arg),*) }
             }
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: Isa::Avx512 is only produced by `Isa::detect` on a CPU with AVX-512F and FMA.
-                $crate::simd::Isa::Avx512 => unsafe { avx512($($arg),*) },
+                $crate::Isa::Avx512 => unsafe { avx512($($arg),*) },
                 _ => fallback($($arg),*),
             }
         }
     };
 }
-pub(crate) use isa_dispatch;
 
 #[cfg(test)]
 mod tests {
