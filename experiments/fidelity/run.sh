@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# PENNI under the validation protocol (issue 12): every number inside the pipeline is measured on
+# a seeded validation split held out of the training data (penni's default --val-split: 5,000 of
+# Fashion-MNIST's 60,000); the test set is measured once, at the end of each job.
+#
+#   1. dense baseline: `penni train`, BASE_EPOCHS epochs (cosine from lr 0.1)
+#   2. PENNI: `penni compress` of the baseline with config-MODEL.toml (R retraining + F fine-tuning)
+#   3. fair baseline: the same baseline trained R + F more epochs, dense, with the schedule of the
+#      compression (lr 0.01, x0.1 after the retraining epochs): "the same number of extra epochs
+#      as its compressed model"
+# The comparison is test top-1 of (3) against test top-1 of (2).
+#
+# Usage: experiments/fidelity/run.sh [resnet20]   (resumable: rerun after an interruption)
+# Runs at low priority; logs and reports land in experiments/fidelity/MODEL/.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$here/../.."
+model="${1:-resnet20}"
+config="$here/config-$model.toml"
+[ -f "$config" ] || { echo "no such config: $config" >&2; exit 2; }
+BASE_EPOCHS="${BASE_EPOCHS:-10}"
+penni="$root/target/release/penni"
+"$root/scripts/fetch-data.sh" >/dev/null
+cargo build --release -q --locked -p penni-cli --manifest-path "$root/Cargo.toml"
+out="$here/$model"
+mkdir -p "$out"
+run() { nice -n 19 "$penni" "$@"; }
+resume_flag() { [ -f "$1/checkpoint.penni" ] && echo --resume || true; }
+
+case "$model" in
+  resnet20) train_args=(--model resnet20) ;;
+  *) echo "unknown model: $model" >&2; exit 2 ;;
+esac
+retrain=$(awk '/^\[retrain\]/{f=1} f&&/^epochs/{print $3; exit}' "$config")
+finetune=$(awk '/^\[finetune\]/{f=1} f&&/^epochs/{print $3; exit}' "$config")
+
+if [ ! -f "$out/baseline.penni" ]; then
+  run train "${train_args[@]}" --dataset fashion-mnist --epochs "$BASE_EPOCHS" --batch-size 128 \
+    --lr 0.1 --schedule cosine --momentum 0.9 --weight-decay 5e-4 --crop-padding 2 --seed 0 \
+    --out "$out/baseline.penni" --run-dir "$out/baseline.run" $(resume_flag "$out/baseline.run") \
+    2>&1 | tee -a "$out/baseline.log"
+fi
+cp "$out/baseline.run/metrics.jsonl" "$out/baseline-metrics.jsonl"
+
+if [ ! -f "$out/penni.penni" ]; then
+  run compress --model "$out/baseline.penni" --dataset fashion-mnist --config "$config" \
+    --out "$out/penni.penni" --run-dir "$out/penni.run" 2>&1 | tee -a "$out/compress.log"
+fi
+cp "$out/penni.run"/report.* "$out/"
+
+if [ ! -f "$out/baseline-extra.penni" ]; then
+  run train --model "$out/baseline.penni" --dataset fashion-mnist --epochs $((retrain + finetune)) \
+    --batch-size 128 --lr 0.01 --schedule step --milestones "$retrain" --gamma 0.1 --momentum 0.9 \
+    --weight-decay 1e-4 --crop-padding 2 --seed 1 --out "$out/baseline-extra.penni" \
+    --run-dir "$out/baseline-extra.run" $(resume_flag "$out/baseline-extra.run") 2>&1 | tee -a "$out/baseline-extra.log"
+fi
+cp "$out/baseline-extra.run/metrics.jsonl" "$out/baseline-extra-metrics.jsonl"
+"$penni" inspect "$out/baseline.penni" --json > "$out/baseline-cost.json"
+"$penni" inspect "$out/penni.penni" --json > "$out/penni-cost.json"
+echo "done: $out"
