@@ -7,7 +7,7 @@ use clap::Args;
 use penni_compress::{CompressError, Config, PhaseTraining, Trainer};
 use penni_data::{Dataset, Transform};
 use penni_model::Model;
-use penni_train::{LrSchedule, RunOptions, TrainData, TrainOptions};
+use penni_train::{LrSchedule, RunOptions, TrainData, TrainDevice, TrainOptions};
 
 use crate::common::{self, DataArgs, LoadedData, Preprocess};
 
@@ -39,6 +39,9 @@ pub struct CompressArgs {
     pub crop_padding: usize,
     #[arg(long)]
     pub no_flip: bool,
+    /// Where training runs: cpu, or wgpu / cuda in a penni built with that cargo feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: TrainDevice,
 }
 
 /// penni-train behind penni-compress's `Trainer`, on one dataset.
@@ -47,10 +50,13 @@ pub struct BurnTrainer<'a> {
     /// What every in-pipeline figure comes from: the validation split (or the test split when
     /// there is none, and then `test` is `None`).
     pub eval: &'a Dataset,
+    /// "validation" or "test".
+    pub eval_name: &'static str,
     /// Measured once at the end of a run.
     pub test: Option<&'a Dataset>,
     pub train_transform: Transform,
     pub eval_transform: Transform,
+    pub device: TrainDevice,
 }
 
 impl BurnTrainer<'_> {
@@ -86,10 +92,12 @@ impl Trainer for BurnTrainer<'_> {
             metrics_log: Some(checkpoint_dir.join("metrics.jsonl")),
             progress: true,
             stop_after_epochs: None,
+            device: self.device,
         };
         let data = TrainData {
             train: self.train,
             test: Some(self.eval),
+            eval_name: self.eval_name,
             train_transform: self.train_transform.clone(),
             test_transform: self.eval_transform.clone(),
         };
@@ -119,6 +127,8 @@ pub fn run(args: CompressArgs) -> Result<()> {
         config.finetune.epochs = e;
     }
     config.validate()?;
+    // a GPU that cannot start fails here, before any data is read
+    args.device.open()?;
     let loaded = common::load_model(&args.model)?;
     let data = args.data.load(config.seed, true)?;
     let preprocess = common::resolve_preprocess(
@@ -136,6 +146,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         &preprocess,
         args.crop_padding,
         !args.no_flip,
+        args.device,
         &run_dir,
     )?;
     common::save_model(&outcome.model, Some(&preprocess), &args.out)?;
@@ -155,6 +166,7 @@ pub fn compress_with(
     pre: &Preprocess,
     crop_padding: usize,
     flip: bool,
+    device: TrainDevice,
     run_dir: &Path,
 ) -> Result<penni_compress::CompressOutcome> {
     eprintln!(
@@ -171,6 +183,7 @@ pub fn compress_with(
     let mut trainer = BurnTrainer {
         train: &data.train,
         eval: data.eval_set(),
+        eval_name: data.eval_name(),
         test: data.val.as_ref().map(|_| &data.test),
         train_transform: Transform {
             crop_padding,
@@ -178,6 +191,7 @@ pub fn compress_with(
             ..pre.eval_transform()
         },
         eval_transform: pre.eval_transform(),
+        device,
     };
     penni_compress::compress(model, config, &mut trainer, run_dir)
         .with_context(|| format!("compressing (run directory {})", run_dir.display()))

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use penni_data::Transform;
-use penni_train::{LrSchedule, RunOptions, TrainData, TrainOptions};
+use penni_train::{LrSchedule, RunOptions, TrainData, TrainDevice, TrainOptions};
 
 use crate::common::{self, DataArgs, DatasetKind, Preprocess, human};
 
@@ -76,6 +76,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         metrics_log: Some(run_dir.join("metrics.jsonl")),
         progress: true,
         stop_after_epochs: None,
+        device: TrainDevice::Cpu,
     };
     // A fresh demo each time: old checkpoints would be resumed otherwise.
     let _ = std::fs::remove_dir_all(&run_dir);
@@ -87,6 +88,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     let td = TrainData {
         train: &data.train,
         test: Some(data.eval_set()),
+        eval_name: data.eval_name(),
         train_transform,
         test_transform: pre.eval_transform(),
     };
@@ -109,7 +111,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     config.finetune.batch_size = 64;
     let run_dir = args.out_dir.join("compress.run");
     let _ = std::fs::remove_dir_all(&run_dir);
-    let outcome = crate::compress_cmd::compress_with(&out.model, &config, &data, &pre, 2, true, &run_dir)?;
+    let outcome = crate::compress_cmd::compress_with(&out.model, &config, &data, &pre, 2, true, TrainDevice::Cpu, &run_dir)?;
     let compressed_path = args.out_dir.join("resnet20-demo-penni.penni");
     common::save_model(&outcome.model, Some(&pre), &compressed_path)?;
     println!("{}", outcome.report.to_table());

@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use penni_data::Transform;
-use penni_train::{LrSchedule, RunOptions, TrainData, TrainOptions};
+use penni_train::{LrSchedule, RunOptions, TrainData, TrainDevice, TrainOptions};
 
 use crate::common::{self, DataArgs};
 
@@ -62,6 +62,9 @@ pub struct TrainArgs {
     /// Random-crop padding for augmentation (0 disables).
     #[arg(long, default_value_t = 2)]
     pub crop_padding: usize,
+    /// Where training runs: cpu, or wgpu / cuda in a penni built with that cargo feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: TrainDevice,
     /// Disable random horizontal flips.
     #[arg(long)]
     pub no_flip: bool,
@@ -74,6 +77,8 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
+    // a GPU that cannot start fails here, before any data is read
+    args.device.open()?;
     let data = args.data.load(args.seed, true)?;
     let (model, stored) = if common::is_zoo_name(&args.model) {
         let pad_to = args.data.pad_to.map(|p| (p, p));
@@ -132,6 +137,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         metrics_log: Some(run_dir.join("metrics.jsonl")),
         progress: true,
         stop_after_epochs: args.stop_after,
+        device: args.device,
     };
     eprintln!(
         "training {} ({} train / {} {} examples per epoch, {}x{} input) for {} epochs; checkpoints in {}",
@@ -147,6 +153,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let td = TrainData {
         train: &data.train,
         test: Some(data.eval_set()),
+        eval_name: data.eval_name(),
         train_transform,
         test_transform: preprocess.eval_transform(),
     };

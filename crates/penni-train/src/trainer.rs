@@ -13,6 +13,7 @@ use penni_data::{BatchIter, Dataset, Transform};
 use penni_model::{Extras, Model, io};
 use serde::{Deserialize, Serialize};
 
+use crate::device::TrainDevice;
 use crate::error::{Result, TrainError};
 use crate::net::{Net, ParamKind, to_tensor, to_vec};
 
@@ -131,12 +132,18 @@ pub struct RunOptions {
     pub progress: bool,
     /// Stop (with `TrainError::Stopped`) after this many epochs in total: simulates an interruption.
     pub stop_after_epochs: Option<usize>,
+    /// Where the steps run (evaluation always runs on penni-engine). On a GPU the per-phase
+    /// times of `EpochRecord` are approximate: its ops return before they finish.
+    pub device: TrainDevice,
 }
 
 /// The data a run reads; the transforms own augmentation and normalisation.
 pub struct TrainData<'a> {
     pub train: &'a Dataset,
+    /// Measured after every epoch: the validation split, or the test split when there is none.
     pub test: Option<&'a Dataset>,
+    /// What `test` is, for the progress line and `EpochRecord::eval_split` ("validation" or "test").
+    pub eval_name: &'static str,
     pub train_transform: Transform,
     pub test_transform: Transform,
 }
@@ -153,8 +160,13 @@ pub struct EpochRecord {
     pub lr: f64,
     pub train_loss: f64,
     pub train_top1: f64,
+    /// Loss and top-1 on the split in `eval_split` (the names predate the validation split).
     pub test_loss: Option<f64>,
     pub test_top1: Option<f64>,
+    /// "validation" or "test": where `test_loss`/`test_top1` were measured (absent in records
+    /// written before the validation split existed, which were test figures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_split: Option<String>,
     /// Wall time of the epoch: training steps, writing the weights back, evaluation (not the checkpoint).
     pub seconds: f64,
     pub trained: String,
@@ -559,7 +571,7 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
         check_data(model, test, &data.test_transform, "test")?;
     }
     let classes = model.output_shape()?.numel();
-    let dev = device();
+    let dev = run.device.open()?;
     let ad = dev.clone().autodiff();
 
     let mut start_epoch = 0;
@@ -734,6 +746,7 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
             train_top1: hits as f64 / seen as f64,
             test_loss,
             test_top1,
+            eval_split: data.test.map(|_| data.eval_name.to_string()),
             seconds,
             trained: match frozen {
                 Some(ParamKind::Bases) => "coefficients".into(),
@@ -780,7 +793,9 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
                 lr,
                 rec.train_loss,
                 rec.train_top1 * 100.0,
-                rec.test_top1.map(|t| format!(" test top-1 {:.2}%", t * 100.0)).unwrap_or_default(),
+                rec.test_top1
+                    .map(|t| format!(" {} top-1 {:.2}%", data.eval_name, t * 100.0))
+                    .unwrap_or_default(),
                 rec.seconds,
                 breakdown(&rec)
             );
@@ -859,6 +874,7 @@ mod tests {
         let r: EpochRecord = serde_json::from_str(old).unwrap();
         assert_eq!((r.data_seconds, r.forward_seconds, r.eval_seconds), (0.0, 0.0, 0.0));
         assert_eq!(r.checkpoint_seconds, None);
+        assert_eq!(r.eval_split, None, "old records say nothing about their split");
         // the history kept in checkpoints has no checkpoint time and writes no such key
         assert!(!serde_json::to_string(&r).unwrap().contains("checkpoint_seconds"));
         let logged = EpochRecord {
