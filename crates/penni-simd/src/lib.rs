@@ -5,6 +5,10 @@
 //! plan time; each step calls a `#[target_feature]` entry point so the whole loop nest of a task
 //! is compiled for that ISA and the trait methods (all `#[inline(always)]`) melt into it.
 
+// Every method of `Simd` has the one safety contract stated on the trait (run only on a CPU
+// with the ISA; pointers valid for 16 floats, or for the masked lanes).
+#![allow(clippy::missing_safety_doc)]
+
 /// Lanes per vector: 16 f32 = one AVX-512 register, also the channel block of the internal
 /// activation layout.
 pub const L: usize = 16;

@@ -1,9 +1,8 @@
 use std::collections::BTreeMap;
 
-use penni_data::{Dataset, Transform};
 use penni_model::reference::{self, Activation};
 use penni_model::zoo::{self, GraphBuilder, InitRng, ZooOptions};
-use penni_model::{Conv2d, DecomposedConv2d, Input, Model, Op, Shape, Tensor};
+use penni_model::{Input, Model, Op, Shape};
 use penni_train::{LrSchedule, RunOptions, TrainData, TrainError, TrainOptions, train};
 
 mod common;

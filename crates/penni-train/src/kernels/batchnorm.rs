@@ -113,7 +113,7 @@ pub fn backward(x: &[f32], n: usize, c: usize, gamma: &[f32], mean: &[f32], var:
 
 fn plane_len(len: usize, n: usize, c: usize) -> usize {
     assert!(
-        n * c > 0 && len % (n * c) == 0,
+        n * c > 0 && len.is_multiple_of(n * c),
         "batchnorm input of {len} values is not [{n}, {c}, ...]"
     );
     len / (n * c)
