@@ -1,4 +1,5 @@
-//! 2-D convolution forward and backward on NCHW f32 slices: im2col + GEMM per image and group.
+//! 2-D convolution forward and backward on NCHW f32 slices: one GEMM per image and group, on
+//! the input as an im2col matrix (virtual at stride 1, see `Lowering`).
 //!
 //! Work is split by image. The weight gradient sums over images, so it is accumulated into a
 //! fixed number of partial sums (each over a fixed run of images, in order) that are then added
