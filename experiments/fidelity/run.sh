@@ -40,13 +40,15 @@ if [ ! -f "$out/baseline.penni" ]; then
     --out "$out/baseline.penni" --run-dir "$out/baseline.run" $(resume_flag "$out/baseline.run") \
     2>&1 | tee -a "$out/baseline.log"
 fi
-cp "$out/baseline.run/metrics.jsonl" "$out/baseline-metrics.jsonl"
+# a fresh checkout has the models but not the run directories: keep the committed copies
+copy() { [ -f "$1" ] && cp "$1" "$2" || true; }
+copy "$out/baseline.run/metrics.jsonl" "$out/baseline-metrics.jsonl"
 
 if [ ! -f "$out/penni.penni" ]; then
   run compress --model "$out/baseline.penni" --dataset fashion-mnist --config "$config" \
     --out "$out/penni.penni" --run-dir "$out/penni.run" 2>&1 | tee -a "$out/compress.log"
 fi
-cp "$out/penni.run"/report.* "$out/"
+for f in "$out/penni.run"/report.*; do copy "$f" "$out/"; done
 
 if [ ! -f "$out/baseline-extra.penni" ]; then
   run train --model "$out/baseline.penni" --dataset fashion-mnist --epochs $((retrain + finetune)) \
@@ -54,7 +56,7 @@ if [ ! -f "$out/baseline-extra.penni" ]; then
     --weight-decay 1e-4 --crop-padding 2 --seed 1 --out "$out/baseline-extra.penni" \
     --run-dir "$out/baseline-extra.run" $(resume_flag "$out/baseline-extra.run") 2>&1 | tee -a "$out/baseline-extra.log"
 fi
-cp "$out/baseline-extra.run/metrics.jsonl" "$out/baseline-extra-metrics.jsonl"
+copy "$out/baseline-extra.run/metrics.jsonl" "$out/baseline-extra-metrics.jsonl"
 "$penni" inspect "$out/baseline.penni" --json > "$out/baseline-cost.json"
 "$penni" inspect "$out/penni.penni" --json > "$out/penni-cost.json"
 echo "done: $out"

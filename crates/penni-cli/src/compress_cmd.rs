@@ -28,6 +28,11 @@ pub struct CompressArgs {
     /// Override the config's fine-tuning epochs.
     #[arg(long)]
     pub finetune_epochs: Option<usize>,
+    /// Budget mode: MACs (paper-style) of the compressed model as a fraction of the input
+    /// model's, e.g. 0.15; d and the pruning threshold are then chosen per layer, on the
+    /// validation split, to meet it at the least loss of accuracy (config section [budget]).
+    #[arg(long)]
+    pub target_macs: Option<f64>,
     /// Where to write the compressed model (.penni, or .onnx to export it).
     #[arg(long, short)]
     pub out: PathBuf,
@@ -125,6 +130,9 @@ pub fn run(args: CompressArgs) -> Result<()> {
     }
     if let Some(e) = args.finetune_epochs {
         config.finetune.epochs = e;
+    }
+    if let Some(t) = args.target_macs {
+        config.budget.target_macs = Some(t);
     }
     config.validate()?;
     // a GPU that cannot start fails here, before any data is read

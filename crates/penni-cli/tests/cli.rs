@@ -570,3 +570,67 @@ fn train_reports_validation_per_epoch_and_the_test_split_once() {
     let o = penni().args(args("300")).output().unwrap();
     assert_clean_failure(&o, "--val-split 300 leaves no training data");
 }
+
+/// Budget mode from the command line: `--target-macs` gives a model within the budget, and the
+/// report shows the per-layer choices with predicted and measured MACs.
+#[test]
+fn compress_with_a_mac_budget_meets_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("dense.penni");
+    let data = ["--train-subset", "384", "--test-subset", "64", "--val-split", "128"];
+    let mut args = strings(&[
+        "train",
+        "--model",
+        "resnet20",
+        "--width",
+        "0.5",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+    ]);
+    args.extend(strings(&data));
+    args.extend(strings(&["--out", model.to_str().unwrap()]));
+    let o = penni().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        "[retrain]\nepochs = 1\nbatch_size = 64\n[finetune]\nepochs = 1\nbatch_size = 64\n[budget]\nd_choices = [1, 2, 4]\ns_choices = [0.5, 1.0, 2.0]\n",
+    )
+    .unwrap();
+    let out = dir.path().join("budget.penni");
+    let mut args = strings(&["compress", "--model", model.to_str().unwrap(), "--target-macs", "0.2"]);
+    args.extend(strings(&data));
+    args.extend(strings(&["--config", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]));
+    let o = penni().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let macs = |p: &Path| penni_model::model_cost(&load(p)).unwrap().totals.macs_paper;
+    assert!(
+        macs(&out) as f64 <= 0.2 * macs(&model) as f64,
+        "{} MACs against {}\n{}",
+        macs(&out),
+        macs(&model),
+        text(&o)
+    );
+    let report = text(&o);
+    for s in [
+        "budget: MACs (paper) <= 20.0%",
+        "pruning thresholds, chosen after retraining",
+        "measured after pruning",
+    ] {
+        assert!(report.contains(s), "'{s}' missing:\n{report}");
+    }
+    assert_clean_failure(
+        &run(&[
+            "compress",
+            "--model",
+            model.to_str().unwrap(),
+            "--target-macs",
+            "1.5",
+            "--out",
+            "y.penni",
+        ]),
+        "budget.target_macs",
+    );
+}

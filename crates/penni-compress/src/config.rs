@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::budget::BudgetOptions;
 use crate::decompose::{DecomposeOptions, Init};
 use crate::error::{CompressError, Result};
 use crate::prune::PruneOptions;
@@ -21,6 +22,44 @@ pub struct Config {
     pub retrain: RetrainConfig,
     pub prune: PruneConfig,
     pub finetune: FinetuneConfig,
+    /// Budget mode (off unless `target_macs` is set). Left out of the serialised config when
+    /// off, so run directories started before this section existed still resume.
+    #[serde(skip_serializing_if = "BudgetConfig::is_off")]
+    pub budget: BudgetConfig,
+}
+
+/// Budget mode (crate::budget): d and the pruning threshold chosen per layer to meet a MAC
+/// budget at the least loss of validation accuracy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    /// MACs (paper-style) of the compressed model as a fraction of the baseline's, in (0, 1].
+    pub target_macs: Option<f64>,
+    /// Candidate numbers of bases per layer.
+    pub d_choices: Vec<usize>,
+    /// Candidate pruning thresholds (standard deviations of a layer's values); not pruning a
+    /// layer is always a candidate.
+    pub s_choices: Vec<f64>,
+    /// Fraction of coefficients assumed kept after pruning, to cost the combination stage when
+    /// d is chosen (before retraining).
+    pub coefficient_density: f64,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        Self {
+            target_macs: None,
+            d_choices: vec![1, 2, 3, 4, 5, 6],
+            s_choices: vec![0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0],
+            coefficient_density: 0.1,
+        }
+    }
+}
+
+impl BudgetConfig {
+    fn is_off(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -279,6 +318,33 @@ impl Config {
             f.weight_decay,
             f.batch_size,
         );
+        let b = &self.budget;
+        if let Some(t) = b.target_macs {
+            if !(t.is_finite() && t > 0.0 && t <= 1.0) {
+                p.push(format!("budget.target_macs must be a fraction in (0, 1], got {t}"));
+            }
+            if !self.decompose.layers.is_empty() {
+                p.push("decompose.layers cannot be combined with budget.target_macs: the budget chooses d for every layer".into());
+            }
+        }
+        if b.d_choices.is_empty() || b.d_choices.contains(&0) {
+            p.push(format!(
+                "budget.d_choices must be a non-empty list of numbers >= 1, got {:?}",
+                b.d_choices
+            ));
+        }
+        if b.s_choices.is_empty() || b.s_choices.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
+            p.push(format!(
+                "budget.s_choices must be a non-empty list of numbers > 0, got {:?}",
+                b.s_choices
+            ));
+        }
+        if !(b.coefficient_density.is_finite() && b.coefficient_density > 0.0 && b.coefficient_density <= 1.0) {
+            p.push(format!(
+                "budget.coefficient_density must be a fraction in (0, 1], got {}",
+                b.coefficient_density
+            ));
+        }
         if p.is_empty() {
             Ok(())
         } else {
@@ -300,7 +366,19 @@ impl Config {
             s: self.prune.s as f32,
             prune_1x1: self.prune.prune_1x1,
             prune_linear: self.prune.prune_linear,
+            per_layer: Default::default(),
         }
+    }
+
+    /// The budget mode's settings, when a budget is set.
+    pub fn budget_options(&self) -> Option<BudgetOptions> {
+        let b = &self.budget;
+        b.target_macs.map(|target_macs| BudgetOptions {
+            target_macs,
+            d_choices: b.d_choices.clone(),
+            s_choices: b.s_choices.clone(),
+            coefficient_density: b.coefficient_density,
+        })
     }
 
     /// The retraining phase: L1 on coefficients, alternating factors, nothing frozen.

@@ -7,8 +7,10 @@
 //! - passes: [`decompose()`], [`prune()`], [`shrink()`], each `&Model -> (Model, report)`;
 //! - [`compress`]: decompose -> retrain -> prune -> fine-tune -> shrink with checkpoints and
 //!   resume, training reached through the [`Trainer`] trait; [`Config`] holds every setting;
+//! - [`budget`]: the budget mode's per-layer choice of d and pruning threshold under a MAC budget;
 //! - [`report`]: per-phase records as a table, JSON and SVG.
 
+pub mod budget;
 pub mod config;
 pub mod decompose;
 pub mod error;
@@ -20,6 +22,7 @@ pub mod report;
 pub mod shrink;
 pub mod training;
 
+pub use budget::{BudgetOptions, BudgetReport};
 pub use config::Config;
 pub use decompose::{DecomposeOptions, DecomposeReport, Init, decompose};
 pub use error::{CompressError, Result};

@@ -20,6 +20,7 @@ use penni_model::io::{load_with_extras, save_with_extras, write_atomic};
 use penni_model::{Extras, Model};
 use serde::{Deserialize, Serialize};
 
+use crate::budget::{BudgetReport, choose_bases, choose_thresholds};
 use crate::config::Config;
 use crate::decompose::decompose;
 use crate::error::{CompressError, Result};
@@ -304,12 +305,41 @@ pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_d
         );
         let next = match phase {
             Phase::Decompose => {
-                let (m, r) = decompose(&current, &config.decompose_options())?;
+                let mut opts = config.decompose_options();
+                if let Some(b) = config.budget_options() {
+                    let mut budget = BudgetReport::new(model, &b)?;
+                    let mut eval = |m: &Model| evaluate(trainer, m, "budget (bases)");
+                    let (per_layer, stage) = choose_bases(&current, &opts, &b, budget.target_macs, &mut eval)?;
+                    if !stage.met {
+                        state.report.notes.push(format!(
+                            "budget: even at the fewest bases the predicted MACs ({}) exceed the target ({}); pruning has to remove the rest",
+                            stage.predicted_macs, budget.target_macs
+                        ));
+                    }
+                    opts.per_layer = per_layer;
+                    budget.bases = Some(stage);
+                    state.report.budget = Some(budget);
+                }
+                let (m, r) = decompose(&current, &opts)?;
                 state.report.decompose = Some(r);
                 m
             }
             Phase::Prune => {
-                let (m, r) = prune(&current, &config.prune_options())?;
+                let mut opts = config.prune_options();
+                if let (Some(b), Some(budget)) = (config.budget_options(), state.report.budget.as_mut()) {
+                    let mut eval = |m: &Model| evaluate(trainer, m, "budget (pruning)");
+                    let (per_layer, stage) =
+                        choose_thresholds(&current, opts.prune_1x1, opts.prune_linear, &b, budget.target_macs, &mut eval)?;
+                    if !stage.met {
+                        state.report.notes.push(format!(
+                            "budget NOT met: the cheapest thresholds leave {} MACs against a target of {}; the model is the cheapest the candidates allow (larger budget.s_choices or fewer budget.d_choices go further)",
+                            stage.predicted_macs, budget.target_macs
+                        ));
+                    }
+                    opts.per_layer = per_layer;
+                    budget.prune = Some(stage);
+                }
+                let (m, r) = prune(&current, &opts)?;
                 state.report.prune = Some(r);
                 m
             }

@@ -3,6 +3,8 @@
 //! form). 1x1 convs (on by default) and linear layers (off by default) use the same rule on their
 //! weights. Keeping the zeros during fine-tuning is the trainer's job (`freeze_zeros`).
 
+use std::collections::BTreeMap;
+
 use penni_model::{Model, Op};
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +16,9 @@ pub struct PruneOptions {
     pub s: f32,
     pub prune_1x1: bool,
     pub prune_linear: bool,
+    #[serde(default)]
+    /// Per-layer threshold by node name, overriding `s` (0 leaves a layer unpruned).
+    pub per_layer: BTreeMap<String, f32>,
 }
 
 impl Default for PruneOptions {
@@ -22,6 +27,7 @@ impl Default for PruneOptions {
             s: 1.0,
             prune_1x1: true,
             prune_linear: false,
+            per_layer: BTreeMap::new(),
         }
     }
 }
@@ -68,6 +74,16 @@ pub fn prune_values(values: &mut [f32], s: f32) -> (f32, usize) {
     (threshold, values.iter().filter(|v| **v == 0.0).count())
 }
 
+/// The tensor that pruning works on in `node`, if it is pruned.
+pub fn prunable_param(op: &Op, prune_1x1: bool, prune_linear: bool) -> Option<&'static str> {
+    match op {
+        Op::DecomposedConv2d(_) => Some("coefficients"),
+        Op::Conv2d(c) if c.kernel[0] * c.kernel[1] == 1 && prune_1x1 => Some("weight"),
+        Op::Linear { .. } if prune_linear => Some("weight"),
+        _ => None,
+    }
+}
+
 pub fn prune(model: &Model, opts: &PruneOptions) -> Result<(Model, PruneReport)> {
     model.validate()?;
     if !(opts.s.is_finite() && opts.s > 0.0) {
@@ -76,19 +92,22 @@ pub fn prune(model: &Model, opts: &PruneOptions) -> Result<(Model, PruneReport)>
             opts.s
         )));
     }
+    if let Some((name, s)) = opts.per_layer.iter().find(|(_, s)| !(s.is_finite() && **s >= 0.0)) {
+        return Err(CompressError::Invalid(format!(
+            "prune: the threshold of '{name}' must be >= 0, got {s}"
+        )));
+    }
     let mut out = model.clone();
     let mut report = PruneReport::default();
     let (mut coef_zeros, mut coef_total, mut all_zeros, mut all_total) = (0usize, 0usize, 0usize, 0usize);
     for node in &mut out.nodes {
-        let param = match &node.op {
-            Op::DecomposedConv2d(_) => "coefficients",
-            Op::Conv2d(c) if c.kernel[0] * c.kernel[1] == 1 && opts.prune_1x1 => "weight",
-            Op::Linear { .. } if opts.prune_linear => "weight",
-            _ => continue,
+        let Some(param) = prunable_param(&node.op, opts.prune_1x1, opts.prune_linear) else {
+            continue;
         };
         let name = node.name.clone();
+        let s = opts.per_layer.get(&name).copied().unwrap_or(opts.s);
         let t = node.param_mut(param)?;
-        let (threshold, zeros) = prune_values(&mut t.data, opts.s);
+        let (threshold, zeros) = prune_values(&mut t.data, s);
         let total = t.data.len();
         if param == "coefficients" {
             coef_zeros += zeros;

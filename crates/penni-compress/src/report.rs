@@ -9,6 +9,7 @@ use penni_model::io::write_atomic;
 use penni_model::{Model, Op, model_cost};
 use serde::{Deserialize, Serialize};
 
+use crate::budget::{BudgetReport, BudgetStage};
 use crate::decompose::DecomposeReport;
 use crate::error::{CompressError, Result};
 use crate::prune::{PruneReport, ratio};
@@ -129,6 +130,9 @@ pub struct CompressionReport {
     /// (the phases' `top1` are validation figures).
     #[serde(default)]
     pub test: Option<TestResult>,
+    /// The budget mode's choices and predictions, when a budget was set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetReport>,
 }
 
 /// The test set's verdict on a run, measured once at its end.
@@ -326,6 +330,9 @@ impl CompressionReport {
                 &rows,
             );
         }
+        if let Some(b) = &self.budget {
+            s += &self.budget_table(b);
+        }
         if let Some(t) = &self.test {
             s += &format!(
                 "\ntest top-1 (measured once, after the last phase): baseline {:.2}%, final {:.2}% ({:+.2} points)\n",
@@ -339,6 +346,77 @@ impl CompressionReport {
         }
         if !self.notes.is_empty() {
             s += "\n";
+        }
+        s
+    }
+
+    /// The budget mode: the target, per stage the per-layer choices, and predicted against
+    /// measured (MACs from the phase records, validation top-1 from the prune phase).
+    fn budget_table(&self, b: &BudgetReport) -> String {
+        let measured = |phase: &str| self.phase(phase).map(|p| p.cost.macs_paper);
+        let top1 = |phase: &str| self.phase(phase).and_then(|p| p.top1);
+        let mut s = format!(
+            "\nbudget: MACs (paper) <= {:.1}% of the baseline's {} = {}\n",
+            b.target_macs_fraction * 100.0,
+            human(b.baseline_macs),
+            human(b.target_macs)
+        );
+        let stage_rows = |st: &BudgetStage| -> Vec<Vec<String>> {
+            st.layers
+                .iter()
+                .map(|l| {
+                    let c = l.choice();
+                    let best = l.candidates.first().map_or(c.top1, |b| b.top1);
+                    vec![
+                        l.node.clone(),
+                        format!("{} = {}", st.parameter, c.value),
+                        human(c.macs),
+                        format!("{:.2}%", c.top1 * 100.0),
+                        format!("{:+.2}", (c.top1 - best) * 100.0),
+                        l.candidates.len().to_string(),
+                    ]
+                })
+                .collect()
+        };
+        let header = ["layer", "choice", "MACs (pred.)", "top-1 alone", "vs best", "candidates"];
+        if let Some(st) = &b.bases {
+            s += &format!(
+                "bases, chosen before retraining (combination stage costed at {:.0}% of coefficients kept; top-1 of the model with only that layer decomposed, before retraining; reference {:.2}%):\n",
+                b.coefficient_density * 100.0,
+                st.reference_top1 * 100.0
+            );
+            s += &render(&header, &stage_rows(st));
+            s += &format!(
+                "  predicted MACs {} ({}), measured after decomposition {} (before pruning)\n",
+                human(st.predicted_macs),
+                if st.met {
+                    "within the budget"
+                } else {
+                    "over the budget: d cannot go lower"
+                },
+                measured("decompose").map_or("-".into(), human),
+            );
+        }
+        if let Some(st) = &b.prune {
+            s += &format!(
+                "pruning thresholds, chosen after retraining (s in standard deviations, 0 = not pruned; top-1 of the model with only that layer pruned; reference {:.2}%):\n",
+                st.reference_top1 * 100.0
+            );
+            s += &render(&header, &stage_rows(st));
+            let measured_drop = top1("prune").map(|a| (st.reference_top1 - a) * 100.0);
+            s += &format!(
+                "  MACs: predicted {} ({}), measured after pruning {}, after shrinking {}\n  validation top-1 lost by pruning: predicted {:.2} points (sum of the layers' own), measured {}\n",
+                human(st.predicted_macs),
+                if st.met {
+                    "within the budget"
+                } else {
+                    "over the budget: the candidates cannot go lower"
+                },
+                measured("prune").map_or("-".into(), human),
+                measured("shrink").map_or("-".into(), human),
+                st.predicted_drop * 100.0,
+                measured_drop.map_or("-".into(), |d| format!("{d:.2} points")),
+            );
         }
         s
     }

@@ -350,6 +350,7 @@ fn prune_options_select_layers_and_reject_bad_thresholds() {
             s: 1.0,
             prune_1x1: false,
             prune_linear: true,
+            ..Default::default()
         },
     )
     .unwrap();
@@ -362,4 +363,16 @@ fn prune_options_select_layers_and_reject_bad_thresholds() {
             Err(CompressError::Invalid(_))
         ));
     }
+    // a per-layer threshold overrides s; 0 leaves the layer as it is; a negative one is refused
+    let opts = |s: f32| PruneOptions {
+        prune_linear: true,
+        per_layer: [("fc".to_string(), s)].into(),
+        ..Default::default()
+    };
+    let (kept, _) = prune(&m, &opts(0.0)).unwrap();
+    assert_eq!(kept.node("fc").unwrap().params["weight"], m.node("fc").unwrap().params["weight"]);
+    let (hard, r) = prune(&m, &opts(2.0)).unwrap();
+    assert!(hard.node("fc").unwrap().params["weight"].nnz() < p.node("fc").unwrap().params["weight"].nnz());
+    assert!(r.layers.iter().find(|l| l.node == "fc").unwrap().threshold > 0.0);
+    assert!(matches!(prune(&m, &opts(-1.0)), Err(CompressError::Invalid(_))));
 }
