@@ -10,13 +10,18 @@
 #      as its compressed model"
 # The comparison is test top-1 of (3) against test top-1 of (2).
 #
-# Usage: experiments/fidelity/run.sh [resnet20]   (resumable: rerun after an interruption)
+# Usage: experiments/fidelity/run.sh [MODEL [VARIANT]]   (resumable: rerun after an interruption)
+#   MODEL: resnet20; VARIANT (optional): config-MODEL-VARIANT.toml, outputs penni-VARIANT.*
+#   (e.g. `run.sh resnet20 budget`: budget mode); a variant must train as many epochs as the
+#   plain config, so that the one fair baseline serves both.
 # Runs at low priority; logs and reports land in experiments/fidelity/MODEL/.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/../.."
 model="${1:-resnet20}"
-config="$here/config-$model.toml"
+variant="${2:-}"
+config="$here/config-$model${variant:+-$variant}.toml"
+name="penni${variant:+-$variant}"
 [ -f "$config" ] || { echo "no such config: $config" >&2; exit 2; }
 BASE_EPOCHS="${BASE_EPOCHS:-10}"
 penni="$root/target/release/penni"
@@ -44,19 +49,31 @@ fi
 copy() { [ -f "$1" ] && cp "$1" "$2" || true; }
 copy "$out/baseline.run/metrics.jsonl" "$out/baseline-metrics.jsonl"
 
-if [ ! -f "$out/penni.penni" ]; then
+if [ -n "$variant" ]; then
+  epochs() { awk -v s="[$2]" '$0==s{f=1} f&&/^epochs/{print $3; exit}' "$1"; }
+  plain="$here/config-$model.toml"
+  if [ "$(epochs "$config" retrain) $(epochs "$config" finetune)" != "$(epochs "$plain" retrain) $(epochs "$plain" finetune)" ]; then
+    echo "$config must train as many epochs as $plain (one fair baseline serves both)" >&2
+    exit 2
+  fi
+fi
+if [ ! -f "$out/$name.penni" ]; then
   run compress --model "$out/baseline.penni" --dataset fashion-mnist --config "$config" \
-    --out "$out/penni.penni" --run-dir "$out/penni.run" 2>&1 | tee -a "$out/compress.log"
+    --out "$out/$name.penni" --run-dir "$out/$name.run" 2>&1 | tee -a "$out/compress${variant:+-$variant}.log"
 fi
-for f in "$out/penni.run"/report.*; do copy "$f" "$out/"; done
+for f in "$out/$name.run"/report.*; do copy "$f" "$out/report${variant:+-$variant}.${f##*.}"; done
 
-if [ ! -f "$out/baseline-extra.penni" ]; then
-  run train --model "$out/baseline.penni" --dataset fashion-mnist --epochs $((retrain + finetune)) \
-    --batch-size 128 --lr 0.01 --schedule step --milestones "$retrain" --gamma 0.1 --momentum 0.9 \
-    --weight-decay 1e-4 --crop-padding 2 --seed 1 --out "$out/baseline-extra.penni" \
-    --run-dir "$out/baseline-extra.run" $(resume_flag "$out/baseline-extra.run") 2>&1 | tee -a "$out/baseline-extra.log"
-fi
+# one fair baseline for every variant: a second run.sh waits here for the first to finish it
+(
+  flock 9
+  if [ ! -f "$out/baseline-extra.penni" ]; then
+    run train --model "$out/baseline.penni" --dataset fashion-mnist --epochs $((retrain + finetune)) \
+      --batch-size 128 --lr 0.01 --schedule step --milestones "$retrain" --gamma 0.1 --momentum 0.9 \
+      --weight-decay 1e-4 --crop-padding 2 --seed 1 --out "$out/baseline-extra.penni" \
+      --run-dir "$out/baseline-extra.run" $(resume_flag "$out/baseline-extra.run") 2>&1 | tee -a "$out/baseline-extra.log"
+  fi
+) 9>"$out/.baseline-extra.lock"
 copy "$out/baseline-extra.run/metrics.jsonl" "$out/baseline-extra-metrics.jsonl"
 "$penni" inspect "$out/baseline.penni" --json > "$out/baseline-cost.json"
-"$penni" inspect "$out/penni.penni" --json > "$out/penni-cost.json"
+"$penni" inspect "$out/$name.penni" --json > "$out/$name-cost.json"
 echo "done: $out"

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use penni_compress::{CompressError, Config, PhaseTraining, Trainer};
+use penni_compress::{CompressError, Config, Evaluation, PhaseTraining, Trainer};
 use penni_data::{Dataset, Transform};
 use penni_model::Model;
 use penni_train::{LrSchedule, RunOptions, TrainData, TrainDevice, TrainOptions};
@@ -66,8 +66,15 @@ pub struct BurnTrainer<'a> {
 
 impl BurnTrainer<'_> {
     fn top1(&self, model: &Model, ds: &Dataset) -> penni_compress::Result<f32> {
+        self.measure(model, ds).map(|e| e.top1)
+    }
+
+    fn measure(&self, model: &Model, ds: &Dataset) -> penni_compress::Result<Evaluation> {
         penni_train::evaluate(model, ds, &self.eval_transform, 256)
-            .map(|e| e.top1 as f32)
+            .map(|e| Evaluation {
+                top1: e.top1 as f32,
+                loss: Some(e.loss as f32),
+            })
             .map_err(|e| CompressError::Trainer(e.to_string()))
     }
 }
@@ -113,6 +120,10 @@ impl Trainer for BurnTrainer<'_> {
 
     fn evaluate(&mut self, model: &Model) -> penni_compress::Result<f32> {
         self.top1(model, self.eval)
+    }
+
+    fn evaluate_with_loss(&mut self, model: &Model) -> penni_compress::Result<Evaluation> {
+        self.measure(model, self.eval)
     }
 
     fn test(&mut self, model: &Model) -> penni_compress::Result<Option<f32>> {

@@ -2,6 +2,7 @@
 
 mod common;
 mod compress_cmd;
+mod decompose_cmd;
 mod demo;
 mod engine_cmd;
 mod inspect;
@@ -29,6 +30,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Compress a trained model with PENNI: decompose, sparse retraining, prune, fine-tune, shrink.
     Compress(compress_cmd::CompressArgs),
+    /// Decompose a model's convs (PENNI or Tucker-2) without training; prints per-layer errors.
+    Decompose(decompose_cmd::DecomposeArgs),
     /// Run a model on .npy or PNG inputs with the inference engine; prints the top classes.
     Infer(engine_cmd::InferArgs),
     /// Latency (median, p90), throughput and memory of the inference engine on a model.
@@ -118,6 +121,7 @@ fn main() {
         Command::Eval(a) => eval(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Compress(a) => compress_cmd::run(a),
+        Command::Decompose(a) => decompose_cmd::run(a),
         Command::Convert(a) => convert(a),
         Command::Infer(a) => engine_cmd::infer(a),
         Command::Bench(a) => engine_cmd::bench(a),

@@ -99,3 +99,72 @@ fn compress_and_compare(py: &str, script: &str) -> Vec<f32> {
     );
     a
 }
+
+/// `penni decompose --method tucker` exports each conv as three ONNX Conv nodes: at full ranks
+/// onnxruntime on the export gives the dense model's outputs, and at half ranks onnxruntime and
+/// penni's engine agree on it.
+#[test]
+fn tucker_decomposition_exports_three_convs_that_onnxruntime_runs() {
+    let Some(py) = python() else { return };
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let dense = dir.path().join("cnn.onnx");
+    ok(Command::new(&py).arg(here.join("tests/py/make_cnn.py")).arg(&dense));
+    let penni = env!("CARGO_BIN_EXE_penni");
+    let n = 3;
+    let x: Vec<f32> = (0..n * 28 * 28).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
+    let input = dir.path().join("x.npy");
+    std::fs::write(&input, penni_onnx::npy::write_f32(&[n, 1, 28, 28], &x)).unwrap();
+    let ort = |model: &Path, tag: &str| {
+        let out = dir.path().join(format!("{tag}.npy"));
+        ok(Command::new(&py)
+            .arg(here.join("../penni-onnx/tests/ort_run.py"))
+            .args([p(model), p(&input), p(&out)]));
+        penni_onnx::npy::read_f32(&std::fs::read(&out).unwrap()).unwrap().1
+    };
+    let max_diff = |a: &[f32], b: &[f32]| {
+        assert_eq!(a.len(), b.len());
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    };
+    let reference = ort(&dense, "dense");
+    for (rank, tag) in [("1.0", "full"), ("0.5", "half")] {
+        let cfg = dir.path().join(format!("{tag}.toml"));
+        std::fs::write(&cfg, format!("[tucker]\nrank = {rank}\nonly_if_cheaper = false\n")).unwrap();
+        let out = dir.path().join(format!("{tag}.onnx"));
+        let table = ok(Command::new(penni).args([
+            "decompose",
+            "--method",
+            "tucker",
+            "--model",
+            p(&dense),
+            "--config",
+            p(&cfg),
+            "--out",
+            p(&out),
+        ]));
+        assert!(table.contains("rel. error"), "{table}");
+        let imported = penni_onnx::import_file(&out).unwrap();
+        let original = penni_onnx::import_file(&dense).unwrap();
+        let convs = |m: &penni_model::Model| m.nodes.iter().filter(|n| matches!(n.op, penni_model::Op::Conv2d(_))).count();
+        let spatial = original
+            .nodes
+            .iter()
+            .filter(|n| matches!(&n.op, penni_model::Op::Conv2d(c) if c.kernel[0] * c.kernel[1] > 1 && c.groups == 1))
+            .count();
+        assert!(spatial > 0);
+        assert_eq!(convs(&imported), convs(&original) + 2 * spatial, "{tag}");
+        let a = ort(&out, tag);
+        if tag == "full" {
+            assert!(max_diff(&reference, &a) < 1e-4, "full ranks: {}", max_diff(&reference, &a));
+        }
+        let penni_out = dir.path().join(format!("{tag}-penni.npy"));
+        ok(Command::new(penni).args(["infer", "--model", p(&out), "--input", p(&input), "--output", p(&penni_out)]));
+        let b = penni_onnx::npy::read_f32(&std::fs::read(&penni_out).unwrap()).unwrap().1;
+        assert!(
+            max_diff(&a, &b) < 1e-4,
+            "{tag}: onnxruntime and penni differ by {}",
+            max_diff(&a, &b)
+        );
+    }
+}

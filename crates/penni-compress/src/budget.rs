@@ -4,12 +4,15 @@
 //!
 //! Both choices work the same way, as a layer-wise sensitivity analysis:
 //! 1. for every budgeted layer and every candidate setting, change that layer alone and measure
-//!    the validation top-1 of the whole model (the trainer's `evaluate`) and the layer's cost;
-//! 2. start every layer at its most accurate candidate and, while the predicted total is over
-//!    the budget, make the move (one layer to a cheaper candidate) that loses the least accuracy
-//!    per unit of cost saved; the drops of single layers are taken as additive;
-//! 3. then give accuracy back: move layers to more accurate candidates wherever the total stays
-//!    within the budget.
+//!    the whole model on the validation split (the trainer's `evaluate_with_loss`: top-1 and
+//!    mean cross-entropy) and the layer's cost;
+//! 2. start every layer at its best candidate (lowest validation loss; 1 - top-1 where the
+//!    trainer gives no loss: the loss resolves changes of one layer that top-1 on 5,000 examples
+//!    cannot) and, while the predicted total is over the budget, make the move (one layer to a
+//!    cheaper candidate) that raises the loss least per unit of cost saved; the changes of
+//!    single layers are taken as additive;
+//! 3. then give accuracy back: move layers to better candidates wherever the total stays within
+//!    the budget.
 //!
 //! The d stage cannot know how sparse the coefficients will be after retraining, so it costs a
 //! candidate with the combination stage at `coefficient_density` (the fraction of coefficients a
@@ -26,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::decompose::{DecomposeOptions, decompose};
 use crate::error::{CompressError, Result};
 use crate::prune::{prunable_param, prune_values};
+use crate::training::Evaluation;
 
 /// What a budget stage may choose from, and how much it may spend.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,6 +54,16 @@ pub struct Candidate {
     pub macs: u64,
     /// Validation top-1 of the model with only this layer changed.
     pub top1: f32,
+    /// Its validation loss, when the trainer measures one.
+    #[serde(default)]
+    pub loss: Option<f32>,
+}
+
+impl Candidate {
+    /// What the choice minimises: the validation loss, or 1 - top-1 without one.
+    fn badness(&self) -> f64 {
+        self.loss.map_or(1.0 - self.top1 as f64, |l| l as f64)
+    }
 }
 
 /// The choice for one layer, with everything it was chosen from.
@@ -72,8 +86,10 @@ impl LayerChoice {
 pub struct BudgetStage {
     /// "d" or "s".
     pub parameter: String,
-    /// Validation top-1 of the model the candidates were measured against.
+    /// Validation top-1 (and loss) of the model the candidates were measured against.
     pub reference_top1: f32,
+    #[serde(default)]
+    pub reference_loss: Option<f32>,
     pub layers: Vec<LayerChoice>,
     /// MACs of the layers that this stage does not choose for.
     pub fixed_macs: u64,
@@ -81,6 +97,9 @@ pub struct BudgetStage {
     pub predicted_macs: u64,
     /// Predicted loss of validation top-1: the sum of the chosen candidates' single-layer drops.
     pub predicted_drop: f32,
+    /// Predicted rise of the validation loss, summed the same way.
+    #[serde(default)]
+    pub predicted_loss_rise: Option<f32>,
     /// Whether the predicted MACs are within the budget.
     pub met: bool,
 }
@@ -124,7 +143,7 @@ fn choose(layers: &[Vec<Candidate>], fixed: u64, budget: u64) -> Vec<usize> {
                 if c.macs >= cur.macs {
                     continue;
                 }
-                let lost = (cur.top1 - c.top1).max(0.0) as f64 + 1e-9;
+                let lost = (c.badness() - cur.badness()).max(0.0) + 1e-9;
                 let ratio = lost / (cur.macs - c.macs) as f64;
                 if best.is_none_or(|(r, _, _)| ratio < r) {
                     best = Some((ratio, l, j));
@@ -140,11 +159,11 @@ fn choose(layers: &[Vec<Candidate>], fixed: u64, budget: u64) -> Vec<usize> {
         if now > budget {
             break;
         }
-        let mut best: Option<(f32, usize, usize)> = None;
+        let mut best: Option<(f64, usize, usize)> = None;
         for (l, cands) in layers.iter().enumerate() {
             let cur = &cands[at[l]];
             for (j, c) in cands.iter().enumerate() {
-                let gain = c.top1 - cur.top1;
+                let gain = cur.badness() - c.badness();
                 if gain <= 0.0 || now - cur.macs + c.macs > budget {
                     continue;
                 }
@@ -161,7 +180,7 @@ fn choose(layers: &[Vec<Candidate>], fixed: u64, budget: u64) -> Vec<usize> {
 
 fn stage(
     parameter: &str,
-    reference_top1: f32,
+    reference: Evaluation,
     nodes: Vec<String>,
     candidates: Vec<Vec<Candidate>>,
     fixed_macs: u64,
@@ -179,10 +198,18 @@ fn stage(
         })
         .collect();
     let predicted_macs = fixed_macs + layers.iter().map(|l| l.choice().macs).sum::<u64>();
-    let predicted_drop = layers.iter().map(|l| (reference_top1 - l.choice().top1).max(0.0)).sum();
+    let predicted_drop = layers.iter().map(|l| (reference.top1 - l.choice().top1).max(0.0)).sum();
+    let predicted_loss_rise = reference.loss.and_then(|r| {
+        layers
+            .iter()
+            .map(|l| l.choice().loss.map(|c| (c - r).max(0.0)))
+            .sum::<Option<f32>>()
+    });
     BudgetStage {
         parameter: parameter.into(),
-        reference_top1,
+        reference_top1: reference.top1,
+        reference_loss: reference.loss,
+        predicted_loss_rise,
         layers,
         fixed_macs,
         predicted_macs,
@@ -191,14 +218,19 @@ fn stage(
     }
 }
 
-fn check_top1(a: f32, what: &str) -> Result<f32> {
-    if a.is_finite() && (0.0..=1.0).contains(&a) {
-        Ok(a)
-    } else {
-        Err(CompressError::Trainer(format!(
-            "{what}: evaluate returned {a}, expected a top-1 fraction in [0, 1]"
-        )))
+fn checked(e: Evaluation, what: &str) -> Result<Evaluation> {
+    if !(e.top1.is_finite() && (0.0..=1.0).contains(&e.top1)) {
+        return Err(CompressError::Trainer(format!(
+            "{what}: evaluate returned top-1 {}, expected a fraction in [0, 1]",
+            e.top1
+        )));
     }
+    if let Some(l) = e.loss.filter(|l| !(l.is_finite() && *l >= 0.0)) {
+        return Err(CompressError::Trainer(format!(
+            "{what}: evaluate returned loss {l}, expected a finite number >= 0"
+        )));
+    }
+    Ok(e)
 }
 
 /// `model` with node `name` taken from `other` (same name, inputs and output).
@@ -253,9 +285,9 @@ pub fn choose_bases(
     decompose_opts: &DecomposeOptions,
     opts: &BudgetOptions,
     target_macs: u64,
-    evaluate: &mut dyn FnMut(&Model) -> Result<f32>,
+    evaluate: &mut dyn FnMut(&Model) -> Result<Evaluation>,
 ) -> Result<(BTreeMap<String, usize>, BudgetStage)> {
-    let reference_top1 = check_top1(evaluate(model)?, "budget (bases)")?;
+    let reference = checked(evaluate(model)?, "budget (bases)")?;
     // the layers the decomposition would touch at the fewest bases, each at every candidate d
     let fewest = opts.d_choices.iter().copied().min().unwrap_or(1).max(1);
     let (_, plan) = decompose(
@@ -302,7 +334,7 @@ pub fn choose_bases(
                 .get(&d)
                 .ok_or_else(|| CompressError::Invalid(format!("budget: no decomposition at d = {d}")))?;
             let one = with_node_from(model, decomposed, name)?;
-            let top1 = check_top1(evaluate(&one)?, "budget (bases)")?;
+            let e = checked(evaluate(&one)?, "budget (bases)")?;
             let mut costed = one;
             if let Some(node) = costed.nodes.iter_mut().find(|n| &n.name == name) {
                 keep_largest(&mut node.param_mut("coefficients")?.data, opts.coefficient_density);
@@ -310,15 +342,16 @@ pub fn choose_bases(
             cands.push(Candidate {
                 value: d as f64,
                 macs: layer_macs(&costed, name)?,
-                top1,
+                top1: e.top1,
+                loss: e.loss,
             });
         }
         // most accurate first: the greedy starts there
-        cands.sort_by(|a, b| b.top1.total_cmp(&a.top1).then(b.macs.cmp(&a.macs)));
+        cands.sort_by(|a, b| a.badness().total_cmp(&b.badness()).then(b.macs.cmp(&a.macs)));
         nodes.push(name.clone());
         candidates.push(cands);
     }
-    let s = stage("d", reference_top1, nodes, candidates, fixed_macs, target_macs);
+    let s = stage("d", reference, nodes, candidates, fixed_macs, target_macs);
     let per_layer = s.layers.iter().map(|l| (l.node.clone(), l.choice().value as usize)).collect();
     Ok((per_layer, s))
 }
@@ -331,9 +364,9 @@ pub fn choose_thresholds(
     prune_linear: bool,
     opts: &BudgetOptions,
     target_macs: u64,
-    evaluate: &mut dyn FnMut(&Model) -> Result<f32>,
+    evaluate: &mut dyn FnMut(&Model) -> Result<Evaluation>,
 ) -> Result<(BTreeMap<String, f32>, BudgetStage)> {
-    let reference_top1 = check_top1(evaluate(model)?, "budget (pruning)")?;
+    let reference = checked(evaluate(model)?, "budget (pruning)")?;
     let base_cost = model_cost(model)?;
     let mut nodes = Vec::new();
     let mut candidates = Vec::new();
@@ -346,7 +379,8 @@ pub fn choose_thresholds(
         let mut cands = vec![Candidate {
             value: 0.0,
             macs: lc.macs_paper,
-            top1: reference_top1,
+            top1: reference.top1,
+            loss: reference.loss,
         }];
         let mut ss: Vec<f64> = opts.s_choices.clone();
         ss.sort_by(f64::total_cmp);
@@ -363,14 +397,19 @@ pub fn choose_thresholds(
                 prune_values(&mut t.data, s as f32);
             }
             let macs = layer_macs(&one, &node.name)?;
-            let top1 = check_top1(evaluate(&one)?, "budget (pruning)")?;
-            cands.push(Candidate { value: s, macs, top1 });
+            let e = checked(evaluate(&one)?, "budget (pruning)")?;
+            cands.push(Candidate {
+                value: s,
+                macs,
+                top1: e.top1,
+                loss: e.loss,
+            });
         }
-        cands.sort_by(|a, b| b.top1.total_cmp(&a.top1).then(b.macs.cmp(&a.macs)));
+        cands.sort_by(|a, b| a.badness().total_cmp(&b.badness()).then(b.macs.cmp(&a.macs)));
         nodes.push(node.name.clone());
         candidates.push(cands);
     }
-    let s = stage("s", reference_top1, nodes, candidates, fixed_macs, target_macs);
+    let s = stage("s", reference, nodes, candidates, fixed_macs, target_macs);
     let per_layer = s.layers.iter().map(|l| (l.node.clone(), l.choice().value as f32)).collect();
     Ok((per_layer, s))
 }
@@ -380,7 +419,12 @@ mod tests {
     use super::*;
 
     fn c(macs: u64, top1: f32) -> Candidate {
-        Candidate { value: 0.0, macs, top1 }
+        Candidate {
+            value: 0.0,
+            macs,
+            top1,
+            loss: None,
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::decompose::{DecomposeOptions, Init};
 use crate::error::{CompressError, Result};
 use crate::prune::PruneOptions;
 use crate::training::PhaseTraining;
+use crate::tucker::{Ranks, TuckerOptions};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -26,6 +27,38 @@ pub struct Config {
     /// off, so run directories started before this section existed still resume.
     #[serde(skip_serializing_if = "BudgetConfig::is_off")]
     pub budget: BudgetConfig,
+    /// Tucker-2 settings (`penni decompose --method tucker`); left out of the serialised config
+    /// at its defaults, as `budget`.
+    #[serde(skip_serializing_if = "TuckerConfig::is_default")]
+    pub tucker: TuckerConfig,
+}
+
+/// Tucker-2 decomposition (crate::tucker).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TuckerConfig {
+    /// Ranks as a fraction of each layer's input and output channels (rounded up), in (0, 1].
+    pub rank: f64,
+    /// Per-layer ranks [R_in, R_out] by node name.
+    pub layers: BTreeMap<String, [usize; 2]>,
+    /// Keep a conv dense where its three convs would cost at least as many MACs.
+    pub only_if_cheaper: bool,
+}
+
+impl Default for TuckerConfig {
+    fn default() -> Self {
+        Self {
+            rank: 0.5,
+            layers: BTreeMap::new(),
+            only_if_cheaper: true,
+        }
+    }
+}
+
+impl TuckerConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Budget mode (crate::budget): d and the pruning threshold chosen per layer to meet a MAC
@@ -345,6 +378,15 @@ impl Config {
                 b.coefficient_density
             ));
         }
+        let t = &self.tucker;
+        if !(t.rank.is_finite() && t.rank > 0.0 && t.rank <= 1.0) {
+            p.push(format!("tucker.rank must be a fraction in (0, 1], got {}", t.rank));
+        }
+        for (name, [ri, ro]) in &t.layers {
+            if *ri == 0 || *ro == 0 {
+                p.push(format!("tucker.layers.\"{name}\" ranks must be >= 1, got [{ri}, {ro}]"));
+            }
+        }
         if p.is_empty() {
             Ok(())
         } else {
@@ -367,6 +409,27 @@ impl Config {
             prune_1x1: self.prune.prune_1x1,
             prune_linear: self.prune.prune_linear,
             per_layer: Default::default(),
+        }
+    }
+
+    pub fn tucker_options(&self) -> TuckerOptions {
+        let t = &self.tucker;
+        TuckerOptions {
+            rank_fraction: t.rank,
+            per_layer: t
+                .layers
+                .iter()
+                .map(|(n, [r_in, r_out])| {
+                    (
+                        n.clone(),
+                        Ranks {
+                            r_in: *r_in,
+                            r_out: *r_out,
+                        },
+                    )
+                })
+                .collect(),
+            only_if_cheaper: t.only_if_cheaper,
         }
     }
 

@@ -5,6 +5,7 @@
 //! - [`linalg`]: the small symmetric eigen-solver the decomposition needs;
 //! - [`groups::DependencyGraph`]: which tensors share channels (residual groups);
 //! - passes: [`decompose()`], [`prune()`], [`shrink()`], each `&Model -> (Model, report)`;
+//! - [`tucker`]: the second compressor, Tucker-2 (HOSVD) of k x k convs into three convs;
 //! - [`compress`]: decompose -> retrain -> prune -> fine-tune -> shrink with checkpoints and
 //!   resume, training reached through the [`Trainer`] trait; [`Config`] holds every setting;
 //! - [`budget`]: the budget mode's per-layer choice of d and pruning threshold under a MAC budget;
@@ -21,6 +22,7 @@ pub mod prune;
 pub mod report;
 pub mod shrink;
 pub mod training;
+pub mod tucker;
 
 pub use budget::{BudgetOptions, BudgetReport};
 pub use config::Config;
@@ -31,4 +33,5 @@ pub use pipeline::{CompressOutcome, Phase, compress};
 pub use prune::{PruneOptions, PruneReport, prune};
 pub use report::{CompressionReport, PhaseRecord, TestResult};
 pub use shrink::{ShrinkReport, shrink};
-pub use training::{PhaseTraining, Trainer};
+pub use training::{Evaluation, PhaseTraining, Trainer};
+pub use tucker::{Ranks, TuckerOptions, TuckerReport, tucker_decompose};

@@ -308,7 +308,7 @@ pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_d
                 let mut opts = config.decompose_options();
                 if let Some(b) = config.budget_options() {
                     let mut budget = BudgetReport::new(model, &b)?;
-                    let mut eval = |m: &Model| evaluate(trainer, m, "budget (bases)");
+                    let mut eval = |m: &Model| trainer.evaluate_with_loss(m);
                     let (per_layer, stage) = choose_bases(&current, &opts, &b, budget.target_macs, &mut eval)?;
                     if !stage.met {
                         state.report.notes.push(format!(
@@ -327,7 +327,7 @@ pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_d
             Phase::Prune => {
                 let mut opts = config.prune_options();
                 if let (Some(b), Some(budget)) = (config.budget_options(), state.report.budget.as_mut()) {
-                    let mut eval = |m: &Model| evaluate(trainer, m, "budget (pruning)");
+                    let mut eval = |m: &Model| trainer.evaluate_with_loss(m);
                     let (per_layer, stage) =
                         choose_thresholds(&current, opts.prune_1x1, opts.prune_linear, &b, budget.target_macs, &mut eval)?;
                     if !stage.met {

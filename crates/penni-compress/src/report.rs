@@ -366,24 +366,30 @@ impl CompressionReport {
                 .iter()
                 .map(|l| {
                     let c = l.choice();
-                    let best = l.candidates.first().map_or(c.top1, |b| b.top1);
                     vec![
                         l.node.clone(),
                         format!("{} = {}", st.parameter, c.value),
                         human(c.macs),
                         format!("{:.2}%", c.top1 * 100.0),
-                        format!("{:+.2}", (c.top1 - best) * 100.0),
+                        c.loss.map_or("-".into(), |v| format!("{v:.4}")),
                         l.candidates.len().to_string(),
                     ]
                 })
                 .collect()
         };
-        let header = ["layer", "choice", "MACs (pred.)", "top-1 alone", "vs best", "candidates"];
+        let header = ["layer", "choice", "MACs (pred.)", "top-1 alone", "loss alone", "candidates"];
+        let reference = |st: &BudgetStage| {
+            format!(
+                "{:.2}%{}",
+                st.reference_top1 * 100.0,
+                st.reference_loss.map_or(String::new(), |l| format!(", loss {l:.4}"))
+            )
+        };
         if let Some(st) = &b.bases {
             s += &format!(
-                "bases, chosen before retraining (combination stage costed at {:.0}% of coefficients kept; top-1 of the model with only that layer decomposed, before retraining; reference {:.2}%):\n",
+                "bases, chosen before retraining (combination stage costed at {:.0}% of coefficients kept; validation top-1 and loss of the model with only that layer decomposed, before retraining; reference {}):\n",
                 b.coefficient_density * 100.0,
-                st.reference_top1 * 100.0
+                reference(st)
             );
             s += &render(&header, &stage_rows(st));
             s += &format!(
@@ -399,13 +405,13 @@ impl CompressionReport {
         }
         if let Some(st) = &b.prune {
             s += &format!(
-                "pruning thresholds, chosen after retraining (s in standard deviations, 0 = not pruned; top-1 of the model with only that layer pruned; reference {:.2}%):\n",
-                st.reference_top1 * 100.0
+                "pruning thresholds, chosen after retraining (s in standard deviations, 0 = not pruned; validation top-1 and loss of the model with only that layer pruned; reference {}):\n",
+                reference(st)
             );
             s += &render(&header, &stage_rows(st));
             let measured_drop = top1("prune").map(|a| (st.reference_top1 - a) * 100.0);
             s += &format!(
-                "  MACs: predicted {} ({}), measured after pruning {}, after shrinking {}\n  validation top-1 lost by pruning: predicted {:.2} points (sum of the layers' own), measured {}\n",
+                "  MACs: predicted {} ({}), measured after pruning {}, after shrinking {}\n  validation top-1 lost by pruning: predicted {:.2} points (sum of the layers' own), measured {}{}\n",
                 human(st.predicted_macs),
                 if st.met {
                     "within the budget"
@@ -416,6 +422,8 @@ impl CompressionReport {
                 measured("shrink").map_or("-".into(), human),
                 st.predicted_drop * 100.0,
                 measured_drop.map_or("-".into(), |d| format!("{d:.2} points")),
+                st.predicted_loss_rise
+                    .map_or(String::new(), |r| format!("; validation loss predicted to rise by {r:.4}")),
             );
         }
         s

@@ -35,6 +35,13 @@ pub struct PhaseTraining {
     pub seed: u64,
 }
 
+/// A validation measurement: top-1 and, where the trainer computes it, the mean cross-entropy.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub top1: f32,
+    pub loss: Option<f32>,
+}
+
 /// Training and evaluation, supplied by the caller (penni-train implements it).
 pub trait Trainer {
     /// Trains a copy of `model` and returns it with the same graph and new values. Epoch
@@ -43,6 +50,15 @@ pub trait Trainer {
     /// Top-1 accuracy, as a fraction in [0, 1], on the set every in-pipeline number and
     /// choice uses: a validation split held out of the training data.
     fn evaluate(&mut self, model: &Model) -> Result<f32>;
+    /// Top-1 and mean cross-entropy loss on the validation split. The budget mode ranks its
+    /// candidates by the loss, which resolves changes too small to move top-1 on a few thousand
+    /// examples; without a loss it falls back to top-1.
+    fn evaluate_with_loss(&mut self, model: &Model) -> Result<Evaluation> {
+        Ok(Evaluation {
+            top1: self.evaluate(model)?,
+            loss: None,
+        })
+    }
     /// Top-1 accuracy on the test set, measured once at the end of a run (baseline and final
     /// model) and reported beside validation, never used to choose. `None` when the caller has
     /// no test set apart from the set `evaluate` uses.

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use penni_compress::{Config, PhaseTraining, Trainer, compress};
+use penni_compress::{Config, Evaluation, PhaseTraining, Trainer, compress};
 use penni_model::reference::{Activation, forward};
 use penni_model::{Model, model_cost};
 
@@ -37,9 +37,18 @@ impl Trainer for FidelityTrainer {
     }
 
     fn evaluate(&mut self, model: &Model) -> penni_compress::Result<f32> {
+        self.evaluate_with_loss(model).map(|e| e.top1)
+    }
+
+    /// The "loss" is the relative difference itself.
+    fn evaluate_with_loss(&mut self, model: &Model) -> penni_compress::Result<Evaluation> {
         self.evaluations += 1;
         let out = forward(model, &self.input).unwrap();
-        Ok((1.0 / (1.0 + relative_diff(&self.reference, &out))) as f32)
+        let diff = relative_diff(&self.reference, &out);
+        Ok(Evaluation {
+            top1: (1.0 / (1.0 + diff)) as f32,
+            loss: Some(diff as f32),
+        })
     }
 }
 
