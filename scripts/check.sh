@@ -7,6 +7,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 echo "== cargo fmt --check"
 cargo fmt --all --check
+echo "== generated results tables are current"
+python3 experiments/fidelity/results.py --check
 echo "== module import circles"
 python3 scripts/module-cycles.py
 echo "== cargo clippy (warnings are errors)"
