@@ -101,8 +101,8 @@ fn compress_and_compare(py: &str, script: &str) -> Vec<f32> {
 }
 
 /// `penni decompose --method tucker` exports each conv as three ONNX Conv nodes: at full ranks
-/// onnxruntime on the export gives the dense model's outputs, and at half ranks onnxruntime and
-/// penni's engine agree on it.
+/// onnxruntime on the export gives the dense model's outputs; at half ranks onnxruntime and
+/// penni's engine agree on it, and its weights are numpy's HOSVD of the dense ones.
 #[test]
 fn tucker_decomposition_exports_three_convs_that_onnxruntime_runs() {
     let Some(py) = python() else { return };
@@ -157,6 +157,11 @@ fn tucker_decomposition_exports_three_convs_that_onnxruntime_runs() {
         let a = ort(&out, tag);
         if tag == "full" {
             assert!(max_diff(&reference, &a) < 1e-4, "full ranks: {}", max_diff(&reference, &a));
+        } else {
+            // an independent HOSVD (numpy's SVD of the unfoldings) composes the same weights
+            ok(Command::new(&py)
+                .arg(here.join("tests/py/tucker_hosvd.py"))
+                .args([p(&dense), p(&out)]));
         }
         let penni_out = dir.path().join(format!("{tag}-penni.npy"));
         ok(Command::new(penni).args(["infer", "--model", p(&out), "--input", p(&input), "--output", p(&penni_out)]));
