@@ -1,11 +1,13 @@
 //! `penni compress`: the PENNI pipeline (penni-compress) with training by penni-train.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use penni_compress::{CompressError, Config, Evaluation, PhaseTraining, Trainer};
+use penni_compress::{CompressError, Config, CostModel, Evaluation, PhaseTraining, Trainer};
 use penni_data::{Dataset, Transform};
+use penni_engine::{EngineOptions, Plan};
 use penni_model::Model;
 use penni_train::{LrSchedule, RunOptions, TrainData, TrainDevice, TrainOptions};
 
@@ -31,8 +33,19 @@ pub struct CompressArgs {
     /// Budget mode: MACs (paper-style) of the compressed model as a fraction of the input
     /// model's, e.g. 0.15; d and the pruning threshold are then chosen per layer, on the
     /// validation split, to meet it at the least loss of accuracy (config section [budget]).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "target_latency")]
     pub target_macs: Option<f64>,
+    /// Budget mode by latency: milliseconds per batch of --batch images on --threads threads,
+    /// measured by penni's engine on this machine (run it where the model will run, on an idle
+    /// machine: every candidate is timed).
+    #[arg(long)]
+    pub target_latency: Option<f64>,
+    /// Batch size of the latency budget.
+    #[arg(long, requires = "target_latency")]
+    pub batch: Option<usize>,
+    /// Threads of the latency budget (0 = all cores).
+    #[arg(long, requires = "target_latency")]
+    pub threads: Option<usize>,
     /// Where to write the compressed model (.penni, or .onnx to export it).
     #[arg(long, short)]
     pub out: PathBuf,
@@ -144,6 +157,17 @@ pub fn run(args: CompressArgs) -> Result<()> {
     }
     if let Some(t) = args.target_macs {
         config.budget.target_macs = Some(t);
+        config.budget.target_latency_ms = None;
+    }
+    if let Some(t) = args.target_latency {
+        config.budget.target_latency_ms = Some(t);
+        config.budget.target_macs = None;
+    }
+    if let Some(b) = args.batch {
+        config.budget.batch = b;
+    }
+    if let Some(t) = args.threads {
+        config.budget.threads = t;
     }
     config.validate()?;
     // a GPU that cannot start fails here, before any data is read
@@ -212,6 +236,65 @@ pub fn compress_with(
         eval_transform: pre.eval_transform(),
         device,
     };
-    penni_compress::compress(model, config, &mut trainer, run_dir)
+    let mut latency = EngineLatency {
+        batch: config.budget.batch,
+        threads: config.budget.threads,
+        reps: 7,
+    };
+    penni_compress::compress_with_latency(model, config, &mut trainer, Some(&mut latency), run_dir)
         .with_context(|| format!("compressing (run directory {})", run_dir.display()))
+}
+
+/// The budget mode's latency measurer: penni's engine on this machine, per planned step (median
+/// of `reps` runs); a step that computes several fused nodes is charged to the one with the
+/// most MACs (the conv that a batchnorm, activation or add was fused into).
+pub struct EngineLatency {
+    pub batch: usize,
+    pub threads: usize,
+    pub reps: usize,
+}
+
+impl CostModel for EngineLatency {
+    fn unit(&self) -> String {
+        let on = if self.threads == 0 {
+            "all cores".to_string()
+        } else {
+            format!("{} threads", self.threads)
+        };
+        format!("ms per batch of {} on {on}", self.batch)
+    }
+
+    fn costs(&mut self, model: &Model) -> penni_compress::Result<(BTreeMap<String, f64>, f64)> {
+        let engine_err = |e: penni_engine::EngineError| CompressError::Trainer(format!("timing with the engine: {e}"));
+        let mut plan = Plan::new(
+            model,
+            self.batch,
+            &EngineOptions {
+                threads: self.threads,
+                ..Default::default()
+            },
+        )
+        .map_err(engine_err)?;
+        let input = penni_engine::pseudo_random_input(self.batch * model.input_shape().numel(), 1);
+        plan.profile(&input, 1).map_err(engine_err)?; // warm-up
+        let steps = plan.profile(&input, self.reps).map_err(engine_err)?;
+        let macs: BTreeMap<String, u64> = penni_model::model_cost(model)?
+            .layers
+            .into_iter()
+            .map(|l| (l.node, l.macs_paper))
+            .collect();
+        let mut layers = BTreeMap::new();
+        let mut total = 0.0;
+        for s in &steps {
+            let ms = s.median_ns as f64 / 1e6;
+            total += ms;
+            let owner = s
+                .name
+                .split('+')
+                .max_by_key(|n| macs.get(*n).copied().unwrap_or(0))
+                .unwrap_or(&s.name);
+            *layers.entry(owner.to_string()).or_insert(0.0) += ms;
+        }
+        Ok((layers, total))
+    }
 }

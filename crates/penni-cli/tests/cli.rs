@@ -572,9 +572,10 @@ fn train_reports_validation_per_epoch_and_the_test_split_once() {
 }
 
 /// Budget mode from the command line: `--target-macs` gives a model within the budget, and the
-/// report shows the per-layer choices with predicted and measured MACs.
+/// report shows the per-layer choices with predicted and measured MACs; `--target-latency`
+/// chooses on times measured by the engine.
 #[test]
-fn compress_with_a_mac_budget_meets_it() {
+fn compress_with_a_mac_or_latency_budget_meets_it() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("dense.penni");
     let data = ["--train-subset", "384", "--test-subset", "64", "--val-split", "128"];

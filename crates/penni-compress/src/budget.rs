@@ -1,11 +1,12 @@
-//! Budget mode: meet a cost budget (a fraction of the baseline's paper-style MACs) at the least
-//! loss of validation accuracy, by choosing per layer the number of bases d (before retraining)
-//! and the pruning threshold s (after it).
+//! Budget mode: meet a cost budget at the least loss of validation accuracy, by choosing per
+//! layer the number of bases d (before retraining) and the pruning threshold s (after it). The
+//! cost is either paper-style MACs (a fraction of the baseline's) or latency measured by the
+//! caller's engine (milliseconds per batch), through [`CostModel`].
 //!
 //! Both choices work the same way, as a layer-wise sensitivity analysis:
 //! 1. for every budgeted layer and every candidate setting, change that layer alone and measure
 //!    the whole model on the validation split (the trainer's `evaluate_with_loss`: top-1 and
-//!    mean cross-entropy) and the layer's cost;
+//!    mean cross-entropy) and the layer's cost (one [`CostModel::costs`] of the changed model);
 //! 2. start every layer at its best candidate (lowest validation loss; 1 - top-1 where the
 //!    trainer gives no loss: the loss resolves changes of one layer that top-1 on 5,000 examples
 //!    cannot) and, while the predicted total is over the budget, make the move (one layer to a
@@ -18,8 +19,9 @@
 //! candidate with the combination stage at `coefficient_density` (the fraction of coefficients a
 //! retrained layer keeps: about 0.1 after PENNI's L1 retraining in `experiments/`); the accuracy of
 //! a candidate is that of the SVD factors before retraining, which ranks layers by how much they
-//! lose, not by what they end at. The prune stage is exact in cost: the MACs after pruning are the
-//! predicted ones, and shrinking can only lower them.
+//! lose, not by what they end at. In MACs the prune stage is exact: the MACs after pruning are the
+//! predicted ones, and shrinking can only lower them. In latency the prediction is the measured
+//! total of the reference model with the chosen layers' measured times swapped in.
 
 use std::collections::BTreeMap;
 
@@ -31,11 +33,45 @@ use crate::error::{CompressError, Result};
 use crate::prune::{prunable_param, prune_values};
 use crate::training::Evaluation;
 
+/// What the budget limits.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// MACs (paper-style) as a fraction of the baseline's, in (0, 1].
+    MacsFraction(f64),
+    /// Milliseconds per batch of `batch` images on `threads` threads, as the caller's engine
+    /// measures them on this machine.
+    LatencyMs { ms: f64, batch: usize, threads: usize },
+}
+
+/// Per-layer costs of a model and its total, in one unit.
+pub trait CostModel {
+    /// What the costs count, for reports: "MACs (paper)", "ms per batch of 1 on 2 threads".
+    fn unit(&self) -> String;
+    /// The cost of each layer of `model` by node name (layers without a cost may be absent), and
+    /// the whole model's.
+    fn costs(&mut self, model: &Model) -> Result<(BTreeMap<String, f64>, f64)>;
+}
+
+/// Paper-style MACs ([`penni_model::model_cost`]): exact, and free to compute.
+pub struct MacCost;
+
+impl CostModel for MacCost {
+    fn unit(&self) -> String {
+        "MACs (paper)".into()
+    }
+
+    fn costs(&mut self, model: &Model) -> Result<(BTreeMap<String, f64>, f64)> {
+        let c = model_cost(model)?;
+        let layers = c.layers.iter().map(|l| (l.node.clone(), l.macs_paper as f64)).collect();
+        Ok((layers, c.totals.macs_paper as f64))
+    }
+}
+
 /// What a budget stage may choose from, and how much it may spend.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BudgetOptions {
-    /// The budget as a fraction of the baseline's MACs (paper-style), in (0, 1].
-    pub target_macs: f64,
+    pub target: Target,
     /// Candidate numbers of bases (clamped to k*k per layer).
     pub d_choices: Vec<usize>,
     /// Candidate pruning thresholds, in standard deviations of a layer's values.
@@ -50,8 +86,9 @@ pub struct BudgetOptions {
 pub struct Candidate {
     /// d or s.
     pub value: f64,
-    /// Predicted MACs (paper-style) of the layer with this setting.
-    pub macs: u64,
+    /// Predicted cost of the layer with this setting (MACs or ms, as the report's unit).
+    #[serde(alias = "macs")]
+    pub cost: f64,
     /// Validation top-1 of the model with only this layer changed.
     pub top1: f32,
     /// Its validation loss, when the trainer measures one.
@@ -91,60 +128,89 @@ pub struct BudgetStage {
     #[serde(default)]
     pub reference_loss: Option<f32>,
     pub layers: Vec<LayerChoice>,
-    /// MACs of the layers that this stage does not choose for.
-    pub fixed_macs: u64,
-    /// Predicted MACs of the whole model with the choices.
-    pub predicted_macs: u64,
+    /// Cost of everything this stage does not choose for: the reference model's total less its
+    /// budgeted layers' costs.
+    #[serde(alias = "fixed_macs")]
+    pub fixed_cost: f64,
+    /// Predicted cost of the whole model with the choices.
+    #[serde(alias = "predicted_macs")]
+    pub predicted_cost: f64,
     /// Predicted loss of validation top-1: the sum of the chosen candidates' single-layer drops.
     pub predicted_drop: f32,
     /// Predicted rise of the validation loss, summed the same way.
     #[serde(default)]
     pub predicted_loss_rise: Option<f32>,
-    /// Whether the predicted MACs are within the budget.
+    /// Whether the predicted cost is within the budget.
     pub met: bool,
+    /// The cost of the model this stage produced, measured (for the bases stage: before
+    /// retraining and pruning, so with dense coefficients).
+    #[serde(default)]
+    pub measured_cost: Option<f64>,
 }
 
 /// What the budget mode chose and predicted; the phase records hold what was measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BudgetReport {
-    pub target_macs_fraction: f64,
-    pub baseline_macs: u64,
-    pub target_macs: u64,
+    /// What the costs count, e.g. "MACs (paper)".
+    #[serde(default = "mac_unit")]
+    pub unit: String,
+    /// The target as asked for (a MAC fraction or a latency).
+    #[serde(default)]
+    pub target: Option<Target>,
+    /// The input model's cost and the budget, in `unit`.
+    #[serde(alias = "baseline_macs")]
+    pub baseline_cost: f64,
+    #[serde(alias = "target_macs")]
+    pub budget: f64,
     pub coefficient_density: f64,
     pub bases: Option<BudgetStage>,
     pub prune: Option<BudgetStage>,
+    /// The final model's cost, measured after the last phase.
+    #[serde(default)]
+    pub measured_final: Option<f64>,
+}
+
+fn mac_unit() -> String {
+    "MACs (paper)".into()
 }
 
 impl BudgetReport {
-    pub fn new(baseline: &Model, opts: &BudgetOptions) -> Result<Self> {
-        let baseline_macs = model_cost(baseline)?.totals.macs_paper;
+    pub fn new(baseline: &Model, opts: &BudgetOptions, cost: &mut dyn CostModel) -> Result<Self> {
+        let (_, baseline_cost) = cost.costs(baseline)?;
+        let budget = match opts.target {
+            Target::MacsFraction(f) => (baseline_cost * f).floor(),
+            Target::LatencyMs { ms, .. } => ms,
+        };
         Ok(Self {
-            target_macs_fraction: opts.target_macs,
-            baseline_macs,
-            target_macs: (baseline_macs as f64 * opts.target_macs).floor() as u64,
+            unit: cost.unit(),
+            target: Some(opts.target),
+            baseline_cost,
+            budget,
             coefficient_density: opts.coefficient_density,
             bases: None,
             prune: None,
+            measured_final: None,
         })
     }
 }
 
-/// Greedy choice under a budget: `layers[i]` is layer i's candidates, index 0 the most
-/// accurate. Returns the chosen index per layer.
-fn choose(layers: &[Vec<Candidate>], fixed: u64, budget: u64) -> Vec<usize> {
+/// Greedy choice under a budget: `layers[i]` is layer i's candidates, index 0 the best.
+/// Returns the chosen index per layer.
+fn choose(layers: &[Vec<Candidate>], fixed: f64, budget: f64) -> Vec<usize> {
     let mut at = vec![0usize; layers.len()];
-    let total = |at: &[usize]| fixed + at.iter().zip(layers).map(|(i, c)| c[*i].macs).sum::<u64>();
-    // accuracy lost per MAC saved; a move that loses nothing is taken first, biggest saving first
+    let total = |at: &[usize]| fixed + at.iter().zip(layers).map(|(i, c)| c[*i].cost).sum::<f64>();
+    // loss added per unit of cost saved; a move that loses nothing is taken first, biggest
+    // saving first
     while total(&at) > budget {
         let mut best: Option<(f64, usize, usize)> = None;
         for (l, cands) in layers.iter().enumerate() {
             let cur = &cands[at[l]];
             for (j, c) in cands.iter().enumerate() {
-                if c.macs >= cur.macs {
+                if c.cost >= cur.cost {
                     continue;
                 }
                 let lost = (c.badness() - cur.badness()).max(0.0) + 1e-9;
-                let ratio = lost / (cur.macs - c.macs) as f64;
+                let ratio = lost / (cur.cost - c.cost);
                 if best.is_none_or(|(r, _, _)| ratio < r) {
                     best = Some((ratio, l, j));
                 }
@@ -164,7 +230,7 @@ fn choose(layers: &[Vec<Candidate>], fixed: u64, budget: u64) -> Vec<usize> {
             let cur = &cands[at[l]];
             for (j, c) in cands.iter().enumerate() {
                 let gain = cur.badness() - c.badness();
-                if gain <= 0.0 || now - cur.macs + c.macs > budget {
+                if gain <= 0.0 || now - cur.cost + c.cost > budget {
                     continue;
                 }
                 if best.is_none_or(|(g, _, _)| gain > g) {
@@ -183,10 +249,10 @@ fn stage(
     reference: Evaluation,
     nodes: Vec<String>,
     candidates: Vec<Vec<Candidate>>,
-    fixed_macs: u64,
-    budget: u64,
+    fixed_cost: f64,
+    budget: f64,
 ) -> BudgetStage {
-    let at = choose(&candidates, fixed_macs, budget);
+    let at = choose(&candidates, fixed_cost, budget);
     let layers: Vec<LayerChoice> = nodes
         .into_iter()
         .zip(candidates)
@@ -197,7 +263,7 @@ fn stage(
             candidates,
         })
         .collect();
-    let predicted_macs = fixed_macs + layers.iter().map(|l| l.choice().macs).sum::<u64>();
+    let predicted_cost = fixed_cost + layers.iter().map(|l| l.choice().cost).sum::<f64>();
     let predicted_drop = layers.iter().map(|l| (reference.top1 - l.choice().top1).max(0.0)).sum();
     let predicted_loss_rise = reference.loss.and_then(|r| {
         layers
@@ -211,10 +277,11 @@ fn stage(
         reference_loss: reference.loss,
         predicted_loss_rise,
         layers,
-        fixed_macs,
-        predicted_macs,
+        fixed_cost,
+        predicted_cost,
         predicted_drop,
-        met: predicted_macs <= budget,
+        met: predicted_cost <= budget,
+        measured_cost: None,
     }
 }
 
@@ -273,18 +340,25 @@ fn keep_largest(values: &mut [f32], density: f64) {
     }
 }
 
-fn layer_macs(model: &Model, name: &str) -> Result<u64> {
-    let cost = model_cost(model)?;
-    Ok(cost.layers.iter().find(|l| l.node == name).map_or(0, |l| l.macs_paper))
+fn layer_cost(cost: &mut dyn CostModel, model: &Model, name: &str) -> Result<f64> {
+    Ok(cost.costs(model)?.0.get(name).copied().unwrap_or(0.0))
 }
 
-/// Chooses d per layer under the budget (decomposition stage). `evaluate` is the validation
-/// top-1 of a model. Returns the per-layer d for [`decompose`] and the stage's record.
+/// Everything but the budgeted layers: the reference total less their costs.
+fn fixed_cost(cost: &mut dyn CostModel, model: &Model, budgeted: &[String]) -> Result<f64> {
+    let (layers, total) = cost.costs(model)?;
+    Ok((total - budgeted.iter().filter_map(|n| layers.get(n)).sum::<f64>()).max(0.0))
+}
+
+/// Chooses d per layer under `budget` (decomposition stage). `evaluate` measures a model on the
+/// validation split, `cost` prices it. Returns the per-layer d for [`decompose`] and the
+/// stage's record.
 pub fn choose_bases(
     model: &Model,
     decompose_opts: &DecomposeOptions,
     opts: &BudgetOptions,
-    target_macs: u64,
+    budget: f64,
+    cost: &mut dyn CostModel,
     evaluate: &mut dyn FnMut(&Model) -> Result<Evaluation>,
 ) -> Result<(BTreeMap<String, usize>, BudgetStage)> {
     let reference = checked(evaluate(model)?, "budget (bases)")?;
@@ -298,13 +372,7 @@ pub fn choose_bases(
         },
     )?;
     let budgeted: Vec<String> = plan.layers.iter().map(|l| l.node.clone()).collect();
-    let base_cost = model_cost(model)?;
-    let fixed_macs = base_cost
-        .layers
-        .iter()
-        .filter(|l| !budgeted.contains(&l.node))
-        .map(|l| l.macs_paper)
-        .sum();
+    let fixed = fixed_cost(cost, model, &budgeted)?;
     // the whole model decomposed at each candidate d; a candidate takes one layer from it
     let mut by_d: BTreeMap<usize, Model> = BTreeMap::new();
     for d in &opts.d_choices {
@@ -341,17 +409,17 @@ pub fn choose_bases(
             }
             cands.push(Candidate {
                 value: d as f64,
-                macs: layer_macs(&costed, name)?,
+                cost: layer_cost(cost, &costed, name)?,
                 top1: e.top1,
                 loss: e.loss,
             });
         }
         // most accurate first: the greedy starts there
-        cands.sort_by(|a, b| a.badness().total_cmp(&b.badness()).then(b.macs.cmp(&a.macs)));
+        cands.sort_by(|a, b| a.badness().total_cmp(&b.badness()).then(b.cost.total_cmp(&a.cost)));
         nodes.push(name.clone());
         candidates.push(cands);
     }
-    let s = stage("d", reference, nodes, candidates, fixed_macs, target_macs);
+    let s = stage("d", reference, nodes, candidates, fixed, budget);
     let per_layer = s.layers.iter().map(|l| (l.node.clone(), l.choice().value as usize)).collect();
     Ok((per_layer, s))
 }
@@ -363,22 +431,28 @@ pub fn choose_thresholds(
     prune_1x1: bool,
     prune_linear: bool,
     opts: &BudgetOptions,
-    target_macs: u64,
+    budget: f64,
+    cost: &mut dyn CostModel,
     evaluate: &mut dyn FnMut(&Model) -> Result<Evaluation>,
 ) -> Result<(BTreeMap<String, f32>, BudgetStage)> {
     let reference = checked(evaluate(model)?, "budget (pruning)")?;
-    let base_cost = model_cost(model)?;
+    let (reference_costs, _) = cost.costs(model)?;
+    let budgeted: Vec<String> = model
+        .nodes
+        .iter()
+        .filter(|n| prunable_param(&n.op, prune_1x1, prune_linear).is_some())
+        .map(|n| n.name.clone())
+        .collect();
+    let fixed = fixed_cost(cost, model, &budgeted)?;
     let mut nodes = Vec::new();
     let mut candidates = Vec::new();
-    let mut fixed_macs = 0;
-    for (node, lc) in model.nodes.iter().zip(&base_cost.layers) {
+    for node in &model.nodes {
         let Some(param) = prunable_param(&node.op, prune_1x1, prune_linear) else {
-            fixed_macs += lc.macs_paper;
             continue;
         };
         let mut cands = vec![Candidate {
             value: 0.0,
-            macs: lc.macs_paper,
+            cost: reference_costs.get(&node.name).copied().unwrap_or(0.0),
             top1: reference.top1,
             loss: reference.loss,
         }];
@@ -396,20 +470,20 @@ pub fn choose_thresholds(
             if let Some(t) = t {
                 prune_values(&mut t.data, s as f32);
             }
-            let macs = layer_macs(&one, &node.name)?;
+            let c = layer_cost(cost, &one, &node.name)?;
             let e = checked(evaluate(&one)?, "budget (pruning)")?;
             cands.push(Candidate {
                 value: s,
-                macs,
+                cost: c,
                 top1: e.top1,
                 loss: e.loss,
             });
         }
-        cands.sort_by(|a, b| a.badness().total_cmp(&b.badness()).then(b.macs.cmp(&a.macs)));
+        cands.sort_by(|a, b| a.badness().total_cmp(&b.badness()).then(b.cost.total_cmp(&a.cost)));
         nodes.push(node.name.clone());
         candidates.push(cands);
     }
-    let s = stage("s", reference, nodes, candidates, fixed_macs, target_macs);
+    let s = stage("s", reference, nodes, candidates, fixed, budget);
     let per_layer = s.layers.iter().map(|l| (l.node.clone(), l.choice().value as f32)).collect();
     Ok((per_layer, s))
 }
@@ -418,10 +492,10 @@ pub fn choose_thresholds(
 mod tests {
     use super::*;
 
-    fn c(macs: u64, top1: f32) -> Candidate {
+    fn c(cost: u64, top1: f32) -> Candidate {
         Candidate {
             value: 0.0,
-            macs,
+            cost: cost as f64,
             top1,
             loss: None,
         }
@@ -431,13 +505,13 @@ mod tests {
     fn the_greedy_meets_the_budget_where_it_loses_least() {
         // layer 0 loses much when cut, layer 1 little: the cut goes to layer 1
         let layers = vec![vec![c(100, 0.9), c(50, 0.5)], vec![c(100, 0.9), c(50, 0.89)]];
-        assert_eq!(choose(&layers, 10, 160), vec![0, 1]);
+        assert_eq!(choose(&layers, 10.0, 160.0), vec![0, 1]);
         // a budget that needs both cuts takes both
-        assert_eq!(choose(&layers, 10, 110), vec![1, 1]);
+        assert_eq!(choose(&layers, 10.0, 110.0), vec![1, 1]);
         // an unreachable budget ends at the cheapest candidates
-        assert_eq!(choose(&layers, 10, 50), vec![1, 1]);
+        assert_eq!(choose(&layers, 10.0, 50.0), vec![1, 1]);
         // a loose one changes nothing
-        assert_eq!(choose(&layers, 10, 1000), vec![0, 0]);
+        assert_eq!(choose(&layers, 10.0, 1000.0), vec![0, 0]);
     }
 
     #[test]
@@ -445,9 +519,9 @@ mod tests {
         // the cheapest per MAC move (layer 0 to 10 MACs) overshoots; then layer 0 can come back
         // up to its middle candidate
         let layers = vec![vec![c(100, 0.9), c(60, 0.85), c(10, 0.84)], vec![c(100, 0.9), c(40, 0.6)]];
-        let at = choose(&layers, 0, 160);
-        let total: u64 = at.iter().zip(&layers).map(|(i, l)| l[*i].macs).sum();
-        assert!(total <= 160);
+        let at = choose(&layers, 0.0, 160.0);
+        let total: f64 = at.iter().zip(&layers).map(|(i, l)| l[*i].cost).sum();
+        assert!(total <= 160.0);
         assert_eq!(at, vec![1, 0]);
     }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::budget::BudgetOptions;
+use crate::budget::{BudgetOptions, Target};
 use crate::decompose::{DecomposeOptions, Init};
 use crate::error::{CompressError, Result};
 use crate::prune::PruneOptions;
@@ -68,6 +68,11 @@ impl TuckerConfig {
 pub struct BudgetConfig {
     /// MACs (paper-style) of the compressed model as a fraction of the baseline's, in (0, 1].
     pub target_macs: Option<f64>,
+    /// Or: latency of the compressed model in milliseconds per batch of `batch` images on
+    /// `threads` threads (0 = all cores), measured by penni's engine on this machine.
+    pub target_latency_ms: Option<f64>,
+    pub batch: usize,
+    pub threads: usize,
     /// Candidate numbers of bases per layer.
     pub d_choices: Vec<usize>,
     /// Candidate pruning thresholds (standard deviations of a layer's values); not pruning a
@@ -82,6 +87,9 @@ impl Default for BudgetConfig {
     fn default() -> Self {
         Self {
             target_macs: None,
+            target_latency_ms: None,
+            batch: 1,
+            threads: 0,
             d_choices: vec![1, 2, 3, 4, 5, 6],
             s_choices: vec![0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0],
             coefficient_density: 0.1,
@@ -352,13 +360,24 @@ impl Config {
             f.batch_size,
         );
         let b = &self.budget;
-        if let Some(t) = b.target_macs {
-            if !(t.is_finite() && t > 0.0 && t <= 1.0) {
-                p.push(format!("budget.target_macs must be a fraction in (0, 1], got {t}"));
-            }
-            if !self.decompose.layers.is_empty() {
-                p.push("decompose.layers cannot be combined with budget.target_macs: the budget chooses d for every layer".into());
-            }
+        if let Some(t) = b.target_macs
+            && !(t.is_finite() && t > 0.0 && t <= 1.0)
+        {
+            p.push(format!("budget.target_macs must be a fraction in (0, 1], got {t}"));
+        }
+        if let Some(t) = b.target_latency_ms
+            && !(t.is_finite() && t > 0.0)
+        {
+            p.push(format!("budget.target_latency_ms must be a number of milliseconds > 0, got {t}"));
+        }
+        if b.target_macs.is_some() && b.target_latency_ms.is_some() {
+            p.push("budget: give target_macs or target_latency_ms, not both".into());
+        }
+        if b.batch == 0 {
+            p.push("budget.batch must be >= 1, got 0".into());
+        }
+        if (b.target_macs.is_some() || b.target_latency_ms.is_some()) && !self.decompose.layers.is_empty() {
+            p.push("decompose.layers cannot be combined with a budget: the budget chooses d for every layer".into());
         }
         if b.d_choices.is_empty() || b.d_choices.contains(&0) {
             p.push(format!(
@@ -436,8 +455,17 @@ impl Config {
     /// The budget mode's settings, when a budget is set.
     pub fn budget_options(&self) -> Option<BudgetOptions> {
         let b = &self.budget;
-        b.target_macs.map(|target_macs| BudgetOptions {
-            target_macs,
+        let target = match (b.target_macs, b.target_latency_ms) {
+            (Some(f), _) => Target::MacsFraction(f),
+            (None, Some(ms)) => Target::LatencyMs {
+                ms,
+                batch: b.batch,
+                threads: b.threads,
+            },
+            (None, None) => return None,
+        };
+        Some(BudgetOptions {
+            target,
             d_choices: b.d_choices.clone(),
             s_choices: b.s_choices.clone(),
             coefficient_density: b.coefficient_density,

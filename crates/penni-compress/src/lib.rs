@@ -24,12 +24,12 @@ pub mod shrink;
 pub mod training;
 pub mod tucker;
 
-pub use budget::{BudgetOptions, BudgetReport};
+pub use budget::{BudgetOptions, BudgetReport, CostModel, MacCost, Target};
 pub use config::Config;
 pub use decompose::{DecomposeOptions, DecomposeReport, Init, decompose};
 pub use error::{CompressError, Result};
 pub use groups::{ChannelGroup, DependencyGraph};
-pub use pipeline::{CompressOutcome, Phase, compress};
+pub use pipeline::{CompressOutcome, Phase, compress, compress_with_latency};
 pub use prune::{PruneOptions, PruneReport, prune};
 pub use report::{CompressionReport, PhaseRecord, TestResult};
 pub use shrink::{ShrinkReport, shrink};

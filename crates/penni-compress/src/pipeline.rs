@@ -20,7 +20,7 @@ use penni_model::io::{load_with_extras, save_with_extras, write_atomic};
 use penni_model::{Extras, Model};
 use serde::{Deserialize, Serialize};
 
-use crate::budget::{BudgetReport, choose_bases, choose_thresholds};
+use crate::budget::{BudgetReport, CostModel, MacCost, Target, choose_bases, choose_thresholds};
 use crate::config::Config;
 use crate::decompose::decompose;
 use crate::error::{CompressError, Result};
@@ -247,8 +247,31 @@ fn evaluate(trainer: &mut dyn Trainer, model: &Model, phase: &str) -> Result<f32
 /// A run directory belongs to one model and one config: resuming with a different one is an
 /// error (start a new directory), because the checkpoints would not match the request.
 pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_dir: &Path) -> Result<CompressOutcome> {
+    compress_with_latency(model, config, trainer, None, run_dir)
+}
+
+/// [`compress`] with a latency measurer for a latency budget (`budget.target_latency_ms`):
+/// penni-cli passes one that times models with penni's engine.
+pub fn compress_with_latency(
+    model: &Model,
+    config: &Config,
+    trainer: &mut dyn Trainer,
+    latency: Option<&mut dyn CostModel>,
+    run_dir: &Path,
+) -> Result<CompressOutcome> {
     config.validate()?;
     model.validate()?;
+    let budget_opts = config.budget_options();
+    let mut macs = MacCost;
+    let cost: &mut dyn CostModel = match (budget_opts.as_ref().map(|b| b.target), latency) {
+        (Some(Target::LatencyMs { .. }), Some(l)) => l,
+        (Some(Target::LatencyMs { .. }), None) => {
+            return Err(CompressError::Invalid(
+                "a latency budget needs a latency measurer (penni compress times models with its engine)".into(),
+            ));
+        }
+        _ => &mut macs,
+    };
     std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
     let state_path = run_dir.join("state.json");
     let cfg_fp = config_fingerprint(config)?;
@@ -306,14 +329,14 @@ pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_d
         let next = match phase {
             Phase::Decompose => {
                 let mut opts = config.decompose_options();
-                if let Some(b) = config.budget_options() {
-                    let mut budget = BudgetReport::new(model, &b)?;
+                if let Some(b) = &budget_opts {
+                    let mut budget = BudgetReport::new(model, b, cost)?;
                     let mut eval = |m: &Model| trainer.evaluate_with_loss(m);
-                    let (per_layer, stage) = choose_bases(&current, &opts, &b, budget.target_macs, &mut eval)?;
+                    let (per_layer, stage) = choose_bases(&current, &opts, b, budget.budget, cost, &mut eval)?;
                     if !stage.met {
                         state.report.notes.push(format!(
-                            "budget: even at the fewest bases the predicted MACs ({}) exceed the target ({}); pruning has to remove the rest",
-                            stage.predicted_macs, budget.target_macs
+                            "budget: even at the fewest bases the predicted cost ({:.4} {}) exceeds the budget ({:.4}); pruning has to remove the rest",
+                            stage.predicted_cost, budget.unit, budget.budget
                         ));
                     }
                     opts.per_layer = per_layer;
@@ -322,18 +345,21 @@ pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_d
                 }
                 let (m, r) = decompose(&current, &opts)?;
                 state.report.decompose = Some(r);
+                if let Some(stage) = state.report.budget.as_mut().and_then(|b| b.bases.as_mut()) {
+                    stage.measured_cost = Some(cost.costs(&m)?.1);
+                }
                 m
             }
             Phase::Prune => {
                 let mut opts = config.prune_options();
-                if let (Some(b), Some(budget)) = (config.budget_options(), state.report.budget.as_mut()) {
+                if let (Some(b), Some(budget)) = (&budget_opts, state.report.budget.as_mut()) {
                     let mut eval = |m: &Model| trainer.evaluate_with_loss(m);
                     let (per_layer, stage) =
-                        choose_thresholds(&current, opts.prune_1x1, opts.prune_linear, &b, budget.target_macs, &mut eval)?;
+                        choose_thresholds(&current, opts.prune_1x1, opts.prune_linear, b, budget.budget, cost, &mut eval)?;
                     if !stage.met {
                         state.report.notes.push(format!(
-                            "budget NOT met: the cheapest thresholds leave {} MACs against a target of {}; the model is the cheapest the candidates allow (larger budget.s_choices or fewer budget.d_choices go further)",
-                            stage.predicted_macs, budget.target_macs
+                            "budget NOT met: the cheapest thresholds leave {:.4} {} against a budget of {:.4}; the model is the cheapest the candidates allow (larger budget.s_choices or fewer budget.d_choices go further)",
+                            stage.predicted_cost, budget.unit, budget.budget
                         ));
                     }
                     opts.per_layer = per_layer;
@@ -341,11 +367,17 @@ pub fn compress(model: &Model, config: &Config, trainer: &mut dyn Trainer, run_d
                 }
                 let (m, r) = prune(&current, &opts)?;
                 state.report.prune = Some(r);
+                if let Some(stage) = state.report.budget.as_mut().and_then(|b| b.prune.as_mut()) {
+                    stage.measured_cost = Some(cost.costs(&m)?.1);
+                }
                 m
             }
             Phase::Shrink => {
                 let (m, r) = shrink(&current)?;
                 state.report.shrink = Some(r);
+                if let Some(budget) = state.report.budget.as_mut() {
+                    budget.measured_final = Some(cost.costs(&m)?.1);
+                }
                 m
             }
             Phase::Retrain | Phase::Finetune => {

@@ -9,7 +9,7 @@ use penni_model::io::write_atomic;
 use penni_model::{Model, Op, model_cost};
 use serde::{Deserialize, Serialize};
 
-use crate::budget::{BudgetReport, BudgetStage};
+use crate::budget::{BudgetReport, BudgetStage, Target};
 use crate::decompose::DecomposeReport;
 use crate::error::{CompressError, Result};
 use crate::prune::{PruneReport, ratio};
@@ -351,16 +351,27 @@ impl CompressionReport {
     }
 
     /// The budget mode: the target, per stage the per-layer choices, and predicted against
-    /// measured (MACs from the phase records, validation top-1 from the prune phase).
+    /// measured (in MACs from the phase records, in any unit the final model's measured cost;
+    /// validation top-1 from the prune phase).
     fn budget_table(&self, b: &BudgetReport) -> String {
-        let measured = |phase: &str| self.phase(phase).map(|p| p.cost.macs_paper);
+        let in_macs = b.unit.starts_with("MACs");
+        let amount = |v: f64| if in_macs { human(v.round() as u64) } else { format!("{v:.3}") };
+        let measured = |st: &BudgetStage| st.measured_cost.map_or("-".into(), amount);
         let top1 = |phase: &str| self.phase(phase).and_then(|p| p.top1);
-        let mut s = format!(
-            "\nbudget: MACs (paper) <= {:.1}% of the baseline's {} = {}\n",
-            b.target_macs_fraction * 100.0,
-            human(b.baseline_macs),
-            human(b.target_macs)
-        );
+        let target = match b.target {
+            Some(Target::MacsFraction(f)) => format!("{:.1}% of the baseline's {}", f * 100.0, amount(b.baseline_cost)),
+            Some(Target::LatencyMs { ms, batch, threads }) => format!(
+                "{ms} ms per batch of {batch} on {} (baseline {})",
+                if threads == 0 {
+                    "all cores".to_string()
+                } else {
+                    format!("{threads} threads")
+                },
+                amount(b.baseline_cost)
+            ),
+            None => format!("{} (baseline {})", amount(b.budget), amount(b.baseline_cost)),
+        };
+        let mut s = format!("\nbudget: {} <= {target} = {}\n", b.unit, amount(b.budget));
         let stage_rows = |st: &BudgetStage| -> Vec<Vec<String>> {
             st.layers
                 .iter()
@@ -369,7 +380,7 @@ impl CompressionReport {
                     vec![
                         l.node.clone(),
                         format!("{} = {}", st.parameter, c.value),
-                        human(c.macs),
+                        amount(c.cost),
                         format!("{:.2}%", c.top1 * 100.0),
                         c.loss.map_or("-".into(), |v| format!("{v:.4}")),
                         l.candidates.len().to_string(),
@@ -377,13 +388,21 @@ impl CompressionReport {
                 })
                 .collect()
         };
-        let header = ["layer", "choice", "MACs (pred.)", "top-1 alone", "loss alone", "candidates"];
+        let cost_head = format!("{} (pred.)", if in_macs { "MACs" } else { "ms" });
+        let header = ["layer", "choice", cost_head.as_str(), "top-1 alone", "loss alone", "candidates"];
         let reference = |st: &BudgetStage| {
             format!(
                 "{:.2}%{}",
                 st.reference_top1 * 100.0,
                 st.reference_loss.map_or(String::new(), |l| format!(", loss {l:.4}"))
             )
+        };
+        let within = |met: bool| {
+            if met {
+                "within the budget"
+            } else {
+                "over the budget: the candidates cannot go lower"
+            }
         };
         if let Some(st) = &b.bases {
             s += &format!(
@@ -393,14 +412,11 @@ impl CompressionReport {
             );
             s += &render(&header, &stage_rows(st));
             s += &format!(
-                "  predicted MACs {} ({}), measured after decomposition {} (before pruning)\n",
-                human(st.predicted_macs),
-                if st.met {
-                    "within the budget"
-                } else {
-                    "over the budget: d cannot go lower"
-                },
-                measured("decompose").map_or("-".into(), human),
+                "  {}: predicted {} ({}); measured after decomposition {} (coefficients still dense)\n",
+                b.unit,
+                amount(st.predicted_cost),
+                within(st.met),
+                measured(st),
             );
         }
         if let Some(st) = &b.prune {
@@ -411,15 +427,12 @@ impl CompressionReport {
             s += &render(&header, &stage_rows(st));
             let measured_drop = top1("prune").map(|a| (st.reference_top1 - a) * 100.0);
             s += &format!(
-                "  MACs: predicted {} ({}), measured after pruning {}, after shrinking {}\n  validation top-1 lost by pruning: predicted {:.2} points (sum of the layers' own), measured {}{}\n",
-                human(st.predicted_macs),
-                if st.met {
-                    "within the budget"
-                } else {
-                    "over the budget: the candidates cannot go lower"
-                },
-                measured("prune").map_or("-".into(), human),
-                measured("shrink").map_or("-".into(), human),
+                "  {}: predicted {} ({}), measured after pruning {}, after shrinking {}\n  validation top-1 lost by pruning: predicted {:.2} points (sum of the layers' own), measured {}{}\n",
+                b.unit,
+                amount(st.predicted_cost),
+                within(st.met),
+                measured(st),
+                b.measured_final.map_or("-".into(), amount),
                 st.predicted_drop * 100.0,
                 measured_drop.map_or("-".into(), |d| format!("{d:.2} points")),
                 st.predicted_loss_rise

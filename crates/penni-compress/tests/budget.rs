@@ -7,7 +7,9 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use penni_compress::{Config, Evaluation, PhaseTraining, Trainer, compress};
+use std::collections::BTreeMap;
+
+use penni_compress::{Config, CostModel, Evaluation, PhaseTraining, Trainer, compress, compress_with_latency};
 use penni_model::reference::{Activation, forward};
 use penni_model::{Model, model_cost};
 
@@ -89,18 +91,19 @@ fn a_mac_budget_is_met_and_the_pruning_prediction_is_exact() {
     let mut t = FidelityTrainer::new(&m);
     let out = compress(&m, &config(0.3), &mut t, &dir.path().join("run")).unwrap();
     let budget = out.report.budget.as_ref().expect("budget report");
-    assert_eq!(budget.baseline_macs, macs(&m));
-    assert_eq!(budget.target_macs, (macs(&m) as f64 * 0.3).floor() as u64);
+    assert_eq!(budget.baseline_cost, macs(&m) as f64);
+    assert_eq!(budget.budget, (macs(&m) as f64 * 0.3).floor());
     assert!(
-        macs(&out.model) <= budget.target_macs,
+        macs(&out.model) as f64 <= budget.budget,
         "{} > {}\n{}",
         macs(&out.model),
-        budget.target_macs,
+        budget.budget,
         out.report.to_table()
     );
+    assert_eq!(budget.measured_final, Some(macs(&out.model) as f64));
     let prune = budget.prune.as_ref().unwrap();
     assert!(prune.met);
-    assert_eq!(prune.predicted_macs, out.report.phase("prune").unwrap().cost.macs_paper);
+    assert_eq!(prune.predicted_cost, out.report.phase("prune").unwrap().cost.macs_paper as f64);
     // every decomposable layer got a d from the candidates, and the decomposition used it
     let bases = budget.bases.as_ref().unwrap();
     let decomposed = &out.report.decompose.as_ref().unwrap().layers;
@@ -126,7 +129,7 @@ fn a_mac_budget_is_met_and_the_pruning_prediction_is_exact() {
     // a tighter budget costs more accuracy and fewer MACs
     let mut t2 = FidelityTrainer::new(&m);
     let tight = compress(&m, &config(0.15), &mut t2, &dir.path().join("tight")).unwrap();
-    assert!(macs(&tight.model) <= tight.report.budget.as_ref().unwrap().target_macs);
+    assert!(macs(&tight.model) as f64 <= tight.report.budget.as_ref().unwrap().budget);
     assert!(macs(&tight.model) < macs(&out.model));
     let top1 = |r: &penni_compress::CompressionReport| r.phase("prune").unwrap().top1.unwrap();
     assert!(top1(&tight.report) <= top1(&out.report));
@@ -164,6 +167,55 @@ fn an_unreachable_budget_is_reported_not_hidden() {
     assert!(out.report.to_table().contains("over the budget"));
 }
 
+/// A stand-in for an engine's timings: 1 ms per million MACs plus 0.1 us per layer.
+struct FakeLatency {
+    calls: usize,
+}
+
+impl CostModel for FakeLatency {
+    fn unit(&self) -> String {
+        "ms per batch of 1 on 1 threads".into()
+    }
+
+    fn costs(&mut self, model: &Model) -> penni_compress::Result<(BTreeMap<String, f64>, f64)> {
+        self.calls += 1;
+        let c = model_cost(model).unwrap();
+        let layers: BTreeMap<String, f64> = c
+            .layers
+            .iter()
+            .map(|l| (l.node.clone(), l.macs_paper as f64 / 1e6 + 1e-4))
+            .collect();
+        let total = layers.values().sum();
+        Ok((layers, total))
+    }
+}
+
+#[test]
+fn a_latency_budget_is_met_in_the_measurer_s_unit() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(0.3);
+    cfg.budget.target_macs = None;
+    let mut lat = FakeLatency { calls: 0 };
+    let baseline_ms = lat.costs(&m).unwrap().1;
+    cfg.budget.target_latency_ms = Some(baseline_ms * 0.4);
+    let mut t = FidelityTrainer::new(&m);
+    let out = compress_with_latency(&m, &cfg, &mut t, Some(&mut lat), &dir.path().join("run")).unwrap();
+    let budget = out.report.budget.as_ref().unwrap();
+    assert_eq!(budget.unit, "ms per batch of 1 on 1 threads");
+    assert_eq!(budget.budget, baseline_ms * 0.4);
+    assert!(budget.prune.as_ref().unwrap().met);
+    let measured = budget.measured_final.unwrap();
+    assert!(measured <= budget.budget, "{measured} > {}", budget.budget);
+    assert!((measured - FakeLatency { calls: 0 }.costs(&out.model).unwrap().1).abs() < 1e-9);
+    assert!(lat.calls > 10, "every candidate is timed");
+    assert!(out.report.to_table().contains("ms (pred.)"));
+    // without a measurer a latency budget is an error, before anything is trained
+    let mut t2 = FidelityTrainer::new(&m);
+    let err = compress(&m, &cfg, &mut t2, &dir.path().join("none")).unwrap_err().to_string();
+    assert!(err.contains("latency"), "{err}");
+}
+
 #[test]
 fn budget_values_are_checked() {
     for (text, key) in [
@@ -178,6 +230,9 @@ fn budget_values_are_checked() {
             "decompose.layers cannot be combined",
         ),
         ("[budget]\ntarget = 0.2\n", "target"),
+        ("[budget]\ntarget_latency_ms = -1.0\n", "budget.target_latency_ms"),
+        ("[budget]\ntarget_macs = 0.2\ntarget_latency_ms = 3.0\n", "not both"),
+        ("[budget]\nbatch = 0\n", "budget.batch"),
     ] {
         let err = Config::from_toml_str(text).unwrap_err().to_string();
         assert!(err.contains(key), "{text}: {err}");
