@@ -101,6 +101,11 @@ def entry(model_dir, report_path):
     pr = 1 - last["cost"]["params_paper"] / base["cost"]["params_paper"]
     mr = 1 - last["cost"]["macs_paper"] / base["cost"]["macs_paper"]
     drop = ((reference if reference is not None else test_base) - test_comp) * 100
+    target = (report.get("budget") or {}).get("target")
+    if target and "macs_fraction" in target:
+        variant += f" (budget: MACs <= {target['macs_fraction'] * 100:g}%)"
+    elif target and "latency_ms" in target:
+        variant += f" (budget: {target['latency_ms']['ms']} ms)"
     return {
         "model": model,
         "variant": variant,

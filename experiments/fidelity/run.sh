@@ -11,7 +11,7 @@
 # The comparison is test top-1 of (3) against test top-1 of (2).
 #
 # Usage: experiments/fidelity/run.sh [MODEL [VARIANT]]   (resumable: rerun after an interruption)
-#   MODEL: resnet20; VARIANT (optional): config-MODEL-VARIANT.toml, outputs penni-VARIANT.*
+#   MODEL: resnet20, vgg16 or resnet18; VARIANT (optional): config-MODEL-VARIANT.toml, outputs penni-VARIANT.*
 #   (e.g. `run.sh resnet20 budget`: budget mode); a variant must train as many epochs as the
 #   plain config, so that the one fair baseline serves both.
 # Runs at low priority; logs and reports land in experiments/fidelity/MODEL/.
@@ -24,9 +24,15 @@ config="$here/config-$model${variant:+-$variant}.toml"
 name="penni${variant:+-$variant}"
 [ -f "$config" ] || { echo "no such config: $config" >&2; exit 2; }
 BASE_EPOCHS="${BASE_EPOCHS:-10}"
-penni="$root/target/release/penni"
 "$root/scripts/fetch-data.sh" >/dev/null
-cargo build --release -q --locked -p penni-cli --manifest-path "$root/Cargo.toml"
+# PENNI=/path/to/penni runs a binary built earlier (a long queue of runs is then immune to
+# edits of the working tree); by default the tree is built first
+if [ -n "${PENNI:-}" ]; then
+  penni="$PENNI"
+else
+  penni="$root/target/release/penni"
+  cargo build --release -q --locked -p penni-cli --manifest-path "$root/Cargo.toml"
+fi
 out="$here/$model"
 mkdir -p "$out"
 run() { nice -n 19 "$penni" "$@"; }
@@ -34,6 +40,11 @@ resume_flag() { [ -f "$1/checkpoint.penni" ] && echo --resume || true; }
 
 case "$model" in
   resnet20) train_args=(--model resnet20) ;;
+  # VGG-16 needs 32x32 inputs (five 2x2 pools; the padding is stored in the model, so the
+  # compression pads too); width 0.25 (16..128 channels) to fit these 2-core machines
+  vgg16) train_args=(--model vgg16 --width 0.25 --pad-to 32) ;;
+  # ResNet-18 (CIFAR stem) at width 0.25 (16..128 channels), 1x28x28
+  resnet18) train_args=(--model resnet18 --width 0.25) ;;
   *) echo "unknown model: $model" >&2; exit 2 ;;
 esac
 retrain=$(awk '/^\[retrain\]/{f=1} f&&/^epochs/{print $3; exit}' "$config")
