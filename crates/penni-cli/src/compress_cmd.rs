@@ -24,6 +24,9 @@ pub struct CompressArgs {
     /// without it the paper's defaults apply (100 retraining + 30 fine-tuning epochs).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// penni (the default) or tucker: Tucker-2 convs trained with ADMM (config [tucker], [admm]).
+    #[arg(long, value_enum)]
+    pub method: Option<MethodArg>,
     /// Override the config's retraining epochs.
     #[arg(long)]
     pub retrain_epochs: Option<usize>,
@@ -60,6 +63,12 @@ pub struct CompressArgs {
     /// Where training runs: cpu, or wgpu / cuda in a penni built with that cargo feature.
     #[arg(long, default_value = "cpu")]
     pub device: TrainDevice,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum MethodArg {
+    Penni,
+    Tucker,
 }
 
 /// penni-train behind penni-compress's `Trainer`, on one dataset.
@@ -110,6 +119,10 @@ impl Trainer for BurnTrainer<'_> {
             l1_coefficients: phase.l1_coefficients,
             alternate_interval: phase.alternate_interval,
             freeze_zeros: phase.freeze_zeros,
+            proximal: phase
+                .proximal
+                .as_ref()
+                .map(|p| penni_train::Proximal::new(p.rho, p.targets.iter().map(|(n, t)| (n.clone(), t.data.clone())).collect())),
         };
         let run = RunOptions {
             checkpoint_dir: Some(checkpoint_dir.to_path_buf()),
@@ -149,6 +162,12 @@ pub fn run(args: CompressArgs) -> Result<()> {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
+    if let Some(m) = args.method {
+        config.method = match m {
+            MethodArg::Penni => penni_compress::Method::Penni,
+            MethodArg::Tucker => penni_compress::Method::Tucker,
+        };
+    }
     if let Some(e) = args.retrain_epochs {
         config.retrain.epochs = e;
     }

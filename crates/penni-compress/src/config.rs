@@ -11,7 +11,7 @@ use crate::budget::{BudgetOptions, Target};
 use crate::decompose::{DecomposeOptions, Init};
 use crate::error::{CompressError, Result};
 use crate::prune::PruneOptions;
-use crate::training::PhaseTraining;
+use crate::training::{PhaseTraining, ProximalTerm};
 use crate::tucker::{Ranks, TuckerOptions};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -19,6 +19,11 @@ use crate::tucker::{Ranks, TuckerOptions};
 pub struct Config {
     /// Seed handed to the trainer (shuffling, augmentation); the fine-tune phase gets seed + 1.
     pub seed: u64,
+    /// Which compressor: PENNI (decompose, retrain, prune, fine-tune, shrink) or Tucker-2
+    /// (ADMM training toward Tucker form, projection, fine-tune, shrink). Left out of the
+    /// serialised config when PENNI, so older run directories still resume.
+    #[serde(skip_serializing_if = "Method::is_penni")]
+    pub method: Method,
     pub decompose: DecomposeConfig,
     pub retrain: RetrainConfig,
     pub prune: PruneConfig,
@@ -31,6 +36,69 @@ pub struct Config {
     /// at its defaults, as `budget`.
     #[serde(skip_serializing_if = "TuckerConfig::is_default")]
     pub tucker: TuckerConfig,
+    /// ADMM training of the Tucker method.
+    #[serde(skip_serializing_if = "AdmmConfig::is_default")]
+    pub admm: AdmmConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    #[default]
+    Penni,
+    Tucker,
+}
+
+impl Method {
+    fn is_penni(&self) -> bool {
+        *self == Method::Penni
+    }
+}
+
+/// ADMM toward Tucker form (crate::admm): loss + rho/2 ||W - Z + U||^2, with Z the Tucker
+/// projection of W + U and U the scaled dual, updated every `interval` epochs; rho is multiplied
+/// by `rho_growth` at each update.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmmConfig {
+    pub epochs: usize,
+    pub interval: usize,
+    pub rho: f64,
+    pub rho_growth: f64,
+    pub lr: f64,
+    /// Fractions of `epochs` at which the learning rate is multiplied by `gamma`.
+    pub milestones: Vec<f64>,
+    pub gamma: f64,
+    pub momentum: f64,
+    pub nesterov: bool,
+    pub weight_decay: f64,
+    pub batch_size: usize,
+}
+
+impl Default for AdmmConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 6,
+            interval: 1,
+            // the penalty's pull per step is lr * rho * (W - T): 0.05 at lr 0.01 closes most of
+            // the gap in a few epochs of ~400 steps without swamping the cross-entropy
+            rho: 0.05,
+            rho_growth: 1.5,
+            lr: 0.01,
+            milestones: vec![0.67],
+            gamma: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+            batch_size: 128,
+        }
+    }
+}
+
+impl AdmmConfig {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Tucker-2 decomposition (crate::tucker).
@@ -397,6 +465,29 @@ impl Config {
                 b.coefficient_density
             ));
         }
+        let a = &self.admm;
+        check_schedule(
+            &mut p,
+            "admm",
+            a.lr,
+            &a.milestones,
+            a.gamma,
+            a.momentum,
+            a.weight_decay,
+            a.batch_size,
+        );
+        if a.interval == 0 {
+            p.push("admm.interval must be >= 1, got 0".into());
+        }
+        if !(a.rho.is_finite() && a.rho > 0.0) {
+            p.push(format!("admm.rho must be > 0, got {}", a.rho));
+        }
+        if !(a.rho_growth.is_finite() && a.rho_growth >= 1.0) {
+            p.push(format!("admm.rho_growth must be >= 1, got {}", a.rho_growth));
+        }
+        if self.method == Method::Tucker && self.budget_options().is_some() {
+            p.push("budget mode chooses PENNI's d and thresholds; it cannot be combined with method = \"tucker\"".into());
+        }
         let t = &self.tucker;
         if !(t.rank.is_finite() && t.rank > 0.0 && t.rank <= 1.0) {
             p.push(format!("tucker.rank must be a fraction in (0, 1], got {}", t.rank));
@@ -452,6 +543,29 @@ impl Config {
         }
     }
 
+    /// One ADMM round of `epochs` epochs starting at epoch `start` of the ADMM schedule, pulled
+    /// toward `targets` with strength `rho`.
+    pub fn admm_round(&self, start: usize, epochs: usize, round: usize, proximal: ProximalTerm) -> PhaseTraining {
+        let a = &self.admm;
+        let drops = milestone_epochs(&a.milestones, a.epochs).iter().filter(|m| **m <= start).count();
+        PhaseTraining {
+            name: "admm".into(),
+            epochs,
+            lr: a.lr * a.gamma.powi(drops as i32),
+            milestones: vec![],
+            gamma: a.gamma,
+            momentum: a.momentum,
+            nesterov: a.nesterov,
+            weight_decay: a.weight_decay,
+            batch_size: a.batch_size,
+            l1_coefficients: 0.0,
+            alternate_interval: None,
+            freeze_zeros: false,
+            seed: self.seed.wrapping_add(1000 + round as u64),
+            proximal: Some(proximal),
+        }
+    }
+
     /// The budget mode's settings, when a budget is set.
     pub fn budget_options(&self) -> Option<BudgetOptions> {
         let b = &self.budget;
@@ -489,6 +603,7 @@ impl Config {
             alternate_interval: Some(r.alternate_interval),
             freeze_zeros: false,
             seed: self.seed,
+            proximal: None,
         }
     }
 
@@ -509,6 +624,7 @@ impl Config {
             alternate_interval: None,
             freeze_zeros: true,
             seed: self.seed.wrapping_add(1),
+            proximal: None,
         }
     }
 }

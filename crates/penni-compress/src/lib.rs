@@ -6,11 +6,13 @@
 //! - [`groups::DependencyGraph`]: which tensors share channels (residual groups);
 //! - passes: [`decompose()`], [`prune()`], [`shrink()`], each `&Model -> (Model, report)`;
 //! - [`tucker`]: the second compressor, Tucker-2 (HOSVD) of k x k convs into three convs;
+//! - [`admm`]: ADMM training toward Tucker form (the Tucker method's first phase);
 //! - [`compress`]: decompose -> retrain -> prune -> fine-tune -> shrink with checkpoints and
 //!   resume, training reached through the [`Trainer`] trait; [`Config`] holds every setting;
 //! - [`budget`]: the budget mode's per-layer choice of d and pruning threshold under a MAC budget;
 //! - [`report`]: per-phase records as a table, JSON and SVG.
 
+pub mod admm;
 pub mod budget;
 pub mod config;
 pub mod decompose;
@@ -25,7 +27,7 @@ pub mod training;
 pub mod tucker;
 
 pub use budget::{BudgetOptions, BudgetReport, CostModel, MacCost, Target};
-pub use config::Config;
+pub use config::{Config, Method};
 pub use decompose::{DecomposeOptions, DecomposeReport, Init, decompose};
 pub use error::{CompressError, Result};
 pub use groups::{ChannelGroup, DependencyGraph};
@@ -33,5 +35,5 @@ pub use pipeline::{CompressOutcome, Phase, compress, compress_with_latency};
 pub use prune::{PruneOptions, PruneReport, prune};
 pub use report::{CompressionReport, PhaseRecord, TestResult};
 pub use shrink::{ShrinkReport, shrink};
-pub use training::{Evaluation, PhaseTraining, Trainer};
+pub use training::{Evaluation, PhaseTraining, ProximalTerm, Trainer};
 pub use tucker::{Ranks, TuckerOptions, TuckerReport, tucker_decompose};

@@ -1,11 +1,14 @@
-//! The PENNI pipeline: decompose -> retrain -> prune -> fine-tune -> shrink, with every phase's
-//! model checkpointed in a run directory so that a stopped run resumes where it stopped.
+//! The compression pipelines, with every phase's model checkpointed in a run directory so that
+//! a stopped run resumes where it stopped:
+//! - PENNI: decompose -> retrain -> prune -> fine-tune -> shrink;
+//! - Tucker-2: ADMM (training toward Tucker form) -> project -> fine-tune -> shrink.
 //!
 //! Run directory layout:
 //! - `state.json`: completed phases, fingerprints of the config and input model, the report so far
 //! - `config.toml`: the effective config of the run
-//! - `1-decompose.penni` ... `5-shrink.penni`: the model after each phase
-//! - `retrain/`, `finetune/`: the trainer's own epoch checkpoints (it resumes from them)
+//! - `1-decompose.penni` ... `5-shrink.penni` (Tucker: `1-admm.penni` ... `4-shrink.penni`): the
+//!   model after each phase
+//! - `retrain/`, `finetune/`, `admm/`: the trainer's own epoch checkpoints (it resumes from them)
 //! - `report.txt`, `report.json`, `report.svg`: refreshed after every phase
 //! - `progress.jsonl`: one JSON line per phase start/end
 //!
@@ -20,14 +23,16 @@ use penni_model::io::{load_with_extras, save_with_extras, write_atomic};
 use penni_model::{Extras, Model};
 use serde::{Deserialize, Serialize};
 
+use crate::admm::admm;
 use crate::budget::{BudgetReport, CostModel, MacCost, Target, choose_bases, choose_thresholds};
-use crate::config::Config;
+use crate::config::{Config, Method};
 use crate::decompose::decompose;
 use crate::error::{CompressError, Result};
 use crate::prune::prune;
 use crate::report::{CompressionReport, PhaseRecord, ReportFiles, TestResult};
 use crate::shrink::shrink;
 use crate::training::Trainer;
+use crate::tucker::tucker_decompose;
 
 /// The phases, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -38,10 +43,23 @@ pub enum Phase {
     Prune,
     Finetune,
     Shrink,
+    Admm,
+    Project,
 }
 
 impl Phase {
+    /// PENNI's phases, in order.
     pub const ALL: [Phase; 5] = [Phase::Decompose, Phase::Retrain, Phase::Prune, Phase::Finetune, Phase::Shrink];
+    /// Tucker-2's phases, in order.
+    pub const TUCKER: [Phase; 4] = [Phase::Admm, Phase::Project, Phase::Finetune, Phase::Shrink];
+
+    /// The phases of a method, in order.
+    pub fn sequence(method: Method) -> &'static [Phase] {
+        match method {
+            Method::Penni => &Phase::ALL,
+            Method::Tucker => &Phase::TUCKER,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -50,12 +68,19 @@ impl Phase {
             Phase::Prune => "prune",
             Phase::Finetune => "finetune",
             Phase::Shrink => "shrink",
+            Phase::Admm => "admm",
+            Phase::Project => "project",
         }
     }
 
-    /// File of the model after this phase, inside the run directory.
+    /// File of the model after this PENNI phase, inside the run directory.
     pub fn checkpoint_file(self) -> String {
-        let i = Phase::ALL.iter().position(|p| *p == self).unwrap_or(0) + 1;
+        self.checkpoint_file_in(&Phase::ALL)
+    }
+
+    /// File of the model after this phase of `sequence`, numbered by its place there.
+    pub fn checkpoint_file_in(self, sequence: &[Phase]) -> String {
+        let i = sequence.iter().position(|p| *p == self).unwrap_or(0) + 1;
         format!("{i}-{}.penni", self.name())
     }
 }
@@ -172,12 +197,6 @@ fn read_state(path: &Path) -> Result<RunState> {
                 "written by a newer penni (version {}, this build reads up to {STATE_VERSION})",
                 state.version
             ),
-        ));
-    }
-    if !Phase::ALL.starts_with(&state.completed) {
-        return Err(state_err(
-            path,
-            format!("completed phases {:?} are not a prefix of the pipeline", state.completed),
         ));
     }
     Ok(state)
@@ -307,11 +326,18 @@ pub fn compress_with_latency(
         write_state(&state_path, &s)?;
         s
     };
+    let sequence = Phase::sequence(config.method);
+    if !sequence.starts_with(&state.completed) {
+        return Err(state_err(
+            &state_path,
+            format!("completed phases {:?} are not a prefix of the pipeline", state.completed),
+        ));
+    }
     let resumed_after = state.completed.last().copied();
     let mut current = match resumed_after {
         None => model.clone(),
         Some(p) => {
-            let path = run_dir.join(p.checkpoint_file());
+            let path = run_dir.join(p.checkpoint_file_in(sequence));
             let (m, extras) =
                 load_with_extras(&path).map_err(|e| state_err(&state_path, format!("cannot load the {p} checkpoint: {e}")))?;
             if extras.metadata.get("penni_compress.phase").map(String::as_str) != Some(p.name()) {
@@ -321,7 +347,7 @@ pub fn compress_with_latency(
         }
     };
     let mut phases_run = Vec::new();
-    for phase in Phase::ALL.into_iter().skip(state.completed.len()) {
+    for &phase in sequence.iter().skip(state.completed.len()) {
         log_progress(
             run_dir,
             serde_json::json!({"event": "phase_start", "phase": phase.name(), "time": unix_time()}),
@@ -372,6 +398,18 @@ pub fn compress_with_latency(
                 }
                 m
             }
+            Phase::Admm => {
+                let dir = run_dir.join(phase.name());
+                let (m, r) = admm(&current, config, trainer, &dir)?;
+                check_same_graph(&current, &m, phase.name())?;
+                state.report.admm = Some(r);
+                m
+            }
+            Phase::Project => {
+                let (m, r) = tucker_decompose(&current, &config.tucker_options())?;
+                state.report.tucker = Some(r);
+                m
+            }
             Phase::Shrink => {
                 let (m, r) = shrink(&current)?;
                 state.report.shrink = Some(r);
@@ -415,7 +453,7 @@ pub fn compress_with_latency(
             tensors: BTreeMap::new(),
         };
         // checkpoint first, then the state that points at it: a crash in between redoes the phase
-        save_with_extras(&next, &extras, &run_dir.join(phase.checkpoint_file()))?;
+        save_with_extras(&next, &extras, &run_dir.join(phase.checkpoint_file_in(sequence)))?;
         state.report.phases.retain(|p| p.phase != phase.name());
         state.report.phases.push(record.clone());
         state.completed.push(phase);
@@ -446,6 +484,6 @@ pub fn compress_with_latency(
         resumed_after,
         phases_run,
         report_files,
-        final_checkpoint: run_dir.join(Phase::Shrink.checkpoint_file()),
+        final_checkpoint: run_dir.join(Phase::Shrink.checkpoint_file_in(sequence)),
     })
 }

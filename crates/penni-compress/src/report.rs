@@ -9,11 +9,13 @@ use penni_model::io::write_atomic;
 use penni_model::{Model, Op, model_cost};
 use serde::{Deserialize, Serialize};
 
+use crate::admm::AdmmReport;
 use crate::budget::{BudgetReport, BudgetStage, Target};
 use crate::decompose::DecomposeReport;
 use crate::error::{CompressError, Result};
 use crate::prune::{PruneReport, ratio};
 use crate::shrink::ShrinkReport;
+use crate::tucker::TuckerReport;
 
 /// What the "paper" figures count (penni_model::cost).
 pub const COUNTING_PAPER: &str = "paper: non-zero conv/linear weights and PENNI coefficients; MACs of conv and linear layers, a decomposed conv as basis stage (H'W'*C*d*k*k) + combination stage (nnz(A)*H'W')";
@@ -130,6 +132,12 @@ pub struct CompressionReport {
     /// (the phases' `top1` are validation figures).
     #[serde(default)]
     pub test: Option<TestResult>,
+    /// ADMM's constraint gap per round (Tucker method).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admm: Option<AdmmReport>,
+    /// The Tucker projection: ranks and reconstruction error per layer (Tucker method).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tucker: Option<TuckerReport>,
     /// The budget mode's choices and predictions, when a budget was set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetReport>,
@@ -332,6 +340,35 @@ impl CompressionReport {
         }
         if let Some(b) = &self.budget {
             s += &self.budget_table(b);
+        }
+        if let Some(a) = &self.admm {
+            s += &format!(
+                "\nADMM toward Tucker form: constraint gap ||W - Z|| / ||W|| {:.4} before training",
+                a.initial_gap
+            );
+            for r in &a.rounds {
+                s += &format!(", {:.4} after epoch {} (rho {:.4})", r.gap, r.epochs_done, r.rho);
+            }
+            s += "\n";
+        }
+        if let Some(t) = &self.tucker {
+            let rows: Vec<Vec<String>> = t
+                .layers
+                .iter()
+                .map(|l| {
+                    vec![
+                        l.node.clone(),
+                        format!("{} -> {}", l.in_channels, l.out_channels),
+                        format!("{} -> {}", l.ranks.r_in, l.ranks.r_out),
+                        format!("{:.4}", l.relative_error),
+                    ]
+                })
+                .collect();
+            s += "\nTucker-2 projection (1x1 C -> R_in, core R_in -> R_out, 1x1 R_out -> N):\n";
+            s += &render(&["layer", "channels", "ranks", "projection error"], &rows);
+            for (name, why) in &t.kept_dense {
+                s += &format!("kept dense: {name}: {why}\n");
+            }
         }
         if let Some(t) = &self.test {
             s += &format!(

@@ -2,9 +2,10 @@
 //! the [`Trainer`] that does it. Kept apart so that the config and the pipeline both read it
 //! without reading each other.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use penni_model::Model;
+use penni_model::{Model, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -17,7 +18,8 @@ use crate::error::Result;
 /// - `freeze_zeros`: entries of conv/linear weights and coefficients that are exactly zero at the
 ///   start stay exactly zero (gradient and update masked);
 /// - SGD with `momentum`/`nesterov`/`weight_decay`; the lr of epoch e is
-///   `lr * gamma^(number of milestones <= e)` (milestones are epoch indices).
+///   `lr * gamma^(number of milestones <= e)` (milestones are epoch indices);
+/// - `proximal`: `rho/2 * ||W - T||^2` added to the loss for each named weight.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PhaseTraining {
     pub name: String,
@@ -33,6 +35,17 @@ pub struct PhaseTraining {
     pub alternate_interval: Option<usize>,
     pub freeze_zeros: bool,
     pub seed: u64,
+    /// ADMM's proximal term, when the phase trains toward a constraint set.
+    #[serde(skip)]
+    pub proximal: Option<ProximalTerm>,
+}
+
+/// `rho/2 * ||W - T||^2` added to the loss for every weight named in `targets` (node name -> T,
+/// the shape of the conv's or linear layer's weight).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProximalTerm {
+    pub rho: f64,
+    pub targets: BTreeMap<String, Tensor>,
 }
 
 /// A validation measurement: top-1 and, where the trainer computes it, the mean cross-entropy.

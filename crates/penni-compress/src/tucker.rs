@@ -186,6 +186,16 @@ pub fn tucker_factors(w: &[f32], n: usize, c: usize, kk: usize, ranks: Ranks) ->
     })
 }
 
+/// The nearest weight of Tucker ranks `ranks` to `w` (N x C x kk) by truncated HOSVD, and the
+/// relative distance to it: ADMM's projection step.
+pub fn project(w: &[f32], n: usize, c: usize, kk: usize, ranks: Ranks) -> Result<(Vec<f32>, f64)> {
+    let f = tucker_factors(w, n, c, kk, ranks)?;
+    Ok((
+        reconstruct(&f, n, c, kk, ranks).iter().map(|v| *v as f32).collect(),
+        f.relative_error,
+    ))
+}
+
 /// W'[o, c, k] = sum_{r, s} U_out[o, r] U_in[c, s] core[r, s, k], in f64.
 pub fn reconstruct(f: &TuckerFactors, n: usize, c: usize, kk: usize, ranks: Ranks) -> Vec<f64> {
     let (ri, ro) = (ranks.r_in, ranks.r_out);

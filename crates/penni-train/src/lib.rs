@@ -11,5 +11,5 @@ pub mod trainer;
 pub use device::TrainDevice;
 pub use error::{Result, TrainError};
 pub use trainer::{
-    EpochRecord, Evaluation, LrSchedule, RunOptions, TrainData, TrainOptions, TrainOutcome, evaluate, forward, gradients, train,
+    EpochRecord, Evaluation, LrSchedule, Proximal, RunOptions, TrainData, TrainOptions, TrainOutcome, evaluate, forward, gradients, train,
 };

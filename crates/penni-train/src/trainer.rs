@@ -61,6 +61,52 @@ pub struct TrainOptions {
     pub alternate_interval: Option<usize>,
     /// Entries of weights and coefficients that are exactly zero at the start stay exactly zero.
     pub freeze_zeros: bool,
+    /// A proximal term `rho/2 * ||W - T||^2` per named weight (the ADMM step of a constrained
+    /// training, e.g. toward Tucker form).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proximal: Option<Proximal>,
+}
+
+/// `rho/2 * ||W - T||^2` added to the loss for every conv or linear weight named in `targets`
+/// (node name -> T, the weight's shape, row-major). Applied as its gradient `rho * (W - T)`,
+/// beside weight decay. Checkpoints record `rho` and a fingerprint of the targets, not the
+/// targets, so a resume with other targets is refused without storing them twice.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Proximal {
+    pub rho: f64,
+    #[serde(skip)]
+    pub targets: BTreeMap<String, Vec<f32>>,
+    pub targets_fingerprint: String,
+}
+
+impl Proximal {
+    pub fn new(rho: f64, targets: BTreeMap<String, Vec<f32>>) -> Self {
+        // FNV-1a over names and bits: stable across runs and releases
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |b: &[u8]| {
+            for x in b {
+                h = (h ^ *x as u64).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for (name, t) in &targets {
+            eat(name.as_bytes());
+            eat(&[0xff]);
+            for v in t {
+                eat(&v.to_bits().to_le_bytes());
+            }
+        }
+        Self {
+            rho,
+            targets,
+            targets_fingerprint: format!("{h:016x}"),
+        }
+    }
+}
+
+impl PartialEq for Proximal {
+    fn eq(&self, other: &Self) -> bool {
+        self.rho == other.rho && self.targets_fingerprint == other.targets_fingerprint
+    }
 }
 
 impl Default for TrainOptions {
@@ -78,6 +124,7 @@ impl Default for TrainOptions {
             l1_coefficients: 0.0,
             alternate_interval: None,
             freeze_zeros: false,
+            proximal: None,
         }
     }
 }
@@ -102,6 +149,11 @@ impl TrainOptions {
         }
         if self.alternate_interval == Some(0) {
             return bad("alternation interval must be at least 1 epoch".into());
+        }
+        if let Some(p) = &self.proximal
+            && !(p.rho.is_finite() && p.rho >= 0.0)
+        {
+            return bad(format!("proximal strength rho must be >= 0, got {}", p.rho));
         }
         if let LrSchedule::MultiStep { gamma, .. } = self.schedule
             && !(gamma.is_finite() && gamma > 0.0)
@@ -562,6 +614,30 @@ fn first_non_finite(net: &Net, model: &Model) -> Option<String> {
         .map(|i| slot_key(net, model, i))
 }
 
+/// Per slot, the proximal target of its weight (`None` for other slots), with rho; checks that
+/// every target names a conv or linear weight of the right size.
+#[allow(clippy::type_complexity)]
+fn proximal_targets(net: &Net, model: &Model, opts: &TrainOptions, dev: &Device) -> Result<Option<(f64, Vec<Option<Tensor<1>>>)>> {
+    let Some(p) = &opts.proximal else { return Ok(None) };
+    let mut out: Vec<Option<Tensor<1>>> = vec![None; net.slots.len()];
+    for (name, target) in &p.targets {
+        let slot = net
+            .slots
+            .iter()
+            .position(|s| s.kind == ParamKind::Weight && model.nodes[s.node].name == *name)
+            .ok_or_else(|| TrainError::Config(format!("proximal target '{name}' is not a conv or linear weight of the model")))?;
+        let want = model.nodes[net.slots[slot].node].params[&net.slots[slot].name].data.len();
+        if target.len() != want {
+            return Err(TrainError::Config(format!(
+                "proximal target '{name}' has {} values, the weight {want}",
+                target.len()
+            )));
+        }
+        out[slot] = Some(to_tensor(target, dev));
+    }
+    Ok(Some((p.rho, out)))
+}
+
 /// Trains `model` and returns it with the trained weights written back.
 pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOptions) -> Result<TrainOutcome> {
     opts.validate()?;
@@ -620,6 +696,7 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
     }
 
     let coef_slots: Vec<usize> = (0..n_slots).filter(|&i| net.slots[i].kind == ParamKind::Coefficients).collect();
+    let proximal = proximal_targets(&net, &current, opts, &dev)?;
     for epoch in start_epoch..opts.epochs {
         if run.stop_after_epochs.is_some_and(|s| epoch >= s) {
             return Err(TrainError::Stopped(epoch));
@@ -705,6 +782,9 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
                 };
                 if opts.weight_decay > 0.0 {
                     g = g + p.clone() * opts.weight_decay;
+                }
+                if let (Some((rho, _)), Some(t)) = (&proximal, proximal.as_ref().and_then(|(_, t)| t[i].as_ref())) {
+                    g = g + (p.clone() - t.clone()) * *rho;
                 }
                 let update = if opts.momentum > 0.0 {
                     let buf = match sgd.momentum[i].take() {
