@@ -71,7 +71,7 @@ def config_epochs(config):
         if line.startswith("["):
             section = line.strip("[]")
         m = re.match(r"epochs\s*=\s*(\d+)", line)
-        if m and section in ("retrain", "finetune"):
+        if m and section in ("retrain", "admm", "finetune"):
             out[section] = int(m.group(1))
     return out
 
@@ -125,6 +125,7 @@ def entry(model_dir, report_path):
         "epochs": {
             "baseline": base_epochs,
             "retrain": ep.get("retrain"),
+            "admm": ep.get("admm"),
             "finetune": ep.get("finetune"),
             "fair_baseline_extra": fair_epochs if reference is not None else None,
         },
@@ -147,7 +148,7 @@ def entry(model_dir, report_path):
 
 def table(results):
     lines = [
-        "| model | variant | test top-1: baseline (fair baseline) -> PENNI | change vs comparison | val top-1 baseline -> PENNI | params (paper) | MACs (paper) | epochs (base + retrain + finetune) | targets 90% / 85% / -0.3 |",
+        "| model | variant | test top-1: baseline (fair baseline) -> compressed | change vs comparison | val top-1 baseline -> compressed | params (paper) | MACs (paper) | epochs (base + retrain or ADMM + finetune) | targets 90% / 85% / -0.3 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -161,7 +162,7 @@ def table(results):
             f"| {v['baseline'] * 100:.2f}% -> {v['compressed'] * 100:.2f}% "
             f"| {p['baseline']:,} -> {p['compressed']:,} ({r['removed']['params_paper'] * 100:.1f}% removed) "
             f"| {m['baseline'] / 1e6:.2f}M -> {m['compressed'] / 1e6:.2f}M ({r['removed']['macs_paper'] * 100:.1f}% removed) "
-            f"| {e['baseline']} + {e['retrain']} + {e['finetune']} "
+            f"| {e['baseline']} + {e['retrain'] or e['admm']} + {e['finetune']} "
             f"| {'/'.join('yes' if met[k] else 'no' for k in ('params', 'macs', 'accuracy'))} |"
         )
     return "\n".join(lines) + "\n"

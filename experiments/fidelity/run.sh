@@ -62,8 +62,14 @@ copy "$out/baseline.run/metrics.jsonl" "$out/baseline-metrics.jsonl"
 
 if [ -n "$variant" ]; then
   epochs() { awk -v s="[$2]" '$0==s{f=1} f&&/^epochs/{print $3; exit}' "$1"; }
+  # training epochs in all: PENNI retrains, Tucker trains with ADMM, both fine-tune
+  total() {
+    local r a f
+    r=$(epochs "$1" retrain); a=$(epochs "$1" admm); f=$(epochs "$1" finetune)
+    echo $(( ${r:-0} + ${a:-0} + ${f:-0} ))
+  }
   plain="$here/config-$model.toml"
-  if [ "$(epochs "$config" retrain) $(epochs "$config" finetune)" != "$(epochs "$plain" retrain) $(epochs "$plain" finetune)" ]; then
+  if [ "$(total "$config")" != "$(total "$plain")" ]; then
     echo "$config must train as many epochs as $plain (one fair baseline serves both)" >&2
     exit 2
   fi
