@@ -24,7 +24,9 @@ pub struct CompressArgs {
     /// without it the paper's defaults apply (100 retraining + 30 fine-tuning epochs).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// penni (the default) or tucker: Tucker-2 convs trained with ADMM (config [tucker], [admm]).
+    /// penni (the default); tucker: Tucker-2 convs trained with ADMM (config [tucker], [admm]);
+    /// auto: per layer PENNI, Tucker-2 or dense, chosen under the budget (--target-macs or
+    /// --target-latency).
     #[arg(long, value_enum)]
     pub method: Option<MethodArg>,
     /// Override the config's retraining epochs.
@@ -69,6 +71,7 @@ pub struct CompressArgs {
 pub enum MethodArg {
     Penni,
     Tucker,
+    Auto,
 }
 
 /// penni-train behind penni-compress's `Trainer`, on one dataset.
@@ -166,6 +169,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         config.method = match m {
             MethodArg::Penni => penni_compress::Method::Penni,
             MethodArg::Tucker => penni_compress::Method::Tucker,
+            MethodArg::Auto => penni_compress::Method::Auto,
         };
     }
     if let Some(e) = args.retrain_epochs {

@@ -32,6 +32,7 @@ use crate::decompose::{DecomposeOptions, decompose};
 use crate::error::{CompressError, Result};
 use crate::prune::{prunable_param, prune_values};
 use crate::training::Evaluation;
+use crate::tucker::{Ranks, TuckerOptions, tucker_decompose};
 
 /// What the budget limits.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -76,6 +77,8 @@ pub struct BudgetOptions {
     pub d_choices: Vec<usize>,
     /// Candidate pruning thresholds, in standard deviations of a layer's values.
     pub s_choices: Vec<f64>,
+    /// Tucker-2 ranks as fractions of a layer's channels (the auto method's candidates).
+    pub tucker_ranks: Vec<f64>,
     /// Fraction of coefficients assumed kept after pruning, to cost the combination stage when
     /// choosing d.
     pub coefficient_density: f64,
@@ -94,6 +97,9 @@ pub struct Candidate {
     /// Its validation loss, when the trainer measures one.
     #[serde(default)]
     pub loss: Option<f32>,
+    /// What the layer becomes (the auto method's decomposition stage; otherwise `value` says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<Form>,
 }
 
 impl Candidate {
@@ -350,18 +356,47 @@ fn fixed_cost(cost: &mut dyn CostModel, model: &Model, budgeted: &[String]) -> R
     Ok((total - budgeted.iter().filter_map(|n| layers.get(n)).sum::<f64>()).max(0.0))
 }
 
-/// Chooses d per layer under `budget` (decomposition stage). `evaluate` measures a model on the
-/// validation split, `cost` prices it. Returns the per-layer d for [`decompose`] and the
-/// stage's record.
-pub fn choose_bases(
+/// What one layer becomes in the decomposition stage.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Form {
+    Penni { d: usize },
+    Tucker { ranks: Ranks },
+    Dense,
+}
+
+impl std::fmt::Display for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Form::Penni { d } => write!(f, "penni d = {d}"),
+            Form::Tucker { ranks } => write!(f, "tucker {} x {}", ranks.r_in, ranks.r_out),
+            Form::Dense => f.write_str("dense"),
+        }
+    }
+}
+
+/// The decomposition stage's choices, per layer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Forms {
+    /// Layers to decompose with PENNI, and their d.
+    pub penni: BTreeMap<String, usize>,
+    /// Layers to decompose into Tucker-2, and their ranks.
+    pub tucker: BTreeMap<String, Ranks>,
+}
+
+/// Chooses per layer under `budget` (decomposition stage) the number of bases d, or with
+/// `tucker` (the auto method: Tucker options and rank fractions) PENNI at some d, Tucker-2 at
+/// some ranks or dense. `evaluate` measures a model on the validation split, `cost` prices it.
+pub fn choose_forms(
     model: &Model,
     decompose_opts: &DecomposeOptions,
+    tucker: Option<(&TuckerOptions, &[f64])>,
     opts: &BudgetOptions,
     budget: f64,
     cost: &mut dyn CostModel,
     evaluate: &mut dyn FnMut(&Model) -> Result<Evaluation>,
-) -> Result<(BTreeMap<String, usize>, BudgetStage)> {
-    let reference = checked(evaluate(model)?, "budget (bases)")?;
+) -> Result<(Forms, BudgetStage)> {
+    let reference = checked(evaluate(model)?, "budget (decomposition)")?;
     // the layers the decomposition would touch at the fewest bases, each at every candidate d
     let fewest = opts.d_choices.iter().copied().min().unwrap_or(1).max(1);
     let (_, plan) = decompose(
@@ -372,7 +407,13 @@ pub fn choose_bases(
         },
     )?;
     let budgeted: Vec<String> = plan.layers.iter().map(|l| l.node.clone()).collect();
+    let (reference_costs, reference_total) = cost.costs(model)?;
     let fixed = fixed_cost(cost, model, &budgeted)?;
+    // a candidate's cost: what it adds to the reference model with that layer's cost taken out
+    let candidate_cost = |cost: &mut dyn CostModel, m: &Model, name: &str| -> Result<f64> {
+        let layer = reference_costs.get(name).copied().unwrap_or(0.0);
+        Ok((cost.costs(m)?.1 - (reference_total - layer)).max(0.0))
+    };
     // the whole model decomposed at each candidate d; a candidate takes one layer from it
     let mut by_d: BTreeMap<usize, Model> = BTreeMap::new();
     for d in &opts.d_choices {
@@ -384,6 +425,7 @@ pub fn choose_bases(
     }
     let mut nodes = Vec::with_capacity(budgeted.len());
     let mut candidates = Vec::with_capacity(budgeted.len());
+    let mut forms: Vec<Vec<Form>> = Vec::with_capacity(budgeted.len());
     for name in &budgeted {
         let Some(Op::Conv2d(c)) = model.node(name).map(|n| &n.op) else {
             continue;
@@ -396,32 +438,86 @@ pub fn choose_bases(
         }
         ds.sort_unstable_by(|a, b| b.cmp(a));
         ds.dedup();
-        let mut cands = Vec::with_capacity(ds.len());
+        let mut cands = Vec::new();
         for d in ds {
             let decomposed = by_d
                 .get(&d)
                 .ok_or_else(|| CompressError::Invalid(format!("budget: no decomposition at d = {d}")))?;
             let one = with_node_from(model, decomposed, name)?;
-            let e = checked(evaluate(&one)?, "budget (bases)")?;
+            let e = checked(evaluate(&one)?, "budget (decomposition)")?;
             let mut costed = one;
             if let Some(node) = costed.nodes.iter_mut().find(|n| &n.name == name) {
                 keep_largest(&mut node.param_mut("coefficients")?.data, opts.coefficient_density);
             }
-            cands.push(Candidate {
-                value: d as f64,
-                cost: layer_cost(cost, &costed, name)?,
-                top1: e.top1,
-                loss: e.loss,
-            });
+            let c = candidate_cost(cost, &costed, name)?;
+            cands.push((Form::Penni { d }, c, e));
         }
+        if let Some((topts, fractions)) = tucker {
+            if c.groups == 1 {
+                let mut seen = std::collections::BTreeSet::new();
+                for f in fractions {
+                    let r = |ch: usize| ((ch as f64 * f).ceil() as usize).clamp(1, ch);
+                    let ranks = Ranks {
+                        r_in: r(c.in_channels),
+                        r_out: r(c.out_channels),
+                    };
+                    if !seen.insert((ranks.r_in, ranks.r_out)) {
+                        continue;
+                    }
+                    let o = TuckerOptions {
+                        per_layer: BTreeMap::from([(name.clone(), ranks)]),
+                        only: Some([name.clone()].into()),
+                        only_if_cheaper: false,
+                        ..topts.clone()
+                    };
+                    let (one, _) = tucker_decompose(model, &o)?;
+                    let e = checked(evaluate(&one)?, "budget (decomposition)")?;
+                    let c = candidate_cost(cost, &one, name)?;
+                    cands.push((Form::Tucker { ranks }, c, e));
+                }
+            }
+            cands.push((Form::Dense, reference_costs.get(name).copied().unwrap_or(0.0), reference));
+        }
+        let mut cands: Vec<(Candidate, Form)> = cands
+            .into_iter()
+            .map(|(form, c, e)| {
+                let value = match form {
+                    Form::Penni { d } => d as f64,
+                    _ => 0.0,
+                };
+                (
+                    Candidate {
+                        value,
+                        cost: c,
+                        top1: e.top1,
+                        loss: e.loss,
+                        form: tucker.is_some().then_some(form),
+                    },
+                    form,
+                )
+            })
+            .collect();
         // most accurate first: the greedy starts there
-        cands.sort_by(|a, b| a.badness().total_cmp(&b.badness()).then(b.cost.total_cmp(&a.cost)));
+        cands.sort_by(|a, b| a.0.badness().total_cmp(&b.0.badness()).then(b.0.cost.total_cmp(&a.0.cost)));
         nodes.push(name.clone());
-        candidates.push(cands);
+        forms.push(cands.iter().map(|c| c.1).collect());
+        candidates.push(cands.into_iter().map(|c| c.0).collect());
     }
-    let s = stage("d", reference, nodes, candidates, fixed, budget);
-    let per_layer = s.layers.iter().map(|l| (l.node.clone(), l.choice().value as usize)).collect();
-    Ok((per_layer, s))
+    let parameter = if tucker.is_some() { "form" } else { "d" };
+    let s = stage(parameter, reference, nodes, candidates, fixed, budget);
+    let mut out = Forms::default();
+    for (l, f) in s.layers.iter().zip(&forms) {
+        match f[l.chosen] {
+            Form::Penni { d } => {
+                out.penni.insert(l.node.clone(), d);
+            }
+            Form::Tucker { ranks } => {
+                out.tucker.insert(l.node.clone(), ranks);
+            }
+            Form::Dense => {}
+        }
+    }
+    Ok((out, s))
 }
 
 /// Chooses the pruning threshold s per layer under the budget (pruning stage); "no pruning" is
@@ -451,6 +547,7 @@ pub fn choose_thresholds(
             continue;
         };
         let mut cands = vec![Candidate {
+            form: None,
             value: 0.0,
             cost: reference_costs.get(&node.name).copied().unwrap_or(0.0),
             top1: reference.top1,
@@ -477,6 +574,7 @@ pub fn choose_thresholds(
                 cost: c,
                 top1: e.top1,
                 loss: e.loss,
+                form: None,
             });
         }
         cands.sort_by(|a, b| a.badness().total_cmp(&b.badness()).then(b.cost.total_cmp(&a.cost)));
@@ -498,6 +596,7 @@ mod tests {
             cost: cost as f64,
             top1,
             loss: None,
+            form: None,
         }
     }
 

@@ -47,6 +47,8 @@ pub enum Method {
     #[default]
     Penni,
     Tucker,
+    /// Per layer PENNI, Tucker-2 or dense, chosen by the budget mode (needs a budget).
+    Auto,
 }
 
 impl Method {
@@ -146,6 +148,8 @@ pub struct BudgetConfig {
     /// Candidate pruning thresholds (standard deviations of a layer's values); not pruning a
     /// layer is always a candidate.
     pub s_choices: Vec<f64>,
+    /// Candidate Tucker-2 ranks, as fractions of a layer's channels (method = "auto").
+    pub tucker_ranks: Vec<f64>,
     /// Fraction of coefficients assumed kept after pruning, to cost the combination stage when
     /// d is chosen (before retraining).
     pub coefficient_density: f64,
@@ -160,6 +164,7 @@ impl Default for BudgetConfig {
             threads: 0,
             d_choices: vec![1, 2, 3, 4, 5, 6],
             s_choices: vec![0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0],
+            tucker_ranks: vec![0.125, 0.25, 0.5],
             coefficient_density: 0.1,
         }
     }
@@ -485,6 +490,15 @@ impl Config {
         if !(a.rho_growth.is_finite() && a.rho_growth >= 1.0) {
             p.push(format!("admm.rho_growth must be >= 1, got {}", a.rho_growth));
         }
+        if self.method == Method::Auto && self.budget_options().is_none() {
+            p.push("method = \"auto\" chooses under a budget: set budget.target_macs or budget.target_latency_ms".into());
+        }
+        if b.tucker_ranks.is_empty() || b.tucker_ranks.iter().any(|r| !(r.is_finite() && *r > 0.0 && *r <= 1.0)) {
+            p.push(format!(
+                "budget.tucker_ranks must be a non-empty list of fractions in (0, 1], got {:?}",
+                b.tucker_ranks
+            ));
+        }
         if self.method == Method::Tucker && self.budget_options().is_some() {
             p.push("budget mode chooses PENNI's d and thresholds; it cannot be combined with method = \"tucker\"".into());
         }
@@ -510,6 +524,7 @@ impl Config {
             per_layer: self.decompose.layers.clone(),
             init: self.decompose.init,
             only_if_cheaper: self.decompose.only_if_cheaper,
+            only: None,
         }
     }
 
@@ -540,6 +555,7 @@ impl Config {
                 })
                 .collect(),
             only_if_cheaper: t.only_if_cheaper,
+            only: None,
         }
     }
 
@@ -582,6 +598,7 @@ impl Config {
             target,
             d_choices: b.d_choices.clone(),
             s_choices: b.s_choices.clone(),
+            tucker_ranks: b.tucker_ranks.clone(),
             coefficient_density: b.coefficient_density,
         })
     }

@@ -2,7 +2,7 @@
 //! its (N*C/groups) x (kh*kw) kernel matrix M is approximated by A B with d shared basis kernels
 //! B (d x kh*kw) and coefficients A (N*C/groups x d).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use penni_model::{DecomposedConv2d, Model, Op, Tensor};
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,8 @@ pub struct DecomposeOptions {
     /// much as the whole dense conv (N*C/groups*k*k), i.e. d*groups >= N: depthwise convs and
     /// convs with fewer outputs than bases. Layers named in `per_layer` are decomposed anyway.
     pub only_if_cheaper: bool,
+    /// Decompose only these layers (`None`: every eligible one); the others stay as they are.
+    pub only: Option<BTreeSet<String>>,
 }
 
 impl Default for DecomposeOptions {
@@ -52,6 +54,7 @@ impl Default for DecomposeOptions {
             per_layer: BTreeMap::new(),
             init: Init::Svd,
             only_if_cheaper: true,
+            only: None,
         }
     }
 }
@@ -181,7 +184,7 @@ pub fn decompose(model: &Model, opts: &DecomposeOptions) -> Result<(Model, Decom
     for node in &mut out.nodes {
         let Op::Conv2d(c) = &node.op else { continue };
         let kk = c.kernel[0] * c.kernel[1];
-        if kk <= 1 {
+        if kk <= 1 || opts.only.as_ref().is_some_and(|o| !o.contains(&node.name)) {
             continue;
         }
         let d = opts.per_layer.get(&node.name).copied().unwrap_or(opts.d).clamp(1, kk);

@@ -26,7 +26,7 @@ pub mod shrink;
 pub mod training;
 pub mod tucker;
 
-pub use budget::{BudgetOptions, BudgetReport, CostModel, MacCost, Target};
+pub use budget::{BudgetOptions, BudgetReport, CostModel, Form, MacCost, Target};
 pub use config::{Config, Method};
 pub use decompose::{DecomposeOptions, DecomposeReport, Init, decompose};
 pub use error::{CompressError, Result};

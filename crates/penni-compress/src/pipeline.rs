@@ -24,7 +24,7 @@ use penni_model::{Extras, Model};
 use serde::{Deserialize, Serialize};
 
 use crate::admm::admm;
-use crate::budget::{BudgetReport, CostModel, MacCost, Target, choose_bases, choose_thresholds};
+use crate::budget::{BudgetReport, CostModel, MacCost, Target, choose_forms, choose_thresholds};
 use crate::config::{Config, Method};
 use crate::decompose::decompose;
 use crate::error::{CompressError, Result};
@@ -32,7 +32,7 @@ use crate::prune::prune;
 use crate::report::{CompressionReport, PhaseRecord, ReportFiles, TestResult};
 use crate::shrink::shrink;
 use crate::training::Trainer;
-use crate::tucker::tucker_decompose;
+use crate::tucker::{TuckerOptions, tucker_decompose};
 
 /// The phases, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -58,6 +58,8 @@ impl Phase {
         match method {
             Method::Penni => &Phase::ALL,
             Method::Tucker => &Phase::TUCKER,
+            // decompose chooses each layer's form, the rest is PENNI's
+            Method::Auto => &Phase::ALL,
         }
     }
 
@@ -355,21 +357,38 @@ pub fn compress_with_latency(
         let next = match phase {
             Phase::Decompose => {
                 let mut opts = config.decompose_options();
+                let mut input = current.clone();
                 if let Some(b) = &budget_opts {
                     let mut budget = BudgetReport::new(model, b, cost)?;
                     let mut eval = |m: &Model| trainer.evaluate_with_loss(m);
-                    let (per_layer, stage) = choose_bases(&current, &opts, b, budget.budget, cost, &mut eval)?;
+                    let topts = config.tucker_options();
+                    let tucker = (config.method == Method::Auto).then_some((&topts, b.tucker_ranks.as_slice()));
+                    let (forms, stage) = choose_forms(&current, &opts, tucker, b, budget.budget, cost, &mut eval)?;
                     if !stage.met {
                         state.report.notes.push(format!(
-                            "budget: even at the fewest bases the predicted cost ({:.4} {}) exceeds the budget ({:.4}); pruning has to remove the rest",
+                            "budget: even at the cheapest forms the predicted cost ({:.4} {}) exceeds the budget ({:.4}); pruning has to remove the rest",
                             stage.predicted_cost, budget.unit, budget.budget
                         ));
                     }
-                    opts.per_layer = per_layer;
+                    // Tucker layers first, then PENNI on exactly its own layers (a Tucker core is
+                    // a k x k conv that PENNI must leave alone)
+                    if !forms.tucker.is_empty() {
+                        let o = TuckerOptions {
+                            only: Some(forms.tucker.keys().cloned().collect()),
+                            per_layer: forms.tucker.clone(),
+                            only_if_cheaper: false,
+                            ..topts.clone()
+                        };
+                        let (m, r) = tucker_decompose(&input, &o)?;
+                        state.report.tucker = Some(r);
+                        input = m;
+                    }
+                    opts.only = Some(forms.penni.keys().cloned().collect());
+                    opts.per_layer = forms.penni;
                     budget.bases = Some(stage);
                     state.report.budget = Some(budget);
                 }
-                let (m, r) = decompose(&current, &opts)?;
+                let (m, r) = decompose(&input, &opts)?;
                 state.report.decompose = Some(r);
                 if let Some(stage) = state.report.budget.as_mut().and_then(|b| b.bases.as_mut()) {
                     stage.measured_cost = Some(cost.costs(&m)?.1);

@@ -416,7 +416,7 @@ impl CompressionReport {
                     let c = l.choice();
                     vec![
                         l.node.clone(),
-                        format!("{} = {}", st.parameter, c.value),
+                        c.form.map_or_else(|| format!("{} = {}", st.parameter, c.value), |f| f.to_string()),
                         amount(c.cost),
                         format!("{:.2}%", c.top1 * 100.0),
                         c.loss.map_or("-".into(), |v| format!("{v:.4}")),
@@ -443,7 +443,12 @@ impl CompressionReport {
         };
         if let Some(st) = &b.bases {
             s += &format!(
-                "bases, chosen before retraining (combination stage costed at {:.0}% of coefficients kept; validation top-1 and loss of the model with only that layer decomposed, before retraining; reference {}):\n",
+                "{}, chosen before retraining (PENNI's combination stage costed at {:.0}% of coefficients kept; validation top-1 and loss of the model with only that layer decomposed, before retraining; reference {}):\n",
+                if st.parameter == "form" {
+                    "forms (PENNI, Tucker-2 or dense)"
+                } else {
+                    "bases"
+                },
                 b.coefficient_density * 100.0,
                 reference(st)
             );

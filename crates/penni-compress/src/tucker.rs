@@ -38,6 +38,8 @@ pub struct TuckerOptions {
     /// Keep a conv dense when the three convs would cost at least as many MACs (layers named in
     /// `per_layer` are decomposed anyway).
     pub only_if_cheaper: bool,
+    /// Decompose only these layers (`None`: every eligible one); the others stay as they are.
+    pub only: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Default for TuckerOptions {
@@ -46,6 +48,7 @@ impl Default for TuckerOptions {
             rank_fraction: 0.5,
             per_layer: BTreeMap::new(),
             only_if_cheaper: true,
+            only: None,
         }
     }
 }
@@ -281,7 +284,7 @@ pub fn tucker_decompose(model: &Model, opts: &TuckerOptions) -> Result<(Model, T
             continue;
         };
         let kk = c.kernel[0] * c.kernel[1];
-        if kk <= 1 {
+        if kk <= 1 || opts.only.as_ref().is_some_and(|o| !o.contains(&node.name)) {
             nodes.push(node.clone());
             continue;
         }

@@ -9,7 +9,7 @@ use std::path::Path;
 use common::*;
 use std::collections::BTreeMap;
 
-use penni_compress::{Config, CostModel, Evaluation, PhaseTraining, Trainer, compress, compress_with_latency};
+use penni_compress::{Config, CostModel, Evaluation, Form, PhaseTraining, Trainer, compress, compress_with_latency};
 use penni_model::reference::{Activation, forward};
 use penni_model::{Model, model_cost};
 
@@ -216,6 +216,66 @@ fn a_latency_budget_is_met_in_the_measurer_s_unit() {
     assert!(err.contains("latency"), "{err}");
 }
 
+/// The auto method: each layer becomes PENNI, Tucker-2 or stays dense, whichever the budget
+/// buys most cheaply, and the decomposition does exactly what was chosen.
+#[test]
+fn the_auto_method_mixes_forms_under_the_budget() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(0.35);
+    cfg.method = penni_compress::Method::Auto;
+    let mut t = FidelityTrainer::new(&m);
+    let out = compress(&m, &cfg, &mut t, &dir.path().join("run")).unwrap();
+    let budget = out.report.budget.as_ref().unwrap();
+    assert!(macs(&out.model) as f64 <= budget.budget, "{}", out.report.to_table());
+    let stage = budget.bases.as_ref().unwrap();
+    assert_eq!(stage.parameter, "form");
+    let mut seen = std::collections::BTreeSet::new();
+    for l in &stage.layers {
+        let form = l.choice().form.expect("auto candidates name their form");
+        // every layer had all three kinds to choose from
+        let kinds: std::collections::BTreeSet<&str> = l
+            .candidates
+            .iter()
+            .map(|c| match c.form.unwrap() {
+                Form::Penni { .. } => "penni",
+                Form::Tucker { .. } => "tucker",
+                Form::Dense => "dense",
+            })
+            .collect();
+        assert_eq!(kinds.len(), 3, "{}", l.node);
+        let node = |n: &str| out.model.node(n).map(|x| x.op.kind());
+        match form {
+            Form::Penni { .. } => {
+                seen.insert("penni");
+                assert_eq!(node(&l.node), Some("DecomposedConv2d"), "{}", l.node);
+            }
+            Form::Tucker { .. } => {
+                seen.insert("tucker");
+                assert!(out.model.node(&format!("{}.tucker_core", l.node)).is_some(), "{}", l.node);
+            }
+            Form::Dense => {
+                seen.insert("dense");
+                assert_eq!(node(&l.node), Some("Conv2d"), "{}", l.node);
+                assert!(out.model.node(&format!("{}.tucker_core", l.node)).is_none());
+            }
+        }
+    }
+    assert!(
+        seen.len() >= 2,
+        "a budget this size mixes forms: {seen:?}\n{}",
+        out.report.to_table()
+    );
+    assert!(out.report.to_table().contains("forms (PENNI, Tucker-2 or dense)"));
+    // auto needs a budget
+    let mut no_budget = Config {
+        method: penni_compress::Method::Auto,
+        ..Default::default()
+    };
+    no_budget.budget.target_macs = None;
+    assert!(no_budget.validate().unwrap_err().to_string().contains("auto"));
+}
+
 #[test]
 fn budget_values_are_checked() {
     for (text, key) in [
@@ -233,6 +293,7 @@ fn budget_values_are_checked() {
         ("[budget]\ntarget_latency_ms = -1.0\n", "budget.target_latency_ms"),
         ("[budget]\ntarget_macs = 0.2\ntarget_latency_ms = 3.0\n", "not both"),
         ("[budget]\nbatch = 0\n", "budget.batch"),
+        ("[budget]\ntucker_ranks = [0.0]\n", "budget.tucker_ranks"),
     ] {
         let err = Config::from_toml_str(text).unwrap_err().to_string();
         assert!(err.contains(key), "{text}: {err}");

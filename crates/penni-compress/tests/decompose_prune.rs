@@ -200,6 +200,7 @@ fn per_layer_d_overrides_and_bad_names_are_errors() {
         per_layer,
         init: Init::Svd,
         only_if_cheaper: false,
+        only: None,
     };
     let (d, report) = decompose(&m, &opts).unwrap();
     let bases = |n: &str| d.node(n).unwrap().params["bases"].shape[0];
