@@ -571,29 +571,35 @@ fn train_reports_validation_per_epoch_and_the_test_split_once() {
     assert_clean_failure(&o, "--val-split 300 leaves no training data");
 }
 
+/// A ResNet-20 of `width` trained for one epoch on the `data` subsets, in `dir`.
+fn train_one_epoch(dir: &Path, width: &str, data: &[&str]) -> PathBuf {
+    let model = dir.join("dense.penni");
+    let mut args = strings(&[
+        "train",
+        "--model",
+        "resnet20",
+        "--width",
+        width,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+    ]);
+    args.extend(strings(data));
+    args.extend(strings(&["--out", model.to_str().unwrap()]));
+    let o = penni().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    model
+}
+
 /// Budget mode from the command line: `--target-macs` gives a model within the budget, and the
 /// report shows the per-layer choices with predicted and measured MACs; `--target-latency`
 /// chooses on times measured by the engine.
 #[test]
 fn compress_with_a_mac_or_latency_budget_meets_it() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("dense.penni");
     let data = ["--train-subset", "384", "--test-subset", "64", "--val-split", "128"];
-    let mut args = strings(&[
-        "train",
-        "--model",
-        "resnet20",
-        "--width",
-        "0.5",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "64",
-    ]);
-    args.extend(strings(&data));
-    args.extend(strings(&["--out", model.to_str().unwrap()]));
-    let o = penni().args(&args).output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    let model = train_one_epoch(dir.path(), "0.5", &data);
     let cfg = dir.path().join("c.toml");
     std::fs::write(
         &cfg,
@@ -641,23 +647,8 @@ fn compress_with_a_mac_or_latency_budget_meets_it() {
 #[test]
 fn compress_with_tucker_admm_closes_the_constraint_gap() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("dense.penni");
     let data = ["--train-subset", "1280", "--test-subset", "64", "--val-split", "256"];
-    let mut args = strings(&[
-        "train",
-        "--model",
-        "resnet20",
-        "--width",
-        "0.25",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "64",
-    ]);
-    args.extend(strings(&data));
-    args.extend(strings(&["--out", model.to_str().unwrap()]));
-    let o = penni().args(&args).output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    let model = train_one_epoch(dir.path(), "0.25", &data);
     let cfg = dir.path().join("t.toml");
     std::fs::write(
         &cfg,

@@ -1,5 +1,6 @@
 //! Budget mode: meet a cost budget at the least loss of validation accuracy, by choosing per
-//! layer the number of bases d (before retraining) and the pruning threshold s (after it). The
+//! layer the number of bases d (before retraining; with the auto method the form: PENNI at some
+//! d, Tucker-2 at some ranks, or dense) and the pruning threshold s (after it). The
 //! cost is either paper-style MACs (a fraction of the baseline's) or latency measured by the
 //! caller's engine (milliseconds per batch), through [`CostModel`].
 //!
@@ -15,7 +16,7 @@
 //! 3. then give accuracy back: move layers to better candidates wherever the total stays within
 //!    the budget.
 //!
-//! The d stage cannot know how sparse the coefficients will be after retraining, so it costs a
+//! The decomposition stage cannot know how sparse the coefficients will be after retraining, so it costs a
 //! candidate with the combination stage at `coefficient_density` (the fraction of coefficients a
 //! retrained layer keeps: about 0.1 after PENNI's L1 retraining in `experiments/`); the accuracy of
 //! a candidate is that of the SVD factors before retraining, which ranks layers by how much they
