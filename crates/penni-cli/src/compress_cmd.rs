@@ -120,6 +120,7 @@ impl Trainer for BurnTrainer<'_> {
             },
             seed: phase.seed,
             l1_coefficients: phase.l1_coefficients,
+            group_l1_coefficients: phase.group_l1_coefficients,
             alternate_interval: phase.alternate_interval,
             freeze_zeros: phase.freeze_zeros,
             proximal: phase

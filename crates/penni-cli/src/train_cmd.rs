@@ -126,6 +126,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         schedule,
         seed: args.seed,
         l1_coefficients: 0.0,
+        group_l1_coefficients: 0.0,
         alternate_interval: None,
         freeze_zeros: args.keep_zeros,
         proximal: None,

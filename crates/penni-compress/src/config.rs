@@ -195,6 +195,10 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetrainConfig {
@@ -209,6 +213,11 @@ pub struct RetrainConfig {
     pub batch_size: usize,
     /// Weight of the L1 term sum |coefficients| added to the loss.
     pub lambda: f64,
+    /// Weight of a group lasso on each input channel's coefficients, sum_c ||A[:, c, :]||_2
+    /// (beyond the paper): whole input channels die, and shrinking removes them with their share
+    /// of the basis stage. 0 (the default) turns it off and leaves it out of the written config.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub group_lambda: f64,
     /// Epochs per turn when alternating coefficients and bases (epoch 0 trains coefficients).
     pub alternate_interval: usize,
 }
@@ -220,6 +229,11 @@ pub struct PruneConfig {
     pub s: f64,
     pub prune_1x1: bool,
     pub prune_linear: bool,
+    /// Zero a decomposed layer's whole input channel (all its coefficients) when the channel's
+    /// coefficient norm is below `group_s` times the layer's mean channel norm; 0 (the default)
+    /// turns it off and leaves it out of the written config.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub group_s: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -258,6 +272,7 @@ impl Default for RetrainConfig {
             weight_decay: 1e-4,
             batch_size: 128,
             lambda: 1e-4,
+            group_lambda: 0.0,
             alternate_interval: 2,
         }
     }
@@ -269,6 +284,7 @@ impl Default for PruneConfig {
             s: 1.0,
             prune_1x1: true,
             prune_linear: false,
+            group_s: 0.0,
         }
     }
 }
@@ -415,6 +431,12 @@ impl Config {
         if !(r.lambda.is_finite() && r.lambda >= 0.0) {
             p.push(format!("retrain.lambda must be >= 0, got {}", r.lambda));
         }
+        if !(r.group_lambda.is_finite() && r.group_lambda >= 0.0) {
+            p.push(format!("retrain.group_lambda must be >= 0, got {}", r.group_lambda));
+        }
+        if !(self.prune.group_s.is_finite() && self.prune.group_s >= 0.0) {
+            p.push(format!("prune.group_s must be >= 0, got {}", self.prune.group_s));
+        }
         if r.alternate_interval == 0 {
             p.push("retrain.alternate_interval must be >= 1, got 0".into());
         }
@@ -534,6 +556,7 @@ impl Config {
             prune_1x1: self.prune.prune_1x1,
             prune_linear: self.prune.prune_linear,
             per_layer: Default::default(),
+            group_s: self.prune.group_s as f32,
         }
     }
 
@@ -575,6 +598,7 @@ impl Config {
             weight_decay: a.weight_decay,
             batch_size: a.batch_size,
             l1_coefficients: 0.0,
+            group_l1_coefficients: 0.0,
             alternate_interval: None,
             freeze_zeros: false,
             seed: self.seed.wrapping_add(1000 + round as u64),
@@ -617,6 +641,7 @@ impl Config {
             weight_decay: r.weight_decay,
             batch_size: r.batch_size,
             l1_coefficients: r.lambda,
+            group_l1_coefficients: r.group_lambda,
             alternate_interval: Some(r.alternate_interval),
             freeze_zeros: false,
             seed: self.seed,
@@ -638,6 +663,7 @@ impl Config {
             weight_decay: f.weight_decay,
             batch_size: f.batch_size,
             l1_coefficients: 0.0,
+            group_l1_coefficients: 0.0,
             alternate_interval: None,
             freeze_zeros: true,
             seed: self.seed.wrapping_add(1),

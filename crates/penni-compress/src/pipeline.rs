@@ -28,7 +28,7 @@ use crate::budget::{BudgetReport, CostModel, MacCost, Target, choose_forms, choo
 use crate::config::{Config, Method};
 use crate::decompose::decompose;
 use crate::error::{CompressError, Result};
-use crate::prune::prune;
+use crate::prune::{prune, prune_groups};
 use crate::report::{CompressionReport, PhaseRecord, ReportFiles, TestResult};
 use crate::shrink::shrink;
 use crate::training::Trainer;
@@ -399,8 +399,14 @@ pub fn compress_with_latency(
                 let mut opts = config.prune_options();
                 if let (Some(b), Some(budget)) = (&budget_opts, state.report.budget.as_mut()) {
                     let mut eval = |m: &Model| trainer.evaluate_with_loss(m);
+                    // the thresholds act after the group pruning: measure them there
+                    let grouped = if opts.group_s > 0.0 {
+                        prune_groups(&current, opts.group_s)?
+                    } else {
+                        current.clone()
+                    };
                     let (per_layer, stage) =
-                        choose_thresholds(&current, opts.prune_1x1, opts.prune_linear, b, budget.budget, cost, &mut eval)?;
+                        choose_thresholds(&grouped, opts.prune_1x1, opts.prune_linear, b, budget.budget, cost, &mut eval)?;
                     if !stage.met {
                         state.report.notes.push(format!(
                             "budget NOT met: the cheapest thresholds leave {:.4} {} against a budget of {:.4}; the model is the cheapest the candidates allow (larger budget.s_choices or fewer budget.d_choices go further)",

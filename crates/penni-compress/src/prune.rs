@@ -19,6 +19,10 @@ pub struct PruneOptions {
     #[serde(default)]
     /// Per-layer threshold by node name, overriding `s` (0 leaves a layer unpruned).
     pub per_layer: BTreeMap<String, f32>,
+    /// Whole input channels of decomposed layers whose coefficient norm is below `group_s` times
+    /// the layer's mean channel norm are zeroed first (0: off).
+    #[serde(default)]
+    pub group_s: f32,
 }
 
 impl Default for PruneOptions {
@@ -28,6 +32,7 @@ impl Default for PruneOptions {
             prune_1x1: true,
             prune_linear: false,
             per_layer: BTreeMap::new(),
+            group_s: 0.0,
         }
     }
 }
@@ -40,6 +45,9 @@ pub struct PrunedLayer {
     pub total: usize,
     /// Exact zeros after pruning (including those that were already zero).
     pub zeros: usize,
+    /// Input channels whose coefficients were zeroed as a group (`group_s`).
+    #[serde(default)]
+    pub zeroed_input_channels: usize,
     pub sparsity: f64,
     pub threshold: f32,
 }
@@ -75,6 +83,45 @@ pub fn prune_values(values: &mut [f32], s: f32) -> (f32, usize) {
 }
 
 /// The tensor that pruning works on in `node`, if it is pruned.
+/// Zeros every input channel c of an [N, C/groups, d] coefficient tensor whose norm
+/// ||A[:, c, :]|| is below `group_s` times the mean channel norm; returns how many.
+pub fn prune_input_channels(a: &mut [f32], n: usize, cg: usize, d: usize, group_s: f32) -> usize {
+    if cg == 0 || a.len() != n * cg * d {
+        return 0;
+    }
+    let norm = |a: &[f32], c: usize| -> f64 {
+        (0..n)
+            .flat_map(|o| (0..d).map(move |j| (o * cg + c) * d + j))
+            .map(|i| (a[i] as f64).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let norms: Vec<f64> = (0..cg).map(|c| norm(a, c)).collect();
+    let limit = group_s as f64 * norms.iter().sum::<f64>() / cg as f64;
+    let mut zeroed = 0;
+    for (c, g) in norms.iter().enumerate() {
+        if *g < limit {
+            for o in 0..n {
+                a[(o * cg + c) * d..(o * cg + c + 1) * d].fill(0.0);
+            }
+            zeroed += 1;
+        }
+    }
+    zeroed
+}
+
+/// `model` with [`prune_input_channels`] applied to every decomposed layer.
+pub fn prune_groups(model: &Model, group_s: f32) -> Result<Model> {
+    let mut out = model.clone();
+    for node in &mut out.nodes {
+        if let Op::DecomposedConv2d(c) = &node.op {
+            let (n, cg, d) = (c.conv.out_channels, c.conv.channels_per_group(), c.num_bases);
+            prune_input_channels(&mut node.param_mut("coefficients")?.data, n, cg, d, group_s);
+        }
+    }
+    Ok(out)
+}
+
 pub fn prunable_param(op: &Op, prune_1x1: bool, prune_linear: bool) -> Option<&'static str> {
     match op {
         Op::DecomposedConv2d(_) => Some("coefficients"),
@@ -86,6 +133,9 @@ pub fn prunable_param(op: &Op, prune_1x1: bool, prune_linear: bool) -> Option<&'
 
 pub fn prune(model: &Model, opts: &PruneOptions) -> Result<(Model, PruneReport)> {
     model.validate()?;
+    if !(opts.group_s.is_finite() && opts.group_s >= 0.0) {
+        return Err(CompressError::Invalid(format!("prune: group_s must be >= 0, got {}", opts.group_s)));
+    }
     if !(opts.s.is_finite() && opts.s > 0.0) {
         return Err(CompressError::Invalid(format!(
             "prune: s must be a positive number, got {}",
@@ -106,7 +156,12 @@ pub fn prune(model: &Model, opts: &PruneOptions) -> Result<(Model, PruneReport)>
         };
         let name = node.name.clone();
         let s = opts.per_layer.get(&name).copied().unwrap_or(opts.s);
+        let groups = match &node.op {
+            Op::DecomposedConv2d(c) if opts.group_s > 0.0 => Some((c.conv.out_channels, c.conv.channels_per_group(), c.num_bases)),
+            _ => None,
+        };
         let t = node.param_mut(param)?;
+        let zeroed_input_channels = groups.map_or(0, |(n, cg, d)| prune_input_channels(&mut t.data, n, cg, d, opts.group_s));
         let (threshold, zeros) = prune_values(&mut t.data, s);
         let total = t.data.len();
         if param == "coefficients" {
@@ -120,6 +175,7 @@ pub fn prune(model: &Model, opts: &PruneOptions) -> Result<(Model, PruneReport)>
             param: param.into(),
             total,
             zeros,
+            zeroed_input_channels,
             sparsity: ratio(zeros, total),
             threshold,
         });

@@ -314,6 +314,14 @@ impl CompressionReport {
                 d.kept_dense.join(", ")
             );
         }
+        if let Some(p) = &self.prune {
+            let zeroed: usize = p.layers.iter().map(|l| l.zeroed_input_channels).sum();
+            if zeroed > 0 {
+                s += &format!(
+                    "\ngroup pruning (beyond the paper: group lasso on each input channel's coefficients): {zeroed} input channels zeroed whole\n"
+                );
+            }
+        }
         if let Some(sh) = &self.shrink {
             s += &format!(
                 "\nshrink: {} channels removed ({} by folding a constant into the next layer's bias), {} bases removed, {} passes\n",

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::Result;
 
 /// How one training phase must train. Semantics the trainer implements:
-/// - loss = cross-entropy + `l1_coefficients` * sum |coefficients| over decomposed layers;
+/// - loss = cross-entropy + `l1_coefficients` * sum |coefficients| over decomposed layers
+///   + `group_l1_coefficients` * sum over input channels c of ||A[:, c, :]||_2;
 /// - `alternate_interval = Some(k)`: epoch 0 trains coefficients with bases frozen, the next k
 ///   epochs bases with coefficients frozen, the next k coefficients, ...; `None`: both together.
 ///   Batchnorm and linear layers always train;
@@ -32,6 +33,10 @@ pub struct PhaseTraining {
     pub weight_decay: f64,
     pub batch_size: usize,
     pub l1_coefficients: f64,
+    /// Weight of the group lasso sum_c ||A[:, c, :]||_2 over each decomposed layer's input
+    /// channels (beyond the paper: it makes whole input channels die).
+    #[serde(default)]
+    pub group_l1_coefficients: f64,
     pub alternate_interval: Option<usize>,
     pub freeze_zeros: bool,
     pub seed: u64,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use common::*;
 use penni_compress::decompose::factorize;
-use penni_compress::{CompressError, DecomposeOptions, Init, PruneOptions, decompose, prune};
+use penni_compress::{CompressError, DecomposeOptions, Init, PruneOptions, decompose, prune, shrink};
 use penni_model::zoo::{GraphBuilder, InitRng};
 use penni_model::{Conv2d, Input, Model, Op, Tensor};
 
@@ -376,4 +376,55 @@ fn prune_options_select_layers_and_reject_bad_thresholds() {
     assert!(hard.node("fc").unwrap().params["weight"].nnz() < p.node("fc").unwrap().params["weight"].nnz());
     assert!(r.layers.iter().find(|l| l.node == "fc").unwrap().threshold > 0.0);
     assert!(matches!(prune(&m, &opts(-1.0)), Err(CompressError::Invalid(_))));
+}
+
+/// Group pruning zeroes a decomposed layer's whole input channel when its coefficients are weak
+/// against the layer's mean channel, and then shrinking removes the channel that fed it.
+#[test]
+fn group_pruning_zeroes_weak_input_channels_for_shrinking() {
+    let mut m = zoo("resnet20", 8, 12);
+    randomize_batchnorm(&mut m, 13);
+    let (mut d, _) = decompose(&m, &DecomposeOptions::default()).unwrap();
+    let name = "layer3.0.2.conv";
+    let (n, cg, nb) = match &d.node(name).unwrap().op {
+        Op::DecomposedConv2d(c) => (c.conv.out_channels, c.conv.channels_per_group(), c.num_bases),
+        _ => panic!(),
+    };
+    let a = &mut d.node_mut(name).unwrap().params.get_mut("coefficients").unwrap().data;
+    for o in 0..n {
+        for j in 0..nb {
+            a[(o * cg + 3) * nb + j] *= 1e-3;
+        }
+    }
+    let opts = PruneOptions {
+        group_s: 0.05,
+        s: 1e-6,
+        ..Default::default()
+    };
+    let (p, report) = prune(&d, &opts).unwrap();
+    let layer = report.layers.iter().find(|l| l.node == name).unwrap();
+    assert_eq!(layer.zeroed_input_channels, 1);
+    let a = &p.node(name).unwrap().params["coefficients"].data;
+    assert!((0..n).all(|o| a[(o * cg + 3) * nb..(o * cg + 4) * nb].iter().all(|v| *v == 0.0)));
+    // the other layers' channels are all of similar strength: none zeroed
+    assert_eq!(report.layers.iter().map(|l| l.zeroed_input_channels).sum::<usize>(), 1);
+    // the producer of that input channel (layer3.0.1) loses it in shrinking
+    let (s, _) = shrink(&p).unwrap();
+    let out_channels = |m: &Model, n: &str| match &m.node(n).unwrap().op {
+        Op::DecomposedConv2d(c) => c.conv.out_channels,
+        Op::Conv2d(c) => c.out_channels,
+        _ => panic!(),
+    };
+    assert_eq!(out_channels(&s, "layer3.0.1.conv"), out_channels(&p, "layer3.0.1.conv") - 1);
+    assert_same_outputs(&p, &s, 1e-5, "shrunk after group pruning");
+    assert!(matches!(
+        prune(
+            &d,
+            &PruneOptions {
+                group_s: -1.0,
+                ..Default::default()
+            }
+        ),
+        Err(CompressError::Invalid(_))
+    ));
 }

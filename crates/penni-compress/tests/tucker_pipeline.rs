@@ -144,6 +144,8 @@ fn tucker_settings_are_checked() {
         ("[tucker.layers]\n\"a\" = [0, 2]\n", "tucker.layers"),
         ("method = \"tucker\"\n[budget]\ntarget_macs = 0.2\n", "cannot be combined"),
         ("method = \"svd\"\n", "method"),
+        ("[retrain]\ngroup_lambda = -1.0\n", "retrain.group_lambda"),
+        ("[prune]\ngroup_s = -0.5\n", "prune.group_s"),
     ] {
         let err = Config::from_toml_str(text).unwrap_err().to_string();
         assert!(err.contains(key), "{text}: {err}");

@@ -56,6 +56,11 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Adds `l1_coefficients * sum |coefficients|` over decomposed layers to the loss.
     pub l1_coefficients: f64,
+    /// Adds `group_l1_coefficients * sum_c ||A[:, c, :]||_2` over decomposed layers: a group
+    /// lasso on each input channel's coefficients (all outputs, all bases), so that whole input
+    /// channels die and shrinking can remove them with their basis stage.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub group_l1_coefficients: f64,
     /// PENNI's alternation: epoch 0 trains the coefficients (bases frozen), the next
     /// `interval` epochs the bases (coefficients frozen), and so on. Other parameters always train.
     pub alternate_interval: Option<usize>,
@@ -65,6 +70,10 @@ pub struct TrainOptions {
     /// training, e.g. toward Tucker form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proximal: Option<Proximal>,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// `rho/2 * ||W - T||^2` added to the loss for every conv or linear weight named in `targets`
@@ -122,6 +131,7 @@ impl Default for TrainOptions {
             schedule: LrSchedule::Cosine,
             seed: 0,
             l1_coefficients: 0.0,
+            group_l1_coefficients: 0.0,
             alternate_interval: None,
             freeze_zeros: false,
             proximal: None,
@@ -146,6 +156,9 @@ impl TrainOptions {
         }
         if !(self.l1_coefficients.is_finite() && self.l1_coefficients >= 0.0) {
             return bad(format!("L1 strength must be >= 0, got {}", self.l1_coefficients));
+        }
+        if !(self.group_l1_coefficients.is_finite() && self.group_l1_coefficients >= 0.0) {
+            return bad(format!("group L1 strength must be >= 0, got {}", self.group_l1_coefficients));
         }
         if self.alternate_interval == Some(0) {
             return bad("alternation interval must be at least 1 epoch".into());
@@ -696,6 +709,14 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
     }
 
     let coef_slots: Vec<usize> = (0..n_slots).filter(|&i| net.slots[i].kind == ParamKind::Coefficients).collect();
+    // [N, C/groups, d] of each coefficient slot, for the group penalty
+    let coef_groups: Vec<[usize; 3]> = coef_slots
+        .iter()
+        .map(|&i| match &current.nodes[net.slots[i].node].op {
+            penni_model::Op::DecomposedConv2d(c) => [c.conv.out_channels, c.conv.channels_per_group(), c.num_bases],
+            _ => [1, 1, 1],
+        })
+        .collect();
     let proximal = proximal_targets(&net, &current, opts, &dev)?;
     for epoch in start_epoch..opts.epochs {
         if run.stop_after_epochs.is_some_and(|s| epoch >= s) {
@@ -751,6 +772,14 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
             if opts.l1_coefficients > 0.0 {
                 for &i in &coef_slots {
                     loss = loss + net.values[i].clone().abs().sum() * opts.l1_coefficients;
+                }
+            }
+            if opts.group_l1_coefficients > 0.0 {
+                for (&i, &dims) in coef_slots.iter().zip(&coef_groups) {
+                    // rows are n * C/groups + c: [N, C/groups, d], one group per input channel
+                    let a = net.values[i].clone().reshape(dims);
+                    let norms = (a.clone() * a).sum_dim(2).sum_dim(0).add_scalar(1e-12).sqrt();
+                    loss = loss + norms.sum() * opts.group_l1_coefficients;
                 }
             }
             let t = lap(&mut t_fwd, t);

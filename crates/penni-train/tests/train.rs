@@ -573,3 +573,45 @@ fn a_proximal_term_pulls_a_weight_to_its_target() {
     let err = train(&m, &data(&ds), &bad, &RunOptions::default()).err().unwrap().to_string();
     assert!(err.contains("'nope'"), "{err}");
 }
+
+/// The group penalty on each input channel's coefficients makes whole input channels fade: with
+/// it the weakest channel's norm, relative to the mean, ends far below where plain training
+/// leaves it.
+#[test]
+fn the_group_penalty_makes_whole_input_channels_fade() {
+    let ds = synthetic(256, 7);
+    let m = small_model(8);
+    let weakest = |model: &Model| -> f64 {
+        let node = model.node("body.conv").unwrap();
+        let Op::DecomposedConv2d(c) = &node.op else { panic!() };
+        let (n, cg, d) = (c.conv.out_channels, c.conv.channels_per_group(), c.num_bases);
+        let a = &node.params["coefficients"].data;
+        let norms: Vec<f64> = (0..cg)
+            .map(|ch| {
+                (0..n)
+                    .flat_map(|o| (0..d).map(move |j| (o * cg + ch) * d + j))
+                    .map(|i| (a[i] as f64).powi(2))
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .collect();
+        norms.iter().copied().fold(f64::INFINITY, f64::min) / (norms.iter().sum::<f64>() / cg as f64)
+    };
+    let opts = |g: f64| TrainOptions {
+        group_l1_coefficients: g,
+        ..quick_opts(3)
+    };
+    let plain = train(&m, &data(&ds), &opts(0.0), &RunOptions::default()).unwrap();
+    let grouped = train(&m, &data(&ds), &opts(0.3), &RunOptions::default()).unwrap();
+    assert!(
+        weakest(&grouped.model) < 0.5 * weakest(&plain.model),
+        "{} vs {}",
+        weakest(&grouped.model),
+        weakest(&plain.model)
+    );
+    let bad = TrainOptions {
+        group_l1_coefficients: -1.0,
+        ..quick_opts(1)
+    };
+    assert!(train(&m, &data(&ds), &bad, &RunOptions::default()).is_err());
+}
