@@ -101,7 +101,10 @@ def entry(model_dir, report_path):
     pr = 1 - last["cost"]["params_paper"] / base["cost"]["params_paper"]
     mr = 1 - last["cost"]["macs_paper"] / base["cost"]["macs_paper"]
     drop = ((reference if reference is not None else test_base) - test_comp) * 100
-    target = (report.get("budget") or {}).get("target")
+    budget = report.get("budget") or {}
+    target = budget.get("target") or (
+        {"macs_fraction": budget["target_macs_fraction"]} if "target_macs_fraction" in budget else None
+    )
     if target and "macs_fraction" in target:
         variant += f" (budget: MACs <= {target['macs_fraction'] * 100:g}%)"
     elif target and "latency_ms" in target:
