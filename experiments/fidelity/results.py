@@ -106,9 +106,9 @@ def entry(model_dir, report_path):
         {"macs_fraction": budget["target_macs_fraction"]} if "target_macs_fraction" in budget else None
     )
     if target and "macs_fraction" in target:
-        variant += f" (budget: MACs <= {target['macs_fraction'] * 100:g}%)"
+        variant += f" (MACs <= {target['macs_fraction'] * 100:g}%)"
     elif target and "latency_ms" in target:
-        variant += f" (budget: {target['latency_ms']['ms']} ms)"
+        variant += f" (latency <= {target['latency_ms']['ms']} ms)"
     return {
         "model": model,
         "variant": variant,
