@@ -328,6 +328,13 @@ pub fn compress_with_latency(
         write_state(&state_path, &s)?;
         s
     };
+    // set on resume too: runs started before the report named its method
+    state.report.method = match config.method {
+        Method::Penni => "penni",
+        Method::Tucker => "tucker",
+        Method::Auto => "auto",
+    }
+    .into();
     let sequence = Phase::sequence(config.method);
     if !sequence.starts_with(&state.completed) {
         return Err(state_err(

@@ -119,6 +119,9 @@ impl PhaseRecord {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CompressionReport {
     pub model: String,
+    /// "penni", "tucker" or "auto" (absent in reports written before there was a choice).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method: String,
     pub counting_paper: String,
     pub counting_all: String,
     pub phases: Vec<PhaseRecord>,
@@ -232,8 +235,15 @@ impl CompressionReport {
     /// Terminal table: phases, then layers (first and last phase side by side), then channel groups.
     pub fn to_table(&self) -> String {
         let mut s = format!(
-            "PENNI compression report: {}\n  params/MACs {}\n  params/MACs {}\n\n",
-            self.model, self.counting_paper, self.counting_all
+            "{} compression report: {}\n  params/MACs {}\n  params/MACs {}\n\n",
+            match self.method.as_str() {
+                "tucker" => "Tucker-2 (ADMM)",
+                "auto" => "Auto (PENNI, Tucker-2 or dense per layer)",
+                _ => "PENNI",
+            },
+            self.model,
+            self.counting_paper,
+            self.counting_all
         );
         let rows: Vec<Vec<String>> = self
             .phases
