@@ -1,21 +1,29 @@
 #!/usr/bin/env python3
-"""Side-by-side: onnxruntime on the dense model, penni's engine on the dense model and on the
-PENNI model, same machine, same thread counts, one run. Every configuration runs in a fresh
-process so that peak memory is its own. Writes results.json and results.md here.
-usage: side_by_side.py PENNI_BINARY REPS NAME:DENSE.penni:DENSE.onnx:PENNI.penni ...
-(one NAME:... triple per model pair; the dense model as .penni for penni and as .onnx for
-onnxruntime, both holding the same weights)"""
+"""Side-by-side: onnxruntime on the dense model and on the compressed model (exported to ONNX),
+penni's engine on both, same machine, same thread counts, one run. Every configuration runs in a
+fresh process so that peak memory is its own. Each cell is measured PASSES times, the passes
+interleaved over all runtimes, and reported as the median over passes of each pass's median, so
+that a burst of load on a shared machine moves one pass, not the result. The ratios split the
+gain: model gain (onnxruntime dense / onnxruntime compressed) and engine gain (onnxruntime
+compressed / penni compressed). Writes results.json and results.md into OUT (default: here).
+usage: side_by_side.py PENNI_BINARY REPS PASSES NAME:DENSE.penni:DENSE.onnx:COMPRESSED.penni ...
+(the dense model as .penni for penni and as .onnx for onnxruntime, both holding the same weights;
+the compressed model is exported to ONNX here with `penni convert`)"""
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import tempfile
 
 here = os.path.dirname(os.path.abspath(__file__))
-penni, reps = sys.argv[1], int(sys.argv[2])
-pairs = [a.split(":") for a in sys.argv[3:]]
+out_dir = os.environ.get("OUT", here)
+penni, reps, passes = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+pairs = [a.split(":") for a in sys.argv[4:]]
 warmup = 5
 rows = []
+exports = tempfile.mkdtemp(prefix="engine-bench-")
 
 
 def penni_bench(model, batch, threads):
@@ -33,31 +41,62 @@ def ort_bench(model, batch, threads):
     return json.loads(out.strip().splitlines()[-1])
 
 
-for net, dense_penni, dense_onnx, penni_model in pairs:
+def combine(runs):
+    """The median pass (by median latency) of one runtime's passes, with every pass's median kept."""
+    ordered = sorted(runs, key=lambda r: r["median_ms"])
+    mid = dict(ordered[len(ordered) // 2])
+    mid["median_ms"] = statistics.median(r["median_ms"] for r in runs)
+    mid["pass_medians_ms"] = [r["median_ms"] for r in runs]
+    return mid
+
+
+load_start = os.getloadavg()
+for net, dense_penni, dense_onnx, comp_penni in pairs:
+    comp_onnx = os.path.join(exports, f"{net}-compressed.onnx")
+    subprocess.run([penni, "convert", comp_penni, comp_onnx], check=True, capture_output=True)
     for batch in [1, 64]:
         for threads in [1, 2]:
-            ort = ort_bench(dense_onnx, batch, threads)
-            dense = penni_bench(dense_penni, batch, threads)
-            comp = penni_bench(penni_model, batch, threads)
-            row = {"model": net, "batch": batch, "threads": threads, "onnxruntime": ort, "penni_dense": dense, "penni_compressed": comp,
-                   "dense_vs_ort": dense["median_ms"] / ort["median_ms"],
-                   "speedup_compressed_vs_ort": ort["median_ms"] / comp["median_ms"],
-                   "memory_compressed_vs_ort": comp["inference_bytes"] / max(ort["inference_bytes"], 1)}
+            runs = {"onnxruntime": [], "onnxruntime_compressed": [], "penni_dense": [], "penni_compressed": []}
+            for _ in range(passes):
+                runs["onnxruntime"].append(ort_bench(dense_onnx, batch, threads))
+                runs["penni_dense"].append(penni_bench(dense_penni, batch, threads))
+                runs["penni_compressed"].append(penni_bench(comp_penni, batch, threads))
+                runs["onnxruntime_compressed"].append(ort_bench(comp_onnx, batch, threads))
+            cell = {k: combine(v) for k, v in runs.items()}
+            ort, ortc, dense, comp = (cell[k]["median_ms"] for k in ("onnxruntime", "onnxruntime_compressed", "penni_dense", "penni_compressed"))
+            row = {"model": net, "batch": batch, "threads": threads, **cell,
+                   "dense_vs_ort": dense / ort,
+                   "speedup_compressed_vs_ort": ort / comp,
+                   "model_gain": ort / ortc,
+                   "engine_gain": ortc / comp,
+                   "memory_compressed_vs_ort": cell["penni_compressed"]["inference_bytes"] / max(cell["onnxruntime"]["inference_bytes"], 1),
+                   "memory_compressed_vs_dense_penni": cell["penni_compressed"]["inference_bytes"] / max(cell["penni_dense"]["inference_bytes"], 1)}
             rows.append(row)
-            print(f"{net} b{batch} t{threads}: ort {ort['median_ms']:.3f} ms, penni dense {dense['median_ms']:.3f} ms "
-                  f"({row['dense_vs_ort']:.2f}x ort), penni PENNI {comp['median_ms']:.3f} ms ({row['speedup_compressed_vs_ort']:.2f}x faster than ort); "
-                  f"memory PENNI/ort {row['memory_compressed_vs_ort']:.2f}", flush=True)
+            print(f"{net} b{batch} t{threads}: ort dense {ort:.3f} ms, ort compressed {ortc:.3f} ms, penni dense {dense:.3f} ms, "
+                  f"penni compressed {comp:.3f} ms: {row['speedup_compressed_vs_ort']:.2f}x faster than ort dense "
+                  f"(model {row['model_gain']:.2f}x, engine {row['engine_gain']:.2f}x)", flush=True)
+load_end = os.getloadavg()
 
 machine = {"cpu": platform.processor() or open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].split(":", 1)[1].strip(),
-           "cores": os.cpu_count(), "reps": reps, "warmup": warmup}
-with open(os.path.join(here, "results.json"), "w") as f:
+           "cores": os.cpu_count(), "reps": reps, "warmup": warmup, "passes": passes,
+           "loadavg_start": load_start, "loadavg_end": load_end}
+os.makedirs(out_dir, exist_ok=True)
+with open(os.path.join(out_dir, "results.json"), "w") as f:
     json.dump({"machine": machine, "rows": rows}, f, indent=1)
-with open(os.path.join(here, "results.md"), "w") as f:
-    f.write(f"Machine: {machine['cpu']}, {machine['cores']} cores; medians of {reps} runs after {warmup} warm-up runs.\n")
-    f.write("Memory = peak RSS of the process during inference minus its RSS before the model was loaded.\n\n")
-    f.write("| model | batch | threads | onnxruntime dense ms | penni dense ms | penni PENNI ms | dense / ort | ort / PENNI (speed-up) | memory PENNI / ort |\n")
-    f.write("|---|---|---|---|---|---|---|---|---|\n")
+with open(os.path.join(out_dir, "results.md"), "w") as f:
+    f.write(f"Machine: {machine['cpu']}, {machine['cores']} cores; load average {load_start[0]:.2f} at the start, "
+            f"{load_end[0]:.2f} at the end. Each cell: the median over {passes} passes of the median of {reps} runs "
+            f"after {warmup} warm-up runs, the passes interleaved over the runtimes.\n")
+    f.write("Memory = peak RSS of the process during inference minus its RSS before the model was loaded.\n")
+    f.write("Model gain = onnxruntime dense / onnxruntime on the compressed model's ONNX export; engine gain = "
+            "onnxruntime compressed / penni compressed; their product is the speed-up.\n\n")
+    f.write("| model | batch | threads | ort dense ms | ort compressed ms | penni dense ms | penni compressed ms | dense / ort | "
+            "speed-up (ort dense / penni compressed) | model gain | engine gain | memory compressed / ort dense | memory compressed / penni dense |\n")
+    f.write("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     for r in rows:
-        f.write(f"| {r['model']} | {r['batch']} | {r['threads']} | {r['onnxruntime']['median_ms']:.3f} | {r['penni_dense']['median_ms']:.3f} | "
-                f"{r['penni_compressed']['median_ms']:.3f} | {r['dense_vs_ort']:.2f} | {r['speedup_compressed_vs_ort']:.2f} | {r['memory_compressed_vs_ort']:.2f} |\n")
-print("wrote", os.path.join(here, "results.md"))
+        f.write(f"| {r['model']} | {r['batch']} | {r['threads']} | {r['onnxruntime']['median_ms']:.3f} | "
+                f"{r['onnxruntime_compressed']['median_ms']:.3f} | {r['penni_dense']['median_ms']:.3f} | "
+                f"{r['penni_compressed']['median_ms']:.3f} | {r['dense_vs_ort']:.2f} | {r['speedup_compressed_vs_ort']:.2f} | "
+                f"{r['model_gain']:.2f} | {r['engine_gain']:.2f} | {r['memory_compressed_vs_ort']:.2f} | "
+                f"{r['memory_compressed_vs_dense_penni']:.2f} |\n")
+print("wrote", os.path.join(out_dir, "results.md"))
