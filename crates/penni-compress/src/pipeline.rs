@@ -1,7 +1,9 @@
 //! The compression pipelines, with every phase's model checkpointed in a run directory so that
 //! a stopped run resumes where it stopped:
 //! - PENNI: decompose -> retrain -> prune -> fine-tune -> shrink;
-//! - Tucker-2: ADMM (training toward Tucker form) -> project -> fine-tune -> shrink.
+//! - Tucker-2: ADMM (training toward Tucker form) -> project -> fine-tune -> shrink;
+//! - auto: PENNI's phases, with each layer's form (PENNI, Tucker-2, dense) chosen by the budget
+//!   mode in decompose.
 //!
 //! Run directory layout:
 //! - `state.json`: completed phases, fingerprints of the config and input model, the report so far
