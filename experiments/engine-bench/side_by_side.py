@@ -5,7 +5,9 @@ fresh process so that peak memory is its own. Each cell is measured PASSES times
 interleaved over all runtimes, and reported as the median over passes of each pass's median, so
 that a burst of load on a shared machine moves one pass, not the result. The ratios split the
 gain: model gain (onnxruntime dense / onnxruntime compressed) and engine gain (onnxruntime
-compressed / penni compressed). Writes results.json and results.md into OUT (default: here).
+compressed / penni compressed). Memory is also given net of each runtime's fixed overhead:
+the same measurement on a one-layer model (one 1x1 conv to one channel on the model's input) is
+subtracted. Writes results.json and results.md into OUT (default: here).
 usage: side_by_side.py PENNI_BINARY REPS PASSES NAME:DENSE.penni:DENSE.onnx:COMPRESSED.penni ...
 (the dense model as .penni for penni and as .onnx for onnxruntime, both holding the same weights;
 the compressed model is exported to ONNX here with `penni convert`)"""
@@ -41,6 +43,23 @@ def ort_bench(model, batch, threads):
     return json.loads(out.strip().splitlines()[-1])
 
 
+def one_layer_model(onnx_model, path):
+    """A one-layer model on the input of `onnx_model` (one 1x1 conv to one channel): what each
+    runtime needs to hold any model of this input at all."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inp = onnx.load(onnx_model).graph.input[0]
+    dims = [d.dim_value if d.dim_value > 0 else "N" for d in inp.type.tensor_type.shape.dim]
+    c = dims[1]
+    w = numpy_helper.from_array(np.full((1, c, 1, 1), 0.5, dtype=np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[1, 1])
+    graph = helper.make_graph([node], "one_layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"] + dims[1:])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1] + dims[2:])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+
+
 def combine(runs):
     """The median pass (by median latency) of one runtime's passes, with every pass's median kept."""
     ordered = sorted(runs, key=lambda r: r["median_ms"])
@@ -54,8 +73,13 @@ load_start = os.getloadavg()
 for net, dense_penni, dense_onnx, comp_penni in pairs:
     comp_onnx = os.path.join(exports, f"{net}-compressed.onnx")
     subprocess.run([penni, "convert", comp_penni, comp_onnx], check=True, capture_output=True)
+    one_onnx, one_penni = os.path.join(exports, f"{net}-one-layer.onnx"), os.path.join(exports, f"{net}-one-layer.penni")
+    one_layer_model(dense_onnx, one_onnx)
+    subprocess.run([penni, "convert", one_onnx, one_penni], check=True, capture_output=True)
     for batch in [1, 64]:
         for threads in [1, 2]:
+            fixed_ort = ort_bench(one_onnx, batch, threads)["inference_bytes"]
+            fixed_penni = penni_bench(one_penni, batch, threads)["inference_bytes"]
             runs = {"onnxruntime": [], "onnxruntime_compressed": [], "penni_dense": [], "penni_compressed": []}
             for _ in range(passes):
                 runs["onnxruntime"].append(ort_bench(dense_onnx, batch, threads))
@@ -63,6 +87,10 @@ for net, dense_penni, dense_onnx, comp_penni in pairs:
                 runs["penni_compressed"].append(penni_bench(comp_penni, batch, threads))
                 runs["onnxruntime_compressed"].append(ort_bench(comp_onnx, batch, threads))
             cell = {k: combine(v) for k, v in runs.items()}
+            for k in cell:
+                fixed = fixed_ort if k.startswith("onnxruntime") else fixed_penni
+                cell[k]["fixed_overhead_bytes"] = fixed
+                cell[k]["net_inference_bytes"] = max(cell[k]["inference_bytes"] - fixed, 0)
             ort, ortc, dense, comp = (cell[k]["median_ms"] for k in ("onnxruntime", "onnxruntime_compressed", "penni_dense", "penni_compressed"))
             row = {"model": net, "batch": batch, "threads": threads, **cell,
                    "dense_vs_ort": dense / ort,
@@ -70,7 +98,9 @@ for net, dense_penni, dense_onnx, comp_penni in pairs:
                    "model_gain": ort / ortc,
                    "engine_gain": ortc / comp,
                    "memory_compressed_vs_ort": cell["penni_compressed"]["inference_bytes"] / max(cell["onnxruntime"]["inference_bytes"], 1),
-                   "memory_compressed_vs_dense_penni": cell["penni_compressed"]["inference_bytes"] / max(cell["penni_dense"]["inference_bytes"], 1)}
+                   "memory_compressed_vs_dense_penni": cell["penni_compressed"]["inference_bytes"] / max(cell["penni_dense"]["inference_bytes"], 1),
+                   "net_memory_compressed_vs_ort": cell["penni_compressed"]["net_inference_bytes"] / max(cell["onnxruntime"]["net_inference_bytes"], 1),
+                   "net_memory_compressed_vs_dense_penni": cell["penni_compressed"]["net_inference_bytes"] / max(cell["penni_dense"]["net_inference_bytes"], 1)}
             rows.append(row)
             print(f"{net} b{batch} t{threads}: ort dense {ort:.3f} ms, ort compressed {ortc:.3f} ms, penni dense {dense:.3f} ms, "
                   f"penni compressed {comp:.3f} ms: {row['speedup_compressed_vs_ort']:.2f}x faster than ort dense "
@@ -87,16 +117,19 @@ with open(os.path.join(out_dir, "results.md"), "w") as f:
     f.write(f"Machine: {machine['cpu']}, {machine['cores']} cores; load average {load_start[0]:.2f} at the start, "
             f"{load_end[0]:.2f} at the end. Each cell: the median over {passes} passes of the median of {reps} runs "
             f"after {warmup} warm-up runs, the passes interleaved over the runtimes.\n")
-    f.write("Memory = peak RSS of the process during inference minus its RSS before the model was loaded.\n")
+    f.write("Memory = peak RSS of the process during inference minus its RSS before the model was loaded; net memory also "
+            "subtracts the runtime's fixed overhead, the same measurement on a one-layer model of the same input.\n")
     f.write("Model gain = onnxruntime dense / onnxruntime on the compressed model's ONNX export; engine gain = "
             "onnxruntime compressed / penni compressed; their product is the speed-up.\n\n")
     f.write("| model | batch | threads | ort dense ms | ort compressed ms | penni dense ms | penni compressed ms | dense / ort | "
-            "speed-up (ort dense / penni compressed) | model gain | engine gain | memory compressed / ort dense | memory compressed / penni dense |\n")
-    f.write("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "speed-up (ort dense / penni compressed) | model gain | engine gain | memory compressed / ort dense | memory compressed / penni dense | "
+            "net memory compressed / ort dense | net memory compressed / penni dense |\n")
+    f.write("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     for r in rows:
         f.write(f"| {r['model']} | {r['batch']} | {r['threads']} | {r['onnxruntime']['median_ms']:.3f} | "
                 f"{r['onnxruntime_compressed']['median_ms']:.3f} | {r['penni_dense']['median_ms']:.3f} | "
                 f"{r['penni_compressed']['median_ms']:.3f} | {r['dense_vs_ort']:.2f} | {r['speedup_compressed_vs_ort']:.2f} | "
                 f"{r['model_gain']:.2f} | {r['engine_gain']:.2f} | {r['memory_compressed_vs_ort']:.2f} | "
-                f"{r['memory_compressed_vs_dense_penni']:.2f} |\n")
+                f"{r['memory_compressed_vs_dense_penni']:.2f} | {r['net_memory_compressed_vs_ort']:.2f} | "
+                f"{r['net_memory_compressed_vs_dense_penni']:.2f} |\n")
 print("wrote", os.path.join(out_dir, "results.md"))
