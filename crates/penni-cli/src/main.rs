@@ -6,6 +6,7 @@ mod decompose_cmd;
 mod demo;
 mod engine_cmd;
 mod inspect;
+mod quantize_cmd;
 mod train_cmd;
 
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Compress a trained model with PENNI: decompose, sparse retraining, prune, fine-tune, shrink.
     Compress(compress_cmd::CompressArgs),
+    /// Quantize a model's weights with hybrid bit widths per part (bases, coefficients, ...).
+    Quantize(quantize_cmd::QuantizeArgs),
     /// Decompose a model's convs (PENNI or Tucker-2) without training; prints per-layer errors.
     Decompose(decompose_cmd::DecomposeArgs),
     /// Run a model on .npy or PNG inputs with the inference engine; prints the top classes.
@@ -122,6 +125,7 @@ fn main() {
         Command::Inspect(a) => inspect::run(a),
         Command::Compress(a) => compress_cmd::run(a),
         Command::Decompose(a) => decompose_cmd::run(a),
+        Command::Quantize(a) => quantize_cmd::run(a),
         Command::Convert(a) => convert(a),
         Command::Infer(a) => engine_cmd::infer(a),
         Command::Bench(a) => engine_cmd::bench(a),

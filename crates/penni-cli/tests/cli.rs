@@ -672,3 +672,52 @@ fn compress_with_tucker_admm_closes_the_constraint_gap() {
     assert!(m.nodes.iter().any(|n| n.name.ends_with(".tucker_core")));
     assert!(text(&o).contains("ADMM toward Tucker form"), "{}", text(&o));
 }
+
+/// `penni quantize`: weights on the grid of their bit width, zeros kept, the result measured on
+/// validation (and on test unless --no-test); bad widths are one clear error, no output file.
+#[test]
+fn quantize_puts_weights_on_their_grid_and_reports_accuracy() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = ["--train-subset", "384", "--test-subset", "64", "--val-split", "128"];
+    let model = train_one_epoch(dir.path(), "0.25", &data);
+    let out = dir.path().join("q.penni");
+    let mut args = strings(&[
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--weights",
+        "4",
+        "--pointwise",
+        "3",
+        "--json",
+    ]);
+    args.extend(strings(&data));
+    args.extend(strings(&["--out", out.to_str().unwrap()]));
+    let o = penni().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    assert_eq!(r["eval_split"], "validation");
+    assert!(r["test_top1_quantized"].as_f64().is_some());
+    assert!(r["weight_bits_quantized"].as_u64().unwrap() < r["weight_bits_f32"].as_u64().unwrap() / 4);
+    // every output channel of a 4-bit conv holds at most 15 distinct values
+    let (a, b) = (load(&model), load(&out));
+    let conv = a
+        .nodes
+        .iter()
+        .find(|n| matches!(&n.op, penni_model::Op::Conv2d(c) if c.kernel == [3, 3]))
+        .unwrap();
+    let q = &b.node(&conv.name).unwrap().params["weight"];
+    let per = q.data.len() / q.shape[0];
+    for ch in q.data.chunks(per) {
+        let mut levels: Vec<u32> = ch.iter().map(|v| v.to_bits()).collect();
+        levels.sort_unstable();
+        levels.dedup();
+        assert!(levels.len() <= 15, "{} levels", levels.len());
+    }
+    let mut args = strings(&["quantize", "--model", model.to_str().unwrap(), "--weights", "1", "--no-test"]);
+    args.extend(strings(&data));
+    let bad = dir.path().join("bad.penni");
+    args.extend(strings(&["--out", bad.to_str().unwrap()]));
+    assert_clean_failure(&penni().args(&args).output().unwrap(), "quantize.weights");
+    assert!(!bad.exists());
+}

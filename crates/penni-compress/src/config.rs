@@ -11,6 +11,7 @@ use crate::budget::{BudgetOptions, Target};
 use crate::decompose::{DecomposeOptions, Init};
 use crate::error::{CompressError, Result};
 use crate::prune::PruneOptions;
+use crate::quantize::QuantBits;
 use crate::training::{PhaseTraining, ProximalTerm};
 use crate::tucker::{Ranks, TuckerOptions};
 
@@ -39,6 +40,13 @@ pub struct Config {
     /// ADMM training of the Tucker method.
     #[serde(skip_serializing_if = "AdmmConfig::is_default")]
     pub admm: AdmmConfig,
+    /// Weight bit widths of `penni quantize`.
+    #[serde(skip_serializing_if = "is_default_bits")]
+    pub quantize: QuantBits,
+}
+
+fn is_default_bits(b: &QuantBits) -> bool {
+    *b == QuantBits::default()
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -523,6 +531,9 @@ impl Config {
         }
         if self.method == Method::Tucker && self.budget_options().is_some() {
             p.push("budget mode chooses PENNI's d and thresholds; it cannot be combined with method = \"tucker\"".into());
+        }
+        if let Err(e) = self.quantize.validate() {
+            p.push(e.to_string());
         }
         let t = &self.tucker;
         if !(t.rank.is_finite() && t.rank > 0.0 && t.rank <= 1.0) {

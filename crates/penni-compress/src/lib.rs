@@ -10,6 +10,7 @@
 //! - [`compress`]: decompose -> retrain -> prune -> fine-tune -> shrink with checkpoints and
 //!   resume, training reached through the [`Trainer`] trait; [`Config`] holds every setting;
 //! - [`budget`]: the budget mode's per-layer choice of d and pruning threshold under a MAC budget;
+//! - [`quantize`]: weight quantization with hybrid bit widths per part (bases, coefficients, ...);
 //! - [`report`]: per-phase records as a table, JSON and SVG.
 
 pub mod admm;
@@ -21,6 +22,7 @@ pub mod groups;
 pub mod linalg;
 pub mod pipeline;
 pub mod prune;
+pub mod quantize;
 pub mod report;
 pub mod shrink;
 pub mod training;
@@ -33,6 +35,7 @@ pub use error::{CompressError, Result};
 pub use groups::{ChannelGroup, DependencyGraph};
 pub use pipeline::{CompressOutcome, Phase, compress, compress_with_latency};
 pub use prune::{PruneOptions, PruneReport, prune};
+pub use quantize::{QuantBits, QuantReport, quantize_weights};
 pub use report::{CompressionReport, PhaseRecord, TestResult};
 pub use shrink::{ShrinkReport, shrink};
 pub use training::{Evaluation, PhaseTraining, ProximalTerm, Trainer};

@@ -1,0 +1,139 @@
+//! `penni quantize`: weights quantized with hybrid bit widths per part (penni-compress's
+//! `quantize_weights`), measured on the validation split, then once on the test split.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use penni_compress::{Config, QuantBits, quantize_weights};
+
+use crate::common::{self, DataArgs, human};
+
+#[derive(Args, Debug)]
+pub struct QuantizeArgs {
+    /// The model to quantize: a .penni file or an .onnx file, dense or PENNI.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// TOML config; its [quantize] section holds the bit widths (the flags below override it).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Bits of PENNI's basis kernels (0 = f32).
+    #[arg(long)]
+    pub bases: Option<u8>,
+    /// Bits of PENNI's coefficients (0 = f32).
+    #[arg(long)]
+    pub coefficients: Option<u8>,
+    /// Bits of dense k x k conv weights (0 = f32).
+    #[arg(long)]
+    pub weights: Option<u8>,
+    /// Bits of 1x1 conv and linear weights (0 = f32).
+    #[arg(long)]
+    pub pointwise: Option<u8>,
+    /// Where to write the quantized model (.penni, or .onnx to export it).
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// Print the result as one JSON line.
+    #[arg(long)]
+    pub json: bool,
+    /// Leave the test split alone (a sweep over bit widths chooses on validation; measure the
+    /// chosen setting on the test split once, afterwards).
+    #[arg(long)]
+    pub no_test: bool,
+}
+
+pub fn run(args: QuantizeArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let q = &mut config.quantize;
+    for (slot, flag) in [
+        (&mut q.bases, args.bases),
+        (&mut q.coefficients, args.coefficients),
+        (&mut q.weights, args.weights),
+        (&mut q.pointwise, args.pointwise),
+    ] {
+        if let Some(b) = flag {
+            *slot = b;
+        }
+    }
+    config.validate()?;
+    let bits: QuantBits = config.quantize;
+    let loaded = common::load_model(&args.model)?;
+    // the training data for its validation split, on which the result is judged
+    let data = args.data.load(config.seed, true)?;
+    let preprocess = common::resolve_preprocess(
+        loaded.preprocess,
+        &args.data.norm,
+        Some(&data.train),
+        args.data.pad_to,
+        &loaded.model,
+    )?;
+    let (quantized, report) = quantize_weights(&loaded.model, &bits)?;
+    let transform = preprocess.eval_transform();
+    let top1 =
+        |m: &penni_model::Model, ds: &penni_data::Dataset| -> Result<f64> { Ok(penni_train::evaluate(m, ds, &transform, 256)?.top1) };
+    let eval_f32 = top1(&loaded.model, data.eval_set())?;
+    let eval_q = top1(&quantized, data.eval_set())?;
+    // the test split once, after the choice is made, when validation was what chose
+    let test = match &data.val {
+        Some(_) if !args.no_test => Some((top1(&loaded.model, &data.test)?, top1(&quantized, &data.test)?)),
+        _ => None,
+    };
+    common::save_model(&quantized, Some(&preprocess), &args.out)?;
+    let max_err = |part: &str| {
+        report
+            .tensors
+            .iter()
+            .filter(|t| t.param == part)
+            .map(|t| t.relative_error)
+            .fold(0.0, f64::max)
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bits": bits, "eval_split": data.eval_name(), "eval_top1_f32": eval_f32, "eval_top1_quantized": eval_q,
+                "test_top1_f32": test.map(|t| t.0), "test_top1_quantized": test.map(|t| t.1),
+                "weight_bits_quantized": report.quantized_bits, "weight_bits_f32": report.f32_bits,
+                "max_relative_error": {"bases": max_err("bases"), "coefficients": max_err("coefficients"), "weights": max_err("weight")},
+            })
+        );
+    } else {
+        println!(
+            "bits: bases {}, coefficients {}, k x k weights {}, 1x1/linear {} (0 = f32); weights per output channel (per basis), symmetric",
+            bits.bases, bits.coefficients, bits.weights, bits.pointwise
+        );
+        println!(
+            "largest relative error: bases {:.4}, coefficients {:.4}, weights {:.4}",
+            max_err("bases"),
+            max_err("coefficients"),
+            max_err("weight")
+        );
+        println!(
+            "weight storage (non-zeros and per-channel scales, sparse indices not counted): {} -> {} bits ({:.1}%)",
+            human(report.f32_bits),
+            human(report.quantized_bits),
+            100.0 * report.quantized_bits as f64 / report.f32_bits.max(1) as f64
+        );
+        println!(
+            "{} top-1: f32 {:.2}%, quantized {:.2}% ({:+.2} points)",
+            data.eval_name(),
+            eval_f32 * 100.0,
+            eval_q * 100.0,
+            (eval_q - eval_f32) * 100.0
+        );
+        if let Some((a, b)) = test {
+            println!(
+                "test top-1 (measured once): f32 {:.2}%, quantized {:.2}% ({:+.2} points)",
+                a * 100.0,
+                b * 100.0,
+                (b - a) * 100.0
+            );
+        }
+        println!("quantized model written to {}", args.out.display());
+    }
+    Ok(())
+}

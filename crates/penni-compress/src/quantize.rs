@@ -1,0 +1,184 @@
+//! Weight quantization with hybrid bit widths per part (the first step of ESCALATE's hybrid
+//! quantization): the few basis kernels of a PENNI layer are applied to every input channel and
+//! pixel, each coefficient once per output, so the two can take different widths; dense k x k
+//! convs and the 1x1 / linear weights take their own.
+//!
+//! Symmetric, per output channel (per basis for bases): scale = max |w| / (2^(b-1) - 1), every
+//! value replaced by scale * round(w / scale). Zeros stay exactly zero, so pruning survives.
+//! The values stay f32 on the integer grid, so every runtime (penni's engine, onnxruntime on the
+//! export) computes what an integer kernel with these weights would, up to f32 accumulation.
+//! Per-channel symmetric quantization is unchanged by a positive per-channel factor, so folding
+//! batchnorm before it would not change the result. Activations are not quantized here.
+
+use penni_model::{Model, Op};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CompressError, Result};
+
+/// Bit widths per part; 0 leaves that part in f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuantBits {
+    /// PENNI basis kernels.
+    pub bases: u8,
+    /// PENNI coefficients.
+    pub coefficients: u8,
+    /// Dense k x k conv weights.
+    pub weights: u8,
+    /// 1x1 conv and linear weights.
+    pub pointwise: u8,
+}
+
+impl Default for QuantBits {
+    fn default() -> Self {
+        Self {
+            bases: 8,
+            coefficients: 8,
+            weights: 8,
+            pointwise: 8,
+        }
+    }
+}
+
+impl QuantBits {
+    pub fn validate(&self) -> Result<()> {
+        let bad: Vec<String> = [
+            ("bases", self.bases),
+            ("coefficients", self.coefficients),
+            ("weights", self.weights),
+            ("pointwise", self.pointwise),
+        ]
+        .iter()
+        .filter(|(_, b)| *b == 1 || *b > 16)
+        .map(|(n, b)| format!("quantize.{n} must be 0 (f32) or 2..=16 bits, got {b}"))
+        .collect();
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(CompressError::Invalid(bad.join("; ")))
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QuantizedTensor {
+    pub node: String,
+    pub param: String,
+    pub bits: u8,
+    pub values: usize,
+    pub nonzero: usize,
+    /// ||w - q|| / ||w||.
+    pub relative_error: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct QuantReport {
+    pub tensors: Vec<QuantizedTensor>,
+    /// Bits to store the quantized tensors' non-zeros and one f32 scale per channel (sparse
+    /// indices not counted), and the same tensors' non-zeros in f32.
+    pub quantized_bits: u64,
+    pub f32_bits: u64,
+}
+
+/// Quantizes `values` in place in `groups` equal consecutive runs, each with its own scale.
+/// Returns the relative error.
+pub fn quantize_groups(values: &mut [f32], groups: usize, bits: u8) -> f64 {
+    if bits == 0 || groups == 0 || values.is_empty() {
+        return 0.0;
+    }
+    let qmax = ((1u32 << (bits - 1)) - 1) as f32;
+    let len = values.len().div_ceil(groups);
+    let (mut err, mut norm) = (0.0f64, 0.0f64);
+    for g in values.chunks_mut(len) {
+        let m = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+        if m == 0.0 {
+            continue;
+        }
+        let scale = m / qmax;
+        for v in g.iter_mut() {
+            let q = (*v / scale).round().clamp(-qmax, qmax) * scale;
+            err += ((*v - q) as f64).powi(2);
+            norm += (*v as f64).powi(2);
+            *v = q;
+        }
+    }
+    if norm > 0.0 { (err / norm).sqrt() } else { 0.0 }
+}
+
+/// The model with its weights quantized at `bits` (module docs).
+pub fn quantize_weights(model: &Model, bits: &QuantBits) -> Result<(Model, QuantReport)> {
+    model.validate()?;
+    bits.validate()?;
+    let mut out = model.clone();
+    let mut report = QuantReport::default();
+    for node in &mut out.nodes {
+        // (param, bits, groups)
+        let parts: Vec<(&str, u8, usize)> = match &node.op {
+            Op::Conv2d(c) if c.kernel[0] * c.kernel[1] == 1 => vec![("weight", bits.pointwise, c.out_channels)],
+            Op::Conv2d(c) => vec![("weight", bits.weights, c.out_channels)],
+            Op::Linear { out_features, .. } => vec![("weight", bits.pointwise, *out_features)],
+            Op::DecomposedConv2d(c) => vec![
+                ("bases", bits.bases, c.num_bases),
+                ("coefficients", bits.coefficients, c.conv.out_channels),
+            ],
+            _ => continue,
+        };
+        let name = node.name.clone();
+        for (param, b, groups) in parts {
+            let t = node.param_mut(param)?;
+            let nonzero = t.data.iter().filter(|v| **v != 0.0).count();
+            let relative_error = quantize_groups(&mut t.data, groups, b);
+            let width = if b == 0 { 32 } else { b as u64 };
+            report.quantized_bits += nonzero as u64 * width + if b == 0 { 0 } else { 32 * groups as u64 };
+            report.f32_bits += nonzero as u64 * 32;
+            report.tensors.push(QuantizedTensor {
+                node: name.clone(),
+                param: param.into(),
+                bits: b,
+                values: t.data.len(),
+                nonzero,
+                relative_error,
+            });
+        }
+    }
+    out.validate()?;
+    Ok((out, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_land_on_the_grid_and_zeros_stay_zero() {
+        let mut v = vec![0.5, -0.25, 0.0, 0.1, 1.0, -1.0, 0.0, 0.3];
+        let e = quantize_groups(&mut v, 2, 3);
+        // group 1: max 0.5, qmax 3 -> grid step 1/6
+        let step = 0.5f32 / 3.0;
+        for x in &v[..4] {
+            assert!(((x / step).round() * step - x).abs() < 1e-6, "{x}");
+        }
+        assert_eq!(v[2], 0.0);
+        assert_eq!(v[6], 0.0);
+        assert!(e > 0.0 && e < 0.2, "{e}");
+        // 2 bits: ternary {-m, 0, m} per group
+        let mut t = vec![0.9, -0.2, 0.6, -1.0];
+        quantize_groups(&mut t, 1, 2);
+        assert_eq!(t, vec![1.0, 0.0, 1.0, -1.0]);
+        // 0 bits: untouched
+        let mut u = vec![0.123f32];
+        assert_eq!(quantize_groups(&mut u, 1, 0), 0.0);
+        assert_eq!(u, vec![0.123]);
+    }
+
+    #[test]
+    fn more_bits_less_error() {
+        let base: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let errs: Vec<f64> = [2u8, 3, 4, 6, 8, 12]
+            .iter()
+            .map(|b| quantize_groups(&mut base.clone(), 4, *b))
+            .collect();
+        assert!(errs.windows(2).all(|w| w[1] < w[0]), "{errs:?}");
+        assert!(errs[5] < 1e-3);
+    }
+}
