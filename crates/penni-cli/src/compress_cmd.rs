@@ -127,6 +127,7 @@ impl Trainer for BurnTrainer<'_> {
                 .proximal
                 .as_ref()
                 .map(|p| penni_train::Proximal::new(p.rho, p.targets.iter().map(|(n, t)| (n.clone(), t.data.clone())).collect())),
+            fake_quant: None,
         };
         let run = RunOptions {
             checkpoint_dir: Some(checkpoint_dir.to_path_buf()),

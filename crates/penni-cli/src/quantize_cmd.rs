@@ -3,9 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use penni_compress::{Config, QuantBits, quantize_weights};
+use penni_data::Transform;
+use penni_train::{FakeQuantBits, LrSchedule, RunOptions, TrainData, TrainOptions};
 
 use crate::common::{self, DataArgs, human};
 
@@ -41,6 +43,22 @@ pub struct QuantizeArgs {
     /// chosen setting on the test split once, afterwards).
     #[arg(long)]
     pub no_test: bool,
+    /// Quantization-aware fine-tuning first: epochs of training with the weights fake-quantized
+    /// at these widths in the forward pass (straight-through gradients), pruned zeros held at
+    /// zero; resumable from the run directory.
+    #[arg(long, default_value_t = 0)]
+    pub qat_epochs: usize,
+    /// Learning rate of the fine-tuning (cosine to zero).
+    #[arg(long, default_value_t = 0.001)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Run directory of the fine-tuning (default: <out>.run); rerunning the command resumes.
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Where the fine-tuning runs: cpu, or wgpu / cuda in a penni built with that feature.
+    #[arg(long, default_value = "cpu")]
+    pub device: penni_train::TrainDevice,
 }
 
 pub fn run(args: QuantizeArgs) -> Result<()> {
@@ -71,8 +89,53 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         args.data.pad_to,
         &loaded.model,
     )?;
-    let (quantized, report) = quantize_weights(&loaded.model, &bits)?;
     let transform = preprocess.eval_transform();
+    let tuned = if args.qat_epochs > 0 {
+        let run_dir = args.run_dir.clone().unwrap_or_else(|| common::default_run_dir(&args.out));
+        std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
+        let opts = TrainOptions {
+            phase: "qat".into(),
+            epochs: args.qat_epochs,
+            batch_size: args.batch_size,
+            lr: args.lr,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 1e-4,
+            schedule: LrSchedule::Cosine,
+            seed: config.seed,
+            freeze_zeros: true,
+            fake_quant: Some(FakeQuantBits {
+                bases: bits.bases,
+                coefficients: bits.coefficients,
+                weights: bits.weights,
+                pointwise: bits.pointwise,
+            }),
+            ..Default::default()
+        };
+        let run = RunOptions {
+            checkpoint_dir: Some(run_dir.clone()),
+            resume: true,
+            metrics_log: Some(run_dir.join("metrics.jsonl")),
+            progress: !args.json,
+            stop_after_epochs: None,
+            device: args.device,
+        };
+        let td = TrainData {
+            train: &data.train,
+            test: Some(data.eval_set()),
+            eval_name: data.eval_name(),
+            train_transform: Transform {
+                crop_padding: 2,
+                hflip: true,
+                ..transform.clone()
+            },
+            test_transform: transform.clone(),
+        };
+        penni_train::train(&loaded.model, &td, &opts, &run)?.model
+    } else {
+        loaded.model.clone()
+    };
+    let (quantized, report) = quantize_weights(&tuned, &bits)?;
     let top1 =
         |m: &penni_model::Model, ds: &penni_data::Dataset| -> Result<f64> { Ok(penni_train::evaluate(m, ds, &transform, 256)?.top1) };
     let eval_f32 = top1(&loaded.model, data.eval_set())?;
@@ -95,7 +158,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         println!(
             "{}",
             serde_json::json!({
-                "bits": bits, "eval_split": data.eval_name(), "eval_top1_f32": eval_f32, "eval_top1_quantized": eval_q,
+                "bits": bits, "qat_epochs": args.qat_epochs, "eval_split": data.eval_name(), "eval_top1_f32": eval_f32, "eval_top1_quantized": eval_q,
                 "test_top1_f32": test.map(|t| t.0), "test_top1_quantized": test.map(|t| t.1),
                 "weight_bits_quantized": report.quantized_bits, "weight_bits_f32": report.f32_bits,
                 "max_relative_error": {"bases": max_err("bases"), "coefficients": max_err("coefficients"), "weights": max_err("weight")},
@@ -118,6 +181,12 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             human(report.quantized_bits),
             100.0 * report.quantized_bits as f64 / report.f32_bits.max(1) as f64
         );
+        if args.qat_epochs > 0 {
+            println!(
+                "quantization-aware fine-tuning: {} epochs, lr {} (cosine)",
+                args.qat_epochs, args.lr
+            );
+        }
         println!(
             "{} top-1: f32 {:.2}%, quantized {:.2}% ({:+.2} points)",
             data.eval_name(),

@@ -714,6 +714,33 @@ fn quantize_puts_weights_on_their_grid_and_reports_accuracy() {
         levels.dedup();
         assert!(levels.len() <= 15, "{} levels", levels.len());
     }
+    // quantization-aware fine-tuning judges its epochs on the weights it will be quantized to:
+    // its last validation figure is the quantized model's
+    let qat = dir.path().join("qat.penni");
+    let mut args = strings(&[
+        "quantize",
+        "--model",
+        model.to_str().unwrap(),
+        "--weights",
+        "2",
+        "--qat-epochs",
+        "1",
+    ]);
+    args.extend(strings(&["--batch-size", "64", "--lr", "0.01", "--json", "--no-test"]));
+    args.extend(strings(&data));
+    args.extend(strings(&["--out", qat.to_str().unwrap()]));
+    let o = penni().args(&args).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&o.stdout).trim()).unwrap();
+    let metrics = std::fs::read_to_string(dir.path().join("qat.penni.run/metrics.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+    assert_eq!(last["test_top1"].as_f64(), r["eval_top1_quantized"].as_f64(), "{metrics}");
+    assert_eq!(
+        r["test_top1_quantized"],
+        serde_json::Value::Null,
+        "--no-test leaves the test split alone"
+    );
+
     let mut args = strings(&["quantize", "--model", model.to_str().unwrap(), "--weights", "1", "--no-test"]);
     args.extend(strings(&data));
     let bad = dir.path().join("bad.penni");

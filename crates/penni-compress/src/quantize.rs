@@ -4,7 +4,8 @@
 //! convs and the 1x1 / linear weights take their own.
 //!
 //! Symmetric, per output channel (per basis for bases): scale = max |w| / (2^(b-1) - 1), every
-//! value replaced by scale * round(w / scale). Zeros stay exactly zero, so pruning survives.
+//! value replaced by scale * round(w / scale), ties to even. Zeros stay exactly zero, so pruning
+//! survives.
 //! The values stay f32 on the integer grid, so every runtime (penni's engine, onnxruntime on the
 //! export) computes what an integer kernel with these weights would, up to f32 accumulation.
 //! Per-channel symmetric quantization is unchanged by a positive per-channel factor, so folding
@@ -96,7 +97,8 @@ pub fn quantize_groups(values: &mut [f32], groups: usize, bits: u8) -> f64 {
         }
         let scale = m / qmax;
         for v in g.iter_mut() {
-            let q = (*v / scale).round().clamp(-qmax, qmax) * scale;
+            // ties to even, as ONNX QuantizeLinear and the trainer's fake quantization round
+            let q = (*v / scale).round_ties_even().clamp(-qmax, qmax) * scale;
             err += ((*v - q) as f64).powi(2);
             norm += (*v as f64).powi(2);
             *v = q;

@@ -70,6 +70,22 @@ pub struct TrainOptions {
     /// training, e.g. toward Tucker form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proximal: Option<Proximal>,
+    /// Quantization-aware training: the forward pass sees the weights quantized (symmetric, per
+    /// output channel, per basis for bases) at these widths, the backward pass goes straight
+    /// through to the f32 weights (straight-through estimator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fake_quant: Option<FakeQuantBits>,
+}
+
+/// Bit widths of quantization-aware training per part; 0 leaves a part in f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FakeQuantBits {
+    pub bases: u8,
+    pub coefficients: u8,
+    /// Dense k x k conv weights.
+    pub weights: u8,
+    /// 1x1 conv and linear weights.
+    pub pointwise: u8,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -135,6 +151,7 @@ impl Default for TrainOptions {
             alternate_interval: None,
             freeze_zeros: false,
             proximal: None,
+            fake_quant: None,
         }
     }
 }
@@ -162,6 +179,11 @@ impl TrainOptions {
         }
         if self.alternate_interval == Some(0) {
             return bad("alternation interval must be at least 1 epoch".into());
+        }
+        if let Some(q) = &self.fake_quant
+            && [q.bases, q.coefficients, q.weights, q.pointwise].iter().any(|b| *b == 1 || *b > 16)
+        {
+            return bad(format!("fake-quantization widths must be 0 (f32) or 2..=16 bits, got {q:?}"));
         }
         if let Some(p) = &self.proximal
             && !(p.rho.is_finite() && p.rho >= 0.0)
@@ -651,6 +673,42 @@ fn proximal_targets(net: &Net, model: &Model, opts: &TrainOptions, dev: &Device)
     Ok(Some((p.rho, out)))
 }
 
+/// Per slot, (groups, bits) of its fake quantization, `None` for slots not quantized.
+fn fake_quant_plan(net: &Net, model: &Model, opts: &TrainOptions) -> Vec<Option<(usize, u8)>> {
+    let Some(q) = opts.fake_quant else {
+        return vec![None; net.slots.len()];
+    };
+    net.slots
+        .iter()
+        .map(|slot| {
+            let node = &model.nodes[slot.node];
+            let (groups, bits) = match (&node.op, slot.kind) {
+                (penni_model::Op::Conv2d(c), ParamKind::Weight) if c.kernel[0] * c.kernel[1] == 1 => (c.out_channels, q.pointwise),
+                (penni_model::Op::Conv2d(c), ParamKind::Weight) => (c.out_channels, q.weights),
+                (penni_model::Op::Linear { out_features, .. }, ParamKind::Weight) => (*out_features, q.pointwise),
+                (penni_model::Op::DecomposedConv2d(c), ParamKind::Bases) => (c.num_bases, q.bases),
+                (penni_model::Op::DecomposedConv2d(c), ParamKind::Coefficients) => (c.conv.out_channels, q.coefficients),
+                _ => return None,
+            };
+            (bits > 0 && groups > 0).then_some((groups, bits))
+        })
+        .collect()
+}
+
+/// `w` quantized symmetrically in `groups` equal runs at `bits` in the forward pass, identity in
+/// the backward pass: w + (q(w) - w).detach().
+fn fake_quantize(w: Tensor<1>, groups: usize, bits: u8) -> Tensor<1> {
+    let n = w.dims()[0];
+    if !n.is_multiple_of(groups) {
+        return w;
+    }
+    let qmax = ((1u32 << (bits - 1)) - 1) as f64;
+    let g = w.clone().detach().reshape([groups, n / groups]);
+    let scale = g.clone().abs().max_dim(1).div_scalar(qmax).clamp_min(1e-12);
+    let q = (g / scale.clone()).round().clamp(-qmax, qmax) * scale;
+    w.clone() + (q.reshape([n]) - w.detach())
+}
+
 /// Trains `model` and returns it with the trained weights written back.
 pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOptions) -> Result<TrainOutcome> {
     opts.validate()?;
@@ -718,6 +776,7 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
         })
         .collect();
     let proximal = proximal_targets(&net, &current, opts, &dev)?;
+    let fake_quant = fake_quant_plan(&net, &current, opts);
     for epoch in start_epoch..opts.epochs {
         if run.stop_after_epochs.is_some_and(|s| epoch >= s) {
             return Err(TrainError::Stopped(epoch));
@@ -763,7 +822,15 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
                     if trains(net.slots[i].kind) { v.require_grad() } else { v }
                 })
                 .collect();
-            net.values = leaves;
+            // the forward pass sees the fake-quantized weights; gradients reach the leaves
+            net.values = leaves
+                .iter()
+                .zip(&fake_quant)
+                .map(|(v, q)| match q {
+                    Some((groups, bits)) => fake_quantize(v.clone(), *groups, *bits),
+                    None => v.clone(),
+                })
+                .collect();
             let (x, labels, onehot) = batch_tensors(&b, classes, &ad);
             let t = lap(&mut t_data, t);
             let logits = net.logits(&current, x, true)?;
@@ -784,6 +851,7 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
             }
             let t = lap(&mut t_fwd, t);
             let grads = loss.backward();
+            net.values = leaves;
             lap(&mut t_bwd, t);
             let ce_value = ce.into_scalar::<f32>() as f64;
             if !ce_value.is_finite() {
@@ -839,9 +907,24 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
             *v = v.clone().inner();
         }
         let trained_model = net.to_model(&current);
+        // quantization-aware training is judged on the quantized weights it trains for
+        let quantized_model;
+        let judged = if opts.fake_quant.is_some() {
+            let f32_values = net.values.clone();
+            net.values = f32_values
+                .iter()
+                .zip(&fake_quant)
+                .map(|(v, q)| q.map_or_else(|| v.clone(), |(groups, bits)| fake_quantize(v.clone(), groups, bits)))
+                .collect();
+            quantized_model = net.to_model(&current);
+            net.values = f32_values;
+            &quantized_model
+        } else {
+            &trained_model
+        };
         let (test_loss, test_top1, eval_timing) = match data.test {
             Some(test) => {
-                let (e, timing) = evaluate_timed(&trained_model, test, &data.test_transform, 256)?;
+                let (e, timing) = evaluate_timed(judged, test, &data.test_transform, 256)?;
                 (Some(e.loss), Some(e.top1), timing)
             }
             None => (None, None, EvalTiming::default()),
