@@ -14,14 +14,17 @@
 //!   per-channel scale multiplies the coefficient rows and the shift becomes a bias); ReLU/Clip
 //!   chains become one clamp in the producer's epilogue; a residual add whose operand comes from
 //!   a convolution is added in that convolution's epilogue, before the activation;
-//! - two backends, chosen per model. Mostly-dense models use a channel-blocked layout (16
+//! - two backends, chosen per model and batch by which computes fewer wasted lanes (weighted by
+//!   the kernels' measured speeds). Wide dense models use a channel-blocked layout (16
 //!   channels per pixel vector, one AVX-512 register, zero borders sized for the consumers'
 //!   padding) and an implicit-GEMM convolution with a register tile and K-blocking chosen per
 //!   layer (1x1 convolutions are a plain GEMM on the activations, no im2col). Mostly-decomposed
-//!   (PENNI) models use planar NCHW maps and kernels vectorised over 16 pixels: the basis stage
+//!   (PENNI) models and narrow ones (Tucker-2 factors of a few channels) use planar NCHW maps
+//!   and kernels vectorised over 16 pixels: the basis stage
 //!   reads shifted pixel vectors of one channel with per-tap lane masks (no padding), the
 //!   combination is a CSR sparse matrix times pixel rows, nothing is transposed and dead
-//!   channels and bases cost nothing;
+//!   channels and bases cost nothing; a Tucker-2 convolution (1x1 -> k x k -> 1x1) is one step
+//!   whose intermediate maps stay in per-thread scratch;
 //! - decomposed convolutions run in one of four dataflows picked per layer, see [`Strategy`];
 //! - a large batch runs as micro-batches (the whole network on a few images at a time) so that
 //!   activations stay in cache, unless the weights are the bigger stream;

@@ -234,12 +234,27 @@ proptest! {
     }
 
     #[test]
+    fn tucker_chain_matches_reference(cs in conv_case()) {
+        let m = chain_model(&cs);
+        let threads = 1 + cs.seed as usize % 3;
+        run_case(&m, cs.batch, cs.planar, Strategy::Auto, threads)?;
+        // the planar backend runs it as one step (else the case above tested three convs)
+        let opts = EngineOptions { threads, ..EngineOptions::default() };
+        let plan = penni_engine::testing::plan_backend(&m, cs.batch, &opts, true, None).unwrap();
+        prop_assert!(plan.describe().iter().any(|d| d.contains("tucker chain")), "{:#?}", plan.describe());
+    }
+
+    #[test]
     fn pools_match_reference(
         c in 1..20usize, h in 1..12usize, w in 1..12usize, k in [1..5usize, 1..5usize], s in [1..4usize, 1..4usize],
         pad in [0..3usize, 0..3usize, 0..3usize, 0..3usize], ceil_mode in any::<bool>(), count_include_pad in any::<bool>(),
         max in any::<bool>(), batch in 1..3usize, planar in any::<bool>(),
     ) {
-        let pad = [pad[0].min(k[0]), pad[1].min(k[1]), pad[2].min(k[0]), pad[3].min(k[1])];
+        // a third of the cases unpadded with column strides 1 and 2: the planar vector kernel's
+        let plain = c % 3 == 0;
+        let pad = if plain { [0; 4] } else { [pad[0].min(k[0]), pad[1].min(k[1]), pad[2].min(k[0]), pad[3].min(k[1])] };
+        let s = if plain { [s[0], 1 + s[1] % 2] } else { s };
+        let (h, w) = if plain { (h + 8, w + 16) } else { (h, w) };
         let (h, w) = (h.max(k[0]), w.max(k[1]));
         let p = Pool2d { kernel: k, stride: s, padding: pad, ceil_mode, count_include_pad };
         let mut b = GraphBuilder::new("pool", Input { name: "x".into(), channels: c, height: h, width: w }, 1);
@@ -252,6 +267,84 @@ proptest! {
         prop_assume!(r.iter().all(|v| v.is_finite()));
         run_case(&m, batch, planar, Strategy::Auto, 2)?;
     }
+}
+
+/// x -> 1x1 (C -> R1) -> k x k core (R1 -> R2) -> 1x1 (R2 -> N) -> tail: a Tucker-2 convolution,
+/// which the planar backend runs as one chain step. The core takes the case's kernel, stride,
+/// padding and dilation; `cs.bases` is R1, `cs.cg` is C, `cs.og` is R2 and N = R2 + bases.
+fn chain_model(cs: &ConvCase) -> Model {
+    let mut rng = InitRng::new(cs.seed);
+    let (c, r1, r2) = (cs.cg, cs.bases, cs.og);
+    let n = r2 + cs.bases;
+    let mut b = GraphBuilder::new(
+        "chain",
+        Input {
+            name: "x".into(),
+            channels: c,
+            height: cs.h,
+            width: cs.w,
+        },
+        cs.seed,
+    );
+    let conv = |b: &mut GraphBuilder, rng: &mut InitRng, name: &str, x: &str, (ci, co): (usize, usize), core: bool, bias: bool| {
+        let (kernel, stride, padding, dilation) = if core {
+            (cs.kernel, cs.stride, cs.padding, cs.dilation)
+        } else {
+            ([1, 1], [1, 1], [0; 4], [1, 1])
+        };
+        let mut params = BTreeMap::new();
+        let std = (1.0 / (ci * kernel[0] * kernel[1]) as f32).sqrt();
+        params.insert("weight".into(), randn(rng, vec![co, ci, kernel[0], kernel[1]], std));
+        if bias {
+            params.insert("bias".into(), randn(rng, vec![co], 0.5));
+        }
+        let spec = Conv2d {
+            in_channels: ci,
+            out_channels: co,
+            kernel,
+            stride,
+            padding,
+            dilation,
+            groups: 1,
+            bias,
+        };
+        b.push(name, Op::Conv2d(spec), &[x], params)
+    };
+    // biases on each factor now and then (penni's own Tucker factors have one on the last only)
+    let t1 = conv(
+        &mut b,
+        &mut rng,
+        "conv.tucker_in",
+        "x",
+        (c, r1),
+        false,
+        cs.bias && cs.seed.is_multiple_of(3),
+    );
+    let t2 = conv(
+        &mut b,
+        &mut rng,
+        "conv.tucker_core",
+        &t1,
+        (r1, r2),
+        true,
+        cs.bias && cs.seed % 3 == 1,
+    );
+    let y = conv(&mut b, &mut rng, "conv", &t2, (r2, n), false, cs.bias);
+    let out = match cs.tail {
+        1 => b.push("bn", Op::BatchNorm2d { channels: n, eps: 1e-5 }, &[&y], bn_params(&mut rng, n)),
+        2 => {
+            let t = b.push("bn", Op::BatchNorm2d { channels: n, eps: 1e-5 }, &[&y], bn_params(&mut rng, n));
+            b.push("relu", Op::Relu, &[&t], BTreeMap::new())
+        }
+        3 => b.push("clip", Op::Clip { min: -0.3, max: 0.4 }, &[&y], BTreeMap::new()),
+        4 => {
+            let z = conv(&mut b, &mut rng, "twin", "x", (c, n), true, true);
+            let s = b.push("add", Op::Add, &[&z, &y], BTreeMap::new());
+            b.push("relu", Op::Relu, &[&s], BTreeMap::new())
+        }
+        _ => y,
+    };
+    b.finish(&out).unwrap()
 }
 
 /// conv -> global pool -> flatten -> linear -> relu, and a standalone batchnorm, activation

@@ -169,12 +169,76 @@ pub(crate) struct PPool {
     pub batch: usize,
 }
 
+impl PPool {
+    /// Every window lies inside the input and columns step by 1 or 2: the vector kernel's case
+    /// (VGG's and LeNet's pools).
+    fn vectorised(&self) -> bool {
+        let (p, xl, yl) = (&self.p, &self.xl, &self.yl);
+        p.padding == [0; 4]
+            && matches!(p.stride[1], 1 | 2)
+            && yl.h > 0
+            && yl.w > 0
+            && (yl.h - 1) * p.stride[0] + p.kernel[0] <= xl.h
+            && (yl.w - 1) * p.stride[1] + p.kernel[1] <= xl.w
+    }
+}
+
+isa_dispatch!(fn pool_plane => pool_plane_g(st: &PPool, x: *const f32, y: *mut f32));
+
+/// One plane of a pool whose windows lie inside the input, 16 output pixels of a row at a time.
+#[inline(always)]
+unsafe fn pool_plane_g<S: Simd>(st: &PPool, x: *const f32, y: *mut f32) {
+    unsafe {
+        let (p, xl, yl) = (&st.p, &st.xl, &st.yl);
+        let inv = 1.0 / (p.kernel[0] * p.kernel[1]) as f32;
+        for oy in 0..yl.h {
+            for ox0 in (0..yl.w).step_by(L) {
+                let cnt = (yl.w - ox0).min(L);
+                let mut acc = if st.max { S::splat(f32::NEG_INFINITY) } else { S::zero() };
+                for ky in 0..p.kernel[0] {
+                    let row = x.add((oy * p.stride[0] + ky) * xl.w);
+                    for kx in 0..p.kernel[1] {
+                        let v = if p.stride[1] == 1 {
+                            S::load_mask(row.add(ox0 + kx), prefix(cnt))
+                        } else {
+                            // lanes 0, 2, .. 2(cnt - 1) of the 32 floats at `base`
+                            let base = row.add(2 * ox0 + kx);
+                            let m = (1u32 << (2 * cnt - 1)) - 1;
+                            S::even(S::load_mask(base, m as u16), S::load_mask(base.add(L), (m >> 16) as u16))
+                        };
+                        acc = if st.max { S::max(acc, v) } else { S::add(acc, v) };
+                    }
+                }
+                if !st.max {
+                    acc = S::mul(acc, S::splat(inv));
+                }
+                S::store_mask(y.add(oy * yl.w + ox0), prefix(cnt), acc);
+            }
+        }
+    }
+}
+
 impl StepOp for PPool {
     fn describe(&self) -> String {
         describe_pool(&self.p, self.max)
     }
 
     fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
+        if self.vectorised() {
+            let planes = self.batch * self.xl.c;
+            // runs of planes: a task per plane costs more than a small plane's work
+            let per = planes.div_ceil(64).max(1);
+            return ctx.par(planes.div_ceil(per), &|t, _| {
+                for plane in t * per..((t + 1) * per).min(planes) {
+                    // SAFETY: the kernel reads inside the input plane and writes the output plane
+                    unsafe {
+                        let xb = (ctx.ptr(self.x) as *const f32).add(plane * self.xl.plane());
+                        let yb = ctx.ptr(self.y).add(plane * self.yl.plane());
+                        pool_plane(ctx.isa, self, xb, yb);
+                    }
+                }
+            });
+        }
         ctx.par(self.batch * self.xl.c, &|t, _| {
             let (xl, yl, p) = (&self.xl, &self.yl, &self.p);
             // SAFETY: reads inside the input plane, writes inside the output plane.

@@ -17,11 +17,18 @@ use crate::ops::decomposed::analysis::Coefs;
 use crate::ops::decomposed::cost::{self, Choice};
 use crate::ops::{concat, convert, decomposed, elementwise, linear, pool, softmax};
 use crate::options::{Knobs, Strategy};
+use crate::simd::L;
 use crate::step::{Step, StepOp, Val, ValId};
 
 /// Largest (output vectors x kernel taps) of a layer on the planar backend (about 64 MB of
 /// tables); a model with a larger layer runs on the channel-blocked backend.
 const PLANAR_MAX_TAPS: u128 = 1 << 22;
+
+/// Time of a planar dense convolution per multiply-accumulate slot, in percent of the
+/// channel-blocked one's (measured on a 2-core AVX-512 VM: about 30-45 against 50-80 GMAC/s).
+const PLANAR_RATE_PERCENT: u128 = 160;
+/// Output vectors per register tile of the planar convolution kernels.
+const PLANAR_TILE: usize = conv::planar_access::TILE;
 
 /// Steps with fewer multiply-accumulates than this (10 to 20 microseconds) run on one thread:
 /// measured on a 2-core VM, handing a step to a second thread costs several microseconds.
@@ -134,7 +141,7 @@ impl<'m> Builder<'m> {
 
     pub fn build(mut self) -> Result<Built, EngineError> {
         let model = self.model;
-        let groups = self.readers.groups();
+        let groups = self.readers.groups(self.planar);
 
         // 1. convolutions first: folds, dataflows, and the padding they need of their input
         for g in &groups {
@@ -275,6 +282,43 @@ impl<'m> Builder<'m> {
                     (Op::DecomposedConv2d(c), Some((co, choice))) => decomposed::step(n, c, &prep.fold, co, *choice, io)?,
                     _ => return Err(EngineError::Internal(format!("'{}' is not a convolution", n.name))),
                 }
+            }
+            GKind::Chain { first, core, last, bns } => {
+                let nodes = &model.nodes;
+                let bn_nodes: Vec<&Node> = bns.iter().map(|&j| &nodes[j]).collect();
+                let fold = fold_batchnorms(&bn_nodes, channels(out_shape))?;
+                let part = |j: usize| -> Result<_, EngineError> {
+                    let n = &nodes[j];
+                    let Op::Conv2d(c) = &n.op else {
+                        return Err(EngineError::Internal(format!("'{}' is not a convolution", n.name)));
+                    };
+                    Ok((
+                        c,
+                        n.param("weight")?.data.as_slice(),
+                        n.params.get("bias").map(|t| t.data.as_slice()),
+                    ))
+                };
+                let convs = conv::planar_chain::ChainConvs {
+                    first: part(*first)?,
+                    core: part(*core)?,
+                    last: part(*last)?,
+                };
+                let (Lay::Planar(xl), Lay::Planar(yl)) = (lays[0], ylay) else {
+                    return Err(EngineError::Internal("a Tucker chain off the planar backend".into()));
+                };
+                Box::new(conv::planar_chain::PChain::new(
+                    &g.names[0],
+                    convs,
+                    &fold,
+                    ins[0],
+                    xl,
+                    dst,
+                    yl,
+                    ins[1..].to_vec(),
+                    g.act,
+                    batch,
+                    self.threads,
+                )?)
             }
             GKind::Add | GKind::Act | GKind::Affine { .. } => {
                 let affine = match g.kind {
@@ -544,12 +588,15 @@ impl<'m> Builder<'m> {
     /// otherwise. Dense-equivalent MACs of k>1 dense convolutions are compared with those of
     /// decomposed ones.
     fn planar_mode(&self) -> bool {
-        let (mut dense, mut dec) = (0u128, 0u128);
+        // per convolution, what it would cost on each backend (multiply-accumulates including
+        // the lanes each wastes); `planar` and `blocked` sum the margins each side wins by
+        let (mut planar, mut blocked) = (0u128, 0u128);
         for n in &self.model.nodes {
-            let out = match self.shapes.get(&n.output) {
-                Some(Shape::Map { h, w, .. }) => (h * w) as u128,
+            let (oh, ow) = match self.shapes.get(&n.output) {
+                Some(Shape::Map { h, w, .. }) => (*h, *w),
                 _ => continue,
             };
+            let out = (oh * ow) as u128;
             let (spec, decomposed): (Conv2d, bool) = match &n.op {
                 Op::Conv2d(c) => (*c, false),
                 Op::DecomposedConv2d(c) => (c.conv, true),
@@ -560,13 +607,34 @@ impl<'m> Builder<'m> {
             if out.div_ceil(16) * kk > PLANAR_MAX_TAPS {
                 return false;
             }
-            let work = (spec.out_channels * spec.in_channels / spec.groups) as u128 * kk * out;
-            match (decomposed, kk > 1) {
-                (true, _) => dec += work,
-                (false, true) => dense += work,
-                _ => {}
+            let (cg, og) = (spec.in_channels / spec.groups, spec.out_channels / spec.groups);
+            let work = (og * cg * spec.groups) as u128 * kk * out;
+            if decomposed {
+                planar += work;
+                continue;
+            }
+            if spec.groups > 1 {
+                if kk > 1 {
+                    blocked += work;
+                }
+                continue;
+            }
+            // blocked computes whole 16-channel blocks: a convolution with few channels (a
+            // Tucker-2 factor, a stem) wastes most of its lanes there; planar computes whole
+            // 16-pixel vectors in tiles of TILE, which small maps fill badly
+            let lanes = |c: usize| c.div_ceil(L) as u128 * L as u128;
+            let blocked_cost = lanes(og) * lanes(cg) * kk * out;
+            let (_, _, iw) = dims(self.shape(&n.inputs[0]));
+            let flat = (spec.stride == [1, 1] && ow == iw) || (spec.stride != [1, 1] && ow < L);
+            let nvec = if flat { (oh * ow).div_ceil(L) } else { oh * ow.div_ceil(L) } as u128;
+            let slots = nvec.max((PLANAR_TILE as u128).div_ceil(self.batch as u128)) * L as u128;
+            let planar_cost = (og * cg) as u128 * kk * slots * PLANAR_RATE_PERCENT / 100;
+            if blocked_cost > planar_cost {
+                planar += blocked_cost - planar_cost;
+            } else {
+                blocked += planar_cost - blocked_cost;
             }
         }
-        dec > 0 && dec >= dense
+        planar > 0 && planar >= blocked
     }
 }

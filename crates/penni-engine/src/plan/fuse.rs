@@ -1,6 +1,8 @@
 //! Fusion: which IR nodes become one step. A convolution absorbs the batchnorms that are the
 //! sole readers of its output, then one residual add, then ReLU/Clip chains (one clamp); a
-//! standalone add, batchnorm or linear layer absorbs the activations after it.
+//! standalone add, batchnorm or linear layer absorbs the activations after it. On the planar
+//! backend a 1x1 -> k x k -> 1x1 chain of plain convolutions (a Tucker-2 convolution) is one
+//! convolution step, with the last one's batchnorms, add and activations.
 
 use std::collections::HashMap;
 
@@ -24,6 +26,13 @@ pub(super) enum GKind {
     /// A dense or decomposed convolution with the batchnorms folded into it.
     Conv {
         node: usize,
+        bns: Vec<usize>,
+    },
+    /// A 1x1 -> k x k -> 1x1 chain of dense convolutions, the batchnorms folded into the last.
+    Chain {
+        first: usize,
+        core: usize,
+        last: usize,
         bns: Vec<usize>,
     },
     Add,
@@ -97,8 +106,23 @@ impl<'m> Readers<'m> {
         }
     }
 
-    /// The model's nodes grouped into steps-to-be, in node order of their last node.
-    pub fn groups(&self) -> Vec<Group> {
+    /// The chain `i -> core -> last` starting at convolution `i`, if its intermediate maps are
+    /// read only inside it.
+    fn chain_from(&self, i: usize, absorbed: &[bool]) -> Option<(usize, usize)> {
+        let nodes = &self.model.nodes;
+        let conv = |j: usize| match &nodes[j].op {
+            Op::Conv2d(c) if !absorbed[j] => Some(c),
+            _ => None,
+        };
+        let Op::Conv2d(first) = &nodes[i].op else { return None };
+        let core = self.sole_reader(&nodes[i].output)?;
+        let last = self.sole_reader(&nodes[core].output)?;
+        crate::ops::conv::planar_chain::chainable(first, conv(core)?, conv(last)?).then_some((core, last))
+    }
+
+    /// The model's nodes grouped into steps-to-be, in node order of their last node; `planar`:
+    /// for the planar backend (which has the chain step).
+    pub fn groups(&self, planar: bool) -> Vec<Group> {
         let nodes = &self.model.nodes;
         let mut absorbed = vec![false; nodes.len()];
         let mut groups = Vec::new();
@@ -115,6 +139,15 @@ impl<'m> Readers<'m> {
             let mut inputs = vec![node.inputs[0].clone()];
             let kind = match &node.op {
                 Op::Conv2d(_) | Op::DecomposedConv2d(_) => {
+                    let chain = if planar { self.chain_from(i, &absorbed) } else { None };
+                    if let Some((core, last)) = chain {
+                        for j in [core, last] {
+                            absorbed[j] = true;
+                            names.push(nodes[j].name.clone());
+                        }
+                        anchor = last;
+                        t = nodes[last].output.clone();
+                    }
                     let mut bns = Vec::new();
                     while let Some(j) = self.sole_reader(&t) {
                         if !matches!(nodes[j].op, Op::BatchNorm2d { .. }) || absorbed[j] {
@@ -144,7 +177,10 @@ impl<'m> Readers<'m> {
                         }
                     }
                     self.absorb_acts(&mut t, &mut act, &mut anchor, &mut names, &mut absorbed);
-                    GKind::Conv { node: i, bns }
+                    match chain {
+                        Some((core, last)) => GKind::Chain { first: i, core, last, bns },
+                        None => GKind::Conv { node: i, bns },
+                    }
                 }
                 Op::Add => {
                     inputs = node.inputs.clone();

@@ -1,10 +1,12 @@
 //! Dense convolution, on both layouts: `blocked` (implicit GEMM on channel-blocked maps, tiles
 //! chosen in `tiling`) and `planar` (register tiles over pixel vectors, reading input through
-//! the masked `planar_access` tables, which the planar decomposed convolution shares).
+//! the masked `planar_access` tables, which the planar decomposed convolution shares), and
+//! `planar_chain`: a 1x1 -> k x k -> 1x1 (Tucker-2) chain as one planar step.
 
 pub(crate) mod blocked;
 pub(crate) mod planar;
 pub(crate) mod planar_access;
+pub(crate) mod planar_chain;
 pub(crate) mod tiling;
 
 use penni_model::Conv2d;

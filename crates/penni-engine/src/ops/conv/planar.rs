@@ -12,7 +12,7 @@ use crate::arena::AVec;
 use crate::epilogue::{Act, MAX_RES, fold_bias, fold_weight};
 use crate::error::EngineError;
 use crate::layout::PLay;
-use crate::simd::{Simd, isa_dispatch};
+use crate::simd::{L, Simd, isa_dispatch};
 use crate::step::{Ctx, StepOp, ValId};
 
 /// A dense convolution on planar maps (a 1x1 shortcut, a stem, or a rebuilt decomposed
@@ -36,6 +36,10 @@ pub(crate) struct PConv {
     macs: u64,
     /// Appended to the description (a rebuilt decomposed layer says so).
     note: String,
+    /// Gathered reads (a strided layer on a narrow map): a tile's input vectors are gathered
+    /// once into per-thread scratch, [channel][tap][TILE], not once per group of RN outputs.
+    pregather: bool,
+    scratch: Option<ValId>,
 }
 
 const RN: usize = 4;
@@ -118,6 +122,8 @@ impl PConv {
         } else {
             n_out * cg * kk * yl.h * yl.w * batch
         } as u64;
+        let acc = Access::new(&xl, &yl, c);
+        let pregather = acc.kind == 0 && sparse.is_none() && c.groups == 1;
         Ok(PConv {
             x,
             xl,
@@ -125,7 +131,7 @@ impl PConv {
             spec: *c,
             batch,
             threads,
-            acc: Access::new(&xl, &yl, c),
+            acc,
             groups,
             weights: if sparse.is_some() {
                 AVec::zeros(0)
@@ -136,12 +142,19 @@ impl PConv {
             sparse,
             macs,
             note: String::new(),
+            pregather,
+            scratch: None,
         })
     }
 
     pub fn with_note(mut self, note: String) -> Self {
         self.note = note;
         self
+    }
+
+    /// Floats of one thread's gathered tile.
+    fn per_thread(&self) -> usize {
+        if self.pregather { self.xl.c * self.acc.ntaps * TILE * L } else { 0 }
     }
 }
 
@@ -169,7 +182,23 @@ impl StepOp for PConv {
         self.weights.len() + self.bias.len() + self.sparse.as_ref().map_or(0, |s| s.iter().map(|e| e.len() * 4).sum())
     }
 
+    fn scratch_floats(&self) -> Vec<usize> {
+        if self.pregather {
+            vec![self.per_thread() * self.threads]
+        } else {
+            vec![]
+        }
+    }
+
+    fn set_scratch(&mut self, _slot: usize, v: ValId) {
+        self.scratch = Some(v);
+    }
+
     fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
+        let scratch = match (self.pregather, self.scratch) {
+            (true, None) => return Err(EngineError::Internal("a gathering convolution ran without its scratch".into())),
+            (_, s) => s,
+        };
         let tiles = (self.acc.nvec * self.batch).div_ceil(TILE);
         let tasks = (4 * self.threads).min(tiles).max(1);
         let (per, ng) = (tiles.div_ceil(tasks), self.groups.len());
@@ -177,24 +206,72 @@ impl StepOp for PConv {
         // few tiles (a small map at batch 1): split the output channels as well
         let split = if chunks < 2 * self.threads { (2 * self.threads).min(ng) } else { 1 };
         let gper = ng.div_ceil(split);
-        ctx.par(chunks * split, &|t, _| {
+        ctx.par(chunks * split, &|t, tid| {
             let (ch, s) = (t / split, t % split);
+            let buf = scratch.map_or(std::ptr::null_mut(), |v| ctx.ptr(v).wrapping_add(tid * self.per_thread()));
             for tile in ch * per..((ch + 1) * per).min(tiles) {
-                p_conv(ctx.isa, self, ctx, tile, s * gper, ((s + 1) * gper).min(ng));
+                p_conv(ctx.isa, self, ctx, tile, s * gper, ((s + 1) * gper).min(ng), buf);
             }
         })
     }
 }
 
-isa_dispatch!(fn p_conv => p_conv_g(st: &PConv, ctx: &Ctx, tile: usize, g0: usize, g1: usize));
+isa_dispatch!(fn p_conv => p_conv_g(st: &PConv, ctx: &Ctx, tile: usize, g0: usize, g1: usize, buf: *mut f32));
 
 #[inline(always)]
-unsafe fn p_conv_g<S: Simd>(st: &PConv, ctx: &Ctx, tile: usize, g0: usize, g1: usize) {
+unsafe fn p_conv_g<S: Simd>(st: &PConv, ctx: &Ctx, tile: usize, g0: usize, g1: usize, buf: *mut f32) {
     unsafe {
-        match st.acc.kind {
-            1 => conv_k::<S, 1>(st, ctx, tile, g0, g1),
-            2 => conv_k::<S, 2>(st, ctx, tile, g0, g1),
+        match (st.acc.kind, st.pregather) {
+            (1, _) => conv_k::<S, 1>(st, ctx, tile, g0, g1),
+            (2, _) => conv_k::<S, 2>(st, ctx, tile, g0, g1),
+            (_, true) => conv_gathered::<S>(st, ctx, tile, g0, g1, buf),
             _ => conv_k::<S, 0>(st, ctx, tile, g0, g1),
+        }
+    }
+}
+
+/// A gathering tile: every input vector gathered once into `buf`, then the groups' register
+/// tiles read it with plain loads.
+#[inline(always)]
+unsafe fn conv_gathered<S: Simd>(st: &PConv, ctx: &Ctx, tile: usize, g0: usize, g1: usize, buf: *mut f32) {
+    unsafe {
+        let tl = tile_of(st.acc.nvec, st.acc.nvec * st.batch, tile);
+        let (xl, a) = (&st.xl, &st.acc);
+        let xb = ctx.ptr(st.x) as *const f32;
+        let xs: [*const f32; TILE] = from_fn(|t| xb.add(tl.img[t] * xl.img()));
+        // groups = 1: every group reads every channel, in order
+        let chans = &st.groups[0].0;
+        let mut bp = buf;
+        for &coff in chans {
+            for t in 0..a.ntaps {
+                for v in 0..TILE {
+                    S::store(bp.add(v * L), load_in::<S, 0>(a, xs[v].add(coff), tl.vl[v], t));
+                }
+                bp = bp.add(TILE * L);
+            }
+        }
+        let out = st.epi.tile::<S>(ctx, a, &tl);
+        for g in g0..g1 {
+            let n0 = g * RN;
+            let mut acc: [[S::V; TILE]; RN] = from_fn(|r| [S::splat(st.bias[n0 + r]); TILE]);
+            let mut wp = st.weights.ptr().add(st.groups[g].1);
+            let mut bp = buf as *const f32;
+            for _ in 0..chans.len() * a.ntaps {
+                let xv: [S::V; TILE] = from_fn(|v| S::load(bp.add(v * L)));
+                for r in 0..RN {
+                    let w = S::splat(*wp.add(r));
+                    for v in 0..TILE {
+                        acc[r][v] = S::fma(w, xv[v], acc[r][v]);
+                    }
+                }
+                wp = wp.add(RN);
+                bp = bp.add(TILE * L);
+            }
+            for r in 0..RN.min(st.spec.out_channels - n0) {
+                for t in 0..tl.cnt {
+                    out.put(n0 + r, t, acc[r][t]);
+                }
+            }
         }
     }
 }

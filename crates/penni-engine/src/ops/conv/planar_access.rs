@@ -124,6 +124,25 @@ impl Access {
         }
     }
 
+    /// The input plane offsets vector `v` reads over all its taps, as [lo, hi) (empty: (0, 0)).
+    pub fn read_span(&self, v: usize) -> (usize, usize) {
+        let (mut lo, mut hi) = (usize::MAX, 0);
+        for t in 0..self.ntaps {
+            let i = v * self.ntaps + t;
+            let (base, m) = self.taps[i];
+            let lanes: Vec<isize> = match self.kind {
+                1 => (0..L).filter(|&l| m >> l & 1 == 1).map(|l| base + l as isize).collect(),
+                2 => (0..2 * L).filter(|&l| m >> l & 1 == 1).map(|l| base + l as isize).collect(),
+                _ => (0..L).filter(|&l| m >> l & 1 == 1).map(|l| self.gather[i][l] as isize).collect(),
+            };
+            for o in lanes {
+                lo = lo.min(o as usize);
+                hi = hi.max(o as usize + 1);
+            }
+        }
+        if hi == 0 { (0, 0) } else { (lo, hi) }
+    }
+
     /// How vectors are laid out, for describe(): "" (16 consecutive pixels, contiguous loads),
     /// " rows" (row by row) or " gather".
     pub fn mode(&self) -> &'static str {
