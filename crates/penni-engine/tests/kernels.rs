@@ -429,3 +429,70 @@ fn other_ops_match_reference() {
         run_case(&m, 2, planar, Strategy::Auto, 2).unwrap();
     }
 }
+
+/// conv -> batchnorm -> 2x2 average pool (a DenseNet transition, a LeNet stage without its
+/// activation): the plan averages the input windows once and runs the conv at stride 2 (a
+/// quarter of the work), on both backends, dense and decomposed, and matches the reference.
+#[test]
+fn conv_then_average_pool_runs_at_the_pooled_resolution() {
+    for (kernel, padding) in [([3, 3], [1; 4]), ([1, 1], [0; 4])] {
+        for decomposed in [false, true] {
+            let cs = ConvCase {
+                cg: 6,
+                og: 8,
+                groups: 1,
+                kernel,
+                stride: [1, 1],
+                dilation: [1, 1],
+                padding,
+                h: 12,
+                w: 14,
+                batch: 1,
+                bias: true,
+                tail: 1,
+                bases: 1,
+                density: 0.6,
+                planar: false,
+                strategy: 0,
+                seed: 11,
+            };
+            let conv = conv_model(&cs, decomposed && kernel == [3, 3]);
+            // append the pool and an activation to the conv's tail
+            let mut m = conv.clone();
+            let pool = Pool2d {
+                kernel: [2, 2],
+                stride: [2, 2],
+                padding: [0; 4],
+                ceil_mode: false,
+                count_include_pad: false,
+            };
+            let last = m.output.clone();
+            m.nodes.push(penni_model::Node {
+                name: "pool".into(),
+                op: Op::AvgPool2d(pool),
+                inputs: vec![last],
+                output: "pooled".into(),
+                params: BTreeMap::new(),
+            });
+            m.nodes.push(penni_model::Node {
+                name: "relu".into(),
+                op: Op::Relu,
+                inputs: vec!["pooled".into()],
+                output: "out".into(),
+                params: BTreeMap::new(),
+            });
+            m.output = "out".into();
+            m.validate().unwrap();
+            for planar in [false, true] {
+                for batch in [1, 3] {
+                    run_case(&m, batch, planar, Strategy::Auto, 2).unwrap();
+                    let opts = EngineOptions::default();
+                    let plan = penni_engine::testing::plan_backend(&m, batch, &opts, planar, None).unwrap();
+                    let d = plan.describe();
+                    assert!(d.iter().any(|s| s.starts_with("pool :") && s.contains("avgpool 2x2 s1")), "{d:#?}");
+                    assert!(d.iter().any(|s| s.starts_with("conv") && s.contains(" s2")), "{d:#?}");
+                }
+            }
+        }
+    }
+}

@@ -13,7 +13,7 @@ mod core;
 mod fuse;
 mod schedule;
 
-use penni_model::{Model, Shape};
+use penni_model::{Model, Op, Shape, passes};
 
 use self::core::Core;
 use self::schedule::{Batching, batching, build_core};
@@ -104,7 +104,22 @@ impl Plan {
                 "{threads} threads is more than this engine supports (1024)"
             )));
         }
-        let shapes = model.validate()?;
+        let mut shapes = model.validate()?;
+        // a linear conv's average pool computed at the pooled resolution (exact): the input
+        // windows averaged once, then a strided conv with a fraction of the work
+        let pooled;
+        let model = if model.nodes.iter().any(|n| matches!(&n.op, Op::AvgPool2d(p) if p.stride != [1, 1])) {
+            let mut m = model.clone();
+            if passes::pool_before_conv(&mut m) > 0 {
+                shapes = m.validate()?;
+                pooled = m;
+                &pooled
+            } else {
+                model
+            }
+        } else {
+            model
+        };
         // a one-image plan tells the weight and per-image activation sizes (a full-batch one
         // would touch a full-batch arena, which then shows in the process's peak memory)
         let strategy = opts.decomposed_strategy;
