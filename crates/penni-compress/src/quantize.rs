@@ -95,7 +95,8 @@ pub fn quantize_groups(values: &mut [f32], groups: usize, bits: u8) -> f64 {
         if m == 0.0 {
             continue;
         }
-        let scale = m / qmax;
+        // the scale the file recomputes from the group's largest value: stored packed, exactly
+        let scale = penni_model::grid::canonical_scale(m, bits);
         for v in g.iter_mut() {
             // ties to even, as ONNX QuantizeLinear and the trainer's fake quantization round
             let q = (*v / scale).round_ties_even().clamp(-qmax, qmax) * scale;

@@ -1,6 +1,11 @@
 //! The `.penni` file: a safetensors file whose metadata holds the graph as JSON, a format
-//! version and a checksum. Weights are f32; a mostly-zero tensor (a pruned one) is stored as
-//! `name#indices` (u32 flat positions) + `name#values`, so a compressed model is small on disk too.
+//! version and a checksum. Each tensor is stored in the smallest of these forms that gives every
+//! value back exactly, so a compressed model is small on disk too:
+//! - positions: all of them, or for a mostly-zero (pruned) tensor those of the non-zeros, as
+//!   `name#indices` (u32 flat positions) or `name#mask` (one bit per value);
+//! - values: f32 (`name`, or `name#values` for the non-zeros), or for a quantized tensor (values
+//!   on a symmetric integer grid per output channel, see [`crate::grid`]) `name#q{bits}` (the
+//!   integers, packed) + `name#qscales` (one f32 scale per group).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -11,11 +16,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::graph::{Input, Model, Node, Op};
+use crate::grid;
 use crate::tensor::{Tensor, checked_numel};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the `#mask` and `#q{bits}` forms (version 1 files read as before).
+pub const FORMAT_VERSION: u32 = 2;
 const SPARSE_INDICES: &str = "#indices";
 const SPARSE_VALUES: &str = "#values";
+const SPARSE_MASK: &str = "#mask";
+const QUANT_SCALES: &str = "#qscales";
 const EXTRA_PREFIX: &str = "extra/";
 
 /// A model plus whatever a tool wants to keep beside it (a training checkpoint keeps optimizer
@@ -78,10 +87,65 @@ fn f32_bytes(data: &[f32]) -> Vec<u8> {
     data.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-/// Encodes one tensor, sparse when that is smaller (8 bytes per non-zero against 4 per entry).
-fn encode(name: &str, t: &Tensor, allow_sparse: bool, out: &mut Vec<(String, Dtype, Vec<usize>, Vec<u8>)>) {
+type Entry = (String, Dtype, Vec<usize>, Vec<u8>);
+
+/// Values stored as f32 or, when they lie on a grid and that is smaller, packed integers.
+fn encode_values(
+    name: &str,
+    suffix: &str,
+    values: &[f32],
+    groups: &[usize],
+    group_len: impl Fn(usize) -> usize,
+    pos: &dyn Fn(usize) -> usize,
+) -> Vec<Entry> {
+    let f32_form = vec![(format!("{name}{suffix}"), Dtype::F32, vec![values.len()], f32_bytes(values))];
+    let mut best = f32_form;
+    let mut best_len = 4 * values.len();
+    for &g in groups {
+        let len = group_len(g);
+        if g == 0 || len == 0 {
+            continue;
+        }
+        if let Some(grid) = grid::detect(values, g, |i| pos(i) / len) {
+            let bytes = grid::packed_len(values.len(), grid.bits).unwrap_or(usize::MAX);
+            let size = bytes.saturating_add(4 * g);
+            if size < best_len {
+                best_len = size;
+                best = vec![
+                    (
+                        format!("{name}#q{}", grid.bits),
+                        Dtype::U8,
+                        vec![bytes],
+                        grid::pack(&grid.codes, grid.bits),
+                    ),
+                    (format!("{name}{QUANT_SCALES}"), Dtype::F32, vec![g], f32_bytes(&grid.scales)),
+                ];
+            }
+        }
+    }
+    best
+}
+
+fn stored_len(entries: &[Entry]) -> usize {
+    entries.iter().map(|e| e.3.len()).sum()
+}
+
+/// Encodes one tensor in its smallest exact form (module docs); `groups`: the group counts
+/// (output channels, bases) a quantizer may have used for it.
+fn encode(name: &str, t: &Tensor, groups: &[usize], allow_sparse: bool, out: &mut Vec<Entry>) {
+    let numel = t.numel();
+    let group_len = |g: usize| numel.div_ceil(g.max(1));
+    let dense = {
+        let mut v = encode_values(name, "", &t.data, groups, group_len, &|i| i);
+        if v.len() == 1 {
+            // the legacy dense form keeps the tensor's shape
+            v[0].2 = t.shape.clone();
+        }
+        v
+    };
+    let mut best = dense;
     let nnz = t.nnz();
-    if allow_sparse && nnz * 2 < t.numel() && t.numel() <= u32::MAX as usize {
+    if allow_sparse && nnz * 2 < numel && numel <= u32::MAX as usize {
         let (idx, vals): (Vec<u32>, Vec<f32>) = t
             .data
             .iter()
@@ -89,16 +153,28 @@ fn encode(name: &str, t: &Tensor, allow_sparse: bool, out: &mut Vec<(String, Dty
             .filter(|(_, v)| **v != 0.0)
             .map(|(i, v)| (i as u32, *v))
             .unzip();
-        out.push((
-            format!("{name}{SPARSE_INDICES}"),
-            Dtype::U32,
-            vec![nnz],
-            idx.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ));
-        out.push((format!("{name}{SPARSE_VALUES}"), Dtype::F32, vec![nnz], f32_bytes(&vals)));
-    } else {
-        out.push((name.to_string(), Dtype::F32, t.shape.clone(), f32_bytes(&t.data)));
+        let values = encode_values(name, SPARSE_VALUES, &vals, groups, group_len, &|j| idx[j] as usize);
+        let positions = if 4 * nnz <= numel.div_ceil(8) {
+            (
+                format!("{name}{SPARSE_INDICES}"),
+                Dtype::U32,
+                vec![nnz],
+                idx.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
+        } else {
+            let mut mask = vec![0u8; numel.div_ceil(8)];
+            for &i in &idx {
+                mask[i as usize / 8] |= 1 << (i % 8);
+            }
+            (format!("{name}{SPARSE_MASK}"), Dtype::U8, vec![mask.len()], mask)
+        };
+        let mut sparse = values;
+        sparse.push(positions);
+        if stored_len(&sparse) < stored_len(&best) {
+            best = sparse;
+        }
     }
+    out.extend(best);
 }
 
 fn checksum<'a>(entries: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
@@ -131,12 +207,18 @@ pub fn to_bytes(model: &Model, extras: &Extras) -> Result<Vec<u8>> {
     let mut entries = Vec::new();
     for node in &model.nodes {
         for (pname, t) in &node.params {
-            encode(&format!("{}.{pname}", node.name), t, true, &mut entries);
+            // the groups a quantizer uses: output channels (also the coefficients' rows per
+            // output channel), or the first dimension (bases, weights)
+            let mut groups = vec![t.shape.first().copied().unwrap_or(1)];
+            if let (Op::DecomposedConv2d(c), "coefficients") = (&node.op, pname.as_str()) {
+                groups.insert(0, c.conv.out_channels);
+            }
+            encode(&format!("{}.{pname}", node.name), t, &groups, true, &mut entries);
         }
     }
     for (name, t) in &extras.tensors {
-        // Extras stay dense: their shape is not implied by the graph.
-        encode(&format!("{EXTRA_PREFIX}{name}"), t, false, &mut entries);
+        // Extras stay dense f32: their shape is not implied by the graph.
+        entries.push((format!("{EXTRA_PREFIX}{name}"), Dtype::F32, t.shape.clone(), f32_bytes(&t.data)));
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let mut meta = HashMap::new();
@@ -223,8 +305,7 @@ pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<(Model, Extras)> {
     let graph: GraphJson = serde_json::from_str(meta.get("graph").ok_or_else(|| file_err(path, "missing graph"))?)
         .map_err(|e| file_err(path, format!("graph description is invalid: {e}")))?;
 
-    // A sparse tensor's dense size is declared, not stored: bound it by the file so a tiny file
-    // cannot make us allocate gigabytes.
+    // A sparse or packed tensor's size is declared, not all stored: bound it by the file.
     let mut sparse_budget = bytes.len().saturating_mul(1024);
     let mut used = std::collections::HashSet::new();
     let mut take = |name: &str, shape: &[usize]| -> Result<Tensor> { decode(&views, name, shape, path, &mut sparse_budget, &mut used) };
@@ -297,39 +378,106 @@ fn decode(
             data: read_f32(v.data()),
         });
     }
-    let iname = format!("{name}{SPARSE_INDICES}");
-    let vname = format!("{name}{SPARSE_VALUES}");
-    let (Some(iv), Some(vv)) = (views.get(iname.as_str()), views.get(vname.as_str())) else {
-        return Err(file_err(path, format!("tensor '{name}' is missing")));
-    };
-    if iv.dtype() != Dtype::U32 || vv.dtype() != Dtype::F32 || iv.shape() != vv.shape() || iv.shape().len() != 1 {
-        return Err(file_err(
-            path,
-            format!("sparse tensor '{name}': indices must be U32 and values F32, both 1-D of one length"),
-        ));
-    }
+    // every other form's size is declared, not all stored: bound it by the file so a tiny file
+    // cannot make us allocate gigabytes
     if numel > *sparse_budget || numel > u32::MAX as usize {
         return Err(file_err(
             path,
-            format!("sparse tensor '{name}' declares {numel} values, more than a file of this size can describe"),
+            format!("tensor '{name}' declares {numel} values, more than a file of this size can describe"),
         ));
     }
     *sparse_budget -= numel;
-    let mut data = vec![0.0f32; numel];
-    let mut last: Option<u32> = None;
-    for (i, v) in iv.data().chunks_exact(4).zip(read_f32(vv.data())) {
-        let i = u32::from_le_bytes(i.try_into().expect("chunk of 4"));
-        if i as usize >= numel || last.is_some_and(|l| i <= l) {
-            return Err(file_err(
-                path,
-                format!("sparse tensor '{name}': index {i} out of range or out of order"),
-            ));
+    let bad = |what: String| file_err(path, format!("tensor '{name}': {what}"));
+    let u8_view = |suffix: &str| -> Result<Option<(String, &TensorView)>> {
+        let n = format!("{name}{suffix}");
+        match views.get(n.as_str()) {
+            None => Ok(None),
+            Some(v) if v.dtype() == Dtype::U8 && v.shape().len() == 1 => Ok(Some((n, v))),
+            Some(_) => Err(bad(format!("'{suffix}' must be a 1-D U8 tensor"))),
         }
-        last = Some(i);
-        data[i as usize] = v;
-    }
-    used.insert(iname);
-    used.insert(vname);
+    };
+    // positions: the non-zeros' (sparse), or all of them
+    let iname = format!("{name}{SPARSE_INDICES}");
+    let positions: Option<Vec<usize>> = if let Some(iv) = views.get(iname.as_str()) {
+        if iv.dtype() != Dtype::U32 || iv.shape().len() != 1 {
+            return Err(bad("indices must be a 1-D U32 tensor".into()));
+        }
+        let mut last: Option<u32> = None;
+        let mut pos = Vec::with_capacity(iv.shape()[0]);
+        for c in iv.data().chunks_exact(4) {
+            let i = u32::from_le_bytes(c.try_into().expect("chunk of 4"));
+            if i as usize >= numel || last.is_some_and(|l| i <= l) {
+                return Err(bad(format!("index {i} out of range or out of order")));
+            }
+            last = Some(i);
+            pos.push(i as usize);
+        }
+        used.insert(iname);
+        Some(pos)
+    } else if let Some((mname, mv)) = u8_view(SPARSE_MASK)? {
+        if mv.shape()[0] != numel.div_ceil(8) {
+            return Err(bad(format!("a mask of {} bytes for {numel} values", mv.shape()[0])));
+        }
+        let m = mv.data();
+        let pos: Vec<usize> = (0..numel).filter(|&i| m[i / 8] >> (i % 8) & 1 == 1).collect();
+        if (numel..numel.div_ceil(8) * 8).any(|i| m[i / 8] >> (i % 8) & 1 == 1) {
+            return Err(bad("mask bits set past the end".into()));
+        }
+        used.insert(mname);
+        Some(pos)
+    } else {
+        None
+    };
+    let count = positions.as_ref().map_or(numel, Vec::len);
+    let pos_ref = positions.as_deref();
+    let group_of = |len: usize| move |j: usize| pos_ref.map_or(j, |p| p[j]) / len;
+    // values: f32, or packed integers on a per-group grid
+    let vname = format!("{name}{SPARSE_VALUES}");
+    let values: Vec<f32> = if let Some(vv) = views.get(vname.as_str()) {
+        if vv.dtype() != Dtype::F32 || vv.shape() != [count] || positions.is_none() {
+            return Err(bad(format!("values must be a 1-D F32 tensor of {count}, beside positions")));
+        }
+        used.insert(vname);
+        read_f32(vv.data())
+    } else {
+        let found = (2..=grid::MAX_BITS)
+            .map(|b| (b, u8_view(&format!("#q{b}"))))
+            .find(|(_, v)| !matches!(v, Ok(None)));
+        let Some((bits, q)) = found else {
+            return Err(file_err(path, format!("tensor '{name}' is missing")));
+        };
+        let (qname, qv) = q?.expect("found above");
+        let sname = format!("{name}{QUANT_SCALES}");
+        let sv = views
+            .get(sname.as_str())
+            .ok_or_else(|| bad("packed values without their scales".into()))?;
+        let groups = sv.shape().first().copied().unwrap_or(0);
+        if sv.dtype() != Dtype::F32 || sv.shape().len() != 1 || groups == 0 || groups > numel.max(1) {
+            return Err(bad(format!("scales must be a 1-D F32 tensor of 1 to {numel} groups")));
+        }
+        if Some(qv.shape()[0]) != grid::packed_len(count, bits) {
+            return Err(bad(format!("{} bytes of {bits}-bit values for {count} values", qv.shape()[0])));
+        }
+        let scales = read_f32(sv.data());
+        if scales.iter().any(|s| !s.is_finite()) {
+            return Err(bad("a scale is not finite".into()));
+        }
+        let v = grid::unpack(qv.data(), count, bits, &scales, group_of(numel.div_ceil(groups)))
+            .ok_or_else(|| bad("a packed value is outside its grid".into()))?;
+        used.insert(qname);
+        used.insert(sname);
+        v
+    };
+    let data = match &positions {
+        None => values,
+        Some(pos) => {
+            let mut data = vec![0.0f32; numel];
+            for (&i, v) in pos.iter().zip(values) {
+                data[i] = v;
+            }
+            data
+        }
+    };
     Ok(Tensor {
         shape: shape.to_vec(),
         data,

@@ -5,6 +5,7 @@ pub mod batchnorm;
 pub mod cost;
 pub mod error;
 pub mod graph;
+pub mod grid;
 pub mod io;
 pub mod passes;
 pub mod reference;

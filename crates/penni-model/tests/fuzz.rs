@@ -28,8 +28,75 @@ fn valid() -> &'static Vec<u8> {
         for v in m.nodes[0].params.get_mut("weight").unwrap().data.iter_mut().skip(2).step_by(3) {
             *v = 0.0;
         }
-        io::to_bytes(&m, &io::Extras::default()).unwrap()
+        // quantized tensors, so the packed decoder is too: a dense one (8 bits) and a pruned
+        // one (4 bits, stored with a bit mask of its non-zeros)
+        let convs: Vec<usize> = (1..m.nodes.len())
+            .filter(|&i| matches!(m.nodes[i].op, penni_model::Op::Conv2d(_)))
+            .collect();
+        for (node, bits, zero_every) in [(convs[0], 8u8, 0usize), (convs[1], 4, 3)] {
+            let w = m.nodes[node].params.get_mut("weight").unwrap();
+            let per = w.data.len() / w.shape[0];
+            for chunk in w.data.chunks_mut(per) {
+                // pruned first, then quantized, as in penni
+                for (i, v) in chunk.iter_mut().enumerate() {
+                    if zero_every > 0 && i % zero_every != 0 {
+                        *v = 0.0;
+                    }
+                }
+                let max = chunk.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let s = penni_model::grid::canonical_scale(max, bits);
+                let q = ((1 << (bits - 1)) - 1) as f32;
+                for v in chunk.iter_mut() {
+                    *v = (*v / s).round_ties_even().clamp(-q, q) * s;
+                }
+            }
+        }
+        let bytes = io::to_bytes(&m, &io::Extras::default()).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for form in ["#q8", "#q4", "#mask", "#indices", "#qscales"] {
+            assert!(st.names().iter().any(|n| n.ends_with(form)), "no {form} tensor in the corpus");
+        }
+        bytes
     })
+}
+
+/// The file with tensor `pick`'s bytes changed by `flips` and the checksum recomputed, so that
+/// the decoders (not the checksum) meet the damage.
+fn resigned(pick: usize, flips: &[(usize, u8)]) -> Vec<u8> {
+    let bytes = valid();
+    let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap();
+    let mut names: Vec<&str> = st.names();
+    names.sort_unstable();
+    let victim = names[pick % names.len()];
+    let mut tensors: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = names
+        .iter()
+        .map(|n| {
+            let v = st.tensor(n).unwrap();
+            (n.to_string(), v.dtype(), v.shape().to_vec(), v.data().to_vec())
+        })
+        .collect();
+    for t in tensors.iter_mut().filter(|t| t.0 == victim) {
+        for &(at, v) in flips {
+            if !t.3.is_empty() {
+                let i = at % t.3.len();
+                t.3[i] = v;
+            }
+        }
+    }
+    let mut h = crc32fast::Hasher::new();
+    for (name, _, _, data) in &tensors {
+        h.update(name.as_bytes());
+        h.update(&(data.len() as u64).to_le_bytes());
+        h.update(data);
+    }
+    meta.insert("checksum".into(), format!("{:08x}", h.finalize()));
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, dt, shape, data)| (n.clone(), safetensors::tensor::TensorView::new(*dt, shape.clone(), data).unwrap()))
+        .collect();
+    safetensors::serialize(views, Some(meta)).unwrap()
 }
 
 fn parse(bytes: &[u8]) {
@@ -52,6 +119,13 @@ proptest! {
         parse(&bytes);
         bytes.truncate(cut % (bytes.len() + 1));
         parse(&bytes);
+    }
+
+    /// Damaged tensor data behind a valid checksum: indices, masks, packed codes and scales
+    /// reach their decoders.
+    #[test]
+    fn damaged_tensors_never_panic(pick in any::<usize>(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+        parse(&resigned(pick, &flips));
     }
 
     /// Edits inside the JSON header (shapes, channel counts, names) are the dangerous ones.
