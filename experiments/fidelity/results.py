@@ -21,6 +21,7 @@ ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 OUT_JSON = os.path.join(ROOT, "experiments", "penni-fmnist", "results.json")
 OUT_MD = os.path.join(ROOT, "experiments", "penni-fmnist", "results-validation.md")
 README = os.path.join(ROOT, "README.md")
+OUT_SVG = os.path.join(ROOT, "experiments", "penni-fmnist", "results-validation.svg")
 BEGIN, END = "<!-- results-validation:begin -->", "<!-- results-validation:end -->"
 FINAL = re.compile(r"final: validation top-1 ([\d.]+)%, test top-1 ([\d.]+)%")
 TARGETS = {"params_removed": 0.90, "macs_removed": 0.85, "max_test_drop_points": 0.3}
@@ -171,6 +172,55 @@ def table(results):
     return "\n".join(lines) + "\n"
 
 
+def chart(results):
+    """SVG scatter: MACs removed (x) against the test top-1 change vs the comparison (y), one
+    marker per run, a colour per model and a shape per method; the target box shaded."""
+    w, h, left, bottom, top, right = 640, 380, 60, 50, 20, 170
+    x0, x1 = 80.0, 100.0
+    ys = [r["test_change_points"] for r in results] + [0.5]
+    y0, y1 = min(ys + [-2.5]) - 0.2, max(ys) + 0.2
+    px = lambda x: left + (x - x0) / (x1 - x0) * (w - left - right)
+    py = lambda y: top + (y1 - y) / (y1 - y0) * (h - top - bottom)
+    colours = {"resnet20": "#1f77b4", "vgg16": "#d62728", "resnet18": "#2ca02c"}
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
+           f'<rect x="0" y="0" width="{w}" height="{h}" fill="white"/>',
+           # the target: >= 85% of MACs removed, no more than 0.3 points lost
+           f'<rect x="{px(85):.1f}" y="{py(y1):.1f}" width="{px(x1) - px(85):.1f}" height="{py(-0.3) - py(y1):.1f}" fill="#e8f4e8"/>',
+           f'<text x="{px(85) + 4:.1f}" y="{py(y1) + 12:.1f}" fill="#3a7a3a">target (85% MACs, -0.3 points)</text>']
+    for x in range(80, 101, 5):
+        out.append(f'<line x1="{px(x):.1f}" y1="{py(y0):.1f}" x2="{px(x):.1f}" y2="{py(y1):.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{px(x):.1f}" y="{h - bottom + 15}" text-anchor="middle">{x}%</text>')
+    y = int(y0)
+    while y <= y1:
+        out.append(f'<line x1="{left}" y1="{py(y):.1f}" x2="{w - right}" y2="{py(y):.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 6}" y="{py(y) + 4:.1f}" text-anchor="end">{y:+d}</text>')
+        y += 1
+    out.append(f'<text x="{(left + w - right) / 2}" y="{h - 12}" text-anchor="middle">MACs removed (paper-style)</text>')
+    out.append(f'<text x="14" y="{(top + h - bottom) / 2}" transform="rotate(-90 14 {(top + h - bottom) / 2})" text-anchor="middle">test top-1 change (points)</text>')
+    for r in results:
+        x, yv = r["removed"]["macs_paper"] * 100, r["test_change_points"]
+        c = colours.get(r["model"], "#555")
+        cx, cy = px(x), py(yv)
+        if r["variant"].startswith("tucker"):
+            out.append(f'<rect x="{cx - 5:.1f}" y="{cy - 5:.1f}" width="10" height="10" fill="{c}"/>')
+        elif r["variant"].startswith("auto"):
+            out.append(f'<path d="M{cx:.1f},{cy - 6:.1f} L{cx + 6:.1f},{cy + 5:.1f} L{cx - 6:.1f},{cy + 5:.1f} Z" fill="{c}"/>')
+        else:
+            out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="{c}"/>')
+    lx = w - right + 15
+    for i, (m, c) in enumerate(colours.items()):
+        out.append(f'<rect x="{lx}" y="{top + 10 + 16 * i}" width="10" height="10" fill="{c}"/><text x="{lx + 15}" y="{top + 19 + 16 * i}">{m}</text>')
+    for i, (shape, name) in enumerate((("circle", "PENNI"), ("rect", "Tucker-2"), ("path", "auto"))):
+        yy = top + 70 + 16 * i
+        mark = {"circle": f'<circle cx="{lx + 5}" cy="{yy + 5}" r="5" fill="#555"/>',
+                "rect": f'<rect x="{lx}" y="{yy}" width="10" height="10" fill="#555"/>',
+                "path": f'<path d="M{lx + 5},{yy - 1} L{lx + 11},{yy + 10} L{lx - 1},{yy + 10} Z" fill="#555"/>'}[shape]
+        out.append(mark + f'<text x="{lx + 15}" y="{yy + 9}">{name}</text>')
+    out.append(f'<text x="{lx}" y="{top + 130}" fill="#555">vs fair baseline,</text><text x="{lx}" y="{top + 144}" fill="#555">test measured once</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
 def main():
     results = []
     for model_dir in sorted(glob.glob(os.path.join(HERE, "*/"))):
@@ -190,7 +240,7 @@ def main():
     if BEGIN in readme and END in readme:
         head, rest = readme.split(BEGIN, 1)
         readme = head + BEGIN + "\n" + table(results) + END + rest.split(END, 1)[1]
-    outputs = ((OUT_JSON, text_json), (OUT_MD, text_md), (README, readme))
+    outputs = ((OUT_JSON, text_json), (OUT_MD, text_md), (OUT_SVG, chart(results)), (README, readme))
     if "--check" in sys.argv:
         stale = [p for p, t in outputs if not os.path.exists(p) or open(p).read() != t]
         if stale:
