@@ -3,6 +3,7 @@
 
 use penni_model::batchnorm::Affine;
 
+use crate::error::EngineError;
 use crate::simd::Simd;
 
 /// Most residual inputs an epilogue adds.
@@ -70,4 +71,15 @@ pub(crate) fn fold_weight(f: &Affine, n: usize, w: f32) -> f32 {
 #[inline]
 pub(crate) fn fold_bias(f: &Affine, b: Option<&[f32]>, n: usize) -> f32 {
     (b.map_or(0.0, |b| b[n] as f64) * f.scale[n] + f.shift[n]) as f32
+}
+
+/// The epilogue adds at most MAX_RES residual maps: an error naming `node` beyond that.
+pub(crate) fn check_residuals(node: &str, count: usize) -> Result<(), EngineError> {
+    if count > MAX_RES {
+        return Err(EngineError::Unsupported {
+            node: node.to_string(),
+            message: format!("more than {MAX_RES} residual inputs"),
+        });
+    }
+    Ok(())
 }

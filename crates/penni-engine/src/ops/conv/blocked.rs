@@ -16,7 +16,7 @@ use penni_model::batchnorm::Affine;
 
 use super::tiling::{Seg, choose_tile, segments};
 use crate::arena::AVec;
-use crate::epilogue::{Act, ActV, MAX_RES, fold_bias, fold_weight};
+use crate::epilogue::{Act, ActV, MAX_RES, check_residuals, fold_bias, fold_weight};
 use crate::error::EngineError;
 use crate::layout::MapLay;
 use crate::simd::{L, Simd, isa_dispatch};
@@ -91,13 +91,7 @@ impl ConvStep {
         batch: usize,
         threads: usize,
     ) -> Result<ConvStep, EngineError> {
-        let unsupported = |m: String| EngineError::Unsupported {
-            node: name.to_string(),
-            message: m,
-        };
-        if res.len() > MAX_RES {
-            return Err(unsupported(format!("more than {MAX_RES} residual inputs")));
-        }
+        check_residuals(name, res.len())?;
         for k in 0..4 {
             if xl.pad[k] < c.padding[k] {
                 return Err(EngineError::Internal(format!(

@@ -9,7 +9,7 @@ use penni_model::batchnorm::Affine;
 
 use super::planar_access::{Access, Epi, TILE, load_in, tap_sum, tile_of};
 use crate::arena::AVec;
-use crate::epilogue::{Act, MAX_RES, fold_bias, fold_weight};
+use crate::epilogue::{Act, check_residuals, fold_bias, fold_weight};
 use crate::error::EngineError;
 use crate::layout::PLay;
 use crate::simd::{L, Simd, isa_dispatch};
@@ -64,12 +64,7 @@ impl PConv {
         batch: usize,
         threads: usize,
     ) -> Result<PConv, EngineError> {
-        if res.len() > MAX_RES {
-            return Err(EngineError::Unsupported {
-                node: name.to_string(),
-                message: format!("more than {MAX_RES} residual inputs"),
-            });
-        }
+        check_residuals(name, res.len())?;
         let (n_out, n_in) = (c.out_channels, c.in_channels);
         let (cg, og) = (n_in / c.groups, n_out / c.groups);
         let kk = c.kernel[0] * c.kernel[1];

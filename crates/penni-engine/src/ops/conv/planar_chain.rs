@@ -12,7 +12,7 @@ use penni_model::batchnorm::Affine;
 
 use super::planar_access::{Access, Epi, TILE, Tile, load_in, tile_of};
 use crate::arena::AVec;
-use crate::epilogue::{Act, MAX_RES, fold_bias, fold_weight};
+use crate::epilogue::{Act, check_residuals, fold_bias, fold_weight};
 use crate::error::EngineError;
 use crate::layout::PLay;
 use crate::simd::{L, Simd, isa_dispatch};
@@ -136,12 +136,7 @@ impl PChain {
         if !chainable(f.0, c.0, l.0) || f.0.in_channels != xl.c || l.0.out_channels != yl.c {
             return Err(EngineError::Internal(format!("'{name}' is not a 1x1 -> k x k -> 1x1 chain")));
         }
-        if res.len() > MAX_RES {
-            return Err(EngineError::Unsupported {
-                node: name.to_string(),
-                message: format!("more than {MAX_RES} residual inputs"),
-            });
-        }
+        check_residuals(name, res.len())?;
         let id = Affine::identity(f.0.out_channels.max(c.0.out_channels));
         let tl = PLay {
             c: f.0.out_channels,
@@ -277,18 +272,7 @@ unsafe fn chain_g<S: Simd>(st: &PChain, ctx: &Ctx, tile0: usize, tile1: usize, s
             let last = &st.last;
             for g in 0..last.groups() {
                 let n0 = g * RN;
-                let mut a: [[S::V; TILE]; RN] = from_fn(|r| [S::splat(last.b[n0 + r]); TILE]);
-                let mut wp = last.group(g);
-                for ci in 0..last.n_in {
-                    let xv: [S::V; TILE] = from_fn(|t| S::load(t2.add((ci * TILE + t) * L)));
-                    for r in 0..RN {
-                        let w = S::splat(*wp.add(r));
-                        for t in 0..TILE {
-                            a[r][t] = S::fma(w, xv[t], a[r][t]);
-                        }
-                    }
-                    wp = wp.add(RN);
-                }
+                let a = tile_sums::<S>(last, g, |ci, _| from_fn(|t| S::load(t2.add((ci * TILE + t) * L))));
                 for r in 0..RN.min(last.n_out - n0) {
                     for t in 0..tl.cnt {
                         out.put(n0 + r, t, a[r][t]);
@@ -296,6 +280,30 @@ unsafe fn chain_g<S: Simd>(st: &PChain, ctx: &Ctx, tile0: usize, tile1: usize, s
                 }
             }
         }
+    }
+}
+
+/// One register tile of output group `g` of `p`: bias + the sum over (input, tap) of the packed
+/// weight times the TILE vectors `load(input, tap)` gives (the inner loop of all three stages).
+#[inline(always)]
+unsafe fn tile_sums<S: Simd>(p: &Packed, g: usize, mut load: impl FnMut(usize, usize) -> [S::V; TILE]) -> [[S::V; TILE]; RN] {
+    unsafe {
+        let n0 = g * RN;
+        let mut acc: [[S::V; TILE]; RN] = from_fn(|r| [S::splat(p.b[n0 + r]); TILE]);
+        let mut wp = p.group(g);
+        for ci in 0..p.n_in {
+            for t in 0..p.taps {
+                let xv = load(ci, t);
+                for r in 0..RN {
+                    let w = S::splat(*wp.add(r));
+                    for v in 0..TILE {
+                        acc[r][v] = S::fma(w, xv[v], acc[r][v]);
+                    }
+                }
+                wp = wp.add(RN);
+            }
+        }
+        acc
     }
 }
 
@@ -310,18 +318,7 @@ unsafe fn pointwise<S: Simd>(p: &Packed, src: *const f32, sp: usize, dst: *mut f
             let js: [usize; TILE] = from_fn(|t| (j + t).min(j1 - 1) * L);
             for g in 0..p.groups() {
                 let n0 = g * RN;
-                let mut a: [[S::V; TILE]; RN] = from_fn(|r| [S::splat(p.b[n0 + r]); TILE]);
-                let mut wp = p.group(g);
-                for ci in 0..p.n_in {
-                    let xv: [S::V; TILE] = from_fn(|t| S::load(src.add(ci * sp + js[t])));
-                    for r in 0..RN {
-                        let w = S::splat(*wp.add(r));
-                        for t in 0..TILE {
-                            a[r][t] = S::fma(w, xv[t], a[r][t]);
-                        }
-                    }
-                    wp = wp.add(RN);
-                }
+                let a = tile_sums::<S>(p, g, |ci, _| from_fn(|t| S::load(src.add(ci * sp + js[t]))));
                 for r in 0..RN.min(p.n_out - n0) {
                     for t in 0..cnt {
                         S::store(dst.add((n0 + r) * dp + js[t]), a[r][t]);
@@ -341,20 +338,9 @@ unsafe fn core_tile<S: Simd, const K: usize>(st: &PChain, t1: &[*const f32; TILE
         let (core, a, plane) = (&st.core, &st.acc, st.tl.plane());
         for g in 0..core.groups() {
             let n0 = g * RN;
-            let mut acc: [[S::V; TILE]; RN] = from_fn(|r| [S::splat(core.b[n0 + r]); TILE]);
-            let mut wp = core.group(g);
-            for ci in 0..core.n_in {
-                for t in 0..a.ntaps {
-                    let xv: [S::V; TILE] = from_fn(|v| load_in::<S, K>(a, t1[v].add(ci * plane), tile.vl[v], t));
-                    for r in 0..RN {
-                        let w = S::splat(*wp.add(r));
-                        for v in 0..TILE {
-                            acc[r][v] = S::fma(w, xv[v], acc[r][v]);
-                        }
-                    }
-                    wp = wp.add(RN);
-                }
-            }
+            let acc = tile_sums::<S>(core, g, |ci, t| {
+                from_fn(|v| load_in::<S, K>(a, t1[v].add(ci * plane), tile.vl[v], t))
+            });
             for r in 0..RN {
                 for v in 0..TILE {
                     S::store(t2.add(((n0 + r) * TILE + v) * L), acc[r][v]);

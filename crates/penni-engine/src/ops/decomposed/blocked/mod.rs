@@ -24,7 +24,7 @@ use super::analysis::Coefs;
 use super::cost::Choice;
 use super::csr::Csr;
 use crate::arena::AVec;
-use crate::epilogue::{Act, MAX_RES, fold_bias};
+use crate::epilogue::{Act, check_residuals, fold_bias};
 use crate::error::EngineError;
 use crate::layout::MapLay;
 use crate::ops::conv::tiling::{Seg, choose_tile, segments};
@@ -133,12 +133,7 @@ impl DecompStep {
         threads: usize,
     ) -> Result<DecompStep, EngineError> {
         let strategy = choice.strategy;
-        if res.len() > MAX_RES {
-            return Err(EngineError::Unsupported {
-                node: node.name.clone(),
-                message: format!("more than {MAX_RES} residual inputs"),
-            });
-        }
+        check_residuals(&node.name, res.len())?;
         let bases = &node.param("bases")?.data;
         let b = node.params.get("bias").map(|t| t.data.as_slice());
         let (n_out, n_in) = (c.conv.out_channels, c.conv.in_channels);

@@ -8,7 +8,7 @@ use penni_model::{Conv2d, Node};
 
 use super::analysis::Coefs;
 use super::csr::Csr;
-use crate::epilogue::{Act, MAX_RES, fold_bias};
+use crate::epilogue::{Act, check_residuals, fold_bias};
 use crate::error::EngineError;
 use crate::layout::PLay;
 use crate::ops::conv::planar_access::{Access, Epi, TILE, Tile, tile_of};
@@ -72,12 +72,7 @@ impl PDecomp {
         batch: usize,
         threads: usize,
     ) -> Result<PDecomp, EngineError> {
-        if res.len() > MAX_RES {
-            return Err(EngineError::Unsupported {
-                node: node.name.clone(),
-                message: format!("more than {MAX_RES} residual inputs"),
-            });
-        }
+        check_residuals(&node.name, res.len())?;
         let bases = &node.param("bases")?.data;
         let b = node.params.get("bias").map(|t| t.data.as_slice());
         let (n_out, n_in) = (c.out_channels, c.in_channels);
