@@ -21,10 +21,10 @@ for model in penni penni-budget; do
   for bits in "0 0" "8 8" "6 6" "4 8" "8 4" "4 4" "3 8" "8 3" "2 8" "8 2"; do
     set -- $bits
     line=$("$penni" quantize --model "$m" --dataset fashion-mnist --bases "$1" --coefficients "$2" \
-      --weights 8 --pointwise 8 --no-test --json --out "$tmp/q.penni" 2>/dev/null)
+      --weights 8 --pointwise 8 --activations 0 --no-test --json --out "$tmp/q.penni" 2>/dev/null)
     echo "{\"model\": \"resnet20/$model\", \"phase\": \"sweep\", \"result\": $line}" >> "$out.tmp"
   done
-  line=$("$penni" quantize --model "$m" --dataset fashion-mnist --bases 8 --coefficients 8 --weights 8 --pointwise 8 \
+  line=$("$penni" quantize --model "$m" --dataset fashion-mnist --bases 8 --coefficients 8 --weights 8 --pointwise 8 --activations 0 \
     --json --out "$tmp/q.penni" 2>/dev/null)
   echo "{\"model\": \"resnet20/$model\", \"phase\": \"test\", \"result\": $line}" >> "$out.tmp"
 done

@@ -31,7 +31,7 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// Compress a trained model with PENNI: decompose, sparse retraining, prune, fine-tune, shrink.
     Compress(compress_cmd::CompressArgs),
-    /// Quantize a model's weights with hybrid bit widths per part (bases, coefficients, ...).
+    /// Quantize a model: batchnorms folded, activations calibrated per tensor, weights with hybrid bit widths per part (bases, coefficients, ...).
     Quantize(quantize_cmd::QuantizeArgs),
     /// Decompose a model's convs (PENNI or Tucker-2) without training; prints per-layer errors.
     Decompose(decompose_cmd::DecomposeArgs),

@@ -1,12 +1,16 @@
-//! `penni quantize`: weights quantized with hybrid bit widths per part (penni-compress's
-//! `quantize_weights`), measured on the validation split, then once on the test split.
+//! `penni quantize`: batchnorms folded, activations calibrated on training images
+//! (penni-compress's `calibrate_activations`), optionally quantization-aware fine-tuning, then
+//! the weights quantized with hybrid bit widths per part (`quantize_weights`); measured on the
+//! validation split, then once on the test split.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use penni_compress::{Config, QuantBits, quantize_weights};
-use penni_data::Transform;
+use penni_compress::{Calibration, CalibrationOptions, Config, QuantBits, calibrate_activations, quantize_weights};
+use penni_data::{BatchIter, Transform};
+use penni_model::passes;
+use penni_model::reference::Activation as Batch;
 use penni_train::{FakeQuantBits, LrSchedule, RunOptions, TrainData, TrainOptions};
 
 use crate::common::{self, DataArgs, human};
@@ -33,6 +37,18 @@ pub struct QuantizeArgs {
     /// Bits of 1x1 conv and linear weights (0 = f32).
     #[arg(long)]
     pub pointwise: Option<u8>,
+    /// Bits of the activations that convs, linear layers and adds read (0 = f32, 2..=8).
+    #[arg(long)]
+    pub activations: Option<u8>,
+    /// How activation ranges are chosen: min_max, percentile or mse.
+    #[arg(long)]
+    pub calibration: Option<Calibration>,
+    /// Upper percentile kept by --calibration percentile (e.g. 99.99).
+    #[arg(long)]
+    pub percentile: Option<f64>,
+    /// Training images (never validation or test ones) that calibration runs.
+    #[arg(long)]
+    pub calibration_images: Option<usize>,
     /// Where to write the quantized model (.penni, or .onnx to export it).
     #[arg(long, short)]
     pub out: PathBuf,
@@ -77,6 +93,18 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             *slot = b;
         }
     }
+    if let Some(b) = args.activations {
+        q.activations = b;
+    }
+    if let Some(c) = args.calibration {
+        q.calibration = c;
+    }
+    if let Some(p) = args.percentile {
+        q.percentile = p;
+    }
+    if let Some(n) = args.calibration_images {
+        q.calibration_images = n;
+    }
     config.validate()?;
     let bits: QuantBits = config.quantize;
     let loaded = common::load_model(&args.model)?;
@@ -90,6 +118,28 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         &loaded.model,
     )?;
     let transform = preprocess.eval_transform();
+    // folded first: the weights put on a grid and the ranges measured are those that run
+    let mut folded = loaded.model.clone();
+    let batchnorms_folded = passes::fold_batchnorms(&mut folded);
+    let (calibrated, ranges) = if bits.activations > 0 {
+        let images = data.train.subset(bits.calibration_images, config.seed);
+        let shape = folded.input_shape();
+        let batches: Vec<Batch> = BatchIter::new(&images, 64, &transform, false, false, 0, 0, false)
+            .map(|b| Batch {
+                n: b.batch_size,
+                shape,
+                data: b.images,
+            })
+            .collect();
+        let opts = CalibrationOptions {
+            bits: bits.activations,
+            method: bits.calibration,
+            percentile: bits.percentile,
+        };
+        calibrate_activations(&folded, &batches, &opts)?
+    } else {
+        (folded, vec![])
+    };
     let tuned = if args.qat_epochs > 0 {
         let run_dir = args.run_dir.clone().unwrap_or_else(|| common::default_run_dir(&args.out));
         std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;
@@ -131,9 +181,9 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             },
             test_transform: transform.clone(),
         };
-        penni_train::train(&loaded.model, &td, &opts, &run)?.model
+        penni_train::train(&calibrated, &td, &opts, &run)?.model
     } else {
-        loaded.model.clone()
+        calibrated
     };
     let (quantized, report) = quantize_weights(&tuned, &bits)?;
     let top1 =
@@ -146,6 +196,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         _ => None,
     };
     common::save_model(&quantized, Some(&preprocess), &args.out)?;
+    let most_clipped = ranges.iter().map(|r| r.clipped).fold(0.0, f64::max);
     let max_err = |part: &str| {
         report
             .tensors
@@ -162,6 +213,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
                 "test_top1_f32": test.map(|t| t.0), "test_top1_quantized": test.map(|t| t.1),
                 "weight_bits_quantized": report.quantized_bits, "weight_bits_f32": report.f32_bits,
                 "max_relative_error": {"bases": max_err("bases"), "coefficients": max_err("coefficients"), "weights": max_err("weight")},
+                "batchnorms_folded": batchnorms_folded, "activation_ranges": ranges,
             })
         );
     } else {
@@ -175,6 +227,17 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             max_err("coefficients"),
             max_err("weight")
         );
+        println!("batchnorms folded into their convs: {batchnorms_folded}");
+        if bits.activations > 0 {
+            println!(
+                "activations: {} tensors at {} bits (unsigned, per tensor), ranges by {:?} on {} training images; at most {:.3}% of a tensor's calibration values clipped",
+                ranges.len(),
+                bits.activations,
+                bits.calibration,
+                bits.calibration_images.min(data.train.len()),
+                most_clipped * 100.0
+            );
+        }
         println!(
             "weight storage (non-zeros and per-channel scales, sparse indices not counted): {} -> {} bits ({:.1}%)",
             human(report.f32_bits),

@@ -699,6 +699,22 @@ fn quantize_puts_weights_on_their_grid_and_reports_accuracy() {
     assert_eq!(r["eval_split"], "validation");
     assert!(r["test_top1_quantized"].as_f64().is_some());
     assert!(r["weight_bits_quantized"].as_u64().unwrap() < r["weight_bits_f32"].as_u64().unwrap() / 4);
+    // batchnorms folded, and the activations that convs, linear layers and adds read quantized
+    // at 8 bits (the default) with ranges from calibration
+    assert!(r["batchnorms_folded"].as_u64().unwrap() > 0);
+    let ranges = r["activation_ranges"].as_array().unwrap();
+    assert!(!ranges.is_empty());
+    let quantizers = load(&out)
+        .nodes
+        .iter()
+        .filter(|n| {
+            matches!(
+                n.op,
+                penni_model::Op::Activation(penni_model::Activation::QuantizeDequantize { qmax: 255, .. })
+            )
+        })
+        .count();
+    assert_eq!(quantizers, ranges.len());
     // every output channel of a 4-bit conv holds at most 15 distinct values
     let (a, b) = (load(&model), load(&out));
     let conv = a
@@ -746,5 +762,10 @@ fn quantize_puts_weights_on_their_grid_and_reports_accuracy() {
     let bad = dir.path().join("bad.penni");
     args.extend(strings(&["--out", bad.to_str().unwrap()]));
     assert_clean_failure(&penni().args(&args).output().unwrap(), "quantize.weights");
+    assert!(!bad.exists());
+    let mut args = strings(&["quantize", "--model", model.to_str().unwrap(), "--activations", "9", "--no-test"]);
+    args.extend(strings(&data));
+    args.extend(strings(&["--out", bad.to_str().unwrap()]));
+    assert_clean_failure(&penni().args(&args).output().unwrap(), "quantize.activations");
     assert!(!bad.exists());
 }

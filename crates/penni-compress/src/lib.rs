@@ -11,10 +11,12 @@
 //!   resume, training reached through the [`Trainer`] trait; [`Config`] holds every setting;
 //! - [`budget`]: the budget mode's per-layer choice of d and pruning threshold under a MAC budget;
 //! - [`quantize`]: weight quantization with hybrid bit widths per part (bases, coefficients, ...);
+//! - [`calibrate`]: static activation quantization, ranges from calibration images;
 //! - [`report`]: per-phase records as a table, JSON and SVG.
 
 pub mod admm;
 pub mod budget;
+pub mod calibrate;
 pub mod config;
 pub mod decompose;
 pub mod error;
@@ -29,6 +31,7 @@ pub mod training;
 pub mod tucker;
 
 pub use budget::{BudgetOptions, BudgetReport, CostModel, Form, MacCost, Target};
+pub use calibrate::{ActivationRange, Calibration, CalibrationOptions, calibrate_activations};
 pub use config::{Config, Method};
 pub use decompose::{DecomposeOptions, DecomposeReport, Init, decompose};
 pub use error::{CompressError, Result};

@@ -9,15 +9,18 @@
 //! The values stay f32 on the integer grid, so every runtime (penni's engine, onnxruntime on the
 //! export) computes what an integer kernel with these weights would, up to f32 accumulation.
 //! Per-channel symmetric quantization is unchanged by a positive per-channel factor, so folding
-//! batchnorm before it would not change the result. Activations are not quantized here.
+//! batchnorm before it would not change the result. Activations are quantized by
+//! [`crate::calibrate`], with the widths and the range choice of this section.
 
 use penni_model::{Model, Op};
 use serde::{Deserialize, Serialize};
 
+use crate::calibrate::Calibration;
 use crate::error::{CompressError, Result};
 
-/// Bit widths per part; 0 leaves that part in f32.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Bit widths per part (0 leaves that part in f32), and the activations' calibration: the
+/// `[quantize]` section of a config.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QuantBits {
     /// PENNI basis kernels.
@@ -28,6 +31,14 @@ pub struct QuantBits {
     pub weights: u8,
     /// 1x1 conv and linear weights.
     pub pointwise: u8,
+    /// Activations read by convs, linear layers and adds (per tensor, unsigned), 0 or 2..=8.
+    pub activations: u8,
+    /// How each activation range is chosen from the calibration images.
+    pub calibration: Calibration,
+    /// Upper percentile kept by `calibration = "percentile"`.
+    pub percentile: f64,
+    /// Training images that calibration runs.
+    pub calibration_images: usize,
 }
 
 impl Default for QuantBits {
@@ -37,6 +48,10 @@ impl Default for QuantBits {
             coefficients: 8,
             weights: 8,
             pointwise: 8,
+            activations: 8,
+            calibration: Calibration::MinMax,
+            percentile: 99.99,
+            calibration_images: 512,
         }
     }
 }
@@ -53,6 +68,19 @@ impl QuantBits {
         .filter(|(_, b)| *b == 1 || *b > 16)
         .map(|(n, b)| format!("quantize.{n} must be 0 (f32) or 2..=16 bits, got {b}"))
         .collect();
+        let mut bad = bad;
+        if self.activations == 1 || self.activations > 8 {
+            bad.push(format!(
+                "quantize.activations must be 0 (f32) or 2..=8 bits, got {}",
+                self.activations
+            ));
+        }
+        if !(self.percentile > 50.0 && self.percentile <= 100.0) {
+            bad.push(format!("quantize.percentile must be in (50, 100], got {}", self.percentile));
+        }
+        if self.activations > 0 && self.calibration_images == 0 {
+            bad.push("quantize.calibration_images must be at least 1 when activations are quantized".into());
+        }
         if bad.is_empty() {
             Ok(())
         } else {
@@ -144,8 +172,44 @@ pub fn quantize_weights(model: &Model, bits: &QuantBits) -> Result<(Model, Quant
             });
         }
     }
+    round_biases_to_integer_grid(&mut out);
     out.validate()?;
     Ok((out, report))
+}
+
+/// Puts each bias of a conv or linear layer that reads a quantized activation and has
+/// integer weights on the int32 grid of input scale x weight scale, where an integer engine
+/// (onnxruntime's QLinearConv on the QDQ export) adds it: the model then computes what those
+/// engines do. The change is at most half a step of that fine grid.
+fn round_biases_to_integer_grid(model: &mut Model) {
+    let input_scale: std::collections::HashMap<String, f32> = model
+        .nodes
+        .iter()
+        .filter_map(|n| match n.op {
+            Op::Activation(penni_model::Activation::QuantizeDequantize { scale, .. }) => Some((n.output.clone(), scale)),
+            _ => None,
+        })
+        .collect();
+    for node in &mut model.nodes {
+        let channels = match &node.op {
+            Op::Conv2d(c) => c.out_channels,
+            Op::Linear { out_features, .. } => *out_features,
+            _ => continue,
+        };
+        let Some(&s_in) = node.inputs.first().and_then(|x| input_scale.get(x)) else {
+            continue;
+        };
+        let Some((w_scales, _)) = node
+            .params
+            .get("weight")
+            .and_then(|w| penni_model::grid::int8_channels(&w.data, channels))
+        else {
+            continue;
+        };
+        if let Some(b) = node.params.get_mut("bias") {
+            penni_model::grid::round_bias(&mut b.data, &penni_model::grid::bias_scales(s_in, &w_scales));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! What every producing step applies to its outputs: the folded batchnorm (a per-channel
-//! affine map baked into weights and bias), residual adds and a clamp ([`Act`]).
+//! affine map baked into weights and bias), residual adds, a clamp and a quantizer ([`Act`]).
 
 use penni_model::batchnorm::Affine;
 
@@ -9,15 +9,83 @@ use crate::simd::Simd;
 /// Most residual inputs an epilogue adds.
 pub(crate) const MAX_RES: usize = 3;
 
-/// An activation applied in an epilogue: none, or a clamp to [lo, hi] (ReLU is [0, inf)).
+/// An activation applied in an epilogue: none, a clamp to [lo, hi] (ReLU is [0, inf)), or a
+/// clamp followed by a per-tensor quantize-dequantize (`Activation::QuantizeDequantize`), so a
+/// quantized model's activations are rounded where they are written, not in a pass of their own.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum Act {
     None,
     Clip { lo: f32, hi: f32 },
+    Quant { lo: f32, hi: f32, q: Quant },
+}
+
+/// The integer grid of a quantize-dequantize, as floats.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Quant {
+    pub scale: f32,
+    pub zero_point: f32,
+    pub qmin: f32,
+    pub qmax: f32,
+}
+
+impl Quant {
+    /// The quantizer of an IR activation, if it is one.
+    pub fn of(a: &penni_model::Activation) -> Option<Quant> {
+        match *a {
+            penni_model::Activation::QuantizeDequantize {
+                scale,
+                zero_point,
+                qmin,
+                qmax,
+            } => Some(Quant {
+                scale,
+                zero_point: zero_point as f32,
+                qmin: qmin as f32,
+                qmax: qmax as f32,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The same arithmetic as `Activation::QuantizeDequantize::apply`.
+    #[inline(always)]
+    fn apply(&self, x: f32) -> f32 {
+        (((x / self.scale).round_ties_even() + self.zero_point).clamp(self.qmin, self.qmax) - self.zero_point) * self.scale
+    }
 }
 
 impl Act {
+    /// This activation followed by the quantizer `q`; None after a quantizer already (a clamp
+    /// or quantizer after a quantizer is not one epilogue).
+    pub fn then_quantize(self, q: Quant) -> Option<Act> {
+        match self {
+            Act::None => Some(Act::Quant {
+                lo: f32::NEG_INFINITY,
+                hi: f32::INFINITY,
+                q,
+            }),
+            Act::Clip { lo, hi } => Some(Act::Quant { lo, hi, q }),
+            Act::Quant { .. } => None,
+        }
+    }
+
+    /// Whether a clamp can still follow.
+    pub fn ends_with_quantizer(self) -> bool {
+        matches!(self, Act::Quant { .. })
+    }
+
+    /// The activation of one value (scalar epilogues).
+    #[inline(always)]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Act::None => x,
+            Act::Clip { lo, hi } => x.max(lo).min(hi),
+            Act::Quant { lo, hi, q } => q.apply(x.max(lo).min(hi)),
+        }
+    }
+
     /// This activation followed by a clamp to [lo, hi]: still a single clamp.
+    /// Not after a quantizer (see [`Act::ends_with_quantizer`]).
     pub fn then(self, lo: f32, hi: f32) -> Act {
         match self {
             Act::None => Act::Clip { lo, hi },
@@ -25,6 +93,7 @@ impl Act {
                 lo: a.max(lo).min(hi),
                 hi: b.max(lo).min(hi),
             },
+            Act::Quant { .. } => unreachable!("the fuser ends an epilogue at its quantizer"),
         }
     }
 }
@@ -33,31 +102,56 @@ impl Act {
 #[derive(Clone, Copy)]
 pub(crate) struct ActV<S: Simd> {
     clip: bool,
+    quant: bool,
     lo: S::V,
     hi: S::V,
+    scale: S::V,
+    zero_point: S::V,
+    qmin: S::V,
+    qmax: S::V,
+    neg_zero_point: S::V,
 }
 
 impl<S: Simd> ActV<S> {
     #[inline(always)]
     pub unsafe fn new(a: Act) -> Self {
         unsafe {
-            match a {
-                Act::None => ActV {
-                    clip: false,
-                    lo: S::zero(),
-                    hi: S::zero(),
-                },
-                Act::Clip { lo, hi } => ActV {
-                    clip: true,
-                    lo: S::splat(lo),
-                    hi: S::splat(hi),
-                },
+            let (clip, lo, hi, q) = match a {
+                Act::None => (false, 0.0, 0.0, None),
+                Act::Clip { lo, hi } => (true, lo, hi, None),
+                Act::Quant { lo, hi, q } => (true, lo, hi, Some(q)),
+            };
+            let q = q.unwrap_or(Quant {
+                scale: 1.0,
+                zero_point: 0.0,
+                qmin: 0.0,
+                qmax: 0.0,
+            });
+            ActV {
+                clip,
+                quant: matches!(a, Act::Quant { .. }),
+                lo: S::splat(lo),
+                hi: S::splat(hi),
+                scale: S::splat(q.scale),
+                zero_point: S::splat(q.zero_point),
+                qmin: S::splat(q.qmin),
+                qmax: S::splat(q.qmax),
+                neg_zero_point: S::splat(-q.zero_point),
             }
         }
     }
     #[inline(always)]
     pub unsafe fn apply(&self, v: S::V) -> S::V {
-        unsafe { if self.clip { S::min(S::max(v, self.lo), self.hi) } else { v } }
+        unsafe {
+            let v = if self.clip { S::min(S::max(v, self.lo), self.hi) } else { v };
+            if !self.quant {
+                return v;
+            }
+            let k = S::add(S::round_even(S::div(v, self.scale)), self.zero_point);
+            let k = S::min(S::max(k, self.qmin), self.qmax);
+            // (k - zero point) is an exact integer: one rounding, as in the reference
+            S::mul(S::add(k, self.neg_zero_point), self.scale)
+        }
     }
 }
 

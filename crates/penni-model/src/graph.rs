@@ -79,7 +79,8 @@ pub struct Pool2d {
     pub count_include_pad: bool,
 }
 
-/// Element-wise activations besides ReLU and clip (which the engine fuses into convs).
+/// Element-wise functions besides ReLU and clip (which the engine fuses into convs): the
+/// activations, and the quantize-dequantize round trip of a quantized activation tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Activation {
@@ -91,6 +92,10 @@ pub enum Activation {
     HardSwish,
     /// x for x >= 0, alpha * x below
     LeakyRelu { alpha: f32 },
+    /// (clamp(round(x / scale) + zero_point, qmin, qmax) - zero_point) * scale, rounding half
+    /// to even: ONNX's QuantizeLinear followed by DequantizeLinear, per tensor. The tensor an
+    /// integer engine would store, as the f32 values it stands for; 0 maps to 0 exactly.
+    QuantizeDequantize { scale: f32, zero_point: i32, qmin: i32, qmax: i32 },
 }
 
 impl Activation {
@@ -106,6 +111,15 @@ impl Activation {
                     alpha * x
                 }
             }
+            Activation::QuantizeDequantize {
+                scale,
+                zero_point,
+                qmin,
+                qmax,
+            } => {
+                let q = ((x / scale).round_ties_even() + zero_point as f32).clamp(qmin as f32, qmax as f32);
+                (q - zero_point as f32) * scale
+            }
         }
     }
 
@@ -115,15 +129,34 @@ impl Activation {
             Activation::HardSigmoid { .. } => "HardSigmoid",
             Activation::HardSwish => "HardSwish",
             Activation::LeakyRelu { .. } => "LeakyReLU",
+            Activation::QuantizeDequantize { .. } => "QuantizeDequantize",
         }
     }
 
-    fn params_finite(&self) -> bool {
-        match *self {
+    /// What is wrong with the parameters, if anything.
+    fn param_problem(&self) -> Option<String> {
+        let finite = match *self {
             Activation::HardSigmoid { alpha, beta } => alpha.is_finite() && beta.is_finite(),
             Activation::LeakyRelu { alpha } => alpha.is_finite(),
+            Activation::QuantizeDequantize {
+                scale,
+                zero_point,
+                qmin,
+                qmax,
+            } => {
+                if !(scale.is_finite() && scale > 0.0) {
+                    return Some(format!("quantization scale must be a finite number > 0, got {scale}"));
+                }
+                if qmin >= qmax || !(qmin..=qmax).contains(&zero_point) {
+                    return Some(format!(
+                        "quantization range [{qmin}, {qmax}] must be non-empty and hold the zero point {zero_point}"
+                    ));
+                }
+                true
+            }
             _ => true,
-        }
+        };
+        (!finite).then(|| format!("{self:?} has a non-finite parameter"))
     }
 }
 
@@ -601,12 +634,10 @@ pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
             Ok(ins[0])
         }
         Op::Relu | Op::Softmax { .. } => Ok(ins[0]),
-        Op::Activation(a) => {
-            if !a.params_finite() {
-                return Err(shape_err(node, format!("{a:?} has a non-finite parameter")));
-            }
-            Ok(ins[0])
-        }
+        Op::Activation(a) => match a.param_problem() {
+            Some(p) => Err(shape_err(node, p)),
+            None => Ok(ins[0]),
+        },
         Op::Mul => mul_shape(ins[0], ins[1]).ok_or_else(|| {
             shape_err(
                 node,

@@ -112,6 +112,48 @@ pub fn unpack(bytes: &[u8], count: usize, bits: u8, scales: &[f32], group_of: im
     Some(out)
 }
 
+/// A weight as ONNX's `DequantizeLinear(int8, scale per output channel)` spells it: the
+/// integers and one scale per channel (`channels` equal runs), when every run lies on a
+/// symmetric grid of at most 8 bits; a run of zeros gets scale 1. None otherwise.
+pub fn int8_channels(values: &[f32], channels: usize) -> Option<(Vec<f32>, Vec<i8>)> {
+    if channels == 0 || !values.len().is_multiple_of(channels) {
+        return None;
+    }
+    let run = values.len() / channels;
+    let g = detect(values, channels, |i| i / run)?;
+    let q = qmax(g.bits) as i64;
+    let ints = g.codes.iter().map(|&c| (c as i64 - q) as i8).collect();
+    let scales = g.scales.iter().map(|&s| if s > 0.0 { s } else { 1.0 }).collect();
+    Some((scales, ints))
+}
+
+/// The scale of a bias on the integer grid of an integer conv or linear layer: input scale
+/// times the output channel's weight scale, as ONNX QDQ writes int32 biases.
+pub fn bias_scales(input_scale: f32, weight_scales: &[f32]) -> Vec<f32> {
+    weight_scales.iter().map(|&w| input_scale * w).collect()
+}
+
+/// `bias` rounded onto its int32 grid (ties to even); values too large for int32 stay.
+pub fn round_bias(bias: &mut [f32], scales: &[f32]) {
+    for (b, &s) in bias.iter_mut().zip(scales) {
+        let k = (*b / s).round_ties_even();
+        if k.abs() < i32::MAX as f32 {
+            *b = k * s;
+        }
+    }
+}
+
+/// The int32 integers of a bias that lies exactly on its grid ([`round_bias`]); None otherwise.
+pub fn int32_bias(bias: &[f32], scales: &[f32]) -> Option<Vec<i32>> {
+    bias.iter()
+        .zip(scales)
+        .map(|(&b, &s)| {
+            let k = (b / s).round_ties_even();
+            (k.abs() < i32::MAX as f32 && k * s == b).then_some(k as i32)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,9 @@
 //! pass computes exactly what the graph computed before, keeps the node order topological and
 //! returns how many rewrites it made; what it cannot rewrite it leaves as it is.
 
+use crate::batchnorm::Affine;
 use crate::graph::{Activation, Model, Op, Pool2d};
+use crate::tensor::Tensor;
 
 /// Merges each zero `Pad` into the padding of the convolutions that read it: a Pad whose
 /// readers are all `Conv2d`, `DecomposedConv2d` or further Pads, and whose output is not the
@@ -204,6 +206,75 @@ fn pool_before_conv_at(model: &mut Model, i: usize) -> bool {
         }
         _ => false,
     }
+}
+
+/// Folds every batchnorm that is the sole reader of a convolution's output (dense or
+/// decomposed) into that convolution: the per-channel affine map scales the output channel's
+/// weights (a decomposed conv's coefficients; the shared bases stay) and becomes its bias.
+/// Quantizers fold first, so that the weights they put on a grid are the ones that run and
+/// the activation ranges they measure are those of the folded model. Returns the number folded.
+pub fn fold_batchnorms(model: &mut Model) -> usize {
+    let mut folded = 0;
+    let mut i = 0;
+    while i < model.nodes.len() {
+        if fold_batchnorm_into(model, i) {
+            folded += 1;
+        } else {
+            i += 1;
+        }
+    }
+    folded
+}
+
+/// Folds the batchnorm that reads the conv at `i`, if there is one to fold.
+fn fold_batchnorm_into(model: &mut Model, i: usize) -> bool {
+    let (out_channels, per_channel) = match &model.nodes[i].op {
+        Op::Conv2d(c) => (c.out_channels, "weight"),
+        Op::DecomposedConv2d(d) => (d.conv.out_channels, "coefficients"),
+        _ => return false,
+    };
+    let out = &model.nodes[i].output;
+    let readers = model.consumers(out);
+    if readers.len() != 1 || *out == model.output {
+        return false;
+    }
+    let bn = readers[0];
+    let Ok(affine) = Affine::of_batchnorm(&model.nodes[bn]) else {
+        return false;
+    };
+    if affine.scale.len() != out_channels || model.nodes[bn].inputs.len() != 1 {
+        return false;
+    }
+    let bn_output = model.nodes[bn].output.clone();
+    let conv = &mut model.nodes[i];
+    let Some(w) = conv.params.get_mut(per_channel) else {
+        return false;
+    };
+    let run = w.data.len() / out_channels;
+    for (n, chunk) in w.data.chunks_mut(run).enumerate() {
+        for v in chunk {
+            *v = (*v as f64 * affine.scale[n]) as f32;
+        }
+    }
+    let old_bias = conv.params.get("bias").map(|b| b.data.clone());
+    let bias = (0..out_channels)
+        .map(|n| (old_bias.as_ref().map_or(0.0, |b| b[n] as f64) * affine.scale[n] + affine.shift[n]) as f32)
+        .collect();
+    conv.params.insert(
+        "bias".into(),
+        Tensor {
+            shape: vec![out_channels],
+            data: bias,
+        },
+    );
+    match &mut conv.op {
+        Op::Conv2d(c) => c.bias = true,
+        Op::DecomposedConv2d(d) => d.conv.bias = true,
+        _ => unreachable!("matched above"),
+    }
+    conv.output = bn_output;
+    model.nodes.remove(bn);
+    true
 }
 
 #[cfg(test)]

@@ -40,6 +40,13 @@ pub fn decomposed_weight(node: &Node) -> Result<Vec<f32>> {
 }
 
 pub fn forward(model: &Model, input: &Activation) -> Result<Activation> {
+    let mut all = forward_all(model, input)?;
+    Ok(all.remove(model.output.as_str()).expect("validated output"))
+}
+
+/// Every tensor of the forward pass by name, the input included (calibration reads the
+/// intermediate maps).
+pub fn forward_all(model: &Model, input: &Activation) -> Result<HashMap<String, Activation>> {
     let shapes = model.validate()?;
     if input.shape != model.input_shape() || input.data.len() != input.n * input.shape.numel() {
         return Err(ModelError::Graph(format!(
@@ -50,15 +57,15 @@ pub fn forward(model: &Model, input: &Activation) -> Result<Activation> {
             model.input_shape()
         )));
     }
-    let mut env: HashMap<&str, Activation> = HashMap::new();
-    env.insert(&model.input.name, input.clone());
+    let mut env: HashMap<String, Activation> = HashMap::new();
+    env.insert(model.input.name.clone(), input.clone());
     for node in &model.nodes {
         let ins: Vec<&Activation> = node.inputs.iter().map(|i| &env[i.as_str()]).collect();
         let out_shape = shapes[&node.output];
         let y = eval_node(node, &ins, out_shape)?;
-        env.insert(&node.output, y);
+        env.insert(node.output.clone(), y);
     }
-    Ok(env.remove(model.output.as_str()).expect("validated output"))
+    Ok(env)
 }
 
 fn dims(s: Shape) -> (usize, usize, usize) {

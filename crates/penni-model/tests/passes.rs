@@ -2,7 +2,8 @@
 //! decomposed, kernels, paddings, dilations, groups) followed by batchnorms and an average pool,
 //! the rewritten model computes what the original did, with fewer multiply-accumulates; where
 //! something between the convolution and the pool is not linear, or another node reads the
-//! convolution's output, nothing changes.
+//! convolution's output, nothing changes. And the batchnorm fold (`passes::fold_batchnorms`)
+//! on the same models: every batchnorm that alone reads a convolution disappears into it.
 
 use std::collections::BTreeMap;
 
@@ -183,5 +184,26 @@ proptest! {
             let macs = |m: &Model| model_cost(m).unwrap().totals.macs_paper;
             prop_assert!(macs(&r) < macs(&m), "{} -> {}", macs(&m), macs(&r));
         }
+    }
+
+    #[test]
+    fn folding_batchnorms_into_convs_computes_the_same(cs in case()) {
+        let Some(m) = model(&cs) else { return Ok(()) };
+        let mut r = m.clone();
+        let folded = passes::fold_batchnorms(&mut r);
+        r.validate().unwrap();
+        // a second reader of the conv's output (middle 2) keeps its batchnorms apart
+        let expected = if cs.middle == 2 { 0 } else { cs.bns };
+        prop_assert_eq!(folded, expected, "{:?}", cs);
+        prop_assert_eq!(r.nodes.len(), m.nodes.len() - folded);
+        let batch = 2;
+        let x: Vec<f32> = {
+            let mut rng = InitRng::new(cs.seed ^ 2);
+            (0..batch * m.input_shape().numel()).map(|_| rng.normal()).collect()
+        };
+        let (want, got) = (run(&m, &x, batch), run(&r, &x, batch));
+        let scale = want.iter().fold(1f32, |a, v| a.max(v.abs()));
+        let err = want.iter().zip(&got).fold(0f32, |a, (w, g)| a.max((w - g).abs()));
+        prop_assert!(err <= 1e-4 * scale, "error {} {:?}", err, cs);
     }
 }

@@ -1,18 +1,21 @@
 //! penni IR -> ONNX. Dense layers map one to one onto standard operators; a PENNI layer becomes
 //! the two-stage computation it stands for (basis conv with group = C, then a 1x1 conv with the
 //! coefficients), so any ONNX runtime executes it, and a metadata entry lets `import` rebuild
-//! the PENNI layer exactly.
+//! the PENNI layer exactly. Quantized models are written in the standard QDQ form: weights on
+//! an integer grid as int8 initializers behind a DequantizeLinear (per output channel), biases
+//! on the grid of input scale x weight scale as int32, and each quantized activation as a
+//! QuantizeLinear -> DequantizeLinear pair, which onnxruntime runs with its integer kernels.
 
 use std::collections::HashSet;
 use std::path::Path;
 
-use penni_model::{Activation, Model, Node, Op, Shape};
+use penni_model::{Activation, Model, Node, Op, Shape, grid};
 use prost::Message;
 
 use crate::error::OnnxError;
 use crate::import::DECOMPOSED_KEY;
 use crate::proto::*;
-use crate::tensor::{encode_f32, encode_i64};
+use crate::tensor::{encode_f32, encode_i64, encode_int};
 
 /// The operator set written: opset 13 is run by every onnxruntime of the last years.
 pub const EXPORT_OPSET: i64 = 13;
@@ -147,14 +150,33 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
         inits.push(encode_f32(&name, dims, data));
         name
     };
+    // quantized activations: tensor -> the scale an integer layer reading it would use
+    let input_scale: std::collections::HashMap<&str, f32> = model
+        .nodes
+        .iter()
+        .filter_map(|n| match n.op {
+            Op::Activation(Activation::QuantizeDequantize { scale, .. }) => Some((n.output.as_str(), scale)),
+            _ => None,
+        })
+        .collect();
+    // (integer weights, their DequantizeLinear nodes) written beside the f32 parameters
+    let mut qinits: Vec<TensorProto> = Vec::new();
+    let mut dq_nodes: Vec<NodeProto> = Vec::new();
     for n in &model.nodes {
         let x = n.inputs.first().cloned().unwrap_or_default();
         match &n.op {
             Op::Conv2d(c) => {
                 let w = n.param("weight")?;
-                let mut ins = vec![x, param(&mut tensors, n, "weight", &w.shape, &w.data)];
+                let mut q = Quantized::new(&mut tensors, &mut node_names, &mut qinits, &mut dq_nodes);
+                let (wname, wscales) = match q.weight(n, "weight", &w.shape, &w.data, c.out_channels) {
+                    Some(v) => v,
+                    None => (param(&mut tensors, n, "weight", &w.shape, &w.data), vec![]),
+                };
+                let mut ins = vec![x.clone(), wname];
                 if let Some(b) = n.params.get("bias") {
-                    ins.push(param(&mut tensors, n, "bias", &b.shape, &b.data));
+                    let mut q = Quantized::new(&mut tensors, &mut node_names, &mut qinits, &mut dq_nodes);
+                    let bname = q.bias(n, &b.data, input_scale.get(x.as_str()).copied(), &wscales);
+                    ins.push(bname.unwrap_or_else(|| param(&mut tensors, n, "bias", &b.shape, &b.data)));
                 }
                 nodes.push(node(
                     "Conv",
@@ -173,7 +195,12 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                 for _ in 0..cin {
                     w1.extend_from_slice(&bases.data);
                 }
-                let w1_name = param(&mut tensors, n, "bases", &[cin * d, 1, c.conv.kernel[0], c.conv.kernel[1]], &w1);
+                let w1_dims = [cin * d, 1, c.conv.kernel[0], c.conv.kernel[1]];
+                let mut q = Quantized::new(&mut tensors, &mut node_names, &mut qinits, &mut dq_nodes);
+                let w1_name = match q.weight(n, "bases", &w1_dims, &w1, cin * d) {
+                    Some((name, _)) => name,
+                    None => param(&mut tensors, n, "bases", &w1_dims, &w1),
+                };
                 let mid = tensors.fresh(format!("{}.basis_maps", n.output));
                 let stage1 = node_names.fresh(format!("{}.basis", n.name));
                 nodes.push(node(
@@ -193,10 +220,14 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                         }
                     }
                 }
-                let mut ins = vec![
-                    mid,
-                    param(&mut tensors, n, "coefficients", &[c.conv.out_channels, cpg * d, 1, 1], &w2),
-                ];
+                let w2_dims = [c.conv.out_channels, cpg * d, 1, 1];
+                let mut q = Quantized::new(&mut tensors, &mut node_names, &mut qinits, &mut dq_nodes);
+                let w2_name = match q.weight(n, "coefficients", &w2_dims, &w2, c.conv.out_channels) {
+                    Some((name, _)) => name,
+                    None => param(&mut tensors, n, "coefficients", &w2_dims, &w2),
+                };
+                // the basis maps stay f32 (the IR does not quantize them), so the bias does too
+                let mut ins = vec![mid, w2_name];
                 if let Some(b) = n.params.get("bias") {
                     ins.push(param(&mut tensors, n, "bias", &b.shape, &b.data));
                 }
@@ -279,6 +310,50 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                     ));
                     nodes.push(node("Mul", &n.name, vec![x, gate], &n.output, vec![]));
                 }
+                Activation::QuantizeDequantize {
+                    scale,
+                    zero_point,
+                    qmin,
+                    qmax,
+                } => {
+                    // opset 13 integers are 8-bit; a narrower range is clipped after them
+                    let (ty, lo, hi) = if qmin >= 0 && qmax <= 255 {
+                        (data_type::UINT8, 0, 255)
+                    } else if qmin >= -128 && qmax <= 127 {
+                        (data_type::INT8, -128, 127)
+                    } else {
+                        return Err(OnnxError::Export {
+                            model: model.name.clone(),
+                            message: format!(
+                                "node '{}' quantizes to [{qmin}, {qmax}], wider than the 8-bit integers of ONNX opset {EXPORT_OPSET}",
+                                n.name
+                            ),
+                        });
+                    };
+                    let s_name = param(&mut tensors, n, "scale", &[], &[scale]);
+                    let z_name = tensors.fresh(format!("{}.zero_point", n.name));
+                    qinits.push(encode_int(&z_name, &[], ty, &[zero_point as i64]));
+                    let ints = tensors.fresh(format!("{}.integers", n.output));
+                    let q_node = node_names.fresh(format!("{}.quantize", n.name));
+                    nodes.push(node(
+                        "QuantizeLinear",
+                        &q_node,
+                        vec![x, s_name.clone(), z_name.clone()],
+                        &ints,
+                        vec![],
+                    ));
+                    if (qmin, qmax) == (lo, hi) {
+                        nodes.push(node("DequantizeLinear", &n.name, vec![ints, s_name, z_name], &n.output, vec![]));
+                    } else {
+                        let deq = tensors.fresh(format!("{}.dequantized", n.output));
+                        let dq_node = node_names.fresh(format!("{}.dequantize", n.name));
+                        nodes.push(node("DequantizeLinear", &dq_node, vec![ints, s_name, z_name], &deq, vec![]));
+                        let f = |k: i32| (k - zero_point) as f32 * scale;
+                        let lo = param(&mut tensors, n, "min", &[], &[f(qmin)]);
+                        let hi = param(&mut tensors, n, "max", &[], &[f(qmax)]);
+                        nodes.push(node("Clip", &n.name, vec![deq, lo, hi], &n.output, vec![]));
+                    }
+                }
             },
             Op::Mul => nodes.push(node("Mul", &n.name, n.inputs.clone(), &n.output, vec![])),
             Op::Concat => nodes.push(node("Concat", &n.name, n.inputs.clone(), &n.output, vec![attr_int("axis", 1)])),
@@ -298,11 +373,18 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                 nodes.push(node("Pad", &n.name, vec![x, name], &n.output, vec![]));
             }
             Op::Flatten => nodes.push(node("Flatten", &n.name, vec![x], &n.output, vec![attr_int("axis", 1)])),
-            Op::Linear { .. } => {
+            Op::Linear { out_features, .. } => {
                 let w = n.param("weight")?;
-                let mut ins = vec![x, param(&mut tensors, n, "weight", &w.shape, &w.data)];
+                let mut q = Quantized::new(&mut tensors, &mut node_names, &mut qinits, &mut dq_nodes);
+                let (wname, wscales) = match q.weight(n, "weight", &w.shape, &w.data, *out_features) {
+                    Some(v) => v,
+                    None => (param(&mut tensors, n, "weight", &w.shape, &w.data), vec![]),
+                };
+                let mut ins = vec![x.clone(), wname];
                 if let Some(b) = n.params.get("bias") {
-                    ins.push(param(&mut tensors, n, "bias", &b.shape, &b.data));
+                    let mut q = Quantized::new(&mut tensors, &mut node_names, &mut qinits, &mut dq_nodes);
+                    let bname = q.bias(n, &b.data, input_scale.get(x.as_str()).copied(), &wscales);
+                    ins.push(bname.unwrap_or_else(|| param(&mut tensors, n, "bias", &b.shape, &b.data)));
                 }
                 nodes.push(node("Gemm", &n.name, ins, &n.output, vec![attr_int("transB", 1)]));
             }
@@ -314,8 +396,9 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
     };
     let graph = GraphProto {
         name: model.name.clone(),
-        node: nodes,
-        initializer: inits.into_iter().chain(consts).collect(),
+        // the weights' DequantizeLinear nodes read only initializers: first is topological
+        node: dq_nodes.into_iter().chain(nodes).collect(),
+        initializer: inits.into_iter().chain(qinits).chain(consts).collect(),
         input: vec![value_info(
             &model.input.name,
             &[model.input.channels, model.input.height, model.input.width],
@@ -336,4 +419,66 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
         metadata_props: meta,
         ..Default::default()
     })
+}
+
+/// Writes quantized parameters: integer initializers and the DequantizeLinear nodes that read
+/// them, with names from the export's namespaces.
+struct Quantized<'a> {
+    tensors: &'a mut Names,
+    node_names: &'a mut Names,
+    inits: &'a mut Vec<TensorProto>,
+    nodes: &'a mut Vec<NodeProto>,
+}
+
+impl<'a> Quantized<'a> {
+    fn new(tensors: &'a mut Names, node_names: &'a mut Names, inits: &'a mut Vec<TensorProto>, nodes: &'a mut Vec<NodeProto>) -> Self {
+        Quantized {
+            tensors,
+            node_names,
+            inits,
+            nodes,
+        }
+    }
+
+    /// `DequantizeLinear(integers, scales, zeros, axis 0)` of `ty` integers; returns its output.
+    fn dequantize(&mut self, n: &Node, p: &str, dims: &[usize], ty: i32, ints: Vec<i64>, scales: &[f32]) -> String {
+        let base = format!("{}.{p}", n.name);
+        let q = self.tensors.fresh(format!("{base}.integers"));
+        let s = self.tensors.fresh(format!("{base}.scale"));
+        let z = self.tensors.fresh(format!("{base}.zero_point"));
+        let out = self.tensors.fresh(base.clone());
+        self.inits.push(encode_int(&q, dims, ty, &ints));
+        self.inits.push(encode_f32(&s, &[scales.len()], scales));
+        self.inits.push(encode_int(&z, &[scales.len()], ty, &vec![0; scales.len()]));
+        let name = self.node_names.fresh(format!("{base}.dequantize"));
+        self.nodes
+            .push(node("DequantizeLinear", &name, vec![q, s, z], &out, vec![attr_int("axis", 0)]));
+        out
+    }
+
+    /// A weight on an integer grid per output channel (`channels` runs) as int8 behind a
+    /// DequantizeLinear: its name and channel scales; None when it is not on such a grid.
+    fn weight(&mut self, n: &Node, p: &str, dims: &[usize], data: &[f32], channels: usize) -> Option<(String, Vec<f32>)> {
+        let (scales, ints) = grid::int8_channels(data, channels)?;
+        let name = self.dequantize(n, p, dims, data_type::INT8, ints.into_iter().map(i64::from).collect(), &scales);
+        Some((name, scales))
+    }
+
+    /// A bias on the int32 grid of its layer's quantized input and int8 weight (the form
+    /// onnxruntime's integer convolutions take); None when any of the three is not quantized.
+    fn bias(&mut self, n: &Node, data: &[f32], input_scale: Option<f32>, weight_scales: &[f32]) -> Option<String> {
+        if weight_scales.len() != data.len() {
+            return None;
+        }
+        let scales = grid::bias_scales(input_scale?, weight_scales);
+        let ints = grid::int32_bias(data, &scales)?;
+        Some(self.dequantize(
+            n,
+            "bias",
+            &[data.len()],
+            data_type::INT32,
+            ints.into_iter().map(i64::from).collect(),
+            &scales,
+        ))
+    }
 }

@@ -228,6 +228,23 @@ pub fn encode_f32(name: &str, dims: &[usize], data: &[f32]) -> TensorProto {
     }
 }
 
+/// An integer tensor of element type `ty` (INT8, UINT8 or INT32: quantized weights, zero
+/// points, biases) with little-endian raw_data.
+pub fn encode_int(name: &str, dims: &[usize], ty: i32, data: &[i64]) -> TensorProto {
+    let raw_data = match ty {
+        dt::INT8 | dt::UINT8 => data.iter().map(|&v| v as u8).collect(),
+        dt::INT32 => data.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect(),
+        _ => unreachable!("encode_int writes 8- and 32-bit integers"),
+    };
+    TensorProto {
+        name: name.to_string(),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: ty,
+        raw_data,
+        ..Default::default()
+    }
+}
+
 /// An int64 tensor (shapes, pads) with little-endian raw_data.
 pub fn encode_i64(name: &str, dims: &[usize], data: &[i64]) -> TensorProto {
     TensorProto {

@@ -48,6 +48,9 @@ pub trait Simd: Copy {
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn min(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
+    /// Each lane rounded to the nearest integer, ties to even (as f32::round_ties_even).
+    unsafe fn round_even(a: Self::V) -> Self::V;
     /// Sum of the 16 lanes.
     unsafe fn hsum(a: Self::V) -> f32;
     /// In-place 16x16 transpose: afterwards lane j of r[i] holds what lane i of r[j] held.
@@ -132,6 +135,18 @@ impl Simd for Fallback {
             r[i] = if a[i] < b[i] { a[i] } else { b[i] };
         }
         r
+    }
+    #[inline(always)]
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V {
+        let mut r = a;
+        for i in 0..16 {
+            r[i] /= b[i];
+        }
+        r
+    }
+    #[inline(always)]
+    unsafe fn round_even(a: Self::V) -> Self::V {
+        a.map(f32::round_ties_even)
     }
     #[inline(always)]
     unsafe fn hsum(a: Self::V) -> f32 {
@@ -245,6 +260,15 @@ mod x86 {
         #[inline(always)]
         unsafe fn max(a: __m512, b: __m512) -> __m512 {
             unsafe { _mm512_max_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn div(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_div_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn round_even(a: __m512) -> __m512 {
+            // imm8 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC, scale 2^0: ties to even
+            unsafe { _mm512_roundscale_ps::<0x08>(a) }
         }
         #[inline(always)]
         unsafe fn min(a: __m512, b: __m512) -> __m512 {

@@ -344,5 +344,25 @@ fn activate<const D: usize>(a: Activation, t: Tensor<D>) -> Tensor<D> {
         Activation::HardSigmoid { alpha, beta } => hard_sigmoid(t, alpha as f64, beta as f64),
         Activation::HardSwish => hard_swish(t),
         Activation::LeakyRelu { alpha } => leaky_relu(t, alpha as f64),
+        Activation::QuantizeDequantize {
+            scale,
+            zero_point,
+            qmin,
+            qmax,
+        } => {
+            // straight-through: the quantized values forward, the gradient of the clamp to the
+            // representable range backward (1 inside, 0 outside)
+            let (s, z) = (scale as f64, zero_point as f64);
+            let inside = t.clone().clamp((qmin as f64 - z) * s, (qmax as f64 - z) * s);
+            let q = (t
+                .detach()
+                .div_scalar(s)
+                .round()
+                .add_scalar(z)
+                .clamp(qmin as f64, qmax as f64)
+                .sub_scalar(z))
+            .mul_scalar(s);
+            inside.clone() + (q - inside.detach())
+        }
     }
 }

@@ -11,5 +11,5 @@ if [ -n "${PENNI:-}" ]; then penni="$PENNI"; else
   penni="$root/target/release/penni"
 fi
 nice -n 19 "$penni" quantize --model "$root/experiments/fidelity/resnet20/penni-budget.penni" --dataset fashion-mnist \
-  --bases 8 --coefficients 4 --weights 8 --pointwise 8 --qat-epochs 2 --lr 0.001 \
+  --bases 8 --coefficients 4 --weights 8 --pointwise 8 --activations 0 --qat-epochs 2 --lr 0.001 \
   --out "$here/resnet20-budget-c4-qat.penni" --run-dir "$here/resnet20-budget-c4-qat.run" 2>&1 | tee -a "$here/qat.log"

@@ -77,10 +77,6 @@ unsafe fn linear_task_g<S: Simd>(st: &LinearStep, ctx: &Ctx, t: usize) {
         let k = st.inf;
         let full = k / L * L;
         let (lo, hi) = (t * st.chunk, ((t + 1) * st.chunk).min(st.outf));
-        let clip = match st.act {
-            Act::None => None,
-            Act::Clip { lo, hi } => Some((lo, hi)),
-        };
         for o in lo..hi {
             let wr = st.w.ptr().add(o * k);
             for img in 0..st.batch {
@@ -101,11 +97,7 @@ unsafe fn linear_task_g<S: Simd>(st: &LinearStep, ctx: &Ctx, t: usize) {
                 for j in full..k {
                     s += *wr.add(j) * *xr.add(j);
                 }
-                let mut v = s + *st.b.ptr().add(o);
-                if let Some((lo, hi)) = clip {
-                    v = v.max(lo).min(hi);
-                }
-                *y.add(img * st.outf + o) = v;
+                *y.add(img * st.outf + o) = st.act.apply(s + *st.b.ptr().add(o));
             }
         }
     }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use penni_model::{Model, Op};
 
-use crate::epilogue::Act;
+use crate::epilogue::{Act, Quant};
 use crate::ops::elementwise::PointOp;
 
 /// One step-to-be: IR nodes fused together, anchored at the last of them in node order.
@@ -86,19 +86,24 @@ impl<'m> Readers<'m> {
         self.model.nodes.iter().position(|n| n.inputs.iter().any(|i| i == t))
     }
 
-    /// Follows ReLU/Clip nodes that are the sole readers of `t`, composing them into `act`.
+    /// Follows ReLU/Clip nodes that are the sole readers of `t`, composing them into `act`,
+    /// and a quantizer after them, which ends the epilogue.
     fn absorb_acts(&self, t: &mut String, act: &mut Act, anchor: &mut usize, names: &mut Vec<String>, absorbed: &mut [bool]) {
         while let Some(j) = self.sole_reader(t) {
-            let node = &self.model.nodes[j];
-            let (lo, hi) = match node.op {
-                Op::Relu => (0.0, f32::INFINITY),
-                Op::Clip { min, max } => (min, max),
-                _ => break,
-            };
-            if absorbed[j] {
+            if act.ends_with_quantizer() || absorbed[j] {
                 break;
             }
-            *act = act.then(lo, hi);
+            let node = &self.model.nodes[j];
+            let next = match &node.op {
+                Op::Relu => act.then(0.0, f32::INFINITY),
+                Op::Clip { min, max } => act.then(*min, *max),
+                Op::Activation(a) => match Quant::of(a).and_then(|q| act.then_quantize(q)) {
+                    Some(next) => next,
+                    None => break,
+                },
+                _ => break,
+            };
+            *act = next;
             absorbed[j] = true;
             *anchor = j;
             names.push(node.name.clone());
@@ -210,7 +215,14 @@ impl<'m> Readers<'m> {
                     inputs = node.inputs.clone();
                     GKind::Concat
                 }
-                Op::Activation(a) => GKind::Point(PointOp::Unary(*a)),
+                // a quantizer no epilogue took (after a pool, say) is an activation step
+                Op::Activation(a) => match Quant::of(a) {
+                    Some(q) => {
+                        act = Act::None.then_quantize(q).expect("no quantizer yet");
+                        GKind::Act
+                    }
+                    None => GKind::Point(PointOp::Unary(*a)),
+                },
                 Op::Mul => {
                     inputs = node.inputs.clone();
                     GKind::Point(PointOp::Mul)

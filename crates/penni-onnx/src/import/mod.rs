@@ -6,7 +6,7 @@
 //!
 //! This file is the driver (graph checks, the walk, the IR passes at the end); `registry` holds
 //! the one table of operators, each with its attributes and converter, and the converters live
-//! by op family (`conv`, `norm`, `pool`, `arith`, `linear`, `shape`, `fold`) on top of the
+//! by op family (`conv`, `norm`, `pool`, `arith`, `linear`, `quant`, `shape`, `fold`) on top of the
 //! accessors in `context`. Shape rules are the IR's (`penni_model::graph::node_output_shape`);
 //! rewrites that span nodes (a Pad into its Conv, x * HardSigmoid(x) into HardSwish) are the
 //! IR's passes (`penni_model::passes`).
@@ -18,6 +18,7 @@ mod fold;
 mod linear;
 mod norm;
 mod pool;
+mod quant;
 mod registry;
 mod shape;
 
@@ -213,6 +214,9 @@ struct Importer<'g> {
     batch: Option<i64>,
     /// IR node name -> the ONNX node it came from, for problems found after the IR passes.
     onnx_label: HashMap<String, String>,
+    /// Outputs of QuantizeLinear nodes on run-time tensors -> their scale and zero point, which
+    /// the DequantizeLinear nodes reading them must repeat.
+    quantized: HashMap<String, (f32, i64)>,
 }
 
 /// The node being converted, for messages.
@@ -261,6 +265,7 @@ impl<'g> Importer<'g> {
             folded_total: 0,
             batch: None,
             onnx_label: HashMap::new(),
+            quantized: HashMap::new(),
         })
     }
 

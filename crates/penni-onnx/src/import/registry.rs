@@ -4,7 +4,7 @@
 //! and the dispatch all read this table, so they cannot drift apart; the README's op table is
 //! checked against it by a test below.
 
-use super::{Ctx, Importer, PResult, arith, conv, fold, linear, norm, pool, shape};
+use super::{Ctx, Importer, PResult, arith, conv, fold, linear, norm, pool, quant, shape};
 use crate::error::OnnxError;
 use crate::proto::attribute_type as at;
 
@@ -104,6 +104,13 @@ pub(super) const OPS: &[OpDef] = &[
         linear::gemm,
     ),
     op("MatMul", &[], linear::matmul),
+    // quantization (quant.rs)
+    op(
+        "QuantizeLinear",
+        &["axis", "saturate", "block_size", "output_dtype"],
+        quant::quantize_linear,
+    ),
+    op("DequantizeLinear", &["axis", "block_size"], quant::dequantize_linear),
     // shapes and layout (shape.rs)
     op("Flatten", &["axis"], shape::flatten),
     op("Reshape", &["allowzero"], shape::reshape),
