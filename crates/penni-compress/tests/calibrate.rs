@@ -75,7 +75,7 @@ fn calibrated_models_stay_close_and_run_on_the_engine() {
             for planar in [false, true] {
                 let mut plan = penni_engine::testing::plan_backend(&q, 4, &opts, planar, None).unwrap();
                 let e = plan.run(&x.data).unwrap();
-                let diff = max_rel(&e, &got);
+                let diff = max_rel(e, &got);
                 assert!(diff < 0.02, "{} {bits} bits planar={planar}: engine vs reference {diff}", m.name);
             }
         }

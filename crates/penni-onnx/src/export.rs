@@ -1,8 +1,9 @@
 //! penni IR -> ONNX. Dense layers map one to one onto standard operators; a PENNI layer becomes
 //! the two-stage computation it stands for (basis conv with group = C, then a 1x1 conv with the
 //! coefficients), so any ONNX runtime executes it, and a metadata entry lets `import` rebuild
-//! the PENNI layer exactly. Quantized models are written in the standard QDQ form: weights on
-//! an integer grid as int8 initializers behind a DequantizeLinear (per output channel), biases
+//! the PENNI layer exactly. Quantized models are written in the standard QDQ form: the weights
+//! of layers that read a quantized activation, when they lie on an integer grid, as int8
+//! initializers behind a DequantizeLinear (per output channel), biases
 //! on the grid of input scale x weight scale as int32, and each quantized activation as a
 //! QuantizeLinear -> DequantizeLinear pair, which onnxruntime runs with its integer kernels.
 
@@ -168,7 +169,8 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
             Op::Conv2d(c) => {
                 let w = n.param("weight")?;
                 let mut q = Quantized::new(&mut tensors, &mut node_names, &mut qinits, &mut dq_nodes);
-                let (wname, wscales) = match q.weight(n, "weight", &w.shape, &w.data, c.out_channels) {
+                let quantized_input = input_scale.contains_key(x.as_str());
+                let (wname, wscales) = match q.weight(n, "weight", &w.shape, &w.data, c.out_channels, quantized_input) {
                     Some(v) => v,
                     None => (param(&mut tensors, n, "weight", &w.shape, &w.data), vec![]),
                 };
@@ -197,7 +199,7 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                 }
                 let w1_dims = [cin * d, 1, c.conv.kernel[0], c.conv.kernel[1]];
                 let mut q = Quantized::new(&mut tensors, &mut node_names, &mut qinits, &mut dq_nodes);
-                let w1_name = match q.weight(n, "bases", &w1_dims, &w1, cin * d) {
+                let w1_name = match q.weight(n, "bases", &w1_dims, &w1, cin * d, input_scale.contains_key(x.as_str())) {
                     Some((name, _)) => name,
                     None => param(&mut tensors, n, "bases", &w1_dims, &w1),
                 };
@@ -221,13 +223,9 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                     }
                 }
                 let w2_dims = [c.conv.out_channels, cpg * d, 1, 1];
-                let mut q = Quantized::new(&mut tensors, &mut node_names, &mut qinits, &mut dq_nodes);
-                let w2_name = match q.weight(n, "coefficients", &w2_dims, &w2, c.conv.out_channels) {
-                    Some((name, _)) => name,
-                    None => param(&mut tensors, n, "coefficients", &w2_dims, &w2),
-                };
-                // the basis maps stay f32 (the IR does not quantize them), so the bias does too
-                let mut ins = vec![mid, w2_name];
+                // the basis maps stay f32 (the IR does not quantize them): so do the coefficients
+                // and the bias
+                let mut ins = vec![mid, param(&mut tensors, n, "coefficients", &w2_dims, &w2)];
                 if let Some(b) = n.params.get("bias") {
                     ins.push(param(&mut tensors, n, "bias", &b.shape, &b.data));
                 }
@@ -376,7 +374,8 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
             Op::Linear { out_features, .. } => {
                 let w = n.param("weight")?;
                 let mut q = Quantized::new(&mut tensors, &mut node_names, &mut qinits, &mut dq_nodes);
-                let (wname, wscales) = match q.weight(n, "weight", &w.shape, &w.data, *out_features) {
+                let quantized_input = input_scale.contains_key(x.as_str());
+                let (wname, wscales) = match q.weight(n, "weight", &w.shape, &w.data, *out_features, quantized_input) {
                     Some(v) => v,
                     None => (param(&mut tensors, n, "weight", &w.shape, &w.data), vec![]),
                 };
@@ -457,8 +456,21 @@ impl<'a> Quantized<'a> {
     }
 
     /// A weight on an integer grid per output channel (`channels` runs) as int8 behind a
-    /// DequantizeLinear: its name and channel scales; None when it is not on such a grid.
-    fn weight(&mut self, n: &Node, p: &str, dims: &[usize], data: &[f32], channels: usize) -> Option<(String, Vec<f32>)> {
+    /// DequantizeLinear, when its layer reads a quantized activation (`quantized_input`: an
+    /// integer kernel's operands; elsewhere, and for weights that merely happen to lie on a grid,
+    /// such as one value per channel, f32 stays): its name and channel scales.
+    fn weight(
+        &mut self,
+        n: &Node,
+        p: &str,
+        dims: &[usize],
+        data: &[f32],
+        channels: usize,
+        quantized_input: bool,
+    ) -> Option<(String, Vec<f32>)> {
+        if !quantized_input {
+            return None;
+        }
         let (scales, ints) = grid::int8_channels(data, channels)?;
         let name = self.dequantize(n, p, dims, data_type::INT8, ints.into_iter().map(i64::from).collect(), &scales);
         Some((name, scales))
