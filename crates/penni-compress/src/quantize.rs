@@ -182,14 +182,7 @@ pub fn quantize_weights(model: &Model, bits: &QuantBits) -> Result<(Model, Quant
 /// (onnxruntime's QLinearConv on the QDQ export) adds it: the model then computes what those
 /// engines do. The change is at most half a step of that fine grid.
 fn round_biases_to_integer_grid(model: &mut Model) {
-    let input_scale: std::collections::HashMap<String, f32> = model
-        .nodes
-        .iter()
-        .filter_map(|n| match n.op {
-            Op::Activation(penni_model::Activation::QuantizeDequantize { scale, .. }) => Some((n.output.clone(), scale)),
-            _ => None,
-        })
-        .collect();
+    let input_scale = model.activation_scales();
     for node in &mut model.nodes {
         let channels = match &node.op {
             Op::Conv2d(c) => c.out_channels,

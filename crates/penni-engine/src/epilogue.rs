@@ -19,13 +19,15 @@ pub(crate) enum Act {
     Quant { lo: f32, hi: f32, q: Quant },
 }
 
-/// The integer grid of a quantize-dequantize, as floats.
+/// The integer grid of a quantize-dequantize, as floats for the vector epilogue, beside the IR
+/// activation it came from (whose `apply` the scalar epilogues call).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Quant {
     pub scale: f32,
     pub zero_point: f32,
     pub qmin: f32,
     pub qmax: f32,
+    source: penni_model::Activation,
 }
 
 impl Quant {
@@ -42,15 +44,10 @@ impl Quant {
                 zero_point: zero_point as f32,
                 qmin: qmin as f32,
                 qmax: qmax as f32,
+                source: *a,
             }),
             _ => None,
         }
-    }
-
-    /// The same arithmetic as `Activation::QuantizeDequantize::apply`.
-    #[inline(always)]
-    fn apply(&self, x: f32) -> f32 {
-        (((x / self.scale).round_ties_even() + self.zero_point).clamp(self.qmin, self.qmax) - self.zero_point) * self.scale
     }
 }
 
@@ -80,7 +77,7 @@ impl Act {
         match self {
             Act::None => x,
             Act::Clip { lo, hi } => x.max(lo).min(hi),
-            Act::Quant { lo, hi, q } => q.apply(x.max(lo).min(hi)),
+            Act::Quant { lo, hi, q } => q.source.apply(x.max(lo).min(hi)),
         }
     }
 
@@ -121,22 +118,17 @@ impl<S: Simd> ActV<S> {
                 Act::Clip { lo, hi } => (true, lo, hi, None),
                 Act::Quant { lo, hi, q } => (true, lo, hi, Some(q)),
             };
-            let q = q.unwrap_or(Quant {
-                scale: 1.0,
-                zero_point: 0.0,
-                qmin: 0.0,
-                qmax: 0.0,
-            });
+            let (scale, zero_point, qmin, qmax) = q.map_or((1.0, 0.0, 0.0, 0.0), |q| (q.scale, q.zero_point, q.qmin, q.qmax));
             ActV {
                 clip,
-                quant: matches!(a, Act::Quant { .. }),
+                quant: q.is_some(),
                 lo: S::splat(lo),
                 hi: S::splat(hi),
-                scale: S::splat(q.scale),
-                zero_point: S::splat(q.zero_point),
-                qmin: S::splat(q.qmin),
-                qmax: S::splat(q.qmax),
-                neg_zero_point: S::splat(-q.zero_point),
+                scale: S::splat(scale),
+                zero_point: S::splat(zero_point),
+                qmin: S::splat(qmin),
+                qmax: S::splat(qmax),
+                neg_zero_point: S::splat(-zero_point),
             }
         }
     }

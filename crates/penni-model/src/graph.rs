@@ -513,6 +513,18 @@ impl Model {
         Ok(self.infer_shapes()?[&self.output])
     }
 
+    /// The scale of every tensor a quantize-dequantize node writes: what an integer layer
+    /// reading it multiplies by (the bias grid of `penni quantize` and the ONNX export read it).
+    pub fn activation_scales(&self) -> HashMap<String, f32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| match n.op {
+                Op::Activation(Activation::QuantizeDequantize { scale, .. }) => Some((n.output.clone(), scale)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The nodes that read a tensor.
     pub fn consumers(&self, tensor: &str) -> Vec<usize> {
         (0..self.nodes.len())

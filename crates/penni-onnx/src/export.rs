@@ -152,14 +152,7 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
         name
     };
     // quantized activations: tensor -> the scale an integer layer reading it would use
-    let input_scale: std::collections::HashMap<&str, f32> = model
-        .nodes
-        .iter()
-        .filter_map(|n| match n.op {
-            Op::Activation(Activation::QuantizeDequantize { scale, .. }) => Some((n.output.as_str(), scale)),
-            _ => None,
-        })
-        .collect();
+    let input_scale = model.activation_scales();
     // (integer weights, their DequantizeLinear nodes) written beside the f32 parameters
     let mut qinits: Vec<TensorProto> = Vec::new();
     let mut dq_nodes: Vec<NodeProto> = Vec::new();
