@@ -111,12 +111,15 @@ def entry(model_dir, report_path):
     phases = {p["phase"]: p for p in report["phases"]}
     base, last = phases["baseline"], report["phases"][-1]
     base_final = final_line(os.path.join(model_dir, "baseline.log"))
-    fair = final_line(os.path.join(model_dir, "baseline-extra.log"))
-    fair_model = os.path.join(model_dir, "baseline-extra.penni")
-    base_epochs, base_secs = epochs_and_seconds(os.path.join(model_dir, "baseline-metrics.jsonl"))
-    fair_epochs, fair_secs = epochs_and_seconds(os.path.join(model_dir, "baseline-extra-metrics.jsonl"))
     config = os.path.join(HERE, f"config-{model}{stem}.toml")
     ep = config_epochs(config) if os.path.exists(config) else {}
+    # the fair baseline trained as many extra epochs as this compression (run.sh names it)
+    plain = config_epochs(os.path.join(HERE, f"config-{model}.toml"))
+    fair_stem = "baseline-extra" if sum(ep.values()) == sum(plain.values()) else f"baseline-extra-{sum(ep.values())}"
+    fair = final_line(os.path.join(model_dir, f"{fair_stem}.log"))
+    fair_model = os.path.join(model_dir, f"{fair_stem}.penni")
+    base_epochs, base_secs = epochs_and_seconds(os.path.join(model_dir, "baseline-metrics.jsonl"))
+    fair_epochs, fair_secs = epochs_and_seconds(os.path.join(model_dir, f"{fair_stem}-metrics.jsonl"))
     secs = phase_seconds(os.path.join(model_dir, f"penni{stem}.run", "progress.jsonl"))
     test_base, test_comp = report["test"]["baseline_top1"], report["test"]["final_top1"]
     reference = fair[1] if fair and os.path.exists(fair_model) else None

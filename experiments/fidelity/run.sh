@@ -12,8 +12,8 @@
 #
 # Usage: experiments/fidelity/run.sh [MODEL [VARIANT]]   (resumable: rerun after an interruption)
 #   MODEL: resnet20, vgg16 or resnet18; VARIANT (optional): config-MODEL-VARIANT.toml, outputs penni-VARIANT.*
-#   (e.g. `run.sh resnet20 budget`: budget mode); a variant must train as many epochs as the
-#   plain config, so that the one fair baseline serves both.
+#   (e.g. `run.sh resnet20 budget`: budget mode); variants that train as many epochs as the plain
+#   config share its fair baseline, a longer schedule gets its own (baseline-extra-EPOCHS.*).
 # Runs at low priority; logs and reports land in experiments/fidelity/MODEL/.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -47,8 +47,6 @@ case "$model" in
   resnet18) train_args=(--model resnet18 --width 0.25) ;;
   *) echo "unknown model: $model" >&2; exit 2 ;;
 esac
-retrain=$(awk '/^\[retrain\]/{f=1} f&&/^epochs/{print $3; exit}' "$config")
-finetune=$(awk '/^\[finetune\]/{f=1} f&&/^epochs/{print $3; exit}' "$config")
 
 if [ ! -f "$out/baseline.penni" ]; then
   run train "${train_args[@]}" --dataset fashion-mnist --epochs "$BASE_EPOCHS" --batch-size 128 \
@@ -60,37 +58,35 @@ fi
 copy() { [ -f "$1" ] && cp "$1" "$2" || true; }
 copy "$out/baseline.run/metrics.jsonl" "$out/baseline-metrics.jsonl"
 
-if [ -n "$variant" ]; then
-  epochs() { awk -v s="[$2]" '$0==s{f=1} f&&/^epochs/{print $3; exit}' "$1"; }
-  # training epochs in all: PENNI retrains, Tucker trains with ADMM, both fine-tune
-  total() {
-    local r a f
-    r=$(epochs "$1" retrain); a=$(epochs "$1" admm); f=$(epochs "$1" finetune)
-    echo $(( ${r:-0} + ${a:-0} + ${f:-0} ))
-  }
-  plain="$here/config-$model.toml"
-  if [ "$(total "$config")" != "$(total "$plain")" ]; then
-    echo "$config must train as many epochs as $plain (one fair baseline serves both)" >&2
-    exit 2
-  fi
-fi
+epochs() { awk -v s="[$2]" '$0==s{f=1} f&&/^epochs/{print $3; exit}' "$1"; }
+# training epochs in all: PENNI retrains, Tucker trains with ADMM, both fine-tune
+total() {
+  local r a f
+  r=$(epochs "$1" retrain); a=$(epochs "$1" admm); f=$(epochs "$1" finetune)
+  echo $(( ${r:-0} + ${a:-0} + ${f:-0} ))
+}
+# the fair baseline trains as many extra epochs as the compression: one per schedule length,
+# baseline-extra.* for the plain config's, baseline-extra-E.* for a variant that trains E epochs
+extra=$(total "$config")
+fair="baseline-extra"
+[ "$extra" = "$(total "$here/config-$model.toml")" ] || fair="baseline-extra-$extra"
 if [ ! -f "$out/$name.penni" ]; then
   run compress --model "$out/baseline.penni" --dataset fashion-mnist --config "$config" \
     --out "$out/$name.penni" --run-dir "$out/$name.run" 2>&1 | tee -a "$out/compress${variant:+-$variant}.log"
 fi
 for f in "$out/$name.run"/report.*; do copy "$f" "$out/report${variant:+-$variant}.${f##*.}"; done
 
-# one fair baseline for every variant: a second run.sh waits here for the first to finish it
+# one fair baseline per schedule length: a second run.sh waits here for the first to finish it
 (
   flock 9
-  if [ ! -f "$out/baseline-extra.penni" ]; then
-    run train --model "$out/baseline.penni" --dataset fashion-mnist --epochs $((retrain + finetune)) \
-      --batch-size 128 --lr 0.01 --schedule step --milestones "$retrain" --gamma 0.1 --momentum 0.9 \
-      --weight-decay 1e-4 --crop-padding 2 --seed 1 --out "$out/baseline-extra.penni" \
-      --run-dir "$out/baseline-extra.run" $(resume_flag "$out/baseline-extra.run") 2>&1 | tee -a "$out/baseline-extra.log"
+  if [ ! -f "$out/$fair.penni" ]; then
+    run train --model "$out/baseline.penni" --dataset fashion-mnist --epochs "$extra" \
+      --batch-size 128 --lr 0.01 --schedule step --milestones "$((extra - $(epochs "$config" finetune)))" --gamma 0.1 --momentum 0.9 \
+      --weight-decay 1e-4 --crop-padding 2 --seed 1 --out "$out/$fair.penni" \
+      --run-dir "$out/$fair.run" $(resume_flag "$out/$fair.run") 2>&1 | tee -a "$out/$fair.log"
   fi
-) 9>"$out/.baseline-extra.lock"
-copy "$out/baseline-extra.run/metrics.jsonl" "$out/baseline-extra-metrics.jsonl"
+) 9>"$out/.$fair.lock"
+copy "$out/$fair.run/metrics.jsonl" "$out/$fair-metrics.jsonl"
 "$penni" inspect "$out/baseline.penni" --json > "$out/baseline-cost.json"
 "$penni" inspect "$out/$name.penni" --json > "$out/$name-cost.json"
 echo "done: $out"
