@@ -128,6 +128,10 @@ impl Trainer for BurnTrainer<'_> {
                 .as_ref()
                 .map(|p| penni_train::Proximal::new(p.rho, p.targets.iter().map(|(n, t)| (n.clone(), t.data.clone())).collect())),
             fake_quant: None,
+            distill: phase
+                .distill
+                .as_ref()
+                .map(|d| penni_train::Distill::new(d.weight, d.temperature, d.teacher.clone())),
         };
         let run = RunOptions {
             checkpoint_dir: Some(checkpoint_dir.to_path_buf()),

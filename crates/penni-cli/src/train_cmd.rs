@@ -131,6 +131,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         freeze_zeros: args.keep_zeros,
         proximal: None,
         fake_quant: None,
+        distill: None,
     };
     let run_dir = args.run_dir.clone().unwrap_or_else(|| common::default_run_dir(&args.out));
     std::fs::create_dir_all(&run_dir).with_context(|| format!("cannot create {}", run_dir.display()))?;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::error::{CompressError, Result};
-use crate::training::{ProximalTerm, Trainer};
+use crate::training::{DistillTerm, ProximalTerm, Trainer};
 use crate::tucker::{Ranks, project, tucker_decompose};
 
 /// One ADMM round: after its training and its Z and U updates.
@@ -134,7 +134,13 @@ fn resume_point(dir: &Path, rounds: usize) -> Result<Option<(Model, BTreeMap<Str
 
 /// Runs (or resumes) ADMM on `model` for the convs that `config.tucker` decomposes, with
 /// round checkpoints in `dir`. Returns the trained (still dense) model and the gaps per round.
-pub fn admm(model: &Model, config: &Config, trainer: &mut dyn Trainer, dir: &Path) -> Result<(Model, AdmmReport)> {
+pub fn admm(
+    model: &Model,
+    config: &Config,
+    distill: Option<&DistillTerm>,
+    trainer: &mut dyn Trainer,
+    dir: &Path,
+) -> Result<(Model, AdmmReport)> {
     let (_, plan) = tucker_decompose(model, &config.tucker_options())?;
     let layers: BTreeMap<String, Ranks> = plan.layers.iter().map(|l| (l.node.clone(), l.ranks)).collect();
     let a = &config.admm;
@@ -178,7 +184,8 @@ pub fn admm(model: &Model, config: &Config, trainer: &mut dyn Trainer, dir: &Pat
                 )
             })
             .collect();
-        let spec = config.admm_round(start, epochs, k, ProximalTerm { rho, targets });
+        let mut spec = config.admm_round(start, epochs, k, ProximalTerm { rho, targets });
+        spec.distill = distill.cloned();
         let round_dir = dir.join(format!("round-{k}"));
         std::fs::create_dir_all(&round_dir).map_err(|source| CompressError::Io {
             path: round_dir.clone(),

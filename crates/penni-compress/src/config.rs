@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
+use penni_model::Model;
 use serde::{Deserialize, Serialize};
 
 use crate::budget::{BudgetOptions, Target};
@@ -12,7 +14,7 @@ use crate::decompose::{DecomposeOptions, Init};
 use crate::error::{CompressError, Result};
 use crate::prune::PruneOptions;
 use crate::quantize::QuantBits;
-use crate::training::{PhaseTraining, ProximalTerm};
+use crate::training::{DistillTerm, PhaseTraining, ProximalTerm};
 use crate::tucker::{Ranks, TuckerOptions};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -43,6 +45,38 @@ pub struct Config {
     /// Weight bit widths of `penni quantize`.
     #[serde(skip_serializing_if = "is_default_bits")]
     pub quantize: QuantBits,
+    /// Knowledge distillation from the input model during every training phase (off unless
+    /// `weight > 0`); left out of the serialised config when off, as `budget`.
+    #[serde(skip_serializing_if = "DistillConfig::is_off")]
+    pub distill: DistillConfig,
+}
+
+/// Knowledge distillation (Hinton et al. 2015), beyond the paper: retraining, fine-tuning and
+/// ADMM minimise `(1 - weight) * CE(labels) + weight * T^2 * KL(teacher_T || student_T)`, with
+/// the uncompressed input model as the teacher and `_T` the softmax at temperature T. The
+/// compressed network starts as a close copy of its teacher, so the teacher's soft targets carry
+/// much more of what it knows than the labels do.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DistillConfig {
+    /// Share of the distillation term in the loss, in [0, 1]; 0 turns distillation off.
+    pub weight: f64,
+    pub temperature: f64,
+}
+
+impl Default for DistillConfig {
+    fn default() -> Self {
+        Self {
+            weight: 0.0,
+            temperature: 4.0,
+        }
+    }
+}
+
+impl DistillConfig {
+    fn is_off(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 fn is_default_bits(b: &QuantBits) -> bool {
@@ -535,6 +569,13 @@ impl Config {
         if let Err(e) = self.quantize.validate() {
             p.push(e.to_string());
         }
+        let k = &self.distill;
+        if !(k.weight.is_finite() && (0.0..=1.0).contains(&k.weight)) {
+            p.push(format!("distill.weight must be a fraction in [0, 1], got {}", k.weight));
+        }
+        if !(k.temperature.is_finite() && k.temperature > 0.0) {
+            p.push(format!("distill.temperature must be > 0, got {}", k.temperature));
+        }
         let t = &self.tucker;
         if !(t.rank.is_finite() && t.rank > 0.0 && t.rank <= 1.0) {
             p.push(format!("tucker.rank must be a fraction in (0, 1], got {}", t.rank));
@@ -614,7 +655,18 @@ impl Config {
             freeze_zeros: false,
             seed: self.seed.wrapping_add(1000 + round as u64),
             proximal: Some(proximal),
+            distill: None,
         }
+    }
+
+    /// The distillation every training phase adds, with `teacher` (the uncompressed input
+    /// model), when `distill.weight > 0`.
+    pub fn distill_term(&self, teacher: &Model) -> Option<DistillTerm> {
+        (self.distill.weight > 0.0).then(|| DistillTerm {
+            weight: self.distill.weight,
+            temperature: self.distill.temperature,
+            teacher: Arc::new(teacher.clone()),
+        })
     }
 
     /// The budget mode's settings, when a budget is set.
@@ -657,6 +709,7 @@ impl Config {
             freeze_zeros: false,
             seed: self.seed,
             proximal: None,
+            distill: None,
         }
     }
 
@@ -679,6 +732,7 @@ impl Config {
             freeze_zeros: true,
             seed: self.seed.wrapping_add(1),
             proximal: None,
+            distill: None,
         }
     }
 }

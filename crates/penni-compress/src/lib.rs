@@ -41,5 +41,5 @@ pub use prune::{PruneOptions, PruneReport, prune};
 pub use quantize::{QuantBits, QuantReport, quantize_weights};
 pub use report::{CompressionReport, PhaseRecord, TestResult};
 pub use shrink::{ShrinkReport, shrink};
-pub use training::{Evaluation, PhaseTraining, ProximalTerm, Trainer};
+pub use training::{DistillTerm, Evaluation, PhaseTraining, ProximalTerm, Trainer};
 pub use tucker::{Ranks, TuckerOptions, TuckerReport, tucker_decompose};

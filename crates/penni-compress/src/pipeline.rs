@@ -357,6 +357,7 @@ pub fn compress_with_latency(
             m
         }
     };
+    let distill = config.distill_term(model);
     let mut phases_run = Vec::new();
     for &phase in sequence.iter().skip(state.completed.len()) {
         log_progress(
@@ -434,7 +435,7 @@ pub fn compress_with_latency(
             }
             Phase::Admm => {
                 let dir = run_dir.join(phase.name());
-                let (m, r) = admm(&current, config, trainer, &dir)?;
+                let (m, r) = admm(&current, config, distill.as_ref(), trainer, &dir)?;
                 check_same_graph(&current, &m, phase.name())?;
                 state.report.admm = Some(r);
                 m
@@ -453,11 +454,12 @@ pub fn compress_with_latency(
                 m
             }
             Phase::Retrain | Phase::Finetune => {
-                let spec = if phase == Phase::Retrain {
+                let mut spec = if phase == Phase::Retrain {
                     config.retrain_phase()
                 } else {
                     config.finetune_phase()
                 };
+                spec.distill = distill.clone();
                 if spec.epochs == 0 {
                     current.clone()
                 } else {

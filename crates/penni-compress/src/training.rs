@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use penni_model::{Model, Tensor};
 use serde::{Deserialize, Serialize};
@@ -20,7 +21,10 @@ use crate::error::Result;
 ///   start stay exactly zero (gradient and update masked);
 /// - SGD with `momentum`/`nesterov`/`weight_decay`; the lr of epoch e is
 ///   `lr * gamma^(number of milestones <= e)` (milestones are epoch indices);
-/// - `proximal`: `rho/2 * ||W - T||^2` added to the loss for each named weight.
+/// - `proximal`: `rho/2 * ||W - T||^2` added to the loss for each named weight;
+/// - `distill`: the cross-entropy becomes `(1 - weight) * CE + weight * T^2 * KL(teacher_T ||
+///   student_T)` (softmax at temperature T; the teacher in inference mode on the same augmented
+///   batch).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PhaseTraining {
     pub name: String,
@@ -43,6 +47,17 @@ pub struct PhaseTraining {
     /// ADMM's proximal term, when the phase trains toward a constraint set.
     #[serde(skip)]
     pub proximal: Option<ProximalTerm>,
+    /// Knowledge distillation from a teacher model, when the config asks for it.
+    #[serde(skip)]
+    pub distill: Option<DistillTerm>,
+}
+
+/// Distillation from `teacher` (the uncompressed input model), see [`PhaseTraining`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct DistillTerm {
+    pub weight: f64,
+    pub temperature: f64,
+    pub teacher: Arc<Model>,
 }
 
 /// `rho/2 * ||W - T||^2` added to the loss for every weight named in `targets` (node name -> T,

@@ -96,6 +96,9 @@ fn every_out_of_range_value_is_listed_at_once() {
         weight_decay = -1.0
         gamma = 0.0
         milestones = [2.0]
+        [distill]
+        weight = 1.5
+        temperature = -1.0
         "#,
     )
     .unwrap_err();
@@ -115,10 +118,12 @@ fn every_out_of_range_value_is_listed_at_once() {
         "finetune.weight_decay",
         "finetune.gamma",
         "finetune.milestones",
+        "distill.weight",
+        "distill.temperature",
     ] {
         assert!(problems.iter().any(|p| p.starts_with(key)), "{key} missing from {problems:?}");
     }
-    assert_eq!(problems.len(), 12, "{problems:?}");
+    assert_eq!(problems.len(), 14, "{problems:?}");
 }
 
 #[test]

@@ -191,6 +191,27 @@ fn full_run_checkpoints_every_phase_and_hands_the_trainer_the_right_settings() {
 }
 
 #[test]
+fn distillation_hands_every_training_phase_the_input_model_as_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model();
+    let mut t = FakeTrainer::new();
+    compress(&m, &small_config(), &mut t, &dir.path().join("off")).unwrap();
+    assert!(t.trained.iter().all(|p| p.distill.is_none()));
+    let mut c = small_config();
+    c.distill.weight = 0.7;
+    c.distill.temperature = 3.0;
+    let mut t = FakeTrainer::new();
+    compress(&m, &c, &mut t, &dir.path().join("on")).unwrap();
+    assert_eq!(t.trained.len(), 2);
+    for p in &t.trained {
+        let d = p.distill.as_ref().expect("both phases distil");
+        assert_eq!((d.weight, d.temperature), (0.7, 3.0));
+        assert_eq!(*d.teacher, m, "the teacher is the uncompressed input model");
+    }
+    assert!(Config::load(&dir.path().join("on/config.toml")).unwrap().distill.weight == 0.7);
+}
+
+#[test]
 fn a_run_stopped_in_phase_2_resumes_there_without_redoing_phase_1() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");

@@ -11,6 +11,6 @@ pub mod trainer;
 pub use device::TrainDevice;
 pub use error::{Result, TrainError};
 pub use trainer::{
-    EpochRecord, Evaluation, FakeQuantBits, LrSchedule, Proximal, RunOptions, TrainData, TrainOptions, TrainOutcome, evaluate, forward,
-    gradients, train,
+    Distill, EpochRecord, Evaluation, FakeQuantBits, LrSchedule, Proximal, RunOptions, TrainData, TrainOptions, TrainOutcome, evaluate,
+    forward, gradients, train,
 };

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::activation::log_softmax;
@@ -75,6 +76,72 @@ pub struct TrainOptions {
     /// through to the f32 weights (straight-through estimator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fake_quant: Option<FakeQuantBits>,
+    /// Knowledge distillation: the cross-entropy term becomes
+    /// `(1 - weight) * CE + weight * T^2 * KL(softmax(t / T) || softmax(s / T))`, with t the
+    /// teacher's logits (inference mode, same augmented batch) and s the student's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<Distill>,
+}
+
+/// The teacher and the weights of [`TrainOptions::distill`]. Checkpoints record a fingerprint
+/// of the teacher, not the teacher, so a resume with another teacher is refused.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Distill {
+    pub weight: f64,
+    pub temperature: f64,
+    #[serde(skip)]
+    pub teacher: Option<Arc<Model>>,
+    pub teacher_fingerprint: String,
+}
+
+impl Distill {
+    pub fn new(weight: f64, temperature: f64, teacher: Arc<Model>) -> Self {
+        let mut h = Fnv::default();
+        for n in &teacher.nodes {
+            h.eat(n.name.as_bytes());
+            h.eat(&[0xff]);
+            for (p, t) in &n.params {
+                h.eat(p.as_bytes());
+                h.eat(&[0xff]);
+                for v in &t.data {
+                    h.eat(&v.to_bits().to_le_bytes());
+                }
+            }
+        }
+        Self {
+            weight,
+            temperature,
+            teacher: Some(teacher),
+            teacher_fingerprint: h.hex(),
+        }
+    }
+}
+
+impl PartialEq for Distill {
+    fn eq(&self, other: &Self) -> bool {
+        self.weight == other.weight && self.temperature == other.temperature && self.teacher_fingerprint == other.teacher_fingerprint
+    }
+}
+
+/// FNV-1a: a fingerprint that is stable across runs and releases.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn eat(&mut self, bytes: &[u8]) {
+        for x in bytes {
+            self.0 = (self.0 ^ *x as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
 }
 
 /// Bit widths of quantization-aware training per part; 0 leaves a part in f32.
@@ -106,24 +173,18 @@ pub struct Proximal {
 
 impl Proximal {
     pub fn new(rho: f64, targets: BTreeMap<String, Vec<f32>>) -> Self {
-        // FNV-1a over names and bits: stable across runs and releases
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut eat = |b: &[u8]| {
-            for x in b {
-                h = (h ^ *x as u64).wrapping_mul(0x0000_0100_0000_01b3);
-            }
-        };
+        let mut h = Fnv::default();
         for (name, t) in &targets {
-            eat(name.as_bytes());
-            eat(&[0xff]);
+            h.eat(name.as_bytes());
+            h.eat(&[0xff]);
             for v in t {
-                eat(&v.to_bits().to_le_bytes());
+                h.eat(&v.to_bits().to_le_bytes());
             }
         }
         Self {
             rho,
             targets,
-            targets_fingerprint: format!("{h:016x}"),
+            targets_fingerprint: h.hex(),
         }
     }
 }
@@ -152,6 +213,7 @@ impl Default for TrainOptions {
             freeze_zeros: false,
             proximal: None,
             fake_quant: None,
+            distill: None,
         }
     }
 }
@@ -189,6 +251,17 @@ impl TrainOptions {
             && !(p.rho.is_finite() && p.rho >= 0.0)
         {
             return bad(format!("proximal strength rho must be >= 0, got {}", p.rho));
+        }
+        if let Some(d) = &self.distill {
+            if !(d.weight.is_finite() && (0.0..=1.0).contains(&d.weight)) {
+                return bad(format!("distillation weight must be in [0, 1], got {}", d.weight));
+            }
+            if !(d.temperature.is_finite() && d.temperature > 0.0) {
+                return bad(format!("distillation temperature must be > 0, got {}", d.temperature));
+            }
+            if d.teacher.is_none() {
+                return bad("distillation needs a teacher model".into());
+            }
         }
         if let LrSchedule::MultiStep { gamma, .. } = self.schedule
             && !(gamma.is_finite() && gamma > 0.0)
@@ -482,6 +555,17 @@ impl<'a> EvalForward<'a> {
     }
 }
 
+/// softmax(log_probs / T) row by row: the teacher's distribution at temperature T (log
+/// probabilities differ from logits by a constant per row, which the softmax ignores).
+fn soft_targets(mut log_probs: Vec<f32>, classes: usize, temperature: f64) -> Vec<f32> {
+    for row in log_probs.chunks_mut(classes) {
+        row.iter_mut().for_each(|v| *v = (*v as f64 / temperature) as f32);
+        log_softmax_in_place(row);
+        row.iter_mut().for_each(|v| *v = v.exp());
+    }
+    log_probs
+}
+
 fn log_softmax_in_place(row: &mut [f32]) {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let lse = max + row.iter().map(|&v| ((v - max) as f64).exp()).sum::<f64>().ln() as f32;
@@ -718,6 +802,23 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
         check_data(model, test, &data.test_transform, "test")?;
     }
     let classes = model.output_shape()?.numel();
+    // the teacher runs on penni-engine, in inference mode, on each training batch
+    let mut teacher = match &opts.distill {
+        Some(d) => {
+            let t = d.teacher.as_deref().expect("validate checked the teacher");
+            t.validate()?;
+            check_data(t, data.train, &data.train_transform, "training (teacher)")?;
+            let tc = t.output_shape()?.numel();
+            if tc != classes {
+                return Err(TrainError::Config(format!(
+                    "the teacher '{}' outputs {tc} classes, the model being trained {classes}",
+                    t.name
+                )));
+            }
+            Some((d.weight, d.temperature, EvalForward::new(t)))
+        }
+        None => None,
+    };
     let dev = run.device.open()?;
     let ad = dev.clone().autodiff();
 
@@ -835,7 +936,22 @@ pub fn train(model: &Model, data: &TrainData, opts: &TrainOptions, run: &RunOpti
             let t = lap(&mut t_data, t);
             let logits = net.logits(&current, x, true)?;
             let ce = -(log_softmax(logits.clone(), 1) * onehot).sum() / b.batch_size as f64;
-            let mut loss = ce.clone();
+            let mut loss = match teacher.as_mut() {
+                Some((weight, temperature, forward)) => {
+                    let soft = Tensor::from_data(
+                        TensorData::new(
+                            soft_targets(forward.log_probs(&b, classes)?, classes, *temperature),
+                            [b.batch_size, classes],
+                        ),
+                        &ad,
+                    );
+                    // cross-entropy to the soft targets: KL(teacher || student) up to the teacher's
+                    // entropy, a constant; T^2 keeps its gradient's scale independent of T
+                    let kd = -(log_softmax(logits.clone().div_scalar(*temperature), 1) * soft).sum() / b.batch_size as f64;
+                    ce.clone() * (1.0 - *weight) + kd * (*weight * *temperature * *temperature)
+                }
+                None => ce.clone(),
+            };
             if opts.l1_coefficients > 0.0 {
                 for &i in &coef_slots {
                     loss = loss + net.values[i].clone().abs().sum() * opts.l1_coefficients;

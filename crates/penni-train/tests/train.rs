@@ -3,7 +3,7 @@ use std::collections::BTreeMap;
 use penni_model::reference::{self, Activation};
 use penni_model::zoo::{self, GraphBuilder, InitRng, ZooOptions};
 use penni_model::{Input, Model, Op, Shape};
-use penni_train::{LrSchedule, Proximal, RunOptions, TrainData, TrainError, TrainOptions, train};
+use penni_train::{Distill, LrSchedule, Proximal, RunOptions, TrainData, TrainError, TrainOptions, train};
 
 mod common;
 use common::{data, decompose_node, small_model, synthetic};
@@ -614,4 +614,96 @@ fn the_group_penalty_makes_whole_input_channels_fade() {
         ..quick_opts(1)
     };
     assert!(train(&m, &data(&ds), &bad, &RunOptions::default()).is_err());
+}
+
+#[test]
+fn distillation_at_full_weight_learns_from_the_teacher_not_the_labels() {
+    let ds = synthetic(512, 21);
+    let test = synthetic(256, 22);
+    let d = TrainData { test: None, ..data(&ds) };
+    let teacher = train(&small_model(23), &d, &quick_opts(3), &RunOptions::default()).unwrap().model;
+    let teacher_top1 = penni_train::evaluate(&teacher, &test, &d.test_transform, 64).unwrap().top1;
+    assert!(teacher_top1 > 0.8, "the teacher must have learnt the task: {teacher_top1}");
+
+    // the same images with labels that carry nothing: a shifted copy of the true ones
+    let mut scrambled = ds.clone();
+    for (i, l) in scrambled.labels.iter_mut().enumerate() {
+        *l = ((*l as usize + 1 + i % 3) % 4) as u16;
+    }
+    let distilled = |train_set: &penni_data::Dataset, weight: f64| {
+        let opts = TrainOptions {
+            distill: Some(Distill::new(weight, 2.0, std::sync::Arc::new(teacher.clone()))),
+            ..quick_opts(3)
+        };
+        let d = TrainData {
+            test: None,
+            ..data(train_set)
+        };
+        train(&small_model(24), &d, &opts, &RunOptions::default()).unwrap().model
+    };
+    let a = distilled(&ds, 1.0);
+    let b = distilled(&scrambled, 1.0);
+    assert_eq!(a, b, "at weight 1 the labels must not matter");
+    let top1 = penni_train::evaluate(&b, &test, &d.test_transform, 64).unwrap().top1;
+    assert!(
+        top1 > 0.7,
+        "trained on useless labels, the distilled student must still learn the task: {top1}"
+    );
+    // at weight 0 the scrambled labels are all it has
+    let c = distilled(&scrambled, 0.0);
+    let top1 = penni_train::evaluate(&c, &test, &d.test_transform, 64).unwrap().top1;
+    assert!(top1 < 0.5, "without the teacher the scrambled labels cannot teach the task: {top1}");
+}
+
+#[test]
+fn distillation_settings_are_checked_and_a_resume_with_another_teacher_is_refused() {
+    let ds = synthetic(128, 25);
+    let m = small_model(26);
+    let teacher = std::sync::Arc::new(small_model(27));
+    let bad = |distill: Distill| {
+        let opts = TrainOptions {
+            distill: Some(distill),
+            ..quick_opts(1)
+        };
+        train(&m, &data(&ds), &opts, &RunOptions::default()).err().unwrap().to_string()
+    };
+    assert!(bad(Distill::new(1.5, 4.0, teacher.clone())).contains("distillation weight"));
+    assert!(bad(Distill::new(0.5, 0.0, teacher.clone())).contains("temperature"));
+    let mut five = (*teacher).clone();
+    let fc = five.node_mut("fc").unwrap();
+    let Op::Linear {
+        in_features, out_features, ..
+    } = &mut fc.op
+    else {
+        panic!("fc is linear")
+    };
+    *out_features = 5;
+    let inf = *in_features;
+    fc.params
+        .insert("weight".into(), penni_model::Tensor::new(vec![5, inf], vec![0.1; 5 * inf]).unwrap());
+    fc.params
+        .insert("bias".into(), penni_model::Tensor::new(vec![5], vec![0.0; 5]).unwrap());
+    let e = bad(Distill::new(0.5, 4.0, std::sync::Arc::new(five)));
+    assert!(e.contains("teacher") && e.contains("5 classes"), "{e}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let with = |t: &std::sync::Arc<Model>| TrainOptions {
+        distill: Some(Distill::new(0.5, 4.0, t.clone())),
+        ..quick_opts(2)
+    };
+    let run = RunOptions {
+        checkpoint_dir: Some(dir.path().to_path_buf()),
+        stop_after_epochs: Some(1),
+        ..Default::default()
+    };
+    assert!(matches!(train(&m, &data(&ds), &with(&teacher), &run), Err(TrainError::Stopped(1))));
+    let run = RunOptions {
+        stop_after_epochs: None,
+        resume: true,
+        ..run
+    };
+    let other = std::sync::Arc::new(small_model(28));
+    let err = train(&m, &data(&ds), &with(&other), &run).err().unwrap().to_string();
+    assert!(err.contains("different training options"), "{err}");
+    assert_eq!(train(&m, &data(&ds), &with(&teacher), &run).unwrap().history.len(), 2);
 }
