@@ -62,6 +62,8 @@ pub trait Simd: Copy {
     unsafe fn store_mask(p: *mut f32, mask: u16, v: Self::V);
     /// The even lanes of the 32 floats a, b (a stride-2 load).
     unsafe fn even(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane i = lane `idx[i] % 32` of the 32 floats a, b (a two-source permute).
+    unsafe fn pick2(a: Self::V, b: Self::V, idx: &[u32; 16]) -> Self::V;
     /// Loads the lanes whose bit is set in `mask`, zero elsewhere; masked-off lanes are never
     /// read, so they may lie outside any allocation.
     unsafe fn load_mask(p: *const f32, mask: u16) -> Self::V;
@@ -204,6 +206,13 @@ impl Simd for Fallback {
         r
     }
     #[inline(always)]
+    unsafe fn pick2(a: Self::V, b: Self::V, idx: &[u32; 16]) -> Self::V {
+        std::array::from_fn(|i| {
+            let j = (idx[i] % 32) as usize;
+            if j < 16 { a[j] } else { b[j - 16] }
+        })
+    }
+    #[inline(always)]
     unsafe fn transpose16(r: &mut [Self::V; 16]) {
         for i in 0..16 {
             for j in i + 1..16 {
@@ -309,6 +318,10 @@ mod x86 {
             }
         }
         #[inline(always)]
+        unsafe fn pick2(a: __m512, b: __m512, idx: &[u32; 16]) -> __m512 {
+            unsafe { _mm512_permutex2var_ps(a, _mm512_loadu_si512(idx.as_ptr() as *const _), b) }
+        }
+        #[inline(always)]
         unsafe fn transpose16(r: &mut [__m512; 16]) {
             unsafe {
                 // 1: interleave 32-bit elements of row pairs within each 128-bit lane
@@ -398,6 +411,11 @@ mod tests {
             S::store(out.as_mut_ptr(), S::even(a, b));
             for i in 0..16 {
                 assert_eq!(out[i], (2 * i) as f32);
+            }
+            let pick: [u32; 16] = std::array::from_fn(|i| (7 * i as u32 + 3) % 32 + 32 * (i as u32 & 1));
+            S::store(out.as_mut_ptr(), S::pick2(a, b, &pick));
+            for i in 0..16 {
+                assert_eq!(out[i], ((7 * i + 3) % 32) as f32, "pick2 lane {i}");
             }
             let idx: [i32; 16] = std::array::from_fn(|i| (255 - 3 * i) as i32);
             S::store(out.as_mut_ptr(), S::gather(data.as_ptr(), &idx, 0x7FFF));

@@ -167,9 +167,22 @@ pub(crate) struct PToFlat {
 impl StepOp for PToFlat {
     fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
         let l = self.lay;
-        ctx.par(self.batch * l.c, &|t, _| {
-            // SAFETY: each plane's H*W values into the flat destination.
-            unsafe { std::ptr::copy_nonoverlapping(ctx.ptr(self.src).add(t * l.plane()), ctx.ptr(self.dst).add(t * l.hw()), l.hw()) }
+        let planes = self.batch * l.c;
+        // runs of planes: after the last pool a plane is a few values, less than a task's cost
+        let per = planes.div_ceil(64).max(1);
+        ctx.par(planes.div_ceil(per), &|t, _| {
+            let (src, dst) = (ctx.ptr(self.src) as *const f32, ctx.ptr(self.dst));
+            for plane in t * per..((t + 1) * per).min(planes) {
+                // SAFETY: each plane's H*W values into the flat destination.
+                unsafe {
+                    let (s, d) = (src.add(plane * l.plane()), dst.add(plane * l.hw()));
+                    if l.hw() == 1 {
+                        *d = *s;
+                    } else {
+                        std::ptr::copy_nonoverlapping(s, d, l.hw())
+                    }
+                }
+            }
         })
     }
 

@@ -160,16 +160,35 @@ unsafe fn p_gap_g<S: Simd>(st: &PGap, ctx: &Ctx, t: usize) {
 
 /// Max or average pooling on planar maps, one output pixel at a time (as the reference does).
 pub(crate) struct PPool {
-    pub x: ValId,
-    pub xl: PLay,
-    pub y: ValId,
-    pub yl: PLay,
-    pub p: Pool2d,
-    pub max: bool,
-    pub batch: usize,
+    x: ValId,
+    xl: PLay,
+    y: ValId,
+    yl: PLay,
+    p: Pool2d,
+    max: bool,
+    batch: usize,
+    /// Set where the small-plane kernel applies (vectorised windows, narrow maps).
+    small: Option<SmallPlanes>,
 }
 
 impl PPool {
+    pub fn new(x: ValId, xl: PLay, y: ValId, yl: PLay, p: Pool2d, max: bool, batch: usize) -> PPool {
+        let mut st = PPool {
+            x,
+            xl,
+            y,
+            yl,
+            p,
+            max,
+            batch,
+            small: None,
+        };
+        if st.vectorised() {
+            st.small = SmallPlanes::new(&st.p, &st.xl, &st.yl);
+        }
+        st
+    }
+
     /// Every window lies inside the input and columns step by 1 or 2: the vector kernel's case
     /// (VGG's and LeNet's pools).
     fn vectorised(&self) -> bool {
@@ -180,6 +199,67 @@ impl PPool {
             && yl.w > 0
             && (yl.h - 1) * p.stride[0] + p.kernel[0] <= xl.h
             && (yl.w - 1) * p.stride[1] + p.kernel[1] <= xl.w
+    }
+}
+
+/// Small planes: `rows` output rows per vector, their windows gathered from the input rows
+/// they cover (at most 32 floats, two loads) with one two-source permute per tap. Narrow maps
+/// (VGG's last pools: 8x8, 4x4, 2x2) would otherwise fill few lanes of a vector per row.
+pub(crate) struct SmallPlanes {
+    rows: usize,
+    /// Per tap, the input float (relative to the first row the vector reads) of each lane.
+    picks: Vec<[u32; L]>,
+}
+
+impl SmallPlanes {
+    fn new(p: &Pool2d, xl: &PLay, yl: &PLay) -> Option<SmallPlanes> {
+        let [sy, sx] = p.stride;
+        let span = |g: usize| ((g - 1) * sy + p.kernel[0]) * xl.w;
+        if yl.w > L || span(1) > 2 * L {
+            return None;
+        }
+        let rows = (1..=yl.h).take_while(|&g| g * yl.w <= L && span(g) <= 2 * L).last()?;
+        let mut picks = Vec::new();
+        for ky in 0..p.kernel[0] {
+            for kx in 0..p.kernel[1] {
+                picks.push(std::array::from_fn(|j| {
+                    if j < rows * yl.w {
+                        let (g, ox) = (j / yl.w, j % yl.w);
+                        ((g * sy + ky) * xl.w + ox * sx + kx) as u32
+                    } else {
+                        0
+                    }
+                }));
+            }
+        }
+        Some(SmallPlanes { rows, picks })
+    }
+}
+
+isa_dispatch!(fn pool_small => pool_small_g(st: &PPool, small: &SmallPlanes, x: *const f32, y: *mut f32));
+
+#[inline(always)]
+unsafe fn pool_small_g<S: Simd>(st: &PPool, small: &SmallPlanes, x: *const f32, y: *mut f32) {
+    unsafe {
+        let (p, xl, yl) = (&st.p, &st.xl, &st.yl);
+        let inv = 1.0 / (p.kernel[0] * p.kernel[1]) as f32;
+        for oy0 in (0..yl.h).step_by(small.rows) {
+            let rows = (yl.h - oy0).min(small.rows);
+            // the input rows these output rows read, inside the plane
+            let (first, len) = (oy0 * p.stride[0] * xl.w, ((rows - 1) * p.stride[0] + p.kernel[0]) * xl.w);
+            let base = x.add(first);
+            let lo = S::load_mask(base, prefix(len.min(L)));
+            let hi = S::load_mask(base.add(L), prefix(len.saturating_sub(L)));
+            let mut acc = if st.max { S::splat(f32::NEG_INFINITY) } else { S::zero() };
+            for pick in &small.picks {
+                let v = S::pick2(lo, hi, pick);
+                acc = if st.max { S::max(acc, v) } else { S::add(acc, v) };
+            }
+            if !st.max {
+                acc = S::mul(acc, S::splat(inv));
+            }
+            S::store_mask(y.add(oy0 * yl.w), prefix(rows * yl.w), acc);
+        }
     }
 }
 
@@ -220,7 +300,8 @@ unsafe fn pool_plane_g<S: Simd>(st: &PPool, x: *const f32, y: *mut f32) {
 
 impl StepOp for PPool {
     fn describe(&self) -> String {
-        describe_pool(&self.p, self.max)
+        let rows = self.small.as_ref().map_or(String::new(), |s| format!(" [{} rows/vector]", s.rows));
+        format!("{}{rows}", describe_pool(&self.p, self.max))
     }
 
     fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
@@ -234,7 +315,10 @@ impl StepOp for PPool {
                     unsafe {
                         let xb = (ctx.ptr(self.x) as *const f32).add(plane * self.xl.plane());
                         let yb = ctx.ptr(self.y).add(plane * self.yl.plane());
-                        pool_plane(ctx.isa, self, xb, yb);
+                        match &self.small {
+                            Some(sp) => pool_small(ctx.isa, self, sp, xb, yb),
+                            None => pool_plane(ctx.isa, self, xb, yb),
+                        }
                     }
                 }
             });

@@ -358,15 +358,7 @@ impl<'m> Builder<'m> {
                     _ => return Err(EngineError::Internal(format!("'{}' is not a pool", n.name))),
                 };
                 match (lays[0], ylay) {
-                    (Lay::Planar(xl), Lay::Planar(yl)) => Box::new(pool::PPool {
-                        x: ins[0],
-                        xl,
-                        y: dst,
-                        yl,
-                        p,
-                        max,
-                        batch,
-                    }),
+                    (Lay::Planar(xl), Lay::Planar(yl)) => Box::new(pool::PPool::new(ins[0], xl, dst, yl, p, max, batch)),
                     (Lay::Map(xl), Lay::Map(yl)) => Box::new(pool::PoolStep {
                         x: ins[0],
                         y: dst,
