@@ -77,6 +77,11 @@ fn calibrated_models_stay_close_and_run_on_the_engine() {
                 let e = plan.run(&x.data).unwrap();
                 let diff = max_rel(e, &got);
                 assert!(diff < 0.02, "{} {bits} bits planar={planar}: engine vs reference {diff}", m.name);
+                // conv -> quantize -> add -> relu -> quantize is one epilogue: no add step is left
+                let steps = plan.describe();
+                let adds = steps.iter().filter(|s| s.contains("add")).count();
+                assert!(adds >= 9, "{steps:#?}");
+                assert!(steps.iter().all(|s| !s.contains("add") || s.contains("conv")), "{steps:#?}");
             }
         }
         assert!(errs[0] < 0.05 && errs[1] < 0.05, "{}: 8-bit error {errs:?}", m.name);

@@ -111,6 +111,16 @@ impl<'m> Readers<'m> {
         }
     }
 
+    /// The quantizer that alone reads `t`, if an add (not yet absorbed) alone reads its output.
+    fn quantizer_before_add(&self, t: &str, absorbed: &[bool]) -> Option<(usize, Quant)> {
+        let nodes = &self.model.nodes;
+        let qi = self.sole_reader(t).filter(|&j| !absorbed[j])?;
+        let Op::Activation(a) = &nodes[qi].op else { return None };
+        let q = Quant::of(a)?;
+        let j = self.sole_reader(&nodes[qi].output).filter(|&j| !absorbed[j])?;
+        (matches!(nodes[j].op, Op::Add) && nodes[j].inputs.len() <= 4).then_some((qi, q))
+    }
+
     /// The chain `i -> core -> last` starting at convolution `i`, if its intermediate maps are
     /// read only inside it.
     fn chain_from(&self, i: usize, absorbed: &[bool]) -> Option<(usize, usize)> {
@@ -138,7 +148,7 @@ impl<'m> Readers<'m> {
             absorbed[i] = true;
             let node = &nodes[i];
             let mut t = node.output.clone();
-            let mut act = Act::None;
+            let mut act = Act::NONE;
             let mut anchor = i;
             let mut names = vec![node.name.clone()];
             let mut inputs = vec![node.inputs[0].clone()];
@@ -163,6 +173,15 @@ impl<'m> Readers<'m> {
                         anchor = j;
                         names.push(nodes[j].name.clone());
                         t = nodes[j].output.clone();
+                    }
+                    // a quantized model rounds the conv's result before the shortcut add: that
+                    // quantizer opens the epilogue
+                    if let Some((qi, q)) = self.quantizer_before_add(&t, &absorbed) {
+                        absorbed[qi] = true;
+                        anchor = qi;
+                        names.push(nodes[qi].name.clone());
+                        t = nodes[qi].output.clone();
+                        act = Act::quantize_before_residuals(q);
                     }
                     if let Some(j) = self.sole_reader(&t) {
                         let add = &nodes[j];
@@ -201,7 +220,7 @@ impl<'m> Readers<'m> {
                         Op::Clip { min, max } => (min, max),
                         _ => (0.0, f32::INFINITY),
                     };
-                    act = Act::None.then(lo, hi);
+                    act = Act::NONE.then(lo, hi);
                     self.absorb_acts(&mut t, &mut act, &mut anchor, &mut names, &mut absorbed);
                     GKind::Act
                 }
@@ -218,7 +237,7 @@ impl<'m> Readers<'m> {
                 // a quantizer no epilogue took (after a pool, say) is an activation step
                 Op::Activation(a) => match Quant::of(a) {
                     Some(q) => {
-                        act = Act::None.then_quantize(q).expect("no quantizer yet");
+                        act = Act::NONE.then_quantize(q).expect("no quantizer yet");
                         GKind::Act
                     }
                     None => GKind::Point(PointOp::Unary(*a)),

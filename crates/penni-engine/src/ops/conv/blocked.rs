@@ -386,6 +386,7 @@ unsafe fn tiles<S: Simd, const OB: usize, const R: usize, const QC: usize, const
                         for o in 0..grp.nvalid {
                             let mut v = *bp.add((r * QC + q) * OB + o);
                             if last {
+                                v = act.pre(v);
                                 for k in 0..nres {
                                     v = S::add(v, S::load(rp[k].add(q * L + o * st.rl[k].plane())));
                                 }

@@ -280,6 +280,7 @@ impl<S: Simd> TileOut<S> {
     pub unsafe fn put(&self, n: usize, t: usize, mut x: S::V) {
         unsafe {
             let off = n * self.plane;
+            x = self.act.pre(x);
             for k in 0..self.nres {
                 x = S::add(x, S::load(self.r[k][t].add(off)));
             }

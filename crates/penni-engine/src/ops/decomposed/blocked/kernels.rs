@@ -239,7 +239,7 @@ unsafe fn epilogue<S: Simd, const T: usize>(st: &DecompStep, ctx: &Ctx, out: &[[
         let valid = st.ptot.saturating_sub(p0).min(T * L);
         let (mut img, mut oy, mut ox) = st.pix(p0);
         for i in 0..valid {
-            let mut v = out[i / L][i % L];
+            let mut v = act.pre(out[i / L][i % L]);
             for k in 0..nres {
                 let l = &st.rl[k];
                 v = S::add(v, S::load(rb[k].add(img * l.img() + nb * l.plane() + l.at(oy, ox))));
@@ -502,7 +502,7 @@ unsafe fn mf_conv_t<S: Simd, const R: usize, const QC: usize, const SX: usize>(
                     }
                 });
                 for q in s.skip as usize..QC {
-                    let mut v = *bp.add(r * QC + q);
+                    let mut v = act.pre(*bp.add(r * QC + q));
                     for k in 0..nres {
                         v = S::add(v, S::load(rp[k].add(q * L)));
                     }
