@@ -276,6 +276,16 @@ pub struct PruneConfig {
     /// turns it off and leaves it out of the written config.
     #[serde(skip_serializing_if = "is_zero")]
     pub group_s: f64,
+    /// Gradual pruning (beyond the paper): the zeros arrive in `steps` equal parts, one before
+    /// each of `steps` fine-tuning rounds (the fine-tuning epochs split between them), instead
+    /// of all at once. 1 (the default) is the paper's one-shot pruning and is left out of the
+    /// written config.
+    #[serde(skip_serializing_if = "is_one")]
+    pub steps: usize,
+}
+
+fn is_one(v: &usize) -> bool {
+    *v == 1
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -327,6 +337,7 @@ impl Default for PruneConfig {
             prune_1x1: true,
             prune_linear: false,
             group_s: 0.0,
+            steps: 1,
         }
     }
 }
@@ -484,6 +495,14 @@ impl Config {
         }
         if !(self.prune.s.is_finite() && self.prune.s > 0.0) {
             p.push(format!("prune.s must be > 0, got {}", self.prune.s));
+        }
+        if self.prune.steps == 0 {
+            p.push("prune.steps must be >= 1, got 0".into());
+        } else if self.prune.steps > 1 && self.finetune.epochs < self.prune.steps {
+            p.push(format!(
+                "prune.steps = {} needs at least as many fine-tuning epochs, finetune.epochs is {}",
+                self.prune.steps, self.finetune.epochs
+            ));
         }
         let f = &self.finetune;
         check_schedule(
@@ -711,6 +730,34 @@ impl Config {
             proximal: None,
             distill: None,
         }
+    }
+
+    /// Round `round` (0-based) of a gradual pruning's fine-tuning: its share of the fine-tuning
+    /// epochs (the last round takes the remainder) on the fine-tuning schedule, continued
+    /// across rounds. None past the last round.
+    pub fn finetune_round(&self, round: usize) -> Option<PhaseTraining> {
+        let (k, epochs) = (self.prune.steps.max(1), self.finetune.epochs);
+        if round >= k {
+            return None;
+        }
+        let per = epochs / k;
+        let start = round * per;
+        let len = if round + 1 == k { epochs - start } else { per };
+        let all = self.finetune_phase();
+        let drops = all.milestones.iter().filter(|m| **m <= start).count();
+        Some(PhaseTraining {
+            name: format!("finetune-{}", round + 1),
+            epochs: len,
+            lr: all.lr * all.gamma.powi(drops as i32),
+            milestones: all
+                .milestones
+                .iter()
+                .filter(|m| **m > start && **m < start + len)
+                .map(|m| m - start)
+                .collect(),
+            seed: all.seed.wrapping_add(100 + round as u64),
+            ..all
+        })
     }
 
     /// The fine-tuning phase: no L1, joint training, pruned zeros held at zero.

@@ -37,7 +37,7 @@ pub use decompose::{DecomposeOptions, DecomposeReport, Init, decompose};
 pub use error::{CompressError, Result};
 pub use groups::{ChannelGroup, DependencyGraph};
 pub use pipeline::{CompressOutcome, Phase, compress, compress_with_latency};
-pub use prune::{PruneOptions, PruneReport, prune};
+pub use prune::{PruneOptions, PruneReport, gradual_zeros, prune, prune_to_zeros};
 pub use quantize::{QuantBits, QuantReport, quantize_weights};
 pub use report::{CompressionReport, PhaseRecord, TestResult};
 pub use shrink::{ShrinkReport, shrink};

@@ -30,7 +30,7 @@ use crate::budget::{BudgetReport, CostModel, MacCost, Target, choose_forms, choo
 use crate::config::{Config, Method};
 use crate::decompose::decompose;
 use crate::error::{CompressError, Result};
-use crate::prune::{prune, prune_groups};
+use crate::prune::{gradual_zeros, prune, prune_groups, prune_to_zeros};
 use crate::report::{CompressionReport, PhaseRecord, ReportFiles, TestResult};
 use crate::shrink::shrink;
 use crate::training::Trainer;
@@ -427,10 +427,25 @@ pub fn compress_with_latency(
                     budget.prune = Some(stage);
                 }
                 let (m, r) = prune(&current, &opts)?;
-                state.report.prune = Some(r);
                 if let Some(stage) = state.report.budget.as_mut().and_then(|b| b.prune.as_mut()) {
                     stage.measured_cost = Some(cost.costs(&m)?.1);
                 }
+                let steps = config.prune.steps;
+                let m = if steps > 1 {
+                    // gradual: the first of `steps` equal parts of the zeros now, by magnitude
+                    let grouped = if opts.group_s > 0.0 {
+                        prune_groups(&current, opts.group_s)?
+                    } else {
+                        current.clone()
+                    };
+                    state.report.notes.push(format!(
+                        "gradual pruning in {steps} steps: the prune phase applies the first part of the zeros, each fine-tuning round but the last ends with the next part; the costs above are of the final pruning"
+                    ));
+                    prune_to_zeros(&grouped, &gradual_zeros(&r, 1, steps), opts.prune_1x1, opts.prune_linear)?
+                } else {
+                    m
+                };
+                state.report.prune = Some(r);
                 m
             }
             Phase::Admm => {
@@ -450,6 +465,37 @@ pub fn compress_with_latency(
                 state.report.shrink = Some(r);
                 if let Some(budget) = state.report.budget.as_mut() {
                     budget.measured_final = Some(cost.costs(&m)?.1);
+                }
+                m
+            }
+            Phase::Finetune if config.prune.steps > 1 => {
+                let report = state
+                    .report
+                    .prune
+                    .clone()
+                    .ok_or_else(|| state_err(&state_path, "gradual pruning: the prune phase left no report"))?;
+                let (steps, opts) = (config.prune.steps, config.prune_options());
+                let dir = run_dir.join(phase.name());
+                let mut m = current.clone();
+                let mut round = 0;
+                while let Some(mut spec) = config.finetune_round(round) {
+                    spec.distill = distill.clone();
+                    let rdir = dir.join(&spec.name);
+                    std::fs::create_dir_all(&rdir).map_err(io_err(&rdir))?;
+                    let before = m.clone();
+                    m = trainer.train(&before, &spec, &rdir)?;
+                    check_same_graph(&before, &m, &spec.name)?;
+                    let revived = revived_zeros(&before, &m);
+                    if revived > 0 {
+                        state.report.notes.push(format!(
+                            "{}: the trainer made {revived} pruned entries non-zero (freeze_zeros was asked for)",
+                            spec.name
+                        ));
+                    }
+                    round += 1;
+                    if round < steps {
+                        m = prune_to_zeros(&m, &gradual_zeros(&report, round + 1, steps), opts.prune_1x1, opts.prune_linear)?;
+                    }
                 }
                 m
             }

@@ -45,6 +45,10 @@ pub struct PrunedLayer {
     pub total: usize,
     /// Exact zeros after pruning (including those that were already zero).
     pub zeros: usize,
+    /// Exact zeros before the threshold (already zero, or zeroed with their input channel):
+    /// where a gradual pruning starts.
+    #[serde(default)]
+    pub zeros_before: usize,
     /// Input channels whose coefficients were zeroed as a group (`group_s`).
     #[serde(default)]
     pub zeroed_input_channels: usize,
@@ -162,6 +166,7 @@ pub fn prune(model: &Model, opts: &PruneOptions) -> Result<(Model, PruneReport)>
         };
         let t = node.param_mut(param)?;
         let zeroed_input_channels = groups.map_or(0, |(n, cg, d)| prune_input_channels(&mut t.data, n, cg, d, opts.group_s));
+        let zeros_before = t.data.iter().filter(|v| **v == 0.0).count();
         let (threshold, zeros) = prune_values(&mut t.data, s);
         let total = t.data.len();
         if param == "coefficients" {
@@ -175,6 +180,7 @@ pub fn prune(model: &Model, opts: &PruneOptions) -> Result<(Model, PruneReport)>
             param: param.into(),
             total,
             zeros,
+            zeros_before,
             zeroed_input_channels,
             sparsity: ratio(zeros, total),
             threshold,
@@ -183,6 +189,46 @@ pub fn prune(model: &Model, opts: &PruneOptions) -> Result<(Model, PruneReport)>
     report.coefficient_sparsity = ratio(coef_zeros, coef_total);
     report.total_sparsity = ratio(all_zeros, all_total);
     Ok((out, report))
+}
+
+/// Zeros of each pruned layer at step `step` (1..=steps) of a gradual pruning toward `report`:
+/// from `zeros_before` to `zeros` in equal parts.
+pub fn gradual_zeros(report: &PruneReport, step: usize, steps: usize) -> BTreeMap<String, usize> {
+    report
+        .layers
+        .iter()
+        .map(|l| {
+            let removed = l.zeros.saturating_sub(l.zeros_before);
+            (l.node.clone(), l.zeros_before + removed * step.min(steps) / steps.max(1))
+        })
+        .collect()
+}
+
+/// `model` with the smallest-magnitude entries of each named layer's pruned tensor (see
+/// [`prunable_param`]) zeroed until it holds the given number of zeros (ties: the earlier
+/// entry first); zeros already there stay. One step of a gradual pruning, by current magnitudes.
+pub fn prune_to_zeros(model: &Model, zeros: &BTreeMap<String, usize>, prune_1x1: bool, prune_linear: bool) -> Result<Model> {
+    let mut out = model.clone();
+    for node in &mut out.nodes {
+        let Some(&target) = zeros.get(&node.name) else { continue };
+        let Some(param) = prunable_param(&node.op, prune_1x1, prune_linear) else {
+            return Err(CompressError::Invalid(format!(
+                "gradual pruning: '{}' has no tensor that pruning works on",
+                node.name
+            )));
+        };
+        let t = node.param_mut(param)?;
+        let have = t.data.iter().filter(|v| **v == 0.0).count();
+        if target <= have {
+            continue;
+        }
+        let mut live: Vec<usize> = (0..t.data.len()).filter(|&i| t.data[i] != 0.0).collect();
+        live.sort_by(|&a, &b| t.data[a].abs().total_cmp(&t.data[b].abs()).then(a.cmp(&b)));
+        for &i in live.iter().take(target - have) {
+            t.data[i] = 0.0;
+        }
+    }
+    Ok(out)
 }
 
 pub(crate) fn ratio(a: usize, b: usize) -> f64 {

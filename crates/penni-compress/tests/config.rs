@@ -91,6 +91,7 @@ fn every_out_of_range_value_is_listed_at_once() {
         milestones = [0.75, 0.5]
         [prune]
         s = 0.0
+        steps = 0
         [finetune]
         batch_size = 0
         weight_decay = -1.0
@@ -114,6 +115,7 @@ fn every_out_of_range_value_is_listed_at_once() {
         "retrain.momentum",
         "retrain.milestones",
         "prune.s",
+        "prune.steps",
         "finetune.batch_size",
         "finetune.weight_decay",
         "finetune.gamma",
@@ -123,7 +125,11 @@ fn every_out_of_range_value_is_listed_at_once() {
     ] {
         assert!(problems.iter().any(|p| p.starts_with(key)), "{key} missing from {problems:?}");
     }
-    assert_eq!(problems.len(), 14, "{problems:?}");
+    assert_eq!(problems.len(), 15, "{problems:?}");
+    let e = Config::from_toml_str("[prune]\nsteps = 4\n[finetune]\nepochs = 3\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("prune.steps = 4 needs at least as many fine-tuning epochs"), "{e}");
 }
 
 #[test]

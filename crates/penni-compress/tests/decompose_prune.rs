@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use common::*;
 use penni_compress::decompose::factorize;
-use penni_compress::{CompressError, DecomposeOptions, Init, PruneOptions, decompose, prune, shrink};
+use penni_compress::{CompressError, DecomposeOptions, Init, PruneOptions, decompose, gradual_zeros, prune, prune_to_zeros, shrink};
 use penni_model::zoo::{GraphBuilder, InitRng};
 use penni_model::{Conv2d, Input, Model, Op, Tensor};
 
@@ -427,4 +427,51 @@ fn group_pruning_zeroes_weak_input_channels_for_shrinking() {
         ),
         Err(CompressError::Invalid(_))
     ));
+}
+
+#[test]
+fn gradual_steps_zero_the_smallest_magnitudes_and_keep_earlier_zeros() {
+    let m = zoo("resnet20", 8, 41);
+    let (d, _) = decompose(
+        &m,
+        &DecomposeOptions {
+            d: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (full, report) = prune(&d, &PruneOptions::default()).unwrap();
+    let zeros = |m: &Model, name: &str| {
+        let n = m.node(name).unwrap();
+        let t = n.params.get("coefficients").or_else(|| n.params.get("weight")).unwrap();
+        t.data.iter().filter(|v| **v == 0.0).count()
+    };
+    let half = gradual_zeros(&report, 1, 2);
+    let step = prune_to_zeros(&d, &half, true, false).unwrap();
+    for l in &report.layers {
+        assert_eq!(zeros(&step, &l.node), l.zeros_before + (l.zeros - l.zeros_before) / 2, "{}", l.node);
+        // by magnitude: every zeroed entry is no larger than every kept one
+        let (a, b) = (
+            &d.node(&l.node).unwrap().params[&l.param].data,
+            &step.node(&l.node).unwrap().params[&l.param].data,
+        );
+        let cut = a
+            .iter()
+            .zip(b)
+            .filter(|(x, y)| **y == 0.0 && **x != 0.0)
+            .fold(0f32, |m, (x, _)| m.max(x.abs()));
+        assert!(b.iter().filter(|y| **y != 0.0).all(|y| y.abs() >= cut), "{}", l.node);
+    }
+    // the last step reaches the one-shot pruning's zeros, and zeros already there stay
+    let last = prune_to_zeros(&step, &gradual_zeros(&report, 2, 2), true, false).unwrap();
+    for l in &report.layers {
+        assert_eq!(zeros(&last, &l.node), zeros(&full, &l.node), "{}", l.node);
+        let (s, e) = (
+            &step.node(&l.node).unwrap().params[&l.param].data,
+            &last.node(&l.node).unwrap().params[&l.param].data,
+        );
+        assert!(s.iter().zip(e).all(|(x, y)| *x != 0.0 || *y == 0.0), "{}", l.node);
+    }
+    let bad = prune_to_zeros(&d, &BTreeMap::from([("stem.bn".to_string(), 1)]), true, false).unwrap_err();
+    assert!(bad.to_string().contains("stem.bn"), "{bad}");
 }

@@ -24,6 +24,16 @@ struct FakeTrainer {
     test_accuracy: Option<f32>,
     /// For each `test` call: the evaluations done before it, and the model tested.
     tested: Vec<(usize, Model)>,
+    /// For each `train` call: the exact zeros among the coefficients of the model it got.
+    zeros_in: Vec<usize>,
+}
+
+fn coefficient_zeros(m: &Model) -> usize {
+    m.nodes
+        .iter()
+        .filter_map(|n| n.params.get("coefficients"))
+        .map(|t| t.data.iter().filter(|v| **v == 0.0).count())
+        .sum()
 }
 
 impl FakeTrainer {
@@ -43,6 +53,7 @@ impl Trainer for FakeTrainer {
             return Err(CompressError::Trainer(format!("interrupted in {}", phase.name)));
         }
         self.trained.push(phase.clone());
+        self.zeros_in.push(coefficient_zeros(model));
         let mut m = model.clone();
         for node in &mut m.nodes {
             if matches!(node.op, Op::BatchNorm2d { .. }) {
@@ -209,6 +220,60 @@ fn distillation_hands_every_training_phase_the_input_model_as_teacher() {
         assert_eq!(*d.teacher, m, "the teacher is the uncompressed input model");
     }
     assert!(Config::load(&dir.path().join("on/config.toml")).unwrap().distill.weight == 0.7);
+}
+
+#[test]
+fn gradual_pruning_adds_the_zeros_in_equal_steps_between_fine_tuning_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model();
+    let mut c = small_config();
+    c.prune.steps = 3;
+    c.finetune.epochs = 4;
+    let mut t = FakeTrainer::new();
+    let out = compress(&m, &c, &mut t, &dir.path().join("run")).unwrap();
+    let names: Vec<&str> = t.trained.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["retrain", "finetune-1", "finetune-2", "finetune-3"]);
+    let epochs: Vec<usize> = t.trained.iter().map(|p| p.epochs).collect();
+    assert_eq!(epochs, [4, 1, 1, 2], "the last round takes the remainder");
+    // the fine-tuning schedule (milestones at epochs 2 and 3 of 4) runs on across the rounds
+    let f = c.finetune_phase();
+    assert_eq!(f.milestones, vec![2, 3]);
+    let lrs: Vec<f64> = t.trained[1..].iter().map(|p| p.lr).collect();
+    assert_eq!(lrs, [0.01, 0.01, 0.01 * 0.1]);
+    assert_eq!(t.trained[3].milestones, vec![1], "round 3 starts at epoch 2, drops again at 3");
+    assert!(t.trained[1..].iter().all(|p| p.freeze_zeros && p.l1_coefficients == 0.0));
+    // zeros: a third, two thirds, all of the final pruning's
+    let r = out.report.prune.as_ref().unwrap();
+    let before: usize = r.layers.iter().filter(|l| l.param == "coefficients").map(|l| l.zeros_before).sum();
+    let after: usize = r.layers.iter().filter(|l| l.param == "coefficients").map(|l| l.zeros).sum();
+    assert!(after > before + 30, "{before} -> {after}");
+    let z = &t.zeros_in[1..];
+    assert!(z[0] < z[1] && z[1] < z[2] && z[2] == after, "{z:?}, final {after}");
+    let third = (after - before) as f64 / 3.0;
+    assert!((z[0] as f64 - before as f64 - third).abs() <= r.layers.len() as f64, "{z:?}");
+    assert_eq!(
+        coefficient_zeros(&penni_model::load(&dir.path().join("run").join(Phase::Finetune.checkpoint_file())).unwrap()),
+        after
+    );
+    assert!(
+        out.report.notes.iter().any(|n| n.contains("gradual pruning in 3 steps")),
+        "{:?}",
+        out.report.notes
+    );
+    // an interrupted round resumes: rerunning finds the phase done
+    let mut t2 = FakeTrainer::new();
+    assert!(compress(&m, &c, &mut t2, &dir.path().join("run")).unwrap().phases_run.is_empty());
+    // a stop in round 2 resumes there: round 1 is asked again (and returns at once in a real
+    // trainer), the pruning steps recomputed give the same zeros
+    let mut t3 = FakeTrainer {
+        fail_in: Some("finetune-2"),
+        ..FakeTrainer::new()
+    };
+    assert!(compress(&m, &c, &mut t3, &dir.path().join("again")).is_err());
+    let mut t4 = FakeTrainer::new();
+    let again = compress(&m, &c, &mut t4, &dir.path().join("again")).unwrap();
+    assert_eq!(t4.zeros_in, z.to_vec());
+    assert_eq!(coefficient_zeros(&again.model), coefficient_zeros(&out.model));
 }
 
 #[test]
