@@ -4,7 +4,7 @@
 # 1 and 64, 1 and 2 threads, one run (side_by_side.py). Run it on a quiet machine; results.md,
 # results.json and run.log land in OUT (default: fidelity-<date> here).
 #   REPS=20 (timed runs per configuration and pass), PASSES=3; SPECS="net:variant ..." picks the
-#   models (default: PENNI budget mode and Tucker-2 of each network)
+#   models (default: every compressed model, experiments/fidelity/NET/VARIANT.penni)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -18,7 +18,13 @@ cargo build --release --locked -p penni-cli --bin penni
 models="$root/target/engine-bench-models"
 mkdir -p "$models"
 pairs=()
-for spec in ${SPECS:-resnet20:penni-budget resnet20:penni-tucker vgg16:penni vgg16:penni-tucker resnet18:penni resnet18:penni-tucker}; do
+# every compressed model of experiments/fidelity by default
+default_specs() {
+  for f in "$root"/experiments/fidelity/*/penni*.penni; do
+    [ -f "$f" ] && echo "$(basename "$(dirname "$f")"):$(basename "$f" .penni)"
+  done
+}
+for spec in ${SPECS:-$(default_specs)}; do
   net="${spec%%:*}" variant="${spec#*:}"
   exp="$root/experiments/fidelity/$net"
   [ -f "$exp/$variant.penni" ] || continue

@@ -6,7 +6,8 @@
 # Installs onnxruntime from PyPI into the project's venv (scripts/python-env.sh). Run it on a quiet
 # machine: results.md, results.json and run.log (the console output of this run) in OUT (default
 # here) are overwritten.
-#   REPS=30 (timed runs per configuration and pass), PASSES=3 (interleaved passes per cell)
+#   REPS=30 (timed runs per configuration and pass), PASSES=3 (interleaved passes per cell),
+#   FIDELITY=0 (skip the experiments/fidelity models)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # everything below is also written to run.log, so the log always belongs to the results beside it
@@ -37,8 +38,9 @@ for net in resnet20 vgg16 resnet18; do
     pairs+=("$net-fmnist:$dense:$models/$net-fmnist-dense.onnx:$exp/$net-penni.penni")
   fi
 done
-# the validation-protocol models of experiments/fidelity, against their own baselines
-for net in resnet20 vgg16 resnet18; do
+# the validation-protocol models of experiments/fidelity, against their own baselines (FIDELITY=0
+# leaves them to fidelity.sh, whose dated runs the fidelity results table reads)
+for net in $([ "${FIDELITY:-1}" = 0 ] || echo resnet20 vgg16 resnet18); do
   exp="$root/experiments/fidelity/$net"
   [ -f "$exp/baseline.penni" ] || continue
   for comp in "$exp"/penni*.penni; do
