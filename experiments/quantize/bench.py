@@ -3,11 +3,12 @@
 interleaved over the runtimes, each cell the median over passes of the median of REPS runs:
 onnxruntime f32 and onnxruntime int8 (its own quantize_static: QDQ, per-channel int8 weights,
 uint8 activations) on the dense baseline, onnxruntime on the QDQ export of penni's 8-bit PENNI
-model, and penni's engine on the f32 and the 8-bit PENNI model. The dense export goes through
+model, and penni's engine on the f32 and the 8-bit PENNI model and on penni's own 8-bit dense
+model (its integer kernels, and the same model on the f32 kernels). The dense export goes through
 onnxruntime's recommended `quant_pre_process` first (it folds the batchnorms, so that every conv
 becomes an integer QLinearConv); its calibration images are random (the timing does not depend
 on the ranges).
-usage: bench.py PENNI_BINARY REPS PASSES NAME:DENSE.penni:F32_PENNI.penni:Q_PENNI.penni ...
+usage: bench.py PENNI_BINARY REPS PASSES NAME:DENSE.penni:F32_PENNI.penni:Q_PENNI.penni:Q_DENSE.penni ...
 Writes bench.json and bench.md into OUT (default: here)."""
 import json
 import os
@@ -26,9 +27,10 @@ tmp = tempfile.mkdtemp(prefix="quantize-bench-")
 WARMUP = 5
 
 
-def penni_ms(model, batch, threads):
+def penni_ms(model, batch, threads, f32_kernels=False):
     out = subprocess.run([penni, "bench", "--model", model, "--batch", str(batch), "--threads", str(threads),
-                          "--reps", str(reps), "--warmup", str(WARMUP), "--json"], check=True, capture_output=True, text=True).stdout
+                          "--reps", str(reps), "--warmup", str(WARMUP), "--json"] + (["--f32-kernels"] if f32_kernels else []),
+                         check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["median_ms"]
 
 
@@ -63,7 +65,11 @@ def ort_int8(dense_onnx, path):
 
 
 cells = []
-for name, dense, f32_penni, q_penni in specs:
+def penni_f32_ms(model, batch, threads):
+    return penni_ms(model, batch, threads, f32_kernels=True)
+
+
+for name, dense, f32_penni, q_penni, q_dense in specs:
     subprocess.run([penni, "convert", dense, os.path.join(tmp, f"{name}-dense.onnx")], check=True, capture_output=True)
     dense_onnx = os.path.join(tmp, f"{name}-dense.onnx")
     int8_onnx = os.path.join(tmp, f"{name}-dense-int8.onnx")
@@ -75,8 +81,11 @@ for name, dense, f32_penni, q_penni in specs:
             "ort f32 dense": (ort_ms, dense_onnx),
             "ort int8 dense": (ort_ms, int8_onnx),
             "ort on penni's 8-bit PENNI (QDQ)": (ort_ms, q_onnx),
+            "penni f32 dense": (penni_ms, dense),
+            "penni 8-bit dense": (penni_ms, q_dense),
+            "penni 8-bit dense (f32 kernels)": (penni_f32_ms, q_dense),
             "penni f32 PENNI": (penni_ms, f32_penni),
-            "penni 8-bit PENNI (f32 kernels)": (penni_ms, q_penni),
+            "penni 8-bit PENNI": (penni_ms, q_penni),
         }))
 
 times = {}
@@ -95,10 +104,15 @@ labels = list(cells[0][2].keys())
 with open(os.path.join(out_dir, "bench.md"), "w") as f:
     f.write(f"`experiments/quantize/bench.sh`: 1 thread, median over {passes} passes of the median of {reps} runs after {WARMUP} warm-up runs; "
             f"{os.cpu_count()} cores, load average {' '.join(load)} at the end. ms per batch.\n\n")
-    f.write("| model | batch | " + " | ".join(labels) + " | ort int8 / ort f32 | ort int8 / penni f32 PENNI |\n")
-    f.write("|---|---|" + "---|" * (len(labels) + 2) + "\n")
+    ratios = [("ort int8 / ort f32", "ort int8 dense", "ort f32 dense"),
+              ("penni 8-bit dense / penni f32 dense", "penni 8-bit dense", "penni f32 dense"),
+              ("penni 8-bit dense / ort int8 dense", "penni 8-bit dense", "ort int8 dense"),
+              ("ort int8 dense / penni f32 PENNI", "ort int8 dense", "penni f32 PENNI"),
+              ("penni 8-bit PENNI / penni f32 PENNI", "penni 8-bit PENNI", "penni f32 PENNI")]
+    f.write("| model | batch | " + " | ".join(labels) + " | " + " | ".join(r[0] for r in ratios) + " |\n")
+    f.write("|---|---|" + "---|" * (len(labels) + len(ratios)) + "\n")
     for r in rows:
         m = r["median_ms"]
         f.write(f"| {r['model']} | {r['batch']} | " + " | ".join(f"{m[l]:.3f}" for l in labels)
-                + f" | {m['ort int8 dense'] / m['ort f32 dense']:.2f} | {m['ort int8 dense'] / m['penni f32 PENNI']:.2f} |\n")
+                + "".join(f" | {m[a] / m[b]:.2f}" for _, a, b in ratios) + " |\n")
 print(open(os.path.join(out_dir, "bench.md")).read())

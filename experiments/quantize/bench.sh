@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Latency of penni's 8-bit PENNI models (activations.sh keeps them in models/) beside
-# onnxruntime f32 and int8 on their dense baselines (bench.py); run on a quiet machine.
+# Latency of penni's 8-bit PENNI models (activations.sh keeps them in models/) and of penni's
+# 8-bit dense baselines (made here once, into models/) beside onnxruntime f32 and int8 on the
+# dense baselines (bench.py); run on a quiet machine.
 #   REPS=20 PASSES=3; writes bench.md, bench.json and bench.log here.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -15,7 +16,13 @@ specs=()
 for m in resnet20:penni-budget vgg16:penni resnet18:penni; do
   net="${m%%:*}" v="${m#*:}"
   q="$here/models/$net-$v-a8w8.penni"
-  [ -f "$q" ] && specs+=("$net:$f/$net/baseline.penni:$f/$net/$v.penni:$q")
+  [ -f "$q" ] || continue
+  qd="$here/models/$net-dense-a8w8.penni"
+  # the dense baseline as activations.sh quantizes the PENNI models: 8-bit weights, 8-bit
+  # activations by min/max on 512 training images
+  [ -f "$qd" ] || "$root/target/release/penni" quantize --model "$f/$net/baseline.penni" --dataset fashion-mnist \
+    --weights 8 --pointwise 8 --activations 8 --calibration min_max --no-test --out "$qd" >/dev/null
+  specs+=("$net:$f/$net/baseline.penni:$f/$net/$v.penni:$q:$qd")
 done
 "$py" "$here/bench.py" "$root/target/release/penni" "${REPS:-20}" "${PASSES:-3}" "${specs[@]}"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"

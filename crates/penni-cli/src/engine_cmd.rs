@@ -161,6 +161,10 @@ pub struct BenchArgs {
     /// Print JSON lines instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Run a quantized model's convolutions on the f32 kernels, not the integer ones (to
+    /// compare the two on one model).
+    #[arg(long)]
+    pub f32_kernels: bool,
 }
 
 /// Resident memory now (VmRSS), to separate a model's memory from the program's own.
@@ -186,7 +190,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     }
     for &b in &batches {
         for &t in &threads {
-            let r = penni_engine::bench(&loaded.model, b, t, args.warmup, args.reps)?;
+            let opts = EngineOptions {
+                threads: t,
+                f32_kernels_only: args.f32_kernels,
+                ..Default::default()
+            };
+            let r = penni_engine::bench(&loaded.model, b, &opts, args.warmup, args.reps)?;
             if args.json {
                 let mut v = serde_json::to_value(&r)?;
                 v["baseline_rss_bytes"] = serde_json::json!(baseline_rss);

@@ -114,6 +114,7 @@ fn bench_layers(c: &mut Criterion) {
                     &EngineOptions {
                         threads,
                         decomposed_strategy: strategy,
+                        ..Default::default()
                     },
                 )
                 .unwrap();

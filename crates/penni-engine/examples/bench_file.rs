@@ -19,6 +19,7 @@ fn main() {
     let opts = EngineOptions {
         threads,
         decomposed_strategy,
+        ..Default::default()
     };
     // PENNI_MICRO=n forces the micro-batch (for experiments)
     let mut plan = match std::env::var("PENNI_MICRO").ok().and_then(|v| v.parse().ok()) {

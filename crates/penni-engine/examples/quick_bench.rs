@@ -55,6 +55,7 @@ fn main() {
                     let opts = EngineOptions {
                         threads,
                         decomposed_strategy: strategy,
+                        ..Default::default()
                     };
                     let micro: Option<usize> = std::env::var("PENNI_MICRO").ok().and_then(|v| v.parse().ok());
                     let mut plan = match std::env::var("PENNI_PLANAR").as_deref() {

@@ -33,17 +33,10 @@ pub struct BenchReport {
     pub peak_rss_bytes: Option<u64>,
 }
 
-/// Plans `model` for `batch` images on `threads` threads (0 = all cores), runs it `warmup`
-/// times, then times `reps` runs (at least one) on a fixed pseudo-random input.
-pub fn bench(model: &Model, batch: usize, threads: usize, warmup: usize, reps: usize) -> Result<BenchReport, EngineError> {
-    let mut plan = Plan::new(
-        model,
-        batch,
-        &EngineOptions {
-            threads,
-            ..Default::default()
-        },
-    )?;
+/// Plans `model` for `batch` images with `opts` (`opts.threads`: 0 = all cores), runs it
+/// `warmup` times, then times `reps` runs (at least one) on a fixed pseudo-random input.
+pub fn bench(model: &Model, batch: usize, opts: &EngineOptions, warmup: usize, reps: usize) -> Result<BenchReport, EngineError> {
+    let mut plan = Plan::new(model, batch, opts)?;
     let input = pseudo_random_input(batch * model.input_shape().numel(), 0x5eed);
     for _ in 0..warmup {
         plan.run(&input)?;

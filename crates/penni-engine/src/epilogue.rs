@@ -216,7 +216,7 @@ pub(crate) fn fold_weight(f: &Affine, n: usize, w: f32) -> f32 {
 /// Bias of output channel `n` after the folded batchnorm: scale * b + shift.
 #[inline]
 pub(crate) fn fold_bias(f: &Affine, b: Option<&[f32]>, n: usize) -> f32 {
-    (b.map_or(0.0, |b| b[n] as f64) * f.scale[n] + f.shift[n]) as f32
+    f.folded_bias(b, n)
 }
 
 /// The epilogue adds at most MAX_RES residual maps: an error naming `node` beyond that.

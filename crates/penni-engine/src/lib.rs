@@ -95,6 +95,7 @@ pub mod testing {
                 planar: Some(planar),
                 micro_batch: None,
                 lanes: None,
+                int8: true,
             },
         )
     }
@@ -111,6 +112,7 @@ pub mod testing {
                 planar: None,
                 micro_batch: Some(micro),
                 lanes: None,
+                int8: true,
             },
         )
     }
@@ -133,6 +135,7 @@ pub mod testing {
                 planar: None,
                 micro_batch: Some(micro),
                 lanes: Some(lanes),
+                int8: true,
             },
         )
     }
@@ -154,6 +157,7 @@ pub mod testing {
                 planar: Some(planar),
                 micro_batch: None,
                 lanes: None,
+                int8: true,
             },
         )
     }

@@ -34,6 +34,9 @@ pub struct EngineOptions {
     pub threads: usize,
     /// Dataflow for decomposed convolutions.
     pub decomposed_strategy: Strategy,
+    /// Run quantized convolutions on the f32 kernels (their quantizers as quantize-dequantize
+    /// in the epilogues) instead of the integer ones: for comparisons.
+    pub f32_kernels_only: bool,
 }
 
 /// Time spent in one planned step (one or more fused IR nodes).
@@ -60,4 +63,6 @@ pub(crate) struct Knobs {
     pub micro_batch: Option<usize>,
     /// Force batch-parallel lanes on or off (None = when every thread gets micro-batches).
     pub lanes: Option<bool>,
+    /// Integer kernels for the quantized convolutions that qualify (else f32 throughout).
+    pub int8: bool,
 }

@@ -71,6 +71,11 @@ pub(crate) trait StepOp: Send + Sync {
     fn macs(&self) -> u64 {
         0
     }
+    /// Its time in multiply-accumulates of the f32 kernels (what the planner weighs when it
+    /// decides whether a step is worth sharing out): `macs` unless its kernels are faster.
+    fn f32_equivalent_macs(&self) -> u64 {
+        self.macs()
+    }
     /// Floats of packed weights, biases and sparse structures the step holds.
     fn weight_floats(&self) -> usize {
         0

@@ -74,6 +74,7 @@ fn results_do_not_depend_on_the_thread_count() {
                     &EngineOptions {
                         threads,
                         decomposed_strategy: strategy,
+                        ..Default::default()
                     },
                 )
                 .unwrap();
@@ -203,7 +204,11 @@ fn shapes_memory_and_profile_are_reported() {
     .unwrap();
     let all: usize = 16 * 4 * (3 * 16 * 16 + 4 * 16 * 16 * 20);
     assert!(one.arena_peak_bytes() < all, "{}", one.arena_peak_bytes());
-    let r = bench(&m, 2, 1, 1, 3).unwrap();
+    let opts = EngineOptions {
+        threads: 1,
+        ..Default::default()
+    };
+    let r = bench(&m, 2, &opts, 1, 3).unwrap();
     assert_eq!((r.batch, r.threads, r.reps), (2, 1, 3));
     assert!(r.median_ms > 0.0 && r.p90_ms >= r.median_ms && r.throughput_ips > 0.0);
     let json = serde_json::to_string(&r).unwrap();

@@ -193,6 +193,7 @@ fn run_case(model: &Model, batch: usize, planar: bool, strategy: Strategy, threa
     let opts = EngineOptions {
         threads,
         decomposed_strategy: strategy,
+        ..Default::default()
     };
     // now and then the portable kernels instead of the detected ISA's
     let portable = r.len().is_multiple_of(5);

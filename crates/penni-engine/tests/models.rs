@@ -32,6 +32,7 @@ fn check_backends(model: &Model, batch: usize) {
                 let opts = EngineOptions {
                     threads: 2,
                     decomposed_strategy: s,
+                    ..Default::default()
                 };
                 let mut plan = penni_engine::testing::plan_backend(model, batch, &opts, planar, o).unwrap();
                 let e = rel_err(plan.run(&x).unwrap(), &r);
@@ -57,6 +58,7 @@ fn check(model: &Model, batches: &[usize], strategies: &[Strategy], threads: usi
                 &EngineOptions {
                     threads,
                     decomposed_strategy: s,
+                    ..Default::default()
                 },
             )
             .unwrap();

@@ -55,6 +55,12 @@ impl Affine {
         Affine { scale, shift }
     }
 
+    /// Bias `b` (none is zero) of output channel `n` of a layer this map is folded into:
+    /// scale * b + shift, in f64, rounded once.
+    pub fn folded_bias(&self, b: Option<&[f32]>, n: usize) -> f32 {
+        (b.map_or(0.0, |b| b[n] as f64) * self.scale[n] + self.shift[n]) as f32
+    }
+
     pub fn apply(&self, channel: usize, x: f32) -> f32 {
         (x as f64 * self.scale[channel] + self.shift[channel]) as f32
     }

@@ -127,6 +127,12 @@ pub fn int8_channels(values: &[f32], channels: usize) -> Option<(Vec<f32>, Vec<i
     Some((scales, ints))
 }
 
+/// The factor from the integer sum of a conv or linear layer's output channel to its output:
+/// input scale x weight scale x the scale of a batchnorm folded into it, in f64, rounded once.
+pub fn int_output_factor(input_scale: f32, weight_scale: f32, bn_scale: f64) -> f32 {
+    (input_scale as f64 * weight_scale as f64 * bn_scale) as f32
+}
+
 /// The scale of a bias on the integer grid of an integer conv or linear layer: input scale
 /// times the output channel's weight scale, as ONNX QDQ writes int32 biases.
 pub fn bias_scales(input_scale: f32, weight_scales: &[f32]) -> Vec<f32> {

@@ -120,6 +120,62 @@ fn conv(x: &Activation, out: Shape, weight: &[f32], bias: Option<&[f32]>, geomet
     y
 }
 
+/// A quantized dense convolution (groups = 1) computed on the integers, as an integer engine
+/// must: the input lies on a grid (k - zero_point) * scale, so each value gives back its
+/// k - zero_point (the zero padding reads the zero point: 0), the weight codes `w_codes` (N x C x kh x kw) have one
+/// scale per output channel, the sum of (k - zero_point) q is exact, and output channel n is
+/// f32(sum) * factor + bias with factor = [`grid::int_output_factor`](crate::grid::int_output_factor)
+/// and bias [`Affine::folded_bias`]: a multiply, then an add, each rounded. `fold` is the
+/// batchnorm folded into the layer (identity if none).
+#[allow(clippy::too_many_arguments)]
+pub fn int8_conv2d(
+    x: &Activation,
+    out: Shape,
+    geometry: &Conv2d,
+    scale: f32,
+    w_codes: &[i8],
+    w_scales: &[f32],
+    bias: Option<&[f32]>,
+    fold: &Affine,
+) -> Vec<f32> {
+    let Conv2d {
+        kernel,
+        stride,
+        padding,
+        dilation,
+        ..
+    } = *geometry;
+    let (c, h, w) = dims(x.shape);
+    let (oc, oh, ow) = dims(out);
+    let code = |v: f32| (v / scale).round_ties_even() as i64;
+    let mut y = vec![0f32; x.n * oc * oh * ow];
+    for n in 0..x.n {
+        for o in 0..oc {
+            let factor = crate::grid::int_output_factor(scale, w_scales[o], fold.scale[o]);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = 0i64;
+                    for ci in 0..c {
+                        for ky in 0..kernel[0] {
+                            let iy = (oy * stride[0] + ky * dilation[0]) as isize - padding[0] as isize;
+                            for kx in 0..kernel[1] {
+                                let ix = (ox * stride[1] + kx * dilation[1]) as isize - padding[1] as isize;
+                                if iy < 0 || iy >= h as isize || ix < 0 || ix >= w as isize {
+                                    continue; // the zero point: k - zero_point = 0
+                                }
+                                let q = w_codes[((o * c + ci) * kernel[0] + ky) * kernel[1] + kx] as i64;
+                                acc += code(x.data[((n * c + ci) * h + iy as usize) * w + ix as usize]) * q;
+                            }
+                        }
+                    }
+                    y[((n * oc + o) * oh + oy) * ow + ox] = acc as i32 as f32 * factor + fold.folded_bias(bias, o);
+                }
+            }
+        }
+    }
+    y
+}
+
 fn pool(x: &Activation, out: Shape, p: &Pool2d, max: bool) -> Vec<f32> {
     let (c, h, w) = dims(x.shape);
     let (_, oh, ow) = dims(out);

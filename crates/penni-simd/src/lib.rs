@@ -9,6 +9,9 @@
 // with the ISA; pointers valid for 16 floats, or for the masked lanes).
 #![allow(clippy::missing_safety_doc)]
 
+mod int8;
+pub use int8::{Dot8, IntIsa};
+
 /// Lanes per vector: 16 f32 = one AVX-512 register, also the channel block of the internal
 /// activation layout.
 pub const L: usize = 16;

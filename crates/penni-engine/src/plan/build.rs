@@ -11,13 +11,15 @@ use penni_model::{Conv2d, Model, Node, Op, Shape};
 
 use super::fuse::{GKind, Group, Readers};
 use crate::error::EngineError;
+use crate::layout::map_lays;
 use crate::layout::{Lay, MapLay, PLay, planar_lays, same_layout_kind};
+use crate::ops::conv::int8::{InputGrid, IntWeights};
 use crate::ops::conv::{self, ConvIo};
 use crate::ops::decomposed::analysis::Coefs;
 use crate::ops::decomposed::cost::{self, Choice};
 use crate::ops::{concat, convert, decomposed, elementwise, linear, pool, softmax};
 use crate::options::{Knobs, Strategy};
-use crate::simd::L;
+use crate::simd::{IntIsa, L};
 use crate::step::{Step, StepOp, Val, ValId};
 
 /// Largest (output vectors x kernel taps) of a layer on the planar backend (about 64 MB of
@@ -77,6 +79,23 @@ fn dims(s: Shape) -> (usize, usize, usize) {
     }
 }
 
+/// The tensors of `model` on an activation grid: quantize-dequantize outputs, and what max
+/// pooling or a ReLU makes of them (the max of grid values, or zero, is on the grid).
+fn activation_grids(model: &Model) -> HashMap<String, InputGrid> {
+    let mut grids = HashMap::new();
+    for n in &model.nodes {
+        let g = match &n.op {
+            Op::Activation(a) => InputGrid::of(a),
+            Op::MaxPool2d(_) | Op::Relu => n.inputs.first().and_then(|i| grids.get(i).copied()),
+            _ => None,
+        };
+        if let Some(g) = g {
+            grids.insert(n.output.clone(), g);
+        }
+    }
+    grids
+}
+
 /// A conversion step and the buffer it writes.
 type Converted = (Box<dyn StepOp>, ValId);
 
@@ -100,6 +119,9 @@ pub(super) struct Builder<'m> {
     /// Border each blocked map needs for the convolutions that read it.
     pads: HashMap<String, [usize; 4]>,
     convs: HashMap<usize, ConvPrep>,
+    /// Tensors whose values lie on an activation grid (written by a quantize-dequantize, then
+    /// maybe max-pooled or rectified): what an integer convolution may read as codes.
+    grids: HashMap<String, InputGrid>,
     steps: Vec<Step>,
     vals: Vec<Val>,
     val_of: HashMap<String, ValId>,
@@ -131,6 +153,7 @@ impl<'m> Builder<'m> {
             planar: false,
             pads: HashMap::new(),
             convs: HashMap::new(),
+            grids: activation_grids(model),
             steps: vec![],
             vals: vec![],
             val_of: HashMap::new(),
@@ -246,6 +269,19 @@ impl<'m> Builder<'m> {
         Ok(())
     }
 
+    /// What an integer step of dense convolution `c` (weights `w`) reading `input` needs, when
+    /// it can have one: the input's grid, the integer weights and the blocked layouts.
+    fn int8_conv(&self, input: &str, c: &Conv2d, w: &[f32], io: &ConvIo) -> Option<(InputGrid, IntWeights, MapLay, MapLay)> {
+        if !self.knobs.int8 {
+            return None;
+        }
+        let (Lay::Map(xl), Lay::Map(yl)) = (io.xl, io.yl) else {
+            return None;
+        };
+        let xg = *self.grids.get(input)?;
+        Some((xg, IntWeights::of(c, w)?, xl, yl))
+    }
+
     /// The step of a group that writes one new buffer in the working layout.
     fn group_step(&mut self, g: &Group) -> Result<(), EngineError> {
         let model = self.model;
@@ -277,7 +313,31 @@ impl<'m> Builder<'m> {
                 match (&n.op, &prep.decomposed) {
                     (Op::Conv2d(c), _) => {
                         let b = n.params.get("bias").map(|t| t.data.as_slice());
-                        conv::dense_step(&n.name, c, &n.param("weight")?.data, b, &prep.fold, io, String::new())?
+                        let w = &n.param("weight")?.data;
+                        match self.int8_conv(&n.inputs[0], c, w, &io) {
+                            Some((xg, iw, xl, yl)) => {
+                                let rl = map_lays(&io.rl)?;
+                                Box::new(conv::int8::QConvStep::new(
+                                    &n.name,
+                                    c,
+                                    &iw,
+                                    xg,
+                                    b,
+                                    &prep.fold,
+                                    io.x,
+                                    xl,
+                                    io.y,
+                                    yl,
+                                    io.res,
+                                    rl,
+                                    io.act,
+                                    batch,
+                                    self.threads,
+                                    IntIsa::for_isa(self.knobs.isa),
+                                )?)
+                            }
+                            None => conv::dense_step(&n.name, c, w, b, &prep.fold, io, String::new())?,
+                        }
                     }
                     (Op::DecomposedConv2d(c), Some((co, choice))) => decomposed::step(n, c, &prep.fold, co, *choice, io)?,
                     _ => return Err(EngineError::Internal(format!("'{}' is not a convolution", n.name))),
@@ -557,7 +617,11 @@ impl<'m> Builder<'m> {
         // a step of a few microseconds runs on one thread: handing out its tasks and waiting
         // for the others would cost about as much as it saves
         let floats: usize = writes.iter().map(|&v| self.vals[v].size).sum();
-        let serial = if macs > 0 { macs < SERIAL_MACS } else { floats < SERIAL_FLOATS };
+        let serial = if macs > 0 {
+            op.f32_equivalent_macs() < SERIAL_MACS
+        } else {
+            floats < SERIAL_FLOATS
+        };
         self.steps.push(Step {
             name: names.join("+"),
             kind: op.describe(),

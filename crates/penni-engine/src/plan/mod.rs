@@ -85,11 +85,16 @@ impl Plan {
                 planar: None,
                 micro_batch: None,
                 lanes: None,
+                int8: true,
             },
         )
     }
 
     pub(crate) fn with_knobs(model: &Model, batch: usize, opts: &EngineOptions, knobs: Knobs) -> Result<Plan, EngineError> {
+        let knobs = Knobs {
+            int8: knobs.int8 && !opts.f32_kernels_only,
+            ..knobs
+        };
         let isa = knobs.isa;
         if batch == 0 {
             return Err(EngineError::Options("batch size must be at least 1".into()));
