@@ -95,7 +95,7 @@ pub mod testing {
                 planar: Some(planar),
                 micro_batch: None,
                 lanes: None,
-                int8: true,
+                int8: crate::options::IntKernels::Vnni,
             },
         )
     }
@@ -112,7 +112,7 @@ pub mod testing {
                 planar: None,
                 micro_batch: Some(micro),
                 lanes: None,
-                int8: true,
+                int8: crate::options::IntKernels::Vnni,
             },
         )
     }
@@ -135,7 +135,25 @@ pub mod testing {
                 planar: None,
                 micro_batch: Some(micro),
                 lanes: Some(lanes),
-                int8: true,
+                int8: crate::options::IntKernels::Vnni,
+            },
+        )
+    }
+
+    /// A plan on the channel-blocked backend with the portable kernels, the integer ones
+    /// included (which a plan uses only where the CPU has VNNI).
+    pub fn plan_int8_portable(model: &penni_model::Model, batch: usize, opts: &EngineOptions) -> Result<Plan, EngineError> {
+        Plan::with_knobs(
+            model,
+            batch,
+            opts,
+            crate::options::Knobs {
+                isa: crate::simd::Isa::Fallback,
+                blocked_combination: None,
+                planar: Some(false),
+                micro_batch: None,
+                lanes: None,
+                int8: crate::options::IntKernels::Always,
             },
         )
     }
@@ -157,7 +175,7 @@ pub mod testing {
                 planar: Some(planar),
                 micro_batch: None,
                 lanes: None,
-                int8: true,
+                int8: crate::options::IntKernels::Vnni,
             },
         )
     }

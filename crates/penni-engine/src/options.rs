@@ -63,6 +63,18 @@ pub(crate) struct Knobs {
     pub micro_batch: Option<usize>,
     /// Force batch-parallel lanes on or off (None = when every thread gets micro-batches).
     pub lanes: Option<bool>,
-    /// Integer kernels for the quantized convolutions that qualify (else f32 throughout).
-    pub int8: bool,
+    /// Where the quantized convolutions that qualify run on the integer kernels.
+    pub int8: IntKernels,
+}
+
+/// Where quantized convolutions run on the integer kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IntKernels {
+    /// Nowhere: f32 kernels throughout.
+    Off,
+    /// Where the CPU has VNNI; elsewhere the f32 kernels are faster than the portable integer
+    /// ones, and give the same result up to f32 round-off.
+    Vnni,
+    /// Also portably (tests: the same integers on every CPU).
+    Always,
 }

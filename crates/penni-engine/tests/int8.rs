@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use common::{input, randomize_bn, zoo};
 use penni_engine::EngineOptions;
-use penni_engine::testing::{plan_backend, plan_backend_fallback};
+use penni_engine::testing::{plan_backend, plan_int8_portable};
 use penni_model::batchnorm::Affine;
 use penni_model::grid::{canonical_scale, int8_channels};
 use penni_model::reference::{self, Activation};
@@ -82,6 +82,17 @@ fn quantize(model: &Model, batch: usize, x: &[f32]) -> Model {
     m
 }
 
+fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 fn steps_with(plan: &penni_engine::Plan, what: &str) -> usize {
     plan.describe().iter().filter(|s| s.contains(what)).count()
 }
@@ -131,7 +142,8 @@ proptest! {
 
     /// Every geometry of the blocked kernel (stems of < 16 channels, channel counts off the
     /// lane width, strides, padding, 1x1, signed and unsigned grids with a zero point): the
-    /// engine's output equals the integer reference bit for bit, on VNNI and portably.
+    /// engine's output equals the integer reference bit for bit, portably and (where the CPU
+    /// has it) on VNNI.
     #[test]
     fn int8_conv_equals_the_integer_reference(
         ch in 1usize..40, n_out in 1usize..40, hw in 3usize..12, k in prop::sample::select(vec![1usize, 3, 5]),
@@ -174,13 +186,15 @@ proptest! {
             out, &c, scale, &wc, &ws, b.as_deref(), &Affine::identity(n_out),
         );
         let opts = EngineOptions { threads: 2, ..Default::default() };
-        for fallback in [false, true] {
+        // the portable kernel everywhere, VNNI where the CPU has it
+        for fallback in if has_vnni() { vec![false, true] } else { vec![true] } {
             let mut plan = if fallback {
-                plan_backend_fallback(&model, batch, &opts, false).unwrap()
+                plan_int8_portable(&model, batch, &opts).unwrap()
             } else {
                 plan_backend(&model, batch, &opts, false, None).unwrap()
             };
-            prop_assert_eq!(steps_with(&plan, "int8"), 1, "{:?}", plan.describe());
+            let kernel = if fallback { "int8 portable" } else { "int8 vnni" };
+            prop_assert_eq!(steps_with(&plan, kernel), 1, "{:?}", plan.describe());
             let got = plan.run(&x).unwrap().to_vec();
             prop_assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "fallback={} {:?} vs {:?}", fallback, &got[..got.len().min(8)], &want[..want.len().min(8)]);
@@ -189,9 +203,9 @@ proptest! {
 }
 
 /// Whole quantized networks (residual adds, batchnorm folded into the integer factor, a
-/// quantizer on every conv input) run every conv on the integer kernels, VNNI and portably
-/// (the other steps differ by f32 round-off between the two), and agree with the f32 kernels
-/// and the f32 reference to within the quantization error; `f32_kernels_only` turns them off.
+/// quantizer on every conv input) run every conv on the integer kernels (portably, and with
+/// VNNI in a plain plan where the CPU has it) and agree with the f32 kernels and the f32
+/// reference to within the quantization error; `f32_kernels_only` turns them off.
 #[test]
 fn quantized_networks_run_on_the_integer_kernels() {
     for (name, width, hw) in [("resnet20", 0.5, 16), ("vgg16", 0.125, 32)] {
@@ -204,17 +218,16 @@ fn quantized_networks_run_on_the_integer_kernels() {
             threads: 2,
             ..Default::default()
         };
-        let mut vnni = plan_backend(&q, 2, &opts, false, None).unwrap();
         let convs = q.nodes.iter().filter(|n| matches!(n.op, Op::Conv2d(_))).count();
-        assert_eq!(steps_with(&vnni, "int8"), convs, "{name}: {:#?}", vnni.describe());
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vnni") {
-            assert_eq!(steps_with(&vnni, "int8 vnni"), convs);
-        }
-        let a = vnni.run(&x).unwrap().to_vec();
-        let mut portable = plan_backend_fallback(&q, 2, &opts, false).unwrap();
-        assert_eq!(steps_with(&portable, "int8 portable"), convs);
-        let b = portable.run(&x).unwrap().to_vec();
+        let mut portable = plan_int8_portable(&q, 2, &opts).unwrap();
+        assert_eq!(steps_with(&portable, "int8 portable"), convs, "{name}: {:#?}", portable.describe());
+        let a = portable.run(&x).unwrap().to_vec();
+        // a plain plan: VNNI where the CPU has it, the f32 kernels elsewhere (faster than the
+        // portable integer ones)
+        let mut plain = plan_backend(&q, 2, &opts, false, None).unwrap();
+        assert_eq!(steps_with(&plain, "int8 vnni"), if has_vnni() { convs } else { 0 });
+        assert_eq!(steps_with(&plain, "int8 portable"), 0);
+        let b = plain.run(&x).unwrap().to_vec();
         let f32_opts = EngineOptions {
             f32_kernels_only: true,
             ..opts.clone()
@@ -225,7 +238,11 @@ fn quantized_networks_run_on_the_integer_kernels() {
         // the sums differ from the f32 ones by round-off only; a value within it of a rounding
         // edge of a later quantizer lands one step over, so the outputs agree to a few steps
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for (label, got) in [("VNNI vs portable", &b), ("int8 vs f32 kernels", &c), ("int8 vs reference", &want)] {
+        for (label, got) in [
+            ("portable vs plain plan", &b),
+            ("int8 vs f32 kernels", &c),
+            ("int8 vs reference", &want),
+        ] {
             let diff = a.iter().zip(got.iter()).fold(0f32, |m, (u, v)| m.max((u - v).abs()));
             assert!(diff <= 0.02 * scale, "{name}: {label}: {diff} of {scale}");
         }

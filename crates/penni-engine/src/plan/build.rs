@@ -18,7 +18,7 @@ use crate::ops::conv::{self, ConvIo};
 use crate::ops::decomposed::analysis::Coefs;
 use crate::ops::decomposed::cost::{self, Choice};
 use crate::ops::{concat, convert, decomposed, elementwise, linear, pool, softmax};
-use crate::options::{Knobs, Strategy};
+use crate::options::{IntKernels, Knobs, Strategy};
 use crate::simd::{IntIsa, L};
 use crate::step::{Step, StepOp, Val, ValId};
 
@@ -272,7 +272,8 @@ impl<'m> Builder<'m> {
     /// What an integer step of dense convolution `c` (weights `w`) reading `input` needs, when
     /// it can have one: the input's grid, the integer weights and the blocked layouts.
     fn int8_conv(&self, input: &str, c: &Conv2d, w: &[f32], io: &ConvIo) -> Option<(InputGrid, IntWeights, MapLay, MapLay)> {
-        if !self.knobs.int8 {
+        let vnni = IntIsa::for_isa(self.knobs.isa) == IntIsa::Vnni;
+        if !(self.knobs.int8 == IntKernels::Always || self.knobs.int8 == IntKernels::Vnni && vnni) {
             return None;
         }
         let (Lay::Map(xl), Lay::Map(yl)) = (io.xl, io.yl) else {

@@ -18,7 +18,7 @@ use penni_model::{Model, Op, Shape, passes};
 use self::core::Core;
 use self::schedule::{Batching, batching, build_core};
 use crate::error::EngineError;
-use crate::options::{EngineOptions, Knobs, LayerTiming};
+use crate::options::{EngineOptions, IntKernels, Knobs, LayerTiming};
 use crate::simd::Isa;
 use crate::thread_pool::Pool;
 
@@ -85,14 +85,14 @@ impl Plan {
                 planar: None,
                 micro_batch: None,
                 lanes: None,
-                int8: true,
+                int8: IntKernels::Vnni,
             },
         )
     }
 
     pub(crate) fn with_knobs(model: &Model, batch: usize, opts: &EngineOptions, knobs: Knobs) -> Result<Plan, EngineError> {
         let knobs = Knobs {
-            int8: knobs.int8 && !opts.f32_kernels_only,
+            int8: if opts.f32_kernels_only { IntKernels::Off } else { knobs.int8 },
             ..knobs
         };
         let isa = knobs.isa;
