@@ -36,7 +36,8 @@ pub(crate) struct InputGrid {
 }
 
 impl InputGrid {
-    /// The grid of a quantize-dequantize activation, if its codes fit a byte.
+    /// The grid of a quantize-dequantize activation, if its codes fit a byte and its scale is
+    /// a normal float with a finite inverse (then x * (1 / scale) gives back every code).
     pub fn of(a: &penni_model::Activation) -> Option<InputGrid> {
         match *a {
             penni_model::Activation::QuantizeDequantize {
@@ -44,7 +45,7 @@ impl InputGrid {
                 zero_point,
                 qmin,
                 qmax,
-            } if (qmax as i64 - qmin as i64) <= 255 => Some(InputGrid {
+            } if (qmax as i64 - qmin as i64) <= 255 && scale.is_normal() && (1.0 / scale).is_normal() => Some(InputGrid {
                 scale,
                 zero_point,
                 qmin,
