@@ -69,11 +69,13 @@ pub use plan::Plan;
 #[doc(hidden)]
 pub mod testing {
     //! Hooks for this crate's own tests: plan with the portable kernels.
+    use crate::options::{IntKernels, Knobs};
+    use crate::simd::Isa;
     use crate::{EngineError, EngineOptions, Plan};
 
     /// A plan that runs the portable kernels instead of the detected ISA's.
     pub fn plan_fallback(model: &penni_model::Model, batch: usize, opts: &EngineOptions) -> Result<Plan, EngineError> {
-        Plan::with_isa(model, batch, opts, crate::simd::Isa::Fallback)
+        Plan::with_isa(model, batch, opts, Isa::Fallback)
     }
 
     /// A plan on a forced backend (planar or channel-blocked) and, for the blocked backend's
@@ -89,13 +91,10 @@ pub mod testing {
             model,
             batch,
             opts,
-            crate::options::Knobs {
-                isa: crate::simd::Isa::detect(),
+            Knobs {
                 blocked_combination,
                 planar: Some(planar),
-                micro_batch: None,
-                lanes: None,
-                int8: crate::options::IntKernels::Vnni,
+                ..Knobs::on(Isa::detect())
             },
         )
     }
@@ -106,13 +105,9 @@ pub mod testing {
             model,
             batch,
             opts,
-            crate::options::Knobs {
-                isa: crate::simd::Isa::detect(),
-                blocked_combination: None,
-                planar: None,
+            Knobs {
                 micro_batch: Some(micro),
-                lanes: None,
-                int8: crate::options::IntKernels::Vnni,
+                ..Knobs::on(Isa::detect())
             },
         )
     }
@@ -129,13 +124,10 @@ pub mod testing {
             model,
             batch,
             opts,
-            crate::options::Knobs {
-                isa: crate::simd::Isa::detect(),
-                blocked_combination: None,
-                planar: None,
+            Knobs {
                 micro_batch: Some(micro),
                 lanes: Some(lanes),
-                int8: crate::options::IntKernels::Vnni,
+                ..Knobs::on(Isa::detect())
             },
         )
     }
@@ -147,13 +139,10 @@ pub mod testing {
             model,
             batch,
             opts,
-            crate::options::Knobs {
-                isa: crate::simd::Isa::Fallback,
-                blocked_combination: None,
+            Knobs {
                 planar: Some(false),
-                micro_batch: None,
-                lanes: None,
-                int8: crate::options::IntKernels::Always,
+                int8: IntKernels::Always,
+                ..Knobs::on(Isa::Fallback)
             },
         )
     }
@@ -169,13 +158,9 @@ pub mod testing {
             model,
             batch,
             opts,
-            crate::options::Knobs {
-                isa: crate::simd::Isa::Fallback,
-                blocked_combination: None,
+            Knobs {
                 planar: Some(planar),
-                micro_batch: None,
-                lanes: None,
-                int8: crate::options::IntKernels::Vnni,
+                ..Knobs::on(Isa::Fallback)
             },
         )
     }

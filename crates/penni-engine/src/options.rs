@@ -67,6 +67,20 @@ pub(crate) struct Knobs {
     pub int8: IntKernels,
 }
 
+impl Knobs {
+    /// Every choice by cost on `isa`, the integer kernels where the CPU has VNNI.
+    pub fn on(isa: Isa) -> Knobs {
+        Knobs {
+            isa,
+            blocked_combination: None,
+            planar: None,
+            micro_batch: None,
+            lanes: None,
+            int8: IntKernels::Vnni,
+        }
+    }
+}
+
 /// Where quantized convolutions run on the integer kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum IntKernels {

@@ -75,19 +75,7 @@ impl Plan {
     }
 
     pub(crate) fn with_isa(model: &Model, batch: usize, opts: &EngineOptions, isa: Isa) -> Result<Plan, EngineError> {
-        Plan::with_knobs(
-            model,
-            batch,
-            opts,
-            Knobs {
-                isa,
-                blocked_combination: None,
-                planar: None,
-                micro_batch: None,
-                lanes: None,
-                int8: IntKernels::Vnni,
-            },
-        )
+        Plan::with_knobs(model, batch, opts, Knobs::on(isa))
     }
 
     pub(crate) fn with_knobs(model: &Model, batch: usize, opts: &EngineOptions, knobs: Knobs) -> Result<Plan, EngineError> {

@@ -18,9 +18,9 @@ use std::array::from_fn;
 use penni_model::Conv2d;
 use penni_model::batchnorm::Affine;
 
-use super::tiling::{Seg, choose_tile, segments};
+use super::tiling::{Residuals, Seg, choose_tile, dispatch_tile, segments, store_tile};
 use crate::arena::AVec;
-use crate::epilogue::{Act, ActV, MAX_RES, check_residuals, fold_bias};
+use crate::epilogue::{Act, ActV, check_residuals, fold_bias};
 use crate::error::EngineError;
 use crate::layout::MapLay;
 use crate::simd::{Dot8, IntIsa, L, dot8_dispatch};
@@ -327,41 +327,7 @@ unsafe fn input_codes_g<D: Dot8>(st: &QConvStep, ctx: &Ctx, codes: ValId, i0: us
 #[inline(always)]
 unsafe fn tiles_dyn<D: Dot8>(st: &QConvStep, ctx: &Ctx, codes: ValId, g: usize, t0: usize, t1: usize) {
     let sx = if st.qc > 1 { st.stride[1] } else { 1 };
-    macro_rules! go {
-        ($(($ob:literal, $r:literal, $qc:literal, $sx:literal)),*) => {
-            match (st.ob, st.r, st.qc, sx) {
-                $(($ob, $r, $qc, $sx) => unsafe { tiles::<D, $ob, $r, $qc, $sx>(st, ctx, codes, g, t0, t1) },)*
-                _ => unreachable!("int8 conv variant {:?}", (st.ob, st.r, st.qc, sx)),
-            }
-        };
-    }
-    go!(
-        (1, 3, 8, 1),
-        (1, 3, 8, 2),
-        (1, 6, 4, 1),
-        (1, 6, 4, 2),
-        (1, 12, 2, 1),
-        (1, 12, 2, 2),
-        (1, 16, 1, 1),
-        (1, 4, 4, 1),
-        (1, 4, 4, 2),
-        (2, 3, 4, 1),
-        (2, 3, 4, 2),
-        (2, 6, 2, 1),
-        (2, 6, 2, 2),
-        (2, 12, 1, 1),
-        (2, 2, 4, 1),
-        (2, 2, 4, 2),
-        (4, 1, 6, 1),
-        (4, 1, 6, 2),
-        (4, 2, 3, 1),
-        (4, 2, 3, 2),
-        (4, 3, 2, 1),
-        (4, 3, 2, 2),
-        (4, 6, 1, 1),
-        (4, 1, 4, 1),
-        (4, 1, 4, 2)
-    )
+    unsafe { dispatch_tile!((st.ob, st.r, st.qc, sx), tiles::<D>(st, ctx, codes, g, t0, t1)) }
 }
 
 #[inline(always)]
@@ -383,14 +349,10 @@ unsafe fn tiles<D: Dot8, const OB: usize, const R: usize, const QC: usize, const
         let w0 = st.weights.as_ptr().add(grp.w_off);
         let c0 = grp.ob0 * L;
         let act = ActV::<D>::new(st.act);
-        let nres = st.res.len();
-        let rb: [*const f32; MAX_RES] = from_fn(|k| {
-            if k < nres {
-                ctx.ptr(st.res[k]) as *const f32
-            } else {
-                std::ptr::null()
-            }
-        });
+        let res = Residuals {
+            base: from_fn(|k| st.res.get(k).map_or(std::ptr::null(), |&v| ctx.ptr(v) as *const f32)),
+            lay: &st.rl,
+        };
         let fv: [D::V; OB] = from_fn(|o| D::load(st.factor.ptr().add(c0 + o * L)));
         let bv: [D::V; OB] = from_fn(|o| D::load(st.bias.ptr().add(c0 + o * L)));
         let step = st.ngrp * OB * 4 * L;
@@ -432,29 +394,7 @@ unsafe fn tiles<D: Dot8, const OB: usize, const R: usize, const QC: usize, const
                     }
                 }
             }
-            for (r, s) in segs.iter().enumerate() {
-                if s.skip as usize >= QC {
-                    continue;
-                }
-                let (img, oy, ox) = (s.img as usize, s.oy as usize, s.ox as usize);
-                let rp: [*const f32; MAX_RES] = from_fn(|k| {
-                    if k < nres {
-                        let l = &st.rl[k];
-                        rb[k].add(img * l.img() + grp.ob0 * l.plane() + l.at(oy, ox))
-                    } else {
-                        std::ptr::null()
-                    }
-                });
-                for q in s.skip as usize..QC {
-                    for o in 0..grp.nvalid {
-                        let mut v = act.pre(*bp.add((r * QC + q) * OB + o));
-                        for k in 0..nres {
-                            v = D::add(v, D::load(rp[k].add(q * L + o * st.rl[k].plane())));
-                        }
-                        D::store(yp[r].add(q * L + o * yl.plane()), act.apply(v));
-                    }
-                }
-            }
+            store_tile::<D, OB, R, QC>(bp, segs, &yp, yl.plane(), grp.ob0, grp.nvalid, Some((&act, &res)));
         }
     }
 }
