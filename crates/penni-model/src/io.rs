@@ -2,7 +2,8 @@
 //! version and a checksum. Each tensor is stored in the smallest of these forms that gives every
 //! value back exactly, so a compressed model is small on disk too:
 //! - positions: all of them, or for a mostly-zero (pruned) tensor those of the non-zeros, as
-//!   `name#indices` (u32 flat positions) or `name#mask` (one bit per value);
+//!   `name#gaps{k}` (Rice-coded gaps, see [`crate::gaps`]), `name#mask` (one bit per value) or
+//!   `name#indices` (u32 flat positions);
 //! - values: f32 (`name`, or `name#values` for the non-zeros), or for a quantized tensor (values
 //!   on a symmetric integer grid per output channel, see [`crate::grid`]) `name#q{bits}` (the
 //!   integers, packed) + `name#qscales` (one f32 scale per group).
@@ -16,14 +17,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{ModelError, Result};
 use crate::graph::{Input, Model, Node, Op};
-use crate::grid;
 use crate::tensor::{Tensor, checked_numel};
+use crate::{gaps, grid};
 
-/// 2: the `#mask` and `#q{bits}` forms (version 1 files read as before).
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: the `#gaps{k}` form; 2: the `#mask` and `#q{bits}` forms (older files read as before).
+pub const FORMAT_VERSION: u32 = 3;
 const SPARSE_INDICES: &str = "#indices";
 const SPARSE_VALUES: &str = "#values";
 const SPARSE_MASK: &str = "#mask";
+const SPARSE_GAPS: &str = "#gaps";
 const QUANT_SCALES: &str = "#qscales";
 const EXTRA_PREFIX: &str = "extra/";
 
@@ -131,8 +133,8 @@ fn stored_len(entries: &[Entry]) -> usize {
 }
 
 /// Encodes one tensor in its smallest exact form (module docs); `groups`: the group counts
-/// (output channels, bases) a quantizer may have used for it.
-fn encode(name: &str, t: &Tensor, groups: &[usize], allow_sparse: bool, out: &mut Vec<Entry>) {
+/// (output channels, bases) a quantizer may have used for it; `version`: the file format's.
+fn encode(name: &str, t: &Tensor, groups: &[usize], version: u32, out: &mut Vec<Entry>) {
     let numel = t.numel();
     let group_len = |g: usize| numel.div_ceil(g.max(1));
     let dense = {
@@ -145,7 +147,7 @@ fn encode(name: &str, t: &Tensor, groups: &[usize], allow_sparse: bool, out: &mu
     };
     let mut best = dense;
     let nnz = t.nnz();
-    if allow_sparse && nnz * 2 < numel && numel <= u32::MAX as usize {
+    if nnz * 2 < numel && numel <= u32::MAX as usize {
         let (idx, vals): (Vec<u32>, Vec<f32>) = t
             .data
             .iter()
@@ -168,6 +170,18 @@ fn encode(name: &str, t: &Tensor, groups: &[usize], allow_sparse: bool, out: &mu
             }
             (format!("{name}{SPARSE_MASK}"), Dtype::U8, vec![mask.len()], mask)
         };
+        let positions = if version >= 3 {
+            let pos: Vec<usize> = idx.iter().map(|&i| i as usize).collect();
+            let k = gaps::best_k(&pos);
+            if gaps::encoded_len(&pos, k) < positions.3.len() {
+                let stream = gaps::encode(&pos, k);
+                (format!("{name}{SPARSE_GAPS}{k}"), Dtype::U8, vec![stream.len()], stream)
+            } else {
+                positions
+            }
+        } else {
+            positions
+        };
         let mut sparse = values;
         sparse.push(positions);
         if stored_len(&sparse) < stored_len(&best) {
@@ -188,6 +202,17 @@ fn checksum<'a>(entries: impl Iterator<Item = (&'a str, &'a [u8])>) -> String {
 }
 
 pub fn to_bytes(model: &Model, extras: &Extras) -> Result<Vec<u8>> {
+    to_bytes_as(model, extras, FORMAT_VERSION)
+}
+
+/// The file in format `version` (2 or the current one): version 2 is what penni releases before
+/// the `#gaps` form read, and is larger for pruned models.
+pub fn to_bytes_as(model: &Model, extras: &Extras, version: u32) -> Result<Vec<u8>> {
+    if !(2..=FORMAT_VERSION).contains(&version) {
+        return Err(ModelError::Graph(format!(
+            "cannot write format version {version} (2 to {FORMAT_VERSION})"
+        )));
+    }
     model.validate()?;
     let graph = GraphJson {
         name: model.name.clone(),
@@ -213,7 +238,7 @@ pub fn to_bytes(model: &Model, extras: &Extras) -> Result<Vec<u8>> {
             if let (Op::DecomposedConv2d(c), "coefficients") = (&node.op, pname.as_str()) {
                 groups.insert(0, c.conv.out_channels);
             }
-            encode(&format!("{}.{pname}", node.name), t, &groups, true, &mut entries);
+            encode(&format!("{}.{pname}", node.name), t, &groups, version, &mut entries);
         }
     }
     for (name, t) in &extras.tensors {
@@ -223,7 +248,7 @@ pub fn to_bytes(model: &Model, extras: &Extras) -> Result<Vec<u8>> {
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "penni".to_string());
-    meta.insert("format_version".to_string(), FORMAT_VERSION.to_string());
+    meta.insert("format_version".to_string(), version.to_string());
     meta.insert("graph".to_string(), serde_json::to_string(&graph).expect("graph serialises"));
     meta.insert(
         "extra".to_string(),
@@ -396,6 +421,27 @@ fn decode(
             Some(_) => Err(bad(format!("'{suffix}' must be a 1-D U8 tensor"))),
         }
     };
+    // the `#gaps{k}` entry of this tensor, if any (k is in its name; other spellings are
+    // stray tensors)
+    let gaps_view = || -> Result<Option<(String, u32, &TensorView)>> {
+        let found: Vec<(String, u32, &TensorView)> = (0..=gaps::MAX_K)
+            .filter_map(|k| {
+                let n = format!("{name}{SPARSE_GAPS}{k}");
+                views.get(n.as_str()).map(|v| (n, k, v))
+            })
+            .collect();
+        match found.len() {
+            0 => Ok(None),
+            1 => {
+                let (n, k, v) = found.into_iter().next().expect("one");
+                if v.dtype() != Dtype::U8 || v.shape().len() != 1 {
+                    return Err(bad(format!("'{n}' must be a 1-D U8 tensor")));
+                }
+                Ok(Some((n, k, v)))
+            }
+            _ => Err(bad("more than one '#gaps' entry".into())),
+        }
+    };
     // positions: the non-zeros' (sparse), or all of them
     let iname = format!("{name}{SPARSE_INDICES}");
     let positions: Option<Vec<usize>> = if let Some(iv) = views.get(iname.as_str()) {
@@ -413,6 +459,10 @@ fn decode(
             pos.push(i as usize);
         }
         used.insert(iname);
+        Some(pos)
+    } else if let Some((gname, k, gv)) = gaps_view()? {
+        let pos = gaps::decode(gv.data(), k, numel).map_err(|e| bad(format!("positions ('{gname}'): {e}")))?;
+        used.insert(gname);
         Some(pos)
     } else if let Some((mname, mv)) = u8_view(SPARSE_MASK)? {
         if mv.shape()[0] != numel.div_ceil(8) {

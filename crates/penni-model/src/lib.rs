@@ -4,6 +4,7 @@
 pub mod batchnorm;
 pub mod cost;
 pub mod error;
+pub mod gaps;
 pub mod graph;
 pub mod grid;
 pub mod io;

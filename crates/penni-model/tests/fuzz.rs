@@ -8,9 +8,11 @@ use penni_model::io;
 use penni_model::zoo::{self, ZooOptions};
 use proptest::prelude::*;
 
-fn valid() -> &'static Vec<u8> {
-    static BYTES: OnceLock<Vec<u8>> = OnceLock::new();
-    BYTES.get_or_init(|| {
+/// The corpus in the current format (`v3`, positions mostly as Rice-coded gaps) or in format 2
+/// (bit masks and u32 indices), so that every decoder meets hostile bytes.
+fn valid(v3: bool) -> &'static Vec<u8> {
+    static BYTES: OnceLock<[Vec<u8>; 2]> = OnceLock::new();
+    &BYTES.get_or_init(|| {
         let mut m = zoo::build(
             "resnet20",
             &ZooOptions {
@@ -33,6 +35,12 @@ fn valid() -> &'static Vec<u8> {
         let convs: Vec<usize> = (1..m.nodes.len())
             .filter(|&i| matches!(m.nodes[i].op, penni_model::Op::Conv2d(_)))
             .collect();
+        // and one pruned to a tenth (f32, its positions as Rice-coded gaps)
+        for (i, v) in m.nodes[convs[2]].params.get_mut("weight").unwrap().data.iter_mut().enumerate() {
+            if i % 10 != 3 {
+                *v = 0.0;
+            }
+        }
         for (node, bits, zero_every) in [(convs[0], 8u8, 0usize), (convs[1], 4, 3)] {
             let w = m.nodes[node].params.get_mut("weight").unwrap();
             let per = w.data.len() / w.shape[0];
@@ -51,19 +59,38 @@ fn valid() -> &'static Vec<u8> {
                 }
             }
         }
-        let bytes = io::to_bytes(&m, &io::Extras::default()).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        for form in ["#q8", "#q4", "#mask", "#indices", "#qscales"] {
-            assert!(st.names().iter().any(|n| n.ends_with(form)), "no {form} tensor in the corpus");
+        let forms = |bytes: &[u8]| -> Vec<String> {
+            let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
+            st.names()
+                .iter()
+                .map(|n| {
+                    n.split_once('#')
+                        .map_or("", |(_, f)| f)
+                        .trim_end_matches(char::is_numeric)
+                        .to_string()
+                })
+                .collect()
+        };
+        let v3 = io::to_bytes(&m, &io::Extras::default()).unwrap();
+        let v2 = io::to_bytes_as(&m, &io::Extras::default(), 2).unwrap();
+        for (bytes, wanted) in [
+            (&v3, &["q", "mask", "gaps", "qscales"][..]),
+            (&v2, &["q", "mask", "indices", "qscales"][..]),
+        ] {
+            let found = forms(bytes);
+            for form in wanted {
+                assert!(found.iter().any(|f| f == form), "no #{form} tensor in the corpus: {found:?}");
+            }
         }
-        bytes
-    })
+        assert!(!forms(&v2).iter().any(|f| f == "gaps"));
+        [v2, v3]
+    })[v3 as usize]
 }
 
 /// The file with tensor `pick`'s bytes changed by `flips` and the checksum recomputed, so that
 /// the decoders (not the checksum) meet the damage.
-fn resigned(pick: usize, flips: &[(usize, u8)]) -> Vec<u8> {
-    let bytes = valid();
+fn resigned(v3: bool, pick: usize, flips: &[(usize, u8)]) -> Vec<u8> {
+    let bytes = valid(v3);
     let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes).unwrap();
     let mut meta = header.metadata().clone().unwrap();
@@ -110,8 +137,8 @@ proptest! {
     }
 
     #[test]
-    fn mutated_files_never_panic(flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8), cut in any::<usize>()) {
-        let mut bytes = valid().clone();
+    fn mutated_files_never_panic(v3 in any::<bool>(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8), cut in any::<usize>()) {
+        let mut bytes = valid(v3).clone();
         for (at, v) in flips {
             let i = at % bytes.len();
             bytes[i] = v;
@@ -121,17 +148,17 @@ proptest! {
         parse(&bytes);
     }
 
-    /// Damaged tensor data behind a valid checksum: indices, masks, packed codes and scales
+    /// Damaged tensor data behind a valid checksum: indices, masks, gaps, packed codes and scales
     /// reach their decoders.
     #[test]
-    fn damaged_tensors_never_panic(pick in any::<usize>(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
-        parse(&resigned(pick, &flips));
+    fn damaged_tensors_never_panic(v3 in any::<bool>(), pick in any::<usize>(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..6)) {
+        parse(&resigned(v3, pick, &flips));
     }
 
     /// Edits inside the JSON header (shapes, channel counts, names) are the dangerous ones.
     #[test]
-    fn mutated_headers_never_panic(at in 0usize..4096, digit in 0u8..10) {
-        let mut bytes = valid().clone();
+    fn mutated_headers_never_panic(v3 in any::<bool>(), at in 0usize..4096, digit in 0u8..10) {
+        let mut bytes = valid(v3).clone();
         let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         let i = 8 + at % header_len;
         if bytes[i].is_ascii_digit() {
