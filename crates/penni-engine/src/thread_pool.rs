@@ -34,6 +34,9 @@ struct Shared {
     done: AtomicUsize,
     panicked: AtomicBool,
     shutdown: AtomicBool,
+    /// Workers blocked (or about to block) on `wake`: a job wakes them only when there are
+    /// some, so a busy pool makes no system call per job.
+    sleepers: AtomicUsize,
     sleep_lock: Mutex<()>,
     wake: Condvar,
 }
@@ -102,6 +105,7 @@ impl Pool {
             done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
+            sleepers: AtomicUsize::new(0),
             sleep_lock: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -149,12 +153,14 @@ impl Pool {
         s.chunk.store((n / self.threads).max(1), Ordering::Relaxed);
         s.done.store(0, Ordering::Relaxed);
         s.panicked.store(false, Ordering::Relaxed);
-        let epoch = {
-            // the lock orders the epoch bump against a worker that is about to sleep
-            let _g = s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
-            s.epoch.fetch_add(1, Ordering::Release) + 1
-        };
-        s.wake.notify_all();
+        // A worker about to sleep counts itself in `sleepers` and then checks the epoch again
+        // (all SeqCst): either it sees this epoch, or this sees it counted and wakes it, taking
+        // the lock, which it holds until it is waiting.
+        let epoch = s.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        if s.sleepers.load(Ordering::SeqCst) > 0 {
+            drop(s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner()));
+            s.wake.notify_all();
+        }
         // SAFETY: `task` outlives this call.
         drain(s, unsafe { unerase(p, meta) }, n, 0);
         wait_until(|| s.done.load(Ordering::Acquire) == n);
@@ -182,13 +188,15 @@ fn worker(s: Arc<Shared>, index: usize) {
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(256) && start.elapsed() > SPIN {
                 let g = s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
-                if s.epoch.load(Ordering::Acquire) == seen && !s.shutdown.load(Ordering::Acquire) {
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                if s.epoch.load(Ordering::SeqCst) == seen && !s.shutdown.load(Ordering::Acquire) {
                     drop(
                         s.wake
                             .wait_timeout(g, Duration::from_millis(100))
                             .unwrap_or_else(|e| e.into_inner()),
                     );
                 }
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
             } else {
                 std::hint::spin_loop();
             }
@@ -228,6 +236,10 @@ mod tests {
         for threads in [1, 2, 3] {
             let pool = Pool::new(threads).unwrap();
             for round in 0..200 {
+                if round % 50 == 49 {
+                    // let the workers fall asleep, so that the wake-up path runs too
+                    std::thread::sleep(SPIN * 3);
+                }
                 let n = round * 7 % 23;
                 let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
                 assert!(pool.for_each(n, &|i, t| {
