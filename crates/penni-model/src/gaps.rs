@@ -82,6 +82,11 @@ pub fn decode(bytes: &[u8], k: u32, numel: usize) -> Result<Vec<usize>, String> 
         return Err(format!("{count} positions for {numel} values"));
     }
     let total_bits = stream.len() as u64 * 8;
+    // every position takes at least k + 1 bits: refuse a count the stream cannot hold before
+    // allocating for it
+    if count as u64 * (k as u64 + 1) > total_bits {
+        return Err(format!("{count} positions cannot fit in {} bytes", stream.len()));
+    }
     let mut at = 0u64;
     let bit = |i: u64| stream[(i / 8) as usize] >> (i % 8) & 1;
     let mut out = Vec::with_capacity(count);
@@ -169,6 +174,8 @@ mod tests {
         let mut count = s.clone();
         count[0] = 200;
         assert!(decode(&count, 2, 100).is_err());
+        count[0] = 90;
+        assert!(decode(&count, 2, 100).unwrap_err().contains("cannot fit"));
         assert!(decode(&s, MAX_K + 1, 100).is_err());
         assert!(decode(&[1, 2], 2, 100).is_err());
         // all ones: unary never closes
