@@ -77,6 +77,9 @@ fn conv_case() -> impl proptest::strategy::Strategy<Value = ConvCase> {
                 let w = w.max(span(kernel[1], dilation[1]).saturating_sub(padding[1] + padding[3]).max(1));
                 // wide enough channel counts now and then, to cross 16-channel blocks
                 let (cg, og) = if seed % 4 == 0 { (cg * 7, og * 5) } else { (cg, og) };
+                // and rows of 23 to 31 pixels, so that strided outputs are 8 to 16 wide (row by
+                // row or gathered, around the switch between the two)
+                let w = if seed % 5 == 1 { w + 22 } else { w };
                 ConvCase {
                     cg,
                     og,

@@ -117,8 +117,9 @@ impl PConv {
         } else {
             n_out * cg * kk * yl.h * yl.w * batch
         } as u64;
-        let acc = Access::new(&xl, &yl, c);
-        let pregather = acc.kind == 0 && sparse.is_none() && c.groups == 1;
+        let dense = sparse.is_none() && c.groups == 1;
+        let acc = Access::new(&xl, &yl, c, dense);
+        let pregather = acc.kind == 0 && dense;
         Ok(PConv {
             x,
             xl,

@@ -26,7 +26,10 @@ pub(crate) struct Access {
 }
 
 impl Access {
-    pub fn new(xl: &PLay, yl: &PLay, c: &Conv2d) -> Access {
+    /// `pregathers`: the kernel gathers a tile's input vectors once and reuses them for every
+    /// output channel (a dense convolution), which makes gathers worth more than to a kernel that
+    /// uses each loaded vector only a few times (PENNI's basis stage: d times).
+    pub fn new(xl: &PLay, yl: &PLay, c: &Conv2d, pregathers: bool) -> Access {
         let (h, w, oh, ow) = (xl.h as isize, xl.w as isize, yl.h, yl.w);
         let [sy, sx] = c.stride;
         let [dy, dx] = c.dilation;
@@ -38,8 +41,11 @@ impl Access {
             }
         }
         // 16 consecutive output pixels per vector: with contiguous loads for a "same" stride-1
-        // convolution, with gathers for a strided one whose rows are too short to fill vectors
-        let gather_flat = c.stride != [1, 1] && yl.w < L;
+        // convolution, with gathers for a strided one whose rows are too short to fill vectors;
+        // without pregathering only when rows fill under 3/4 of a vector, for a gather per
+        // (vector, tap) costs more than going row by row (a stride-2 layer: two loads per tap;
+        // ResNet-20's 28 -> 14 PENNI layer 1.7x faster, its dense shortcut 1.4x slower)
+        let gather_flat = c.stride != [1, 1] && if pregathers { yl.w < L } else { 4 * yl.w < 3 * L };
         let flat = c.stride == [1, 1] && yl.w == xl.w || gather_flat;
         let kind = if gather_flat {
             0

@@ -143,7 +143,7 @@ impl PChain {
             h: xl.h,
             w: xl.w,
         };
-        let acc = Access::new(&tl, &yl, c.0);
+        let acc = Access::new(&tl, &yl, c.0, false);
         let spans = (0..acc.nvec)
             .map(|v| {
                 let (lo, hi) = acc.read_span(v);

@@ -80,7 +80,7 @@ impl PDecomp {
         let coef = |n: usize, ci: usize, j: usize| an.coef(n, ci, j);
         let bias: Vec<f32> = (0..n_out).map(|n| fold_bias(fold, b, n)).collect();
         let (jl, dl, nnz) = (&an.jl, an.dl(), an.nnz);
-        let acc = Access::new(&xl, &yl, c);
+        let acc = Access::new(&xl, &yl, c, false);
         let mut st = PDecomp {
             x,
             xl,
