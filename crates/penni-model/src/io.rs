@@ -205,8 +205,8 @@ pub fn to_bytes(model: &Model, extras: &Extras) -> Result<Vec<u8>> {
     to_bytes_as(model, extras, FORMAT_VERSION)
 }
 
-/// The file in format `version` (2 or the current one): version 2 is what penni releases before
-/// the `#gaps` form read, and is larger for pruned models.
+/// The file in format `version` (2 or the current one): version 2 can be read by penni releases
+/// from before the `#gaps` form, and is larger for pruned models.
 pub fn to_bytes_as(model: &Model, extras: &Extras, version: u32) -> Result<Vec<u8>> {
     if !(2..=FORMAT_VERSION).contains(&version) {
         return Err(ModelError::Graph(format!(
