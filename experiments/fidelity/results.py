@@ -211,7 +211,7 @@ def chart(results):
     y0, y1 = min(ys + [-2.5]) - 0.2, max(ys) + 0.2
     px = lambda x: left + (x - x0) / (x1 - x0) * (w - left - right)
     py = lambda y: top + (y1 - y) / (y1 - y0) * (h - top - bottom)
-    colours = {"resnet20": "#1f77b4", "vgg16": "#d62728", "resnet18": "#2ca02c"}
+    colours = {"resnet20": "#1f77b4", "vgg16": "#d62728", "vgg16avg": "#ff7f0e", "resnet18": "#2ca02c"}
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
            f'<rect x="0" y="0" width="{w}" height="{h}" fill="white"/>',
            # the target: >= 85% of MACs removed, no more than 0.3 points lost

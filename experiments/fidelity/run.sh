@@ -11,7 +11,7 @@
 # The comparison is test top-1 of (3) against test top-1 of (2).
 #
 # Usage: experiments/fidelity/run.sh [MODEL [VARIANT]]   (resumable: rerun after an interruption)
-#   MODEL: resnet20, vgg16, resnet18 or resnet18w50 (width 0.5); VARIANT (optional): config-MODEL-VARIANT.toml, outputs penni-VARIANT.*
+#   MODEL: resnet20, vgg16, vgg16avg, resnet18 or resnet18w50 (width 0.5); VARIANT (optional): config-MODEL-VARIANT.toml, outputs penni-VARIANT.*
 #   (e.g. `run.sh resnet20 budget`: budget mode); variants that train as many epochs as the plain
 #   config share its fair baseline, a longer schedule gets its own (baseline-extra-EPOCHS.*).
 # Runs at low priority; logs and reports land in experiments/fidelity/MODEL/.
@@ -43,6 +43,8 @@ case "$model" in
   # VGG-16 needs 32x32 inputs (five 2x2 pools; the padding is stored in the model, so the
   # compression pads too); width 0.25 (16..128 channels) to fit these 2-core machines
   vgg16) train_args=(--model vgg16 --width 0.25 --pad-to 32) ;;
+  # VGG-16 with 2x2 average pools (the conv-pool co-optimization experiment of issue 14): as vgg16
+  vgg16avg) train_args=(--model vgg16avg --width 0.25 --pad-to 32) ;;
   # ResNet-18 (CIFAR stem) at width 0.25 (16..128 channels), 1x28x28
   resnet18) train_args=(--model resnet18 --width 0.25) ;;
   # the widest ResNet-18 these machines train within a few sessions of background runs: width

@@ -6,7 +6,7 @@ use crate::common::{self, human};
 
 #[derive(Args, Debug)]
 pub struct InspectArgs {
-    /// A .penni file, or a zoo model name (vgg16, resnet18, resnet20, resnet56) built for --input.
+    /// A .penni file, or a zoo model name (vgg16, vgg16avg, resnet18, resnet20, resnet56) built for --input.
     pub model: String,
     /// Input size for zoo models: CxHxW.
     #[arg(long, default_value = "3x32x32")]

@@ -17,7 +17,7 @@ pub enum ScheduleKind {
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// A zoo model to train from scratch (vgg16, resnet18, resnet20, resnet56) or a .penni file to continue training.
+    /// A zoo model to train from scratch (vgg16, vgg16avg, resnet18, resnet20, resnet56) or a .penni file to continue training.
     #[arg(long)]
     pub model: String,
     /// Width multiplier for zoo models (0.5 halves every layer's channels).

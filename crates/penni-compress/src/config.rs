@@ -49,6 +49,30 @@ pub struct Config {
     /// `weight > 0`); left out of the serialised config when off, as `budget`.
     #[serde(skip_serializing_if = "DistillConfig::is_off")]
     pub distill: DistillConfig,
+    /// MLCNN's conv-pool reordering (off by default); left out of the serialised config when
+    /// off, as `budget`.
+    #[serde(skip_serializing_if = "MlcnnConfig::is_off")]
+    pub mlcnn: MlcnnConfig,
+}
+
+/// MLCNN's conv-pool co-optimization, beyond the paper. `reorder_avg_pools` moves every average
+/// pool before the activation in front of it (`penni_model::passes::pool_before_activation`).
+/// That is approximate: an average of activations is not the activation of the average, so
+/// the training phases that follow fine-tune the reordered model, and the report says how
+/// many pools moved and what validation accuracy the move cost before any training. Then a
+/// linear conv -> [batchnorm] -> average pool runs at the pooled resolution
+/// (`passes::pool_before_conv`, exact): the input windows averaged once and the conv at the
+/// pool's stride, a quarter of the multiply-accumulates for a 2x2 pool, in training too.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlcnnConfig {
+    pub reorder_avg_pools: bool,
+}
+
+impl MlcnnConfig {
+    fn is_off(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Knowledge distillation (Hinton et al. 2015), beyond the paper: retraining, fine-tuning and

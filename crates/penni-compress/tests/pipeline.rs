@@ -222,6 +222,56 @@ fn distillation_hands_every_training_phase_the_input_model_as_teacher() {
     assert!(Config::load(&dir.path().join("on/config.toml")).unwrap().distill.weight == 0.7);
 }
 
+/// `[mlcnn] reorder_avg_pools`: the pools of VGG-16 with average pools move before their
+/// ReLUs and then before their convs, before the first phase; every phase trains the reordered
+/// model, the report says what moved and what it cost, and the MACs drop. Off, nothing moves.
+#[test]
+fn mlcnn_reordering_moves_average_pools_before_the_convs_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = zoo("vgg16avg", 32, 7);
+    let mut c = small_config();
+    c.mlcnn.reorder_avg_pools = true;
+    let mut t = FakeTrainer::new();
+    let out = compress(&m, &c, &mut t, &dir.path().join("on")).unwrap();
+    let pooled_convs = |m: &Model| {
+        m.nodes
+            .iter()
+            .filter(|n| {
+                matches!(&n.op, Op::AvgPool2d(p) if p.stride == [1, 1] && p.count_include_pad)
+                    && m.consumers(&n.output)
+                        .iter()
+                        .all(|&r| matches!(m.nodes[r].op, Op::DecomposedConv2d(_) | Op::Conv2d(_)))
+            })
+            .count()
+    };
+    assert_eq!(pooled_convs(&out.model), 5, "every pool of VGG-16 before its conv");
+    let note = out
+        .report
+        .notes
+        .iter()
+        .find(|n| n.starts_with("mlcnn"))
+        .expect("a note on the reordering");
+    assert!(
+        note.contains("5 activation(s) moved") && note.contains("5 average pool(s) moved"),
+        "{note}"
+    );
+    assert!(out.report.to_table().contains("mlcnn (approximate"), "{}", out.report.to_table());
+    let macs = |m: &Model| penni_model::model_cost(m).unwrap().totals.macs_paper;
+    let plain = compress(&m, &small_config(), &mut FakeTrainer::new(), &dir.path().join("off")).unwrap();
+    assert_eq!(pooled_convs(&plain.model), 0);
+    assert!(
+        macs(&out.model) < macs(&plain.model),
+        "{} vs {}",
+        macs(&out.model),
+        macs(&plain.model)
+    );
+    assert!(plain.report.notes.iter().all(|n| !n.starts_with("mlcnn")));
+    // a resumed run keeps the reordered model and its note
+    let again = compress(&m, &c, &mut FakeTrainer::new(), &dir.path().join("on")).unwrap();
+    assert_eq!(again.model, out.model);
+    assert!(again.report.notes.iter().any(|n| n.starts_with("mlcnn")));
+}
+
 #[test]
 fn gradual_pruning_adds_the_zeros_in_equal_steps_between_fine_tuning_rounds() {
     let dir = tempfile::tempdir().unwrap();

@@ -273,6 +273,50 @@ proptest! {
         prop_assume!(r.iter().all(|v| v.is_finite()));
         run_case(&m, batch, planar, Strategy::Auto, 2)?;
     }
+
+    /// Activations before and after a pool: a monotone one before a max pool moves after it
+    /// (MLCNN), ReLU/Clip after a pool run in its epilogue, the rest as steps of their own.
+    #[test]
+    fn activations_around_pools_match_reference(
+        c in 1..20usize, hw in [2..20usize, 2..40usize], k in [1..4usize, 1..4usize], s in [1..3usize, 1..3usize],
+        acts in prop::collection::vec((0..5usize, any::<bool>()), 1..4), max in any::<bool>(),
+        batch in 1..3usize, planar in any::<bool>(),
+    ) {
+        use penni_model::Activation as A;
+        let (h, w) = (hw[0].max(k[0]), hw[1].max(k[1]));
+        let p = Pool2d { kernel: k, stride: s, padding: [0; 4], ceil_mode: false, count_include_pad: false };
+        let mut b = GraphBuilder::new("pool", Input { name: "x".into(), channels: c, height: h, width: w }, 1);
+        let act_op = |a: usize| match a {
+            0 => Op::Relu,
+            1 => Op::Clip { min: -0.25, max: 0.5 },
+            2 => Op::Activation(A::Sigmoid),
+            3 => Op::Activation(A::LeakyRelu { alpha: 0.2 }),
+            _ => Op::Activation(A::HardSwish),
+        };
+        // (activation, before the pool?)
+        let mut t = "x".to_string();
+        for (j, &(a, before)) in acts.iter().enumerate() {
+            if before {
+                t = b.push(&format!("pre{j}"), act_op(a), &[&t], BTreeMap::new());
+            }
+        }
+        let op = if max { Op::MaxPool2d(p) } else { Op::AvgPool2d(p) };
+        t = b.push("pool", op, &[&t], BTreeMap::new());
+        for (j, &(a, before)) in acts.iter().enumerate() {
+            if !before {
+                t = b.push(&format!("post{j}"), act_op(a), &[&t], BTreeMap::new());
+            }
+        }
+        let m = b.finish(&t).unwrap();
+        run_case(&m, batch, planar, Strategy::Auto, 2)?;
+        // ReLU/Clip chains before a max pool end up in the pool's epilogue
+        if max && acts.iter().any(|&(_, before)| before) && acts.iter().all(|&(a, before)| !before || a < 2) {
+            let opts = EngineOptions::default();
+            let plan = penni_engine::testing::plan_backend(&m, batch, &opts, planar, None).unwrap();
+            let d = plan.describe();
+            prop_assert!(d.iter().any(|s| s.contains("maxpool") && s.contains("+act")), "{:#?}", d);
+        }
+    }
 }
 
 /// x -> 1x1 (C -> R1) -> k x k core (R1 -> R2) -> 1x1 (R2 -> N) -> tail: a Tucker-2 convolution,

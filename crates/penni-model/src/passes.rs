@@ -208,6 +208,100 @@ fn pool_before_conv_at(model: &mut Model, i: usize) -> bool {
     }
 }
 
+/// Moves each non-decreasing activation after the max pool that alone reads it (MLCNN's
+/// conv-pool co-optimization, exact): `act -> MaxPool` becomes `MaxPool -> act`, so the
+/// activation runs on the pooled map. For a non-decreasing f, max(f(a), f(b)) = f(max(a, b)),
+/// and a max pool's padding is never the maximum of a window that holds a value. ReLU, Clip,
+/// Sigmoid, HardSigmoid and LeakyReLU with a slope >= 0 move; HardSwish (not monotone) and
+/// quantize-dequantize (integer kernels read the codes where calibration put it) stay.
+/// Returns the number of moves.
+pub fn activation_after_max_pool(model: &mut Model) -> usize {
+    swap_activations_and_pools(model, |act, pool| matches!(pool, Op::MaxPool2d(_)) && non_decreasing(act))
+}
+
+/// Moves each element-wise activation after the average pool that alone reads it: `act ->
+/// AvgPool` becomes `AvgPool -> act` (MLCNN's approximate reordering). This changes what the
+/// model computes (an average of activations is not the activation of the average), so a
+/// model needs fine-tuning after it; in return the pool can then move before a linear
+/// convolution ([`pool_before_conv`]). Quantize-dequantize stays. Returns the number of moves.
+pub fn pool_before_activation(model: &mut Model) -> usize {
+    swap_activations_and_pools(model, |act, pool| {
+        matches!(pool, Op::AvgPool2d(_))
+            && matches!(act, Op::Relu | Op::Clip { .. } | Op::Activation(_))
+            && !matches!(act, Op::Activation(Activation::QuantizeDequantize { .. }))
+    })
+}
+
+/// Whether an element-wise op is a non-decreasing function (so it commutes with max).
+fn non_decreasing(op: &Op) -> bool {
+    match op {
+        Op::Relu | Op::Clip { .. } => true,
+        Op::Activation(a) => match *a {
+            Activation::Sigmoid => true,
+            Activation::HardSigmoid { alpha, .. } | Activation::LeakyRelu { alpha } => alpha >= 0.0,
+            Activation::HardSwish | Activation::QuantizeDequantize { .. } => false,
+        },
+        _ => false,
+    }
+}
+
+/// Swaps every activation with the pool that alone reads it where `swap(act, pool)` says so,
+/// until none is left (an activation chain moves past the pool one node at a time).
+fn swap_activations_and_pools(model: &mut Model, swap: impl Fn(&Op, &Op) -> bool) -> usize {
+    let mut moved = 0;
+    loop {
+        let before = moved;
+        for i in 0..model.nodes.len() {
+            if swap_at(model, i, &swap) {
+                moved += 1;
+            }
+        }
+        if moved == before {
+            return moved;
+        }
+    }
+}
+
+/// The swap for the activation at `i`; false (and no change) where it does not apply.
+fn swap_at(model: &mut Model, i: usize, swap: &impl Fn(&Op, &Op) -> bool) -> bool {
+    let act = &model.nodes[i];
+    if act.inputs.len() != 1 || act.output == model.output {
+        return false;
+    }
+    let readers = model.consumers(&act.output);
+    let [j] = readers[..] else {
+        return false;
+    };
+    let pool = &model.nodes[j];
+    if pool.inputs.len() != 1 || !swap(&act.op, &pool.op) {
+        return false;
+    }
+    // the pooled, not yet activated map gets a name of its own (a chain of activations moves
+    // past the same pool several times)
+    let taken = |t: &str| model.producer(t).is_some() || t == model.input.name || !model.consumers(t).is_empty();
+    let Some(pooled) = (0..model.nodes.len() + 1)
+        .map(|k| {
+            format!(
+                "{}:before_activation{}",
+                pool.name,
+                if k == 0 { String::new() } else { k.to_string() }
+            )
+        })
+        .find(|t| !taken(t))
+    else {
+        return false;
+    };
+    let source = act.inputs[0].clone();
+    let pool_output = std::mem::replace(&mut model.nodes[j].output, pooled.clone());
+    model.nodes[j].inputs = vec![source];
+    let mut act = model.nodes.remove(i);
+    act.inputs = vec![pooled];
+    act.output = pool_output;
+    // the pool is now at j - 1; the activation goes right after it
+    model.nodes.insert(j, act);
+    true
+}
+
 /// Folds every batchnorm that is the sole reader of a convolution's output (dense or
 /// decomposed) into that convolution: the per-channel affine map scales the output channel's
 /// weights (a decomposed conv's coefficients; the shared bases stay) and becomes its bias.

@@ -32,11 +32,12 @@ impl Default for ZooOptions {
     }
 }
 
-pub const ZOO_NAMES: &[&str] = &["vgg16", "resnet18", "resnet20", "resnet56"];
+pub const ZOO_NAMES: &[&str] = &["vgg16", "vgg16avg", "resnet18", "resnet20", "resnet56"];
 
 pub fn build(name: &str, opts: &ZooOptions) -> Result<Model> {
     match name {
         "vgg16" => vgg16(opts),
+        "vgg16avg" => vgg16_with(opts, "vgg16avg", true),
         "resnet18" => resnet18(opts),
         "resnet20" => cifar_resnet(opts, 3, "resnet20"),
         "resnet56" => cifar_resnet(opts, 9, "resnet56"),
@@ -215,6 +216,17 @@ impl GraphBuilder {
         self.push(name, Op::MaxPool2d(p), &[x], BTreeMap::new())
     }
 
+    pub fn avg_pool(&mut self, name: &str, x: &str, k: usize, stride: usize) -> String {
+        let p = Pool2d {
+            kernel: [k, k],
+            stride: [stride, stride],
+            padding: [0; 4],
+            ceil_mode: false,
+            count_include_pad: false,
+        };
+        self.push(name, Op::AvgPool2d(p), &[x], BTreeMap::new())
+    }
+
     pub fn global_avg_pool(&mut self, name: &str, x: &str) -> String {
         self.push(name, Op::GlobalAvgPool, &[x], BTreeMap::new())
     }
@@ -304,14 +316,24 @@ fn check(opts: &ZooOptions) -> Result<Input> {
 
 /// VGG-16 for 32x32 images: 13 conv+BN+ReLU, 5 max-pools, one linear classifier.
 pub fn vgg16(opts: &ZooOptions) -> Result<Model> {
+    vgg16_with(opts, "vgg16", false)
+}
+
+/// VGG-16 with max pools, or with 2x2 average pools (`vgg16avg`, the variant of Gatys et al.'s
+/// style transfer; conv -> BN -> ReLU -> average pool is what MLCNN's reordering speeds up).
+fn vgg16_with(opts: &ZooOptions, name: &str, average: bool) -> Result<Model> {
     const CFG: [usize; 18] = [64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0];
-    let mut b = GraphBuilder::new("vgg16", check(opts)?, opts.seed);
+    let mut b = GraphBuilder::new(name, check(opts)?, opts.seed);
     let mut x = b.input();
     let (mut conv_i, mut pool_i) = (0, 0);
     for c in CFG {
         if c == 0 {
             pool_i += 1;
-            x = b.max_pool(&format!("pool{pool_i}"), &x, 2, 2);
+            x = if average {
+                b.avg_pool(&format!("pool{pool_i}"), &x, 2, 2)
+            } else {
+                b.max_pool(&format!("pool{pool_i}"), &x, 2, 2)
+            };
         } else {
             conv_i += 1;
             x = b.conv_bn(&format!("features.{conv_i}."), &x, scaled(c, opts.width_multiplier), 3, 1, true);

@@ -15,6 +15,7 @@ fn zoo_parameter_and_mac_counts_match_hand_computed_figures() {
         ("resnet20", 270_896, 272_474, 40_813_184),
         ("resnet56", 851_504, 855_770, 125_747_840),
         ("vgg16", 14_715_584, 14_724_042, 313_201_664),
+        ("vgg16avg", 14_715_584, 14_724_042, 313_201_664),
     ];
     for (name, paper_params, all_params, macs) in expect {
         let t = model_cost(&zoo_model(name)).unwrap().totals;

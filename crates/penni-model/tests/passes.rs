@@ -207,3 +207,174 @@ proptest! {
         prop_assert!(err <= 1e-4 * scale, "error {} {:?}", err, cs);
     }
 }
+
+/// The activations the swap tests draw: (op, non-decreasing and not a quantizer).
+fn activation(k: usize) -> (Op, bool) {
+    use penni_model::Activation as A;
+    match k {
+        0 => (Op::Relu, true),
+        1 => (Op::Clip { min: -0.5, max: 0.75 }, true),
+        2 => (Op::Activation(A::Sigmoid), true),
+        3 => (Op::Activation(A::LeakyRelu { alpha: 0.1 }), true),
+        4 => (Op::Activation(A::HardSigmoid { alpha: 0.2, beta: 0.5 }), true),
+        5 => (Op::Activation(A::LeakyRelu { alpha: -0.5 }), false),
+        6 => (Op::Activation(A::HardSwish), false),
+        _ => (
+            Op::Activation(A::QuantizeDequantize {
+                scale: 0.05,
+                zero_point: 3,
+                qmin: 0,
+                qmax: 255,
+            }),
+            false,
+        ),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct SwapCase {
+    c: usize,
+    hw: [usize; 2],
+    /// the activations between the conv and the pool, in order
+    acts: Vec<usize>,
+    window: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 4],
+    ceil_mode: bool,
+    max: bool,
+    /// the activation's output is also the model's (a second reader: nothing moves)
+    second_reader: bool,
+    seed: u64,
+}
+
+/// x -> conv 3x3 -> acts -> pool -> [+ global pool of the last activation] -> output
+fn swap_model(cs: &SwapCase) -> Option<Model> {
+    let mut rng = InitRng::new(cs.seed);
+    let c = cs.c;
+    let mut b = GraphBuilder::new(
+        "swap",
+        Input {
+            name: "x".into(),
+            channels: c,
+            height: cs.hw[0],
+            width: cs.hw[1],
+        },
+        cs.seed,
+    );
+    let spec = Conv2d {
+        in_channels: c,
+        out_channels: c,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1; 4],
+        dilation: [1, 1],
+        groups: 1,
+        bias: true,
+    };
+    let params = BTreeMap::from([
+        ("weight".to_string(), randn(&mut rng, vec![c, c, 3, 3])),
+        ("bias".to_string(), randn(&mut rng, vec![c])),
+    ]);
+    let mut t = b.push("conv", Op::Conv2d(spec), &["x"], params);
+    for (j, &k) in cs.acts.iter().enumerate() {
+        t = b.push(&format!("act{j}"), activation(k).0, &[&t], BTreeMap::new());
+    }
+    let last_act = t.clone();
+    let pool = Pool2d {
+        kernel: cs.window,
+        stride: cs.stride,
+        padding: cs.padding,
+        ceil_mode: cs.ceil_mode,
+        count_include_pad: false,
+    };
+    let op = if cs.max { Op::MaxPool2d(pool) } else { Op::AvgPool2d(pool) };
+    t = b.push("pool", op, &[&t], BTreeMap::new());
+    if cs.second_reader {
+        let g1 = b.push("gap1", Op::GlobalAvgPool, &[&t], BTreeMap::new());
+        let g2 = b.push("gap2", Op::GlobalAvgPool, &[&last_act], BTreeMap::new());
+        t = b.push("sum", Op::Add, &[&g1, &g2], BTreeMap::new());
+    }
+    b.finish(&t).ok()
+}
+
+fn swap_case() -> impl Strategy<Value = SwapCase> {
+    (
+        (1..4usize, [3..10usize, 3..10usize], prop::collection::vec(0..8usize, 1..3)),
+        (
+            [1..4usize, 1..4usize],
+            [1..3usize, 1..3usize],
+            [0..2usize, 0..2usize, 0..2usize, 0..2usize],
+        ),
+        (any::<bool>(), any::<bool>(), any::<bool>(), any::<u64>()),
+    )
+        .prop_map(
+            |((c, hw, acts), (window, stride, padding), (ceil_mode, max, second_reader, seed))| SwapCase {
+                c,
+                hw,
+                acts,
+                window,
+                stride,
+                // a pool's padding is narrower than its window
+                padding: std::array::from_fn(|k| padding[k].min(window[k % 2] - 1)),
+                ceil_mode,
+                max,
+                second_reader,
+                seed,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
+        ..ProptestConfig::default()
+    })]
+
+    /// A monotone activation moves after a max pool and the model computes exactly the same;
+    /// anything else (average pools, HardSwish, a falling LeakyReLU, a quantizer, a second
+    /// reader) stays where it is. The moved activations are the run of movable ones just
+    /// before the pool.
+    #[test]
+    fn monotone_activations_move_after_max_pools_exactly(cs in swap_case()) {
+        let Some(m) = swap_model(&cs) else { return Ok(()) };
+        let mut r = m.clone();
+        let moved = passes::activation_after_max_pool(&mut r);
+        r.validate().unwrap();
+        let movable_run = cs.acts.iter().rev().take_while(|&&k| activation(k).1).count();
+        let expected = if cs.max && !cs.second_reader { movable_run } else { 0 };
+        prop_assert_eq!(moved, expected, "{:?}", cs);
+        if moved > 0 {
+            let pool_at = r.nodes.iter().position(|n| matches!(n.op, Op::MaxPool2d(_))).unwrap();
+            prop_assert_eq!(pool_at, 1 + cs.acts.len() - moved, "{:?}", cs);
+        }
+        let batch = 2;
+        let x: Vec<f32> = {
+            let mut rng = InitRng::new(cs.seed ^ 3);
+            (0..batch * m.input_shape().numel()).map(|_| rng.normal()).collect()
+        };
+        prop_assert_eq!(run(&m, &x, batch), run(&r, &x, batch), "{:?}", cs);
+    }
+
+    /// The approximate reordering moves every element-wise activation but a quantizer before an
+    /// average pool (and nothing before a max pool); the model stays valid, with the same
+    /// output shape, and a conv -> ReLU -> average pool chain can then pool before the conv.
+    #[test]
+    fn activations_move_after_average_pools_approximately(cs in swap_case()) {
+        let Some(m) = swap_model(&cs) else { return Ok(()) };
+        let mut r = m.clone();
+        let moved = passes::pool_before_activation(&mut r);
+        r.validate().unwrap();
+        let movable_run = cs.acts.iter().rev().take_while(|&&k| k != 7).count();
+        let expected = if !cs.max && !cs.second_reader { movable_run } else { 0 };
+        prop_assert_eq!(moved, expected, "{:?}", cs);
+        let out = |m: &Model| m.infer_shapes().unwrap()[&m.output];
+        prop_assert_eq!(out(&m), out(&r));
+        if moved == cs.acts.len() && cs.padding == [0; 4] && cs.stride != [1, 1] && !cs.ceil_mode {
+            let pooled = passes::pool_before_conv(&mut r);
+            r.validate().unwrap();
+            prop_assert_eq!(pooled, 1, "{:?}", cs);
+            let macs = |m: &Model| model_cost(m).unwrap().totals.macs_paper;
+            prop_assert!(macs(&r) < macs(&m));
+        }
+    }
+}

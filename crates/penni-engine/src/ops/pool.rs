@@ -3,24 +3,27 @@
 
 use penni_model::Pool2d;
 
+use crate::epilogue::{Act, ActV};
 use crate::error::EngineError;
 use crate::layout::{MapLay, PLay, prefix};
 use crate::simd::{L, Simd, isa_dispatch};
 use crate::step::{Ctx, StepOp, ValId};
 
-/// "maxpool 3x3 s2" / "avgpool 2x2 s2".
-fn describe_pool(p: &Pool2d, max: bool) -> String {
+/// "maxpool 3x3 s2" / "avgpool 2x2 s2" (+ " +act" with an activation after it).
+fn describe_pool(p: &Pool2d, max: bool, act: Act) -> String {
     format!(
-        "{}pool {}x{} s{}",
+        "{}pool {}x{} s{}{}",
         if max { "max" } else { "avg" },
         p.kernel[0],
         p.kernel[1],
-        p.stride[0]
+        p.stride[0],
+        if act == Act::NONE { "" } else { " +act" }
     )
 }
 
 /// Max or average pooling on the blocked layout, with padding, ceil mode and both divisor
-/// conventions exactly as the reference defines them.
+/// conventions exactly as the reference defines them, then the activations after it (on the
+/// pooled map: an activation moved after a max pool runs on a quarter of the values).
 pub(crate) struct PoolStep {
     pub x: ValId,
     pub y: ValId,
@@ -28,6 +31,7 @@ pub(crate) struct PoolStep {
     pub yl: MapLay,
     pub p: Pool2d,
     pub max: bool,
+    pub act: Act,
     pub batch: usize,
 }
 
@@ -35,7 +39,7 @@ isa_dispatch!(fn pool_block => pool_block_g(st: &PoolStep, ctx: &Ctx, t: usize))
 
 impl StepOp for PoolStep {
     fn describe(&self) -> String {
-        describe_pool(&self.p, self.max)
+        describe_pool(&self.p, self.max, self.act)
     }
 
     fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
@@ -52,6 +56,7 @@ unsafe fn pool_block_g<S: Simd>(st: &PoolStep, ctx: &Ctx, t: usize) {
         let xb = (ctx.ptr(st.x) as *const f32).add(img * xl.img() + cb * xl.plane());
         let yb = ctx.ptr(st.y).add(img * yl.img() + cb * yl.plane());
         let (h, w) = (xl.h as isize, xl.w as isize);
+        let act = ActV::<S>::new(st.act);
         // cells inside [0, size + pad_hi) of one axis, and the valid (inside the map) range
         let axis = |o: usize, k: usize, s: usize, lo: usize, hi: usize, size: isize| {
             let a = (o * s) as isize - lo as isize;
@@ -74,7 +79,7 @@ unsafe fn pool_block_g<S: Simd>(st: &PoolStep, ctx: &Ctx, t: usize) {
                     let div = if p.count_include_pad { cy * cx } else { cnt };
                     v = S::mul(v, S::splat(1.0 / div.max(1) as f32));
                 }
-                S::store(yb.add(yl.at(oy, ox)), v);
+                S::store(yb.add(yl.at(oy, ox)), act.apply(v));
             }
         }
     }
@@ -166,13 +171,15 @@ pub(crate) struct PPool {
     yl: PLay,
     p: Pool2d,
     max: bool,
+    act: Act,
     batch: usize,
     /// Set where the small-plane kernel applies (vectorised windows, narrow maps).
     small: Option<SmallPlanes>,
 }
 
 impl PPool {
-    pub fn new(x: ValId, xl: PLay, y: ValId, yl: PLay, p: Pool2d, max: bool, batch: usize) -> PPool {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(x: ValId, xl: PLay, y: ValId, yl: PLay, p: Pool2d, max: bool, act: Act, batch: usize) -> PPool {
         let mut st = PPool {
             x,
             xl,
@@ -180,6 +187,7 @@ impl PPool {
             yl,
             p,
             max,
+            act,
             batch,
             small: None,
         };
@@ -243,6 +251,7 @@ unsafe fn pool_small_g<S: Simd>(st: &PPool, small: &SmallPlanes, x: *const f32, 
     unsafe {
         let (p, xl, yl) = (&st.p, &st.xl, &st.yl);
         let inv = 1.0 / (p.kernel[0] * p.kernel[1]) as f32;
+        let act = ActV::<S>::new(st.act);
         for oy0 in (0..yl.h).step_by(small.rows) {
             let rows = (yl.h - oy0).min(small.rows);
             // the input rows these output rows read, inside the plane
@@ -258,7 +267,7 @@ unsafe fn pool_small_g<S: Simd>(st: &PPool, small: &SmallPlanes, x: *const f32, 
             if !st.max {
                 acc = S::mul(acc, S::splat(inv));
             }
-            S::store_mask(y.add(oy0 * yl.w), prefix(rows * yl.w), acc);
+            S::store_mask(y.add(oy0 * yl.w), prefix(rows * yl.w), act.apply(acc));
         }
     }
 }
@@ -271,6 +280,7 @@ unsafe fn pool_plane_g<S: Simd>(st: &PPool, x: *const f32, y: *mut f32) {
     unsafe {
         let (p, xl, yl) = (&st.p, &st.xl, &st.yl);
         let inv = 1.0 / (p.kernel[0] * p.kernel[1]) as f32;
+        let act = ActV::<S>::new(st.act);
         for oy in 0..yl.h {
             for ox0 in (0..yl.w).step_by(L) {
                 let cnt = (yl.w - ox0).min(L);
@@ -292,7 +302,7 @@ unsafe fn pool_plane_g<S: Simd>(st: &PPool, x: *const f32, y: *mut f32) {
                 if !st.max {
                     acc = S::mul(acc, S::splat(inv));
                 }
-                S::store_mask(y.add(oy * yl.w + ox0), prefix(cnt), acc);
+                S::store_mask(y.add(oy * yl.w + ox0), prefix(cnt), act.apply(acc));
             }
         }
     }
@@ -301,7 +311,7 @@ unsafe fn pool_plane_g<S: Simd>(st: &PPool, x: *const f32, y: *mut f32) {
 impl StepOp for PPool {
     fn describe(&self) -> String {
         let rows = self.small.as_ref().map_or(String::new(), |s| format!(" [{} rows/vector]", s.rows));
-        format!("{}{rows}", describe_pool(&self.p, self.max))
+        format!("{}{rows}", describe_pool(&self.p, self.max, self.act))
     }
 
     fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
@@ -355,7 +365,7 @@ impl StepOp for PPool {
                             let div = if p.count_include_pad { cy * cx } else { cnt };
                             s / div.max(1) as f32
                         };
-                        *yb.add(oy * yl.w + ox) = v;
+                        *yb.add(oy * yl.w + ox) = self.act.apply(v);
                     }
                 }
             }

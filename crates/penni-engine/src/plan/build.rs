@@ -419,7 +419,7 @@ impl<'m> Builder<'m> {
                     _ => return Err(EngineError::Internal(format!("'{}' is not a pool", n.name))),
                 };
                 match (lays[0], ylay) {
-                    (Lay::Planar(xl), Lay::Planar(yl)) => Box::new(pool::PPool::new(ins[0], xl, dst, yl, p, max, batch)),
+                    (Lay::Planar(xl), Lay::Planar(yl)) => Box::new(pool::PPool::new(ins[0], xl, dst, yl, p, max, g.act, batch)),
                     (Lay::Map(xl), Lay::Map(yl)) => Box::new(pool::PoolStep {
                         x: ins[0],
                         y: dst,
@@ -427,6 +427,7 @@ impl<'m> Builder<'m> {
                         yl,
                         p,
                         max,
+                        act: g.act,
                         batch,
                     }),
                     _ => return Err(EngineError::Internal("pool on a vector".into())),

@@ -1,6 +1,6 @@
 //! Fusion: which IR nodes become one step. A convolution absorbs the batchnorms that are the
 //! sole readers of its output, then one residual add, then ReLU/Clip chains (one clamp); a
-//! standalone add, batchnorm or linear layer absorbs the activations after it. On the planar
+//! standalone add, batchnorm, pool or linear layer absorbs the activations after it. On the planar
 //! backend a 1x1 -> k x k -> 1x1 chain of plain convolutions (a Tucker-2 convolution) is one
 //! convolution step, with the last one's batchnorms, add and activations.
 
@@ -224,7 +224,10 @@ impl<'m> Readers<'m> {
                     self.absorb_acts(&mut t, &mut act, &mut anchor, &mut names, &mut absorbed);
                     GKind::Act
                 }
-                Op::MaxPool2d(_) | Op::AvgPool2d(_) => GKind::Pool { node: i },
+                Op::MaxPool2d(_) | Op::AvgPool2d(_) => {
+                    self.absorb_acts(&mut t, &mut act, &mut anchor, &mut names, &mut absorbed);
+                    GKind::Pool { node: i }
+                }
                 Op::GlobalAvgPool => GKind::Gap,
                 Op::Flatten => GKind::Flatten,
                 // rejected by Builder::new

@@ -67,6 +67,19 @@ impl std::fmt::Debug for Plan {
     }
 }
 
+/// MLCNN's exact conv-pool rewrites, where the model has pools: a linear conv's average pool
+/// computed at the pooled resolution (the input windows averaged once, then a strided conv
+/// with a fraction of the work), and monotone activations moved after max pools (so they run
+/// on the pooled map, in the pool's epilogue). `None` when nothing changes.
+fn pool_rewrites(model: &Model) -> Option<Model> {
+    if !model.nodes.iter().any(|n| matches!(&n.op, Op::AvgPool2d(_) | Op::MaxPool2d(_))) {
+        return None;
+    }
+    let mut m = model.clone();
+    let moved = passes::pool_before_conv(&mut m) + passes::activation_after_max_pool(&mut m);
+    (moved > 0).then_some(m)
+}
+
 impl Plan {
     /// Compiles `model` for `batch` images at a time. Fails with a clear error when the model
     /// is invalid, when an option is out of range or when a layer cannot be planned.
@@ -98,20 +111,14 @@ impl Plan {
             )));
         }
         let mut shapes = model.validate()?;
-        // a linear conv's average pool computed at the pooled resolution (exact): the input
-        // windows averaged once, then a strided conv with a fraction of the work
-        let pooled;
-        let model = if model.nodes.iter().any(|n| matches!(&n.op, Op::AvgPool2d(p) if p.stride != [1, 1])) {
-            let mut m = model.clone();
-            if passes::pool_before_conv(&mut m) > 0 {
+        let rewritten;
+        let model = match pool_rewrites(model) {
+            Some(m) => {
                 shapes = m.validate()?;
-                pooled = m;
-                &pooled
-            } else {
-                model
+                rewritten = m;
+                &rewritten
             }
-        } else {
-            model
+            None => model,
         };
         // a one-image plan tells the weight and per-image activation sizes (a full-batch one
         // would touch a full-batch arena, which then shows in the process's peak memory)
