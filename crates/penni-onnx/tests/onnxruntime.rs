@@ -22,6 +22,14 @@ fn onnxruntime_agrees_with_the_reference() {
         models.push(decompose(&m, 5, 22));
         models.push(m);
     }
+    // MLCNN's reordering as `penni compress` writes it: average pools before their ReLUs, then
+    // before their convs (a padded AvgPool counting the zeros, then a strided conv)
+    let mut avg = zoo("vgg16avg", 0.25);
+    randomize_bn(&mut avg, 23);
+    penni_model::passes::pool_before_activation(&mut avg);
+    assert_eq!(penni_model::passes::pool_before_conv(&mut avg), 5);
+    models.push(decompose(&avg, 5, 24));
+    models.push(avg);
     let mut pz = op_zoo();
     models.push(pz.clone());
     pz.name = "op_zoo_round_trip".into();
