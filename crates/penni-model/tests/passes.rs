@@ -369,7 +369,9 @@ proptest! {
         prop_assert_eq!(moved, expected, "{:?}", cs);
         let out = |m: &Model| m.infer_shapes().unwrap()[&m.output];
         prop_assert_eq!(out(&m), out(&r));
-        if moved == cs.acts.len() && cs.padding == [0; 4] && cs.stride != [1, 1] && !cs.ceil_mode {
+        // the conv pads by 1: the pool can move before it when its window is wider than that
+        let fits = cs.window[0] > 1 && cs.window[1] > 1;
+        if moved == cs.acts.len() && cs.padding == [0; 4] && cs.stride != [1, 1] && !cs.ceil_mode && fits {
             let pooled = passes::pool_before_conv(&mut r);
             r.validate().unwrap();
             prop_assert_eq!(pooled, 1, "{:?}", cs);

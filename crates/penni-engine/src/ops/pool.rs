@@ -175,6 +175,9 @@ pub(crate) struct PPool {
     batch: usize,
     /// Set where the small-plane kernel applies (vectorised windows, narrow maps).
     small: Option<SmallPlanes>,
+    /// The vector kernel's load mask per (vector of an output row, window column): lanes whose
+    /// input column lies inside the row (bits 2i for stride 2).
+    masks: Vec<u32>,
 }
 
 impl PPool {
@@ -190,23 +193,39 @@ impl PPool {
             act,
             batch,
             small: None,
+            masks: Vec::new(),
         };
         if st.vectorised() {
-            st.small = SmallPlanes::new(&st.p, &st.xl, &st.yl);
+            if st.p.padding == [0; 4] {
+                st.small = SmallPlanes::new(&st.p, &st.xl, &st.yl);
+            }
+            let (p, w) = (&st.p, st.xl.w as isize);
+            for ox0 in (0..st.yl.w).step_by(L) {
+                let cnt = (st.yl.w - ox0).min(L);
+                for kx in 0..p.kernel[1] {
+                    let s = p.stride[1];
+                    let c0 = (s * ox0) as isize - p.padding[1] as isize + kx as isize;
+                    let inside = |i: usize| (0..w).contains(&(c0 + (s * i) as isize));
+                    st.masks.push((0..cnt).filter(|&i| inside(i)).fold(0u32, |m, i| m | 1 << (s * i)));
+                }
+            }
         }
         st
     }
 
-    /// Every window lies inside the input and columns step by 1 or 2: the vector kernel's case
-    /// (VGG's and LeNet's pools).
+    /// Every window lies inside the (padded) input and columns step by 1 or 2: the vector
+    /// kernel's case (VGG's and LeNet's pools, and the padded average pool that MLCNN's
+    /// reordering puts before a conv). Padding only for an average pool that counts it: its
+    /// zeros are what masked loads read there, and every divisor is the window's size.
     fn vectorised(&self) -> bool {
         let (p, xl, yl) = (&self.p, &self.xl, &self.yl);
-        p.padding == [0; 4]
+        let [pt, pl, pb, pr] = p.padding;
+        (p.padding == [0; 4] || !self.max && p.count_include_pad)
             && matches!(p.stride[1], 1 | 2)
             && yl.h > 0
             && yl.w > 0
-            && (yl.h - 1) * p.stride[0] + p.kernel[0] <= xl.h
-            && (yl.w - 1) * p.stride[1] + p.kernel[1] <= xl.w
+            && (yl.h - 1) * p.stride[0] + p.kernel[0] <= xl.h + pt + pb
+            && (yl.w - 1) * p.stride[1] + p.kernel[1] <= xl.w + pl + pr
     }
 }
 
@@ -281,20 +300,30 @@ unsafe fn pool_plane_g<S: Simd>(st: &PPool, x: *const f32, y: *mut f32) {
         let (p, xl, yl) = (&st.p, &st.xl, &st.yl);
         let inv = 1.0 / (p.kernel[0] * p.kernel[1]) as f32;
         let act = ActV::<S>::new(st.act);
+        let (pt, pl) = (p.padding[0] as isize, p.padding[1] as isize);
+        let h = xl.h as isize;
         for oy in 0..yl.h {
             for ox0 in (0..yl.w).step_by(L) {
                 let cnt = (yl.w - ox0).min(L);
                 let mut acc = if st.max { S::splat(f32::NEG_INFINITY) } else { S::zero() };
                 for ky in 0..p.kernel[0] {
-                    let row = x.add((oy * p.stride[0] + ky) * xl.w);
+                    let iy = (oy * p.stride[0]) as isize - pt + ky as isize;
+                    if !(0..h).contains(&iy) {
+                        // a padding row: zeros, for the average pools that have padding
+                        continue;
+                    }
+                    let row = x.add(iy as usize * xl.w);
                     for kx in 0..p.kernel[1] {
+                        // lane i reads column c0 + i (stride 1) or c0 + 2i (stride 2), masked to
+                        // the row: padding columns read as zeros, and are never touched
+                        let c0 = (p.stride[1] * ox0) as isize - pl + kx as isize;
+                        let m = *st.masks.get_unchecked(ox0 / L * p.kernel[1] + kx);
+                        let base = row.wrapping_offset(c0);
                         let v = if p.stride[1] == 1 {
-                            S::load_mask(row.add(ox0 + kx), prefix(cnt))
+                            S::load_mask(base, m as u16)
                         } else {
-                            // lanes 0, 2, .. 2(cnt - 1) of the 32 floats at `base`
-                            let base = row.add(2 * ox0 + kx);
-                            let m = (1u32 << (2 * cnt - 1)) - 1;
-                            S::even(S::load_mask(base, m as u16), S::load_mask(base.add(L), (m >> 16) as u16))
+                            // the even lanes of the 32 floats at `base`
+                            S::even(S::load_mask(base, m as u16), S::load_mask(base.wrapping_add(L), (m >> 16) as u16))
                         };
                         acc = if st.max { S::max(acc, v) } else { S::add(acc, v) };
                     }
