@@ -206,25 +206,11 @@ impl GraphBuilder {
     }
 
     pub fn max_pool(&mut self, name: &str, x: &str, k: usize, stride: usize) -> String {
-        let p = Pool2d {
-            kernel: [k, k],
-            stride: [stride, stride],
-            padding: [0; 4],
-            ceil_mode: false,
-            count_include_pad: false,
-        };
-        self.push(name, Op::MaxPool2d(p), &[x], BTreeMap::new())
+        self.push(name, Op::MaxPool2d(square_pool(k, stride)), &[x], BTreeMap::new())
     }
 
     pub fn avg_pool(&mut self, name: &str, x: &str, k: usize, stride: usize) -> String {
-        let p = Pool2d {
-            kernel: [k, k],
-            stride: [stride, stride],
-            padding: [0; 4],
-            ceil_mode: false,
-            count_include_pad: false,
-        };
-        self.push(name, Op::AvgPool2d(p), &[x], BTreeMap::new())
+        self.push(name, Op::AvgPool2d(square_pool(k, stride)), &[x], BTreeMap::new())
     }
 
     pub fn global_avg_pool(&mut self, name: &str, x: &str) -> String {
@@ -294,6 +280,17 @@ impl GraphBuilder {
 
 fn scaled(c: usize, m: f32) -> usize {
     ((c as f32 * m).round() as usize).max(1)
+}
+
+/// A k x k pool window at `stride`, unpadded: the zoo's pools.
+fn square_pool(k: usize, stride: usize) -> Pool2d {
+    Pool2d {
+        kernel: [k, k],
+        stride: [stride, stride],
+        padding: [0; 4],
+        ceil_mode: false,
+        count_include_pad: false,
+    }
 }
 
 fn check(opts: &ZooOptions) -> Result<Input> {

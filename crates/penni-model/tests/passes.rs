@@ -123,6 +123,14 @@ fn run(m: &Model, x: &[f32], batch: usize) -> Vec<f32> {
     .data
 }
 
+/// 256 cases, or PROPTEST_CASES.
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
+        ..ProptestConfig::default()
+    }
+}
+
 fn case() -> impl Strategy<Value = Case> {
     (
         (1..4usize, 1..4usize, 1..3usize, [1..4usize, 1..4usize], 1..3usize),
@@ -153,10 +161,7 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(config())]
 
     #[test]
     fn pooling_before_the_conv_computes_the_same(cs in case()) {
@@ -325,10 +330,7 @@ fn swap_case() -> impl Strategy<Value = SwapCase> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(config())]
 
     /// A monotone activation moves after a max pool and the model computes exactly the same;
     /// anything else (average pools, HardSwish, a falling LeakyReLU, a quantizer, a second

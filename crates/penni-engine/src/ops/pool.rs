@@ -199,11 +199,10 @@ impl PPool {
             if st.p.padding == [0; 4] {
                 st.small = SmallPlanes::new(&st.p, &st.xl, &st.yl);
             }
-            let (p, w) = (&st.p, st.xl.w as isize);
+            let (p, w, s) = (&st.p, st.xl.w as isize, st.p.stride[1]);
             for ox0 in (0..st.yl.w).step_by(L) {
                 let cnt = (st.yl.w - ox0).min(L);
                 for kx in 0..p.kernel[1] {
-                    let s = p.stride[1];
                     let c0 = (s * ox0) as isize - p.padding[1] as isize + kx as isize;
                     let inside = |i: usize| (0..w).contains(&(c0 + (s * i) as isize));
                     st.masks.push((0..cnt).filter(|&i| inside(i)).fold(0u32, |m, i| m | 1 << (s * i)));
