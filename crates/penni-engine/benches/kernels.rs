@@ -119,12 +119,7 @@ fn bench_layers(c: &mut Criterion) {
                 )
                 .unwrap();
                 group.bench_with_input(BenchmarkId::new(label, format!("b{batch}")), &x, |bch, x| {
-                    bch.iter_custom(|iters| {
-                        // the median time of the convolution step over `iters` runs, times iters
-                        let t = plan.profile(x, iters as usize).unwrap();
-                        let conv = t.iter().find(|l| l.name.starts_with("conv")).map_or(0, |l| l.median_ns);
-                        Duration::from_nanos(conv * iters)
-                    })
+                    bch.iter_custom(|iters| common::conv_step_time(&mut plan, x, iters))
                 });
             }
         }

@@ -99,6 +99,27 @@ pub mod testing {
         )
     }
 
+    /// A plan on the planar backend whose basis-first combinations are forced packed in row
+    /// blocks (true) or kept in CSR (false), on the detected ISA's kernels or the portable ones.
+    pub fn plan_packed(
+        model: &penni_model::Model,
+        batch: usize,
+        opts: &EngineOptions,
+        packed: bool,
+        portable: bool,
+    ) -> Result<Plan, EngineError> {
+        Plan::with_knobs(
+            model,
+            batch,
+            opts,
+            Knobs {
+                packed_combination: Some(packed),
+                planar: Some(true),
+                ..Knobs::on(if portable { Isa::Fallback } else { Isa::detect() })
+            },
+        )
+    }
+
     /// A plan that runs its batch in micro-batches of `micro` images (a divisor of the batch).
     pub fn plan_micro(model: &penni_model::Model, batch: usize, opts: &EngineOptions, micro: usize) -> Result<Plan, EngineError> {
         Plan::with_knobs(

@@ -57,6 +57,9 @@ pub(crate) struct Knobs {
     pub isa: Isa,
     /// Force the combination orientation of basis-first layers (None = by cost).
     pub blocked_combination: Option<bool>,
+    /// Force the planar backend's basis-first combination packed in row blocks (true) or CSR
+    /// (false) (None = by cost).
+    pub packed_combination: Option<bool>,
     /// Force the planar (true) or the channel-blocked (false) backend.
     pub planar: Option<bool>,
     /// Force the micro-batch (a divisor of the batch).
@@ -73,6 +76,7 @@ impl Knobs {
         Knobs {
             isa,
             blocked_combination: None,
+            packed_combination: None,
             planar: None,
             micro_batch: None,
             lanes: None,

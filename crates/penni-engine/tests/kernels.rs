@@ -191,6 +191,23 @@ const STRATEGIES: [Strategy; 5] = [
 ];
 
 fn run_case(model: &Model, batch: usize, planar: bool, strategy: Strategy, threads: usize) -> Result<(), TestCaseError> {
+    check_plan(model, batch, strategy, threads, &|opts, portable| {
+        if portable {
+            penni_engine::testing::plan_backend_fallback(model, batch, opts, planar)
+        } else {
+            penni_engine::testing::plan_backend(model, batch, opts, planar, None)
+        }
+    })
+}
+
+/// The plan that `make` builds (options, portable kernels or not) against the reference.
+fn check_plan(
+    model: &Model,
+    batch: usize,
+    strategy: Strategy,
+    threads: usize,
+    make: &dyn Fn(&EngineOptions, bool) -> Result<penni_engine::Plan, penni_engine::EngineError>,
+) -> Result<(), TestCaseError> {
     let x = input(model, batch, 7);
     let r = reference(model, batch, &x);
     let opts = EngineOptions {
@@ -200,12 +217,7 @@ fn run_case(model: &Model, batch: usize, planar: bool, strategy: Strategy, threa
     };
     // now and then the portable kernels instead of the detected ISA's
     let portable = r.len().is_multiple_of(5);
-    let mut plan = if portable {
-        penni_engine::testing::plan_backend_fallback(model, batch, &opts, planar)
-    } else {
-        penni_engine::testing::plan_backend(model, batch, &opts, planar, None)
-    }
-    .unwrap();
+    let mut plan = make(&opts, portable).unwrap();
     let y = plan.run(&x).unwrap();
     let e = rel_err(y, &r);
     // outputs that cancel to almost nothing: judge the error against the size of the summed
@@ -213,7 +225,7 @@ fn run_case(model: &Model, batch: usize, planar: bool, strategy: Strategy, threa
     let scale = r.iter().fold(0f64, |a, v| a.max(v.abs() as f64));
     let diff = e * if scale == 0.0 { 1.0 } else { scale };
     let ok = e < TOL || diff < 1e-6 * magnitude(model, batch, &x);
-    prop_assert!(ok, "relative error {e:.2e}, planar {planar}, {strategy:?}\n{:#?}", plan);
+    prop_assert!(ok, "relative error {e:.2e}, {strategy:?}\n{:#?}", plan);
     Ok(())
 }
 
@@ -235,6 +247,18 @@ proptest! {
     fn decomposed_conv_matches_reference(cs in conv_case()) {
         let m = conv_model(&cs, true);
         run_case(&m, cs.batch, cs.planar, STRATEGIES[cs.strategy], 1 + cs.seed as usize % 3)?;
+    }
+
+    #[test]
+    fn packed_combination_matches_reference(cs in conv_case()) {
+        // basis-first or fused (the dataflows with a combination stage), rows in pairs
+        let m = conv_model(&cs, true);
+        let strategy = if cs.seed % 2 == 0 { Strategy::BasisFirst } else { Strategy::Fused };
+        check_plan(&m, cs.batch, strategy, 1 + cs.seed as usize % 3, &|opts, portable| {
+            let plan = penni_engine::testing::plan_packed(&m, cs.batch, opts, true, portable)?;
+            assert!(plan.describe().iter().any(|d| d.contains(" packed2x")), "{:?}", plan.describe());
+            Ok(plan)
+        })?;
     }
 
     #[test]

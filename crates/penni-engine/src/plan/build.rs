@@ -250,6 +250,7 @@ impl<'m> Builder<'m> {
                     self.threads,
                     self.strategy,
                     self.knobs.blocked_combination,
+                    self.knobs.packed_combination,
                 );
                 // mix-first convolves the mixed maps, not the input: the input needs no border
                 let pad = if !self.planar && choice.strategy == Strategy::MixFirst {

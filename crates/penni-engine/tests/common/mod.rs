@@ -148,3 +148,11 @@ pub fn magnitude(model: &Model, batch: usize, x: &[f32]) -> f64 {
     let ax: Vec<f32> = x.iter().map(|v| v.abs()).collect();
     reference(&m, batch, &ax).iter().fold(0f64, |a, v| a.max(v.abs() as f64))
 }
+
+/// For criterion's `iter_custom` in the benches: the median time of the step named `conv...`
+/// (the layer alone, not the input and output conversions) over `iters` runs, times `iters`.
+pub fn conv_step_time(plan: &mut penni_engine::Plan, x: &[f32], iters: u64) -> std::time::Duration {
+    let t = plan.profile(x, iters as usize).unwrap();
+    let conv = t.iter().find(|l| l.name.starts_with("conv")).map_or(0, |l| l.median_ns);
+    std::time::Duration::from_nanos(conv * iters)
+}

@@ -11,7 +11,8 @@
 //! The margin (a switch must win by 20% on the blocked backend, 10% on the planar one) is part
 //! of each backend's model: each was fitted to its own measured kernel times. The blocked
 //! backend also picks its combination orientation here (over pixels or over output channels),
-//! whatever the strategy.
+//! whatever the strategy; the planar backend its coefficient layout (CSR or row pairs,
+//! `packing_pays`, asked once the rows are packed, since the fill is known only then).
 
 use penni_model::DecomposedConv2d;
 
@@ -26,6 +27,9 @@ pub(crate) struct Choice {
     /// Blocked backend, basis-first: combination vectorised over 16 output channels (basis
     /// maps stay channel-blocked) rather than over pixels.
     pub blocked_combination: bool,
+    /// Planar backend, basis-first: the combination's rows packed in row blocks (true), kept
+    /// in CSR (false), or whichever `packing_pays` says once packed (None).
+    pub packed: Option<bool>,
 }
 
 /// Output pixels per tile the `Fused` / `BasisFirst` split counts.
@@ -44,6 +48,7 @@ pub(crate) fn choose(
     threads: usize,
     requested: Strategy,
     force_blocked: Option<bool>,
+    force_packed: Option<bool>,
 ) -> Choice {
     let (bf, mf, dense, margin, blocked) = if planar {
         let k = planar_costs(c, co, hw_in, hw_out);
@@ -67,7 +72,18 @@ pub(crate) fn choose(
     Choice {
         strategy,
         blocked_combination: blocked,
+        packed: force_packed,
     }
+}
+
+/// Whether the planar combination runs faster on `slots` packed row-block slots (zeros
+/// included) than on its `nnz` CSR terms. Fitted to the kernel benches (`benches/kernels.rs`,
+/// `combination/*`): a CSR term costs about 1.5 cycles per output vector (a broadcast, an
+/// index and the pixel vectors' loads per FMA: load-bound), a packed slot about 1.0 (one
+/// column's loads shared by the block's rows: FMA-bound), so packing pays above a fill
+/// (terms / slots) of about two thirds, with the planar backend's 10% margin.
+pub(crate) fn packing_pays(nnz: usize, slots: usize) -> bool {
+    1.0 * (slots as f64) < 0.9 * 1.5 * nnz as f64
 }
 
 /// Estimated cycles per output vector of the planar kernels.

@@ -1,5 +1,5 @@
 //! Decomposed (PENNI) convolution, everything about it in one folder: the coefficient analysis
-//! (`analysis`), the cost models and the one strategy rule (`cost`), the CSR type (`csr`), and
+//! (`analysis`), the cost models and the one strategy rule (`cost`), the CSR type (`csr`) and its packed row blocks (`packed`), and
 //! the steps of both backends (`blocked`, `planar`, each with its kernels). A layer whose
 //! strategy is `Dense` is rebuilt here and handed to the dense convolution.
 
@@ -7,6 +7,7 @@ pub(crate) mod analysis;
 mod blocked;
 pub(crate) mod cost;
 pub(crate) mod csr;
+mod packed;
 mod planar;
 
 use penni_model::batchnorm::Affine;
@@ -42,6 +43,7 @@ pub(crate) fn step(
             fold,
             co,
             choice.strategy,
+            choice.packed,
             io.x,
             xl,
             io.y,

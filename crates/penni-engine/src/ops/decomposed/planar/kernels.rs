@@ -5,8 +5,9 @@ use std::array::from_fn;
 
 use super::PDecomp;
 use crate::error::EngineError;
-use crate::ops::conv::planar_access::{Access, TILE, load_in, load_in2, tap_sum};
+use crate::ops::conv::planar_access::{Access, TILE, TileOut, load_in, load_in2, tap_sum};
 use crate::ops::decomposed::csr::Csr;
+use crate::ops::decomposed::packed::{NO_ROW, PACK_ROWS, RowBlocks};
 use crate::options::Strategy;
 use crate::simd::{L, Simd, isa_dispatch};
 use crate::step::Ctx;
@@ -52,6 +53,29 @@ unsafe fn spmm_row<S: Simd, const T: usize>(m: &Csr, row: usize, bias: f32, z: *
     }
 }
 
+/// One block of R rows times T pixel vectors: per union column, T loads shared by R rows
+/// (R x T independent chains).
+#[inline(always)]
+unsafe fn block_rows<S: Simd, const R: usize, const T: usize>(m: &RowBlocks, blk: usize, bias: &[f32; R], z: *const f32) -> [[S::V; T]; R] {
+    unsafe {
+        let (s, e) = (*m.ptr.get_unchecked(blk), *m.ptr.get_unchecked(blk + 1));
+        let cols = m.cols.as_ptr();
+        let vals = m.vals.as_ptr();
+        let mut a: [[S::V; T]; R] = from_fn(|k| [S::splat(bias[k]); T]);
+        for k in s..e {
+            let zp = z.add(*cols.add(k));
+            let x: [S::V; T] = from_fn(|t| S::load(zp.add(t * L)));
+            for (r, ar) in a.iter_mut().enumerate() {
+                let c = S::splat(*vals.add(k * R + r));
+                for t in 0..T {
+                    ar[t] = S::fma(c, x[t], ar[t]);
+                }
+            }
+        }
+        a
+    }
+}
+
 impl PDecomp {
     /// Runs the step (its `StepOp::exec`): the task split of each dataflow.
     pub(super) fn run(&self, ctx: &Ctx) -> Result<(), EngineError> {
@@ -59,6 +83,10 @@ impl PDecomp {
         // split the output channels too when there are few tiles
         let ngroups = (4 * self.threads).div_ceil(tiles).clamp(1, self.n_out.max(1));
         let nper = self.n_out.div_ceil(ngroups);
+        // the combination's units: output channels, or row blocks when packed
+        let units = self.packed.as_ref().map_or(self.n_out, RowBlocks::blocks);
+        let ugroups = ngroups.min(units.max(1));
+        let uper = units.div_ceil(ugroups);
         match self.strategy {
             Strategy::MixFirst => {
                 let per_img = self.xl.plane() / L;
@@ -98,17 +126,17 @@ impl PDecomp {
                         ((p + 1) * cper).min(nc),
                     );
                 })?;
-                ctx.par(tiles * ngroups, &|t, _| {
+                ctx.par(tiles * ugroups, &|t, _| {
                     let z = self.big.map_or(std::ptr::null_mut(), |v| ctx.ptr(v));
-                    let (tile, g) = (t / ngroups, t % ngroups);
+                    let (tile, g) = (t / ugroups, t % ugroups);
                     p_stage2(
                         ctx.isa,
                         self,
                         ctx,
                         tile,
                         z.wrapping_add(tile * TILE * L),
-                        g * nper,
-                        ((g + 1) * nper).min(self.n_out),
+                        g * uper,
+                        ((g + 1) * uper).min(units),
                     );
                 })
             }
@@ -339,13 +367,18 @@ unsafe fn basis2_n<S: Simd, const D: usize, const TV: usize, const K: usize>(
     }
 }
 
-/// Stage 2 for output channels n0..n1 of one tile, from Z at `z` (the tile's first pixel).
+/// Stage 2 for combination units u0..u1 (output channels, or row blocks when packed) of one
+/// tile, from Z at `z` (the tile's first pixel).
 #[inline(always)]
-unsafe fn p_stage2_g<S: Simd>(st: &PDecomp, ctx: &Ctx, tile: usize, z: *const f32, n0: usize, n1: usize) {
+unsafe fn p_stage2_g<S: Simd>(st: &PDecomp, ctx: &Ctx, tile: usize, z: *const f32, u0: usize, u1: usize) {
     unsafe {
         let tl = st.tile(tile);
         let out = st.epi.tile::<S>(ctx, &st.acc, &tl);
-        for n in n0..n1 {
+        if let Some(p) = &st.packed {
+            stage2_blocks::<S, PACK_ROWS>(st, p, &out, tl.cnt, z, u0, u1);
+            return;
+        }
+        for n in u0..u1 {
             match tl.cnt {
                 4 | 3 => {
                     let r = spmm_row::<S, 4>(&st.rows, n, st.bias[n], z);
@@ -367,12 +400,50 @@ unsafe fn p_stage2_g<S: Simd>(st: &PDecomp, ctx: &Ctx, tile: usize, z: *const f3
     }
 }
 
+/// Stage 2 over row blocks b0..b1 of `p` (R rows each) for the `cnt` vectors of a tile.
+#[inline(always)]
+unsafe fn stage2_blocks<S: Simd, const R: usize>(
+    st: &PDecomp,
+    p: &RowBlocks,
+    out: &TileOut<S>,
+    cnt: usize,
+    z: *const f32,
+    b0: usize,
+    b1: usize,
+) {
+    unsafe {
+        for b in b0..b1 {
+            let rows: [u32; R] = from_fn(|k| p.members[b * R + k]);
+            let bias: [f32; R] = from_fn(|k| if rows[k] == NO_ROW { 0.0 } else { st.bias[rows[k] as usize] });
+            match cnt {
+                4 | 3 => put_block::<S, R, 4>(out, &rows, &block_rows::<S, R, 4>(p, b, &bias, z), cnt),
+                2 => put_block::<S, R, 2>(out, &rows, &block_rows::<S, R, 2>(p, b, &bias, z), 2),
+                _ => put_block::<S, R, 1>(out, &rows, &block_rows::<S, R, 1>(p, b, &bias, z), 1),
+            }
+        }
+    }
+}
+
+/// Stores the first `cnt` of T vectors of each row of a block through the epilogue.
+#[inline(always)]
+unsafe fn put_block<S: Simd, const R: usize, const T: usize>(out: &TileOut<S>, rows: &[u32; R], acc: &[[S::V; T]; R], cnt: usize) {
+    unsafe {
+        for k in 0..R {
+            if rows[k] != NO_ROW {
+                for t in 0..cnt {
+                    out.put(rows[k] as usize, t, acc[k][t]);
+                }
+            }
+        }
+    }
+}
+
 #[inline(always)]
 unsafe fn p_fused_g<S: Simd>(st: &PDecomp, ctx: &Ctx, tile: usize, tid: usize) {
     unsafe {
         let z = st.scratch_ptr(ctx, tid);
         p_stage1_g::<S>(st, ctx, tile, z, st.zstride, 0, 0, st.live_c.len());
-        p_stage2_g::<S>(st, ctx, tile, z, 0, st.n_out);
+        p_stage2_g::<S>(st, ctx, tile, z, 0, st.packed.as_ref().map_or(st.n_out, RowBlocks::blocks));
     }
 }
 

@@ -7,7 +7,9 @@ use penni_model::batchnorm::Affine;
 use penni_model::{Conv2d, Node};
 
 use super::analysis::Coefs;
+use super::cost::packing_pays;
 use super::csr::Csr;
+use super::packed::{PACK_ROWS, RowBlocks};
 use crate::epilogue::{Act, check_residuals, fold_bias};
 use crate::error::EngineError;
 use crate::layout::PLay;
@@ -42,6 +44,8 @@ pub(crate) struct PDecomp {
     colmap: Vec<i32>,
     ncols: usize,
     rows: Csr,
+    /// The rows packed in blocks, when the plan chose that over the CSR.
+    packed: Option<RowBlocks>,
     zstride: usize,
     // mix-first
     urows: Csr,
@@ -63,6 +67,7 @@ impl PDecomp {
         fold: &Affine,
         an: &Coefs,
         strategy: Strategy,
+        packed: Option<bool>,
         x: ValId,
         xl: PLay,
         y: ValId,
@@ -102,6 +107,7 @@ impl PDecomp {
             colmap: vec![],
             ncols: 0,
             rows: Csr::new(),
+            packed: None,
             zstride: 0,
             urows: Csr::new(),
             mf_entries: vec![],
@@ -172,6 +178,13 @@ impl PDecomp {
                 }
                 st.rows.end_row();
             }
+            if packed != Some(false) {
+                let p = RowBlocks::pack(&st.rows, PACK_ROWS);
+                if packed == Some(true) || packing_pays(nnz, p.slots()) {
+                    st.packed = Some(p);
+                    st.rows = Csr::new();
+                }
+            }
             if fused {
                 st.per_thread = st.ncols * TILE * L;
             } else {
@@ -226,7 +239,7 @@ impl StepOp for PDecomp {
             _ => "basis-first",
         };
         format!(
-            "penni {}x{} s{} {}->{} planar {s} d{} nnz{} cols{}{}",
+            "penni {}x{} s{} {}->{} planar {s} d{} nnz{} cols{}{}{}",
             self.kernel[0],
             self.kernel[1],
             self.stride[0],
@@ -235,6 +248,9 @@ impl StepOp for PDecomp {
             self.dl,
             self.nnz,
             self.ncols.max(self.nu),
+            self.packed
+                .as_ref()
+                .map_or(String::new(), |p| format!(" packed{}x{}", p.r, p.slots())),
             self.acc.mode()
         )
     }
@@ -242,6 +258,7 @@ impl StepOp for PDecomp {
     fn weight_floats(&self) -> usize {
         self.bias.len()
             + self.rows.floats()
+            + self.packed.as_ref().map_or(0, RowBlocks::floats)
             + self.urows.floats()
             + self.chunk_bases.iter().map(Vec::len).sum::<usize>()
             + self.mf_entries.iter().map(|e| e.len() * 4).sum::<usize>()
