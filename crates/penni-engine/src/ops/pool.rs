@@ -58,15 +58,10 @@ unsafe fn pool_block_g<S: Simd>(st: &PoolStep, ctx: &Ctx, t: usize) {
         let (h, w) = (xl.h as isize, xl.w as isize);
         let act = ActV::<S>::new(st.act);
         // cells inside [0, size + pad_hi) of one axis, and the valid (inside the map) range
-        let axis = |o: usize, k: usize, s: usize, lo: usize, hi: usize, size: isize| {
-            let a = (o * s) as isize - lo as isize;
-            let counted = (size + hi as isize - a).clamp(0, k as isize);
-            (a.max(0), (a + k as isize).min(size), counted)
-        };
         for oy in 0..yl.h {
-            let (y0, y1, cy) = axis(oy, p.kernel[0], p.stride[0], p.padding[0], p.padding[2], h);
+            let (y0, y1, cy) = window_axis(oy, p.kernel[0], p.stride[0], p.padding[0], p.padding[2], h);
             for ox in 0..yl.w {
-                let (x0, x1, cx) = axis(ox, p.kernel[1], p.stride[1], p.padding[1], p.padding[3], w);
+                let (x0, x1, cx) = window_axis(ox, p.kernel[1], p.stride[1], p.padding[1], p.padding[3], w);
                 let mut v = if st.max { S::splat(f32::NEG_INFINITY) } else { S::zero() };
                 for iy in y0..y1 {
                     for ix in x0..x1 {
@@ -368,14 +363,10 @@ impl StepOp for PPool {
                 let xb = (ctx.ptr(self.x) as *const f32).add(t * xl.plane());
                 let yb = ctx.ptr(self.y).add(t * yl.plane());
                 let (h, w) = (xl.h as isize, xl.w as isize);
-                let axis = |o: usize, k: usize, s: usize, lo: usize, hi: usize, size: isize| {
-                    let a = (o * s) as isize - lo as isize;
-                    (a.max(0), (a + k as isize).min(size), (size + hi as isize - a).clamp(0, k as isize))
-                };
                 for oy in 0..yl.h {
-                    let (y0, y1, cy) = axis(oy, p.kernel[0], p.stride[0], p.padding[0], p.padding[2], h);
+                    let (y0, y1, cy) = window_axis(oy, p.kernel[0], p.stride[0], p.padding[0], p.padding[2], h);
                     for ox in 0..yl.w {
-                        let (x0, x1, cx) = axis(ox, p.kernel[1], p.stride[1], p.padding[1], p.padding[3], w);
+                        let (x0, x1, cx) = window_axis(ox, p.kernel[1], p.stride[1], p.padding[1], p.padding[3], w);
                         let mut m = f32::NEG_INFINITY;
                         let mut s = 0f32;
                         for iy in y0..y1 {
@@ -399,4 +390,13 @@ impl StepOp for PPool {
             }
         })
     }
+}
+
+/// One axis of a pool window: output `o`, window `k`, stride `s`, padding `lo` before and `hi`
+/// after an input of `size`: the input range [start, end) the window covers, and how many of
+/// its positions count for an average that counts padding (inside the input or its padding).
+#[inline(always)]
+fn window_axis(o: usize, k: usize, s: usize, lo: usize, hi: usize, size: isize) -> (isize, isize, isize) {
+    let a = (o * s) as isize - lo as isize;
+    (a.max(0), (a + k as isize).min(size), (size + hi as isize - a).clamp(0, k as isize))
 }
