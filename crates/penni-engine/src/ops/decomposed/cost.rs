@@ -27,7 +27,7 @@ pub(crate) struct Choice {
     /// Blocked backend, basis-first: combination vectorised over 16 output channels (basis
     /// maps stay channel-blocked) rather than over pixels.
     pub blocked_combination: bool,
-    /// Planar backend, basis-first: the combination's rows packed in row blocks (true), kept
+    /// Planar backend, basis-first and fused: the combination's rows packed in row blocks (true), kept
     /// in CSR (false), or whichever `packing_pays` says once packed (None).
     pub packed: Option<bool>,
 }
@@ -77,11 +77,12 @@ pub(crate) fn choose(
 }
 
 /// Whether the planar combination runs faster on `slots` packed row-block slots (zeros
-/// included) than on its `nnz` CSR terms. Fitted to the kernel benches (`benches/kernels.rs`,
-/// `combination/*`): a CSR term costs about 1.5 cycles per output vector (a broadcast, an
-/// index and the pixel vectors' loads per FMA: load-bound), a packed slot about 1.0 (one
-/// column's loads shared by the block's rows: FMA-bound), so packing pays above a fill
-/// (terms / slots) of about two thirds, with the planar backend's 10% margin.
+/// included) than on its `nnz` CSR terms. Fitted to the kernel bench `benches/combination.rs`
+/// on the real layers (`experiments/engine-bench/combination-*`): a CSR term costs about 1.5
+/// cycles per output vector (a broadcast, an index and the pixel vectors' loads per FMA:
+/// load-bound), a packed slot about 1.0 (one column's loads shared by the block's rows:
+/// FMA-bound). That puts break-even at a fill (terms / slots) of two thirds, and the planar
+/// backend's 10% margin moves the threshold to about 0.74.
 pub(crate) fn packing_pays(nnz: usize, slots: usize) -> bool {
     1.0 * (slots as f64) < 0.9 * 1.5 * nnz as f64
 }
