@@ -83,8 +83,7 @@ impl PDecomp {
         // split the output channels too when there are few tiles
         let ngroups = (4 * self.threads).div_ceil(tiles).clamp(1, self.n_out.max(1));
         let nper = self.n_out.div_ceil(ngroups);
-        // the combination's units: output channels, or row blocks when packed
-        let units = self.packed.as_ref().map_or(self.n_out, RowBlocks::blocks);
+        let units = self.combination_units();
         let ugroups = ngroups.min(units.max(1));
         let uper = units.div_ceil(ugroups);
         match self.strategy {
@@ -443,7 +442,7 @@ unsafe fn p_fused_g<S: Simd>(st: &PDecomp, ctx: &Ctx, tile: usize, tid: usize) {
     unsafe {
         let z = st.scratch_ptr(ctx, tid);
         p_stage1_g::<S>(st, ctx, tile, z, st.zstride, 0, 0, st.live_c.len());
-        p_stage2_g::<S>(st, ctx, tile, z, 0, st.packed.as_ref().map_or(st.n_out, RowBlocks::blocks));
+        p_stage2_g::<S>(st, ctx, tile, z, 0, st.combination_units());
     }
 }
 

@@ -201,6 +201,11 @@ impl PDecomp {
         base.wrapping_add(tid * self.per_thread.div_ceil(L) * L)
     }
 
+    /// What the combination stage iterates over: output channels, or row blocks when packed.
+    fn combination_units(&self) -> usize {
+        self.packed.as_ref().map_or(self.n_out, RowBlocks::blocks)
+    }
+
     fn total(&self) -> usize {
         self.acc.nvec * self.batch
     }
