@@ -262,6 +262,35 @@ proptest! {
     }
 
     #[test]
+    fn stride2_phase_split_matches_reference(cs in conv_case(), h in 2..24usize, w in 2..18usize) {
+        // stride 2 on narrow maps (outputs under 12 wide, which would gather), basis-first or
+        // fused on the planar backend: the layer reads its input's phase split, certainly when
+        // its output is as wide as a phase (else where that takes no more vectors)
+        let span = |k: usize, p: usize| k.saturating_sub(p).max(1);
+        let cs = ConvCase {
+            stride: [2, 2],
+            dilation: [1, 1],
+            h: h.max(span(cs.kernel[0], cs.padding[0] + cs.padding[2])),
+            w: w.max(span(cs.kernel[1], cs.padding[1] + cs.padding[3])),
+            ..cs
+        };
+        let m = conv_model(&cs, true);
+        let ow = (cs.w + cs.padding[1] + cs.padding[3] - cs.kernel[1]) / 2 + 1;
+        let strategy = if cs.seed.is_multiple_of(2) { Strategy::BasisFirst } else { Strategy::Fused };
+        check_plan(&m, cs.batch, strategy, 1 + cs.seed as usize % 3, &|opts, portable| {
+            let plan = if portable {
+                penni_engine::testing::plan_backend_fallback(&m, cs.batch, opts, true)?
+            } else {
+                penni_engine::testing::plan_backend(&m, cs.batch, opts, true, None)?
+            };
+            if ow == cs.w.div_ceil(2) {
+                assert!(plan.describe().iter().any(|d| d.contains(" phases")), "{:?}", plan.describe());
+            }
+            Ok(plan)
+        })?;
+    }
+
+    #[test]
     fn tucker_chain_matches_reference(cs in conv_case()) {
         let m = chain_model(&cs);
         let threads = 1 + cs.seed as usize % 3;

@@ -1,11 +1,13 @@
 //! Dense convolution, on both layouts: `blocked` (implicit GEMM on channel-blocked maps, tiles
 //! chosen in `tiling`) and `planar` (register tiles over pixel vectors, reading input through
 //! the masked `planar_access` tables, which the planar decomposed convolution shares), `int8`
-//! (the blocked kernel on the integers of a quantized layer, VNNI where the CPU has it), and
-//! `planar_chain`: a 1x1 -> k x k -> 1x1 (Tucker-2) chain as one planar step.
+//! (the blocked kernel on the integers of a quantized layer, VNNI where the CPU has it),
+//! `planar_chain`: a 1x1 -> k x k -> 1x1 (Tucker-2) chain as one planar step, and `phases`: the
+//! phase split that lets a narrow stride-2 planar layer load its taps instead of gathering.
 
 pub(crate) mod blocked;
 pub(crate) mod int8;
+pub(crate) mod phases;
 pub(crate) mod planar;
 pub(crate) mod planar_access;
 pub(crate) mod planar_chain;

@@ -5,6 +5,7 @@
 
 use std::array::from_fn;
 
+use super::phases::Phases;
 use crate::epilogue::{Act, ActV, MAX_RES};
 use crate::layout::{PLay, prefix};
 use crate::simd::{L, Simd};
@@ -56,22 +57,8 @@ impl Access {
         } else {
             0
         };
-        let (mut taps, mut gather, mut outs) = (Vec::new(), Vec::new(), Vec::new());
-        // (output row, first column, lanes) of each vector, or whole-plane runs when flat
-        let mut vecs: Vec<(usize, usize, usize)> = Vec::new();
-        if flat {
-            for p0 in (0..oh * ow).step_by(L) {
-                vecs.push((p0 / ow, p0 % ow, (oh * ow - p0).min(L)));
-                outs.push((p0, prefix(oh * ow - p0)));
-            }
-        } else {
-            for oy in 0..oh {
-                for ox0 in (0..ow).step_by(L) {
-                    vecs.push((oy, ox0, (ow - ox0).min(L)));
-                    outs.push((oy * ow + ox0, prefix(ow - ox0)));
-                }
-            }
-        }
+        let (mut taps, mut gather) = (Vec::new(), Vec::new());
+        let (vecs, outs) = output_vectors(oh, ow, flat);
         for &(oy, ox0, lanes) in &vecs {
             for &(dyk, dxk) in &taps_k {
                 // input position of lane i
@@ -130,6 +117,47 @@ impl Access {
         }
     }
 
+    /// The access of stride-2 convolution `c` to the phase split `p` of its input: one masked
+    /// load per tap (module `phases`), whatever the width.
+    pub fn phased(p: &Phases, yl: &PLay, c: &Conv2d) -> Access {
+        let (h, w) = (p.src_lay.h as isize, p.src_lay.w as isize);
+        let (oh, ow) = (yl.h, yl.w);
+        // an output row as wide as a phase row: consecutive outputs read consecutive phase
+        // pixels across rows too, so vectors run over the whole plane
+        let flat = ow == p.w2;
+        let (vecs, outs) = output_vectors(oh, ow, flat);
+        let mut taps = Vec::new();
+        for &(oy, ox0, lanes) in &vecs {
+            for ky in 0..c.kernel[0] {
+                for kx in 0..c.kernel[1] {
+                    let (dy, dx) = (ky as isize - c.padding[0] as isize, kx as isize - c.padding[1] as isize);
+                    let mut m = 0u32;
+                    for i in 0..lanes {
+                        let (y, x) = if flat {
+                            ((oy * ow + ox0 + i) / ow, (oy * ow + ox0 + i) % ow)
+                        } else {
+                            (oy, ox0 + i)
+                        };
+                        let (iy, ix) = (2 * y as isize + dy, 2 * x as isize + dx);
+                        if (0..h).contains(&iy) && (0..w).contains(&ix) {
+                            m |= 1 << i;
+                        }
+                    }
+                    // lane i reads the lane-0 position + i (see `flat`)
+                    taps.push((p.offset(oy, ox0, dy, dx), m));
+                }
+            }
+        }
+        Access {
+            nvec: vecs.len(),
+            kind: 1,
+            ntaps: c.kernel[0] * c.kernel[1],
+            taps,
+            gather: Vec::new(),
+            outs,
+        }
+    }
+
     /// The input plane offsets vector `v` reads over all its taps, as [lo, hi) (empty: (0, 0)).
     pub fn read_span(&self, v: usize) -> (usize, usize) {
         let (mut lo, mut hi) = (usize::MAX, 0);
@@ -160,6 +188,29 @@ impl Access {
             ""
         }
     }
+}
+
+/// (output row, first column, lanes) of an output vector.
+type VecPos = (usize, usize, usize);
+
+/// The output vectors of an oh x ow map: the position of each and its (plane offset, store
+/// mask); whole-plane runs of 16 pixels when `flat`, else row by row.
+fn output_vectors(oh: usize, ow: usize, flat: bool) -> (Vec<VecPos>, Vec<(usize, u16)>) {
+    let (mut vecs, mut outs) = (Vec::new(), Vec::new());
+    if flat {
+        for p0 in (0..oh * ow).step_by(L) {
+            vecs.push((p0 / ow, p0 % ow, (oh * ow - p0).min(L)));
+            outs.push((p0, prefix(oh * ow - p0)));
+        }
+    } else {
+        for oy in 0..oh {
+            for ox0 in (0..ow).step_by(L) {
+                vecs.push((oy, ox0, (ow - ox0).min(L)));
+                outs.push((oy * ow + ox0, prefix(ow - ox0)));
+            }
+        }
+    }
+    (vecs, outs)
 }
 
 /// load_in for the same vector and tap of two channel planes (one lookup).

@@ -79,6 +79,12 @@ unsafe fn block_rows<S: Simd, const R: usize, const T: usize>(m: &RowBlocks, blk
 impl PDecomp {
     /// Runs the step (its `StepOp::exec`): the task split of each dataflow.
     pub(super) fn run(&self, ctx: &Ctx) -> Result<(), EngineError> {
+        if let Some(p) = &self.split {
+            let buf = self
+                .split_buf
+                .ok_or_else(|| EngineError::Internal("a stride-2 PENNI layer ran without its phase buffer".into()))?;
+            p.run(ctx, buf)?;
+        }
         let tiles = self.total().div_ceil(TILE);
         // split the output channels too when there are few tiles
         let ngroups = (4 * self.threads).div_ceil(tiles).clamp(1, self.n_out.max(1));
@@ -238,7 +244,7 @@ unsafe fn stage1_k<S: Simd, const K: usize>(
 ) {
     unsafe {
         let tl = st.tile(tile);
-        let xb = ctx.ptr(st.x) as *const f32;
+        let xb = st.input(ctx);
         let (xl, dl, a) = (&st.xl, st.dl, &st.acc);
         let z = z.add(zoff);
         let cols_of = |ci: usize, start: usize, n: usize| -> [isize; 8] {

@@ -13,6 +13,7 @@ use super::packed::{PACK_ROWS, RowBlocks};
 use crate::epilogue::{Act, check_residuals, fold_bias};
 use crate::error::EngineError;
 use crate::layout::PLay;
+use crate::ops::conv::phases::Phases;
 use crate::ops::conv::planar_access::{Access, Epi, TILE, Tile, tile_of};
 use crate::options::Strategy;
 use crate::simd::L;
@@ -23,7 +24,12 @@ mod kernels;
 /// A decomposed convolution on planar maps.
 pub(crate) struct PDecomp {
     x: ValId,
+    /// The layout the kernels read: the input's, or its phase split's.
     xl: PLay,
+    /// A stride-2 layer's input split into phases first (`phases`; not for mix-first, which
+    /// reads the input at full resolution), and where to.
+    split: Option<Phases>,
+    split_buf: Option<ValId>,
     epi: Epi,
     strategy: Strategy,
     kernel: [usize; 2],
@@ -85,10 +91,29 @@ impl PDecomp {
         let coef = |n: usize, ci: usize, j: usize| an.coef(n, ci, j);
         let bias: Vec<f32> = (0..n_out).map(|n| fold_bias(fold, b, n)).collect();
         let (jl, dl, nnz) = (&an.jl, an.dl(), an.nnz);
-        let acc = Access::new(&xl, &yl, c, false);
+        // a stride-2 layer whose reads would gather (a narrow map) reads its input's phase
+        // split instead, unless that takes more vectors (rows too narrow to fill one, which the
+        // gathers pack across rows: VGG-16-avg's reordered 9 -> 4 layer 2.7x slower): ResNet-18
+        // w0.25's 14 -> 7 and 7 -> 4 PENNI layers 0.67x and 0.75x the time at batch 64 (split
+        // included); a wider layer's two loads per tap (28 -> 14) ran 1.3x faster than loads
+        // from a split
+        let mut acc = Access::new(&xl, &yl, c, false);
+        let mut split = None;
+        if strategy != Strategy::MixFirst
+            && acc.kind == 0
+            && let Some(p) = Phases::for_conv(x, &xl, c, batch)
+        {
+            let phased = Access::phased(&p, &yl, c);
+            if phased.nvec <= acc.nvec {
+                (acc, split) = (phased, Some(p));
+            }
+        }
+        let xl = split.as_ref().map_or(xl, |p| p.lay);
         let mut st = PDecomp {
             x,
             xl,
+            split,
+            split_buf: None,
             epi: Epi { y, yl, res, act },
             strategy,
             kernel: c.kernel,
@@ -196,6 +221,11 @@ impl PDecomp {
         Ok(st)
     }
 
+    /// The map the kernels read: the input, or its phase split.
+    fn input(&self, ctx: &Ctx) -> *const f32 {
+        ctx.ptr(self.split_buf.unwrap_or(self.x))
+    }
+
     fn scratch_ptr(&self, ctx: &Ctx, tid: usize) -> *mut f32 {
         let base = self.scratch.map_or(std::ptr::null_mut(), |v| ctx.ptr(v));
         base.wrapping_add(tid * self.per_thread.div_ceil(L) * L)
@@ -216,11 +246,14 @@ impl PDecomp {
 }
 
 impl StepOp for PDecomp {
-    /// Slot 0: per-thread working memory; slot 1 (if any): a whole-layer buffer.
+    /// Slot 0: per-thread working memory; then, if any, a whole-layer buffer and the phase split.
     fn scratch_floats(&self) -> Vec<usize> {
         let mut v = vec![self.per_thread.div_ceil(L) * L * self.threads];
         if self.big_floats > 0 {
             v.push(self.big_floats);
+        }
+        if let Some(p) = &self.split {
+            v.push(p.floats());
         }
         v
     }
@@ -230,10 +263,10 @@ impl StepOp for PDecomp {
     }
 
     fn set_scratch(&mut self, slot: usize, v: ValId) {
-        if slot == 0 {
-            self.scratch = Some(v);
-        } else {
-            self.big = Some(v);
+        match slot {
+            0 => self.scratch = Some(v),
+            1 if self.big_floats > 0 => self.big = Some(v),
+            _ => self.split_buf = Some(v),
         }
     }
 
@@ -244,7 +277,7 @@ impl StepOp for PDecomp {
             _ => "basis-first",
         };
         format!(
-            "penni {}x{} s{} {}->{} planar {s} d{} nnz{} cols{}{}{}",
+            "penni {}x{} s{} {}->{} planar {s} d{} nnz{} cols{}{}{}{}",
             self.kernel[0],
             self.kernel[1],
             self.stride[0],
@@ -256,7 +289,8 @@ impl StepOp for PDecomp {
             self.packed
                 .as_ref()
                 .map_or(String::new(), |p| format!(" packed{}x{}", p.r, p.slots())),
-            self.acc.mode()
+            self.acc.mode(),
+            if self.split.is_some() { " phases" } else { "" }
         )
     }
 
