@@ -19,11 +19,11 @@ use crate::step::{Ctx, ValId};
 #[derive(Clone, Debug)]
 pub(crate) struct Phases {
     /// The input map and its layout.
-    pub src: ValId,
+    src: ValId,
     pub src_lay: PLay,
     /// The split map: per channel, phases (0,0), (0,1), (1,0), (1,1) of `h2` x `w2` each.
     pub lay: PLay,
-    pub h2: usize,
+    h2: usize,
     pub w2: usize,
     /// Per vector of a split plane: the input plane offset of each lane, and the lanes to
     /// fill (those of the phases some tap reads: a 1x1 shortcut reads only (0,0)); one gather
@@ -34,8 +34,7 @@ pub(crate) struct Phases {
 }
 
 impl Phases {
-    /// The split for convolution `c` reading `xl`, when it has stride 2 (and no dilation,
-    /// whose taps would skip phases unevenly).
+    /// The split for convolution `c` reading `xl`, when it has stride 2 and no dilation.
     pub fn for_conv(src: ValId, xl: &PLay, c: &Conv2d, batch: usize) -> Option<Phases> {
         if c.stride != [2, 2] || c.dilation != [1, 1] {
             return None;

@@ -94,9 +94,9 @@ impl PDecomp {
         // a stride-2 layer whose reads would gather (a narrow map) reads its input's phase
         // split instead, unless that takes more vectors (rows too narrow to fill one, which the
         // gathers pack across rows: VGG-16-avg's reordered 9 -> 4 layer 2.7x slower): ResNet-18
-        // w0.25's 14 -> 7 and 7 -> 4 PENNI layers 0.67x and 0.75x the time at batch 64 (split
-        // included); a wider layer's two loads per tap (28 -> 14) ran 1.3x faster than loads
-        // from a split
+        // w0.25's 14 -> 7 and 7 -> 4 PENNI layers 0.64x and 0.75x the time at batch 64 (split
+        // included; experiments/engine-bench/phases-2026-12-07); a wider layer's two loads per
+        // tap (28 -> 14) ran 1.3x faster than loads from a split
         let mut acc = Access::new(&xl, &yl, c, false);
         let mut split = None;
         if strategy != Strategy::MixFirst
