@@ -105,6 +105,12 @@ fn conv_case() -> impl proptest::strategy::Strategy<Value = ConvCase> {
 
 /// x -> conv (dense or decomposed) -> tail, as a model.
 fn conv_model(cs: &ConvCase, decomposed: bool) -> Model {
+    let (b, out) = conv_graph(cs, decomposed);
+    b.finish(&out).unwrap()
+}
+
+/// The graph of `conv_model` so far, and its last tensor.
+fn conv_graph(cs: &ConvCase, decomposed: bool) -> (GraphBuilder, String) {
     let mut rng = InitRng::new(cs.seed);
     let (c, n) = (cs.cg * cs.groups, cs.og * cs.groups);
     let kk = cs.kernel[0] * cs.kernel[1];
@@ -179,7 +185,7 @@ fn conv_model(cs: &ConvCase, decomposed: bool) -> Model {
         }
         _ => y,
     };
-    b.finish(&out).unwrap()
+    (b, out)
 }
 
 const STRATEGIES: [Strategy; 5] = [
@@ -286,6 +292,42 @@ proptest! {
             if ow == cs.w.div_ceil(2) {
                 assert!(plan.describe().iter().any(|d| d.contains(" phases")), "{:?}", plan.describe());
             }
+            Ok(plan)
+        })?;
+    }
+
+    #[test]
+    fn max_pool_epilogue_matches_reference(cs in conv_case(), wide in any::<bool>(), rows in 1..4usize, relu_after in any::<bool>()) {
+        // a "same" convolution on a map 16 or 32 wide (whole tiles of pool windows), its tail
+        // (batchnorm, ReLU, clip or a residual add), then a 2x2 max pool and maybe a ReLU: on the
+        // planar backend the pool runs in the convolution's epilogue, on every dataflow
+        let k = if cs.kernel[0] % 2 == 1 { 3 } else { 1 };
+        let w = if wide { 32 } else { 16 };
+        let cs = ConvCase {
+            kernel: [k, k],
+            stride: [1, 1],
+            dilation: [1, 1],
+            padding: [k / 2; 4],
+            h: rows * 64 / w,
+            w,
+            ..cs
+        };
+        let decomposed = !cs.seed.is_multiple_of(3);
+        let (mut b, t) = conv_graph(&cs, decomposed);
+        let p = Pool2d { kernel: [2, 2], stride: [2, 2], padding: [0; 4], ceil_mode: false, count_include_pad: false };
+        let mut t = b.push("pool", Op::MaxPool2d(p), &[&t], BTreeMap::new());
+        if relu_after {
+            t = b.push("post", Op::Relu, &[&t], BTreeMap::new());
+        }
+        let m = b.finish(&t).unwrap();
+        let strategy = if decomposed { STRATEGIES[cs.strategy] } else { Strategy::Auto };
+        check_plan(&m, cs.batch, strategy, 1 + cs.seed as usize % 3, &|opts, portable| {
+            let plan = if portable {
+                penni_engine::testing::plan_backend_fallback(&m, cs.batch, opts, true)?
+            } else {
+                penni_engine::testing::plan_backend(&m, cs.batch, opts, true, None)?
+            };
+            assert!(plan.describe().iter().any(|d| d.contains("+maxpool2x2")), "{:?}", plan.describe());
             Ok(plan)
         })?;
     }

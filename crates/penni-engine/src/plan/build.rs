@@ -14,6 +14,7 @@ use crate::error::EngineError;
 use crate::layout::map_lays;
 use crate::layout::{Lay, MapLay, PLay, planar_lays, same_layout_kind};
 use crate::ops::conv::int8::{InputGrid, IntWeights};
+use crate::ops::conv::planar_access::PoolEpi;
 use crate::ops::conv::{self, ConvIo};
 use crate::ops::decomposed::analysis::Coefs;
 use crate::ops::decomposed::cost::{self, Choice};
@@ -164,11 +165,11 @@ impl<'m> Builder<'m> {
 
     pub fn build(mut self) -> Result<Built, EngineError> {
         let model = self.model;
-        let groups = self.readers.groups(self.planar);
+        let groups = self.readers.groups(self.planar, self.shapes);
 
         // 1. convolutions first: folds, dataflows, and the padding they need of their input
         for g in &groups {
-            if let GKind::Conv { node, bns } = &g.kind {
+            if let GKind::Conv { node, bns, .. } = &g.kind {
                 self.prepare_conv(g, *node, bns)?;
             }
         }
@@ -295,17 +296,33 @@ impl<'m> Builder<'m> {
         let ylay = self.vals[dst].lay;
         let batch = self.batch;
         let op: Box<dyn StepOp> = match &g.kind {
-            GKind::Conv { node, .. } => {
+            GKind::Conv { node, pool, .. } => {
                 let n = &model.nodes[*node];
                 let prep = self
                     .convs
                     .get(node)
                     .ok_or_else(|| EngineError::Internal(format!("'{}' was not prepared", n.name)))?;
+                // with a pool in the epilogue, the convolution's own output (the pool's input)
+                // is never allocated: the step writes the pooled map
+                let (yl, pool) = match (pool, ylay) {
+                    (Some(j), Lay::Planar(pooled)) => {
+                        let t = &model.nodes[*j].inputs[0];
+                        (self.lay_of(self.shape(t), t), Some(PoolEpi { lay: pooled }))
+                    }
+                    (Some(_), _) => {
+                        return Err(EngineError::Internal(format!(
+                            "'{}': a pool epilogue off the planar backend",
+                            n.name
+                        )));
+                    }
+                    (None, _) => (ylay, None),
+                };
                 let io = ConvIo {
                     x: ins[0],
                     xl: lays[0],
                     y: dst,
-                    yl: ylay,
+                    yl,
+                    pool,
                     res: ins[1..].to_vec(),
                     rl: lays[1..].to_vec(),
                     act: g.act,

@@ -2,11 +2,14 @@
 //! sole readers of its output, then one residual add, then ReLU/Clip chains (one clamp); a
 //! standalone add, batchnorm, pool or linear layer absorbs the activations after it. On the planar
 //! backend a 1x1 -> k x k -> 1x1 chain of plain convolutions (a Tucker-2 convolution) is one
-//! convolution step, with the last one's batchnorms, add and activations.
+//! convolution step, with the last one's batchnorms, add and activations, and a convolution
+//! absorbs a 2x2 max pool after it (and the activations after that) where its output tiles hold
+//! whole pool windows (`ops::conv::planar_access::PoolEpi`), so the full-resolution map is
+//! never written.
 
 use std::collections::HashMap;
 
-use penni_model::{Model, Op};
+use penni_model::{Model, Op, Shape};
 
 use crate::epilogue::{Act, Quant};
 use crate::ops::elementwise::PointOp;
@@ -23,10 +26,12 @@ pub(super) struct Group {
 }
 
 pub(super) enum GKind {
-    /// A dense or decomposed convolution with the batchnorms folded into it.
+    /// A dense or decomposed convolution with the batchnorms folded into it, and the 2x2 max
+    /// pool its epilogue computes, if any.
     Conv {
         node: usize,
         bns: Vec<usize>,
+        pool: Option<usize>,
     },
     /// A 1x1 -> k x k -> 1x1 chain of dense convolutions, the batchnorms folded into the last.
     Chain {
@@ -135,9 +140,23 @@ impl<'m> Readers<'m> {
         crate::ops::conv::planar_chain::chainable(first, conv(core)?, conv(last)?).then_some((core, last))
     }
 
+    /// The 2x2 max pool that alone reads `t`, if the planar epilogue can compute it: windows
+    /// of a stride-2 pool without padding, on a map 16 or 32 wide whose tiles of 64 pixels
+    /// hold whole rows of windows (an even number of rows, and a multiple of 4 at width 16).
+    fn fusable_max_pool(&self, t: &str, shapes: &HashMap<String, Shape>, absorbed: &[bool]) -> Option<usize> {
+        let j = self.sole_reader(t).filter(|&j| !absorbed[j])?;
+        let Op::MaxPool2d(p) = &self.model.nodes[j].op else { return None };
+        let Some(&Shape::Map { h, w, .. }) = shapes.get(t) else {
+            return None;
+        };
+        let windows = p.kernel == [2, 2] && p.stride == [2, 2] && p.padding == [0; 4];
+        (windows && (w == 16 || w == 32) && h % (64 / w) == 0).then_some(j)
+    }
+
     /// The model's nodes grouped into steps-to-be, in node order of their last node; `planar`:
-    /// for the planar backend (which has the chain step).
-    pub fn groups(&self, planar: bool) -> Vec<Group> {
+    /// for the planar backend (which has the chain step and pool epilogues), `shapes`: every
+    /// tensor's.
+    pub fn groups(&self, planar: bool, shapes: &HashMap<String, Shape>) -> Vec<Group> {
         let nodes = &self.model.nodes;
         let mut absorbed = vec![false; nodes.len()];
         let mut groups = Vec::new();
@@ -201,9 +220,22 @@ impl<'m> Readers<'m> {
                         }
                     }
                     self.absorb_acts(&mut t, &mut act, &mut anchor, &mut names, &mut absorbed);
+                    // the activations commute with the max (all are monotone), so the epilogue
+                    // applies them all before pooling
+                    let pool = match chain {
+                        None if planar => self.fusable_max_pool(&t, shapes, &absorbed),
+                        _ => None,
+                    };
+                    if let Some(j) = pool {
+                        absorbed[j] = true;
+                        anchor = j;
+                        names.push(nodes[j].name.clone());
+                        t = nodes[j].output.clone();
+                        self.absorb_acts(&mut t, &mut act, &mut anchor, &mut names, &mut absorbed);
+                    }
                     match chain {
                         Some((core, last)) => GKind::Chain { first: i, core, last, bns },
-                        None => GKind::Conv { node: i, bns },
+                        None => GKind::Conv { node: i, bns, pool },
                     }
                 }
                 Op::Add => {

@@ -19,6 +19,7 @@ use penni_model::batchnorm::Affine;
 use crate::epilogue::Act;
 use crate::error::EngineError;
 use crate::layout::{Lay, map_lays};
+use crate::ops::conv::planar_access::PoolEpi;
 use crate::step::{StepOp, ValId};
 
 /// What the planner hands a convolution-like step: its input, output and residual buffers
@@ -31,6 +32,9 @@ pub(crate) struct ConvIo {
     pub res: Vec<ValId>,
     pub rl: Vec<Lay>,
     pub act: Act,
+    /// A max pool the epilogue computes (planar only): `y` is then the pooled map, `yl` the
+    /// convolution's own output layout.
+    pub pool: Option<PoolEpi>,
     pub batch: usize,
     pub threads: usize,
 }
@@ -47,9 +51,12 @@ pub(crate) fn dense_step(
     note: String,
 ) -> Result<Box<dyn StepOp>, EngineError> {
     Ok(match (io.xl, io.yl) {
-        (Lay::Planar(xl), Lay::Planar(yl)) => {
-            Box::new(planar::PConv::new(name, spec, w, b, fold, io.x, xl, io.y, yl, io.res, io.act, io.batch, io.threads)?.with_note(note))
-        }
+        (Lay::Planar(xl), Lay::Planar(yl)) => Box::new(
+            planar::PConv::new(name, spec, w, b, fold, io.x, xl, io.y, yl, io.res, io.act, io.batch, io.threads)?
+                .with_note(note)
+                .with_pool(io.pool),
+        ),
+        _ if io.pool.is_some() => return Err(EngineError::Internal(format!("'{name}': a pool epilogue off the planar backend"))),
         (Lay::Map(xl), Lay::Map(yl)) => {
             let rl = map_lays(&io.rl)?;
             Box::new(

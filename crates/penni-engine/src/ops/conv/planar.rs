@@ -7,7 +7,7 @@ use std::array::from_fn;
 use penni_model::Conv2d;
 use penni_model::batchnorm::Affine;
 
-use super::planar_access::{Access, Epi, TILE, load_in, tap_sum, tile_of};
+use super::planar_access::{Access, Epi, PoolEpi, TILE, load_in, tap_sum, tile_of};
 use crate::arena::AVec;
 use crate::epilogue::{Act, check_residuals, fold_bias, fold_weight};
 use crate::error::EngineError;
@@ -123,7 +123,13 @@ impl PConv {
         Ok(PConv {
             x,
             xl,
-            epi: Epi { y, yl, res, act },
+            epi: Epi {
+                y,
+                yl,
+                res,
+                act,
+                pool: None,
+            },
             spec: *c,
             batch,
             threads,
@@ -148,6 +154,12 @@ impl PConv {
         self
     }
 
+    /// The step with a max pool in its epilogue (`PoolEpi`).
+    pub fn with_pool(mut self, pool: Option<PoolEpi>) -> Self {
+        self.epi.pool = pool;
+        self
+    }
+
     /// Floats of one thread's gathered tile.
     fn per_thread(&self) -> usize {
         if self.pregather { self.xl.c * self.acc.ntaps * TILE * L } else { 0 }
@@ -158,7 +170,7 @@ impl StepOp for PConv {
     fn describe(&self) -> String {
         let c = &self.spec;
         format!(
-            "conv {}x{} s{} {}->{} planar{}{}{}",
+            "conv {}x{} s{} {}->{} planar{}{}{}{}",
             c.kernel[0],
             c.kernel[1],
             c.stride[0],
@@ -166,7 +178,8 @@ impl StepOp for PConv {
             c.out_channels,
             if self.sparse.is_some() { " sparse" } else { "" },
             self.acc.mode(),
-            self.note
+            self.note,
+            if self.epi.pool.is_some() { " +maxpool2x2" } else { "" }
         )
     }
 

@@ -264,14 +264,30 @@ pub(crate) unsafe fn load_in<S: Simd, const K: usize>(a: &Access, base: *const f
 }
 
 /// Where a step's output goes: the output map, residual maps added before the activation,
-/// the activation.
+/// the activation, and a max pool after it.
 #[derive(Clone)]
 pub(crate) struct Epi {
     pub y: ValId,
+    /// The convolution's output layout (also the residuals'); `y` has it unless pooled.
     pub yl: PLay,
     pub res: Vec<ValId>,
     pub act: Act,
+    pub pool: Option<PoolEpi>,
 }
+
+/// A 2x2 stride-2 max pool computed in the epilogue, so the convolution's full-resolution
+/// output is never written (issue 14, MLCNN's conv-pool fusion). The plan fuses one only where
+/// the convolution's map is 16 or 32 wide and its tiles of 4 vectors (64 pixels) are whole rows
+/// of windows (`plan::fuse`): 2 rows of 32 or 4 of 16, pooled into one vector, 16 consecutive
+/// pixels of the pooled map. The activation (monotone) runs before the max.
+#[derive(Clone, Copy)]
+pub(crate) struct PoolEpi {
+    /// The pooled map.
+    pub lay: PLay,
+}
+
+/// Odd lanes of two vectors (the even ones are `Simd::even`).
+const ODD: [u32; L] = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31];
 
 /// Vectors per tile of the convolution kernels.
 pub(crate) const TILE: usize = 4;
@@ -303,6 +319,19 @@ pub(crate) struct TileOut<S: Simd> {
     plane: usize,
     store: [u16; TILE],
     act: ActV<S>,
+    pool: Option<TilePool>,
+    /// With a pool, the tile's activated vectors of the channel being stored.
+    buf: std::cell::UnsafeCell<[S::V; TILE]>,
+}
+
+/// Where one tile's pooled vector goes.
+#[derive(Clone, Copy)]
+struct TilePool {
+    /// The vector pairs that hold vertically adjacent rows of the windows.
+    pairs: [(usize, usize); 2],
+    /// The tile's pooled vector of channel 0, and the pooled plane.
+    y: *mut f32,
+    plane: usize,
 }
 
 impl Epi {
@@ -326,6 +355,14 @@ impl Epi {
                 plane: yl.plane(),
                 store: from_fn(|v| a.outs[t.vl[v]].1),
                 act: ActV::new(self.act),
+                // a tile is 2 rows of 32 (vectors 0, 1 above 2, 3) or 4 rows of 16 (0 above 1, 2
+                // above 3); its windows pool into pooled pixels [outs / 4, outs / 4 + 16)
+                pool: self.pool.map(|p| TilePool {
+                    pairs: if yl.w == 2 * L { [(0, 2), (1, 3)] } else { [(0, 1), (2, 3)] },
+                    y: yb.add(t.img[0] * p.lay.img() + a.outs[t.vl[0]].0 / 4),
+                    plane: p.lay.plane(),
+                }),
+                buf: std::cell::UnsafeCell::new([S::zero(); TILE]),
             }
         }
     }
@@ -342,6 +379,17 @@ impl<S: Simd> TileOut<S> {
                 x = S::add(x, S::load(self.r[k][t].add(off)));
             }
             let x = self.act.apply(x);
+            if let Some(p) = self.pool {
+                // every tile is whole (plan::fuse): vectors 0..TILE come in order, per channel
+                let buf = &mut *self.buf.get();
+                buf[t] = x;
+                if t == TILE - 1 {
+                    let a = S::max(buf[p.pairs[0].0], buf[p.pairs[0].1]);
+                    let b = S::max(buf[p.pairs[1].0], buf[p.pairs[1].1]);
+                    S::store(p.y.add(n * p.plane), S::max(S::even(a, b), S::pick2(a, b, &ODD)));
+                }
+                return;
+            }
             if self.store[t] == u16::MAX {
                 S::store(self.y[t].add(off), x);
             } else {

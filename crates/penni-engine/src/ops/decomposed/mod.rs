@@ -37,22 +37,31 @@ pub(crate) fn step(
         return conv::dense_step(&node.name, &c.conv, &w, b, fold, io, format!(" (rebuilt from d{})", c.num_bases));
     }
     Ok(match (io.xl, io.yl) {
-        (Lay::Planar(xl), Lay::Planar(yl)) => Box::new(planar::PDecomp::new(
-            node,
-            &c.conv,
-            fold,
-            co,
-            choice.strategy,
-            choice.packed,
-            io.x,
-            xl,
-            io.y,
-            yl,
-            io.res,
-            io.act,
-            io.batch,
-            io.threads,
-        )?),
+        (Lay::Planar(xl), Lay::Planar(yl)) => Box::new(
+            planar::PDecomp::new(
+                node,
+                &c.conv,
+                fold,
+                co,
+                choice.strategy,
+                choice.packed,
+                io.x,
+                xl,
+                io.y,
+                yl,
+                io.res,
+                io.act,
+                io.batch,
+                io.threads,
+            )?
+            .with_pool(io.pool),
+        ),
+        _ if io.pool.is_some() => {
+            return Err(EngineError::Internal(format!(
+                "'{}': a pool epilogue off the planar backend",
+                node.name
+            )));
+        }
         (Lay::Map(xl), Lay::Map(yl)) => {
             let rl = map_lays(&io.rl)?;
             Box::new(blocked::DecompStep::new(

@@ -14,7 +14,7 @@ use crate::epilogue::{Act, check_residuals, fold_bias};
 use crate::error::EngineError;
 use crate::layout::PLay;
 use crate::ops::conv::phases::Phases;
-use crate::ops::conv::planar_access::{Access, Epi, TILE, Tile, tile_of};
+use crate::ops::conv::planar_access::{Access, Epi, PoolEpi, TILE, Tile, tile_of};
 use crate::options::Strategy;
 use crate::simd::L;
 use crate::step::{Ctx, StepOp, ValId};
@@ -114,7 +114,13 @@ impl PDecomp {
             xl,
             split,
             split_buf: None,
-            epi: Epi { y, yl, res, act },
+            epi: Epi {
+                y,
+                yl,
+                res,
+                act,
+                pool: None,
+            },
             strategy,
             kernel: c.kernel,
             stride: c.stride,
@@ -221,6 +227,12 @@ impl PDecomp {
         Ok(st)
     }
 
+    /// The step with a max pool in its epilogue (`PoolEpi`).
+    pub fn with_pool(mut self, pool: Option<PoolEpi>) -> Self {
+        self.epi.pool = pool;
+        self
+    }
+
     /// The map the kernels read: the input, or its phase split.
     fn input(&self, ctx: &Ctx) -> *const f32 {
         ctx.ptr(self.split_buf.unwrap_or(self.x))
@@ -277,7 +289,7 @@ impl StepOp for PDecomp {
             _ => "basis-first",
         };
         format!(
-            "penni {}x{} s{} {}->{} planar {s} d{} nnz{} cols{}{}{}{}",
+            "penni {}x{} s{} {}->{} planar {s} d{} nnz{} cols{}{}{}{}{}",
             self.kernel[0],
             self.kernel[1],
             self.stride[0],
@@ -290,7 +302,8 @@ impl StepOp for PDecomp {
                 .as_ref()
                 .map_or(String::new(), |p| format!(" packed{}x{}", p.r, p.slots())),
             self.acc.mode(),
-            if self.split.is_some() { " phases" } else { "" }
+            if self.split.is_some() { " phases" } else { "" },
+            if self.epi.pool.is_some() { " +maxpool2x2" } else { "" }
         )
     }
 
