@@ -141,8 +141,8 @@ impl<'m> Readers<'m> {
     }
 
     /// The 2x2 max pool that alone reads `t`, if the planar epilogue can compute it: windows
-    /// of a stride-2 pool without padding, on a map 16 or 32 wide whose tiles of 64 pixels
-    /// hold whole rows of windows (an even number of rows, and a multiple of 4 at width 16).
+    /// of a stride-2 pool without padding, on a map 8, 16 or 32 wide whose tiles of 64 pixels
+    /// hold whole rows of windows (a multiple of 64 / width rows).
     fn fusable_max_pool(&self, t: &str, shapes: &HashMap<String, Shape>, absorbed: &[bool]) -> Option<usize> {
         let j = self.sole_reader(t).filter(|&j| !absorbed[j])?;
         let Op::MaxPool2d(p) = &self.model.nodes[j].op else { return None };
@@ -150,7 +150,7 @@ impl<'m> Readers<'m> {
             return None;
         };
         let windows = p.kernel == [2, 2] && p.stride == [2, 2] && p.padding == [0; 4];
-        (windows && (w == 16 || w == 32) && h % (64 / w) == 0).then_some(j)
+        (windows && matches!(w, 8 | 16 | 32) && h % (64 / w) == 0).then_some(j)
     }
 
     /// The model's nodes grouped into steps-to-be, in node order of their last node; `planar`:

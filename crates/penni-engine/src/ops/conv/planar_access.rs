@@ -277,9 +277,9 @@ pub(crate) struct Epi {
 
 /// A 2x2 stride-2 max pool computed in the epilogue, so the convolution's full-resolution
 /// output is never written (issue 14, MLCNN's conv-pool fusion). The plan fuses one only where
-/// the convolution's map is 16 or 32 wide and its tiles of 4 vectors (64 pixels) are whole rows
-/// of windows (`plan::fuse`): 2 rows of 32 or 4 of 16, pooled into one vector, 16 consecutive
-/// pixels of the pooled map. The activation (monotone) runs before the max.
+/// the convolution's map is 8, 16 or 32 wide and its tiles of 4 vectors (64 pixels) are whole
+/// rows of windows (`plan::fuse`): 2 rows of 32, 4 of 16 or 8 of 8, pooled into one vector, 16
+/// consecutive pixels of the pooled map. The activation (monotone) runs before the max.
 #[derive(Clone, Copy)]
 pub(crate) struct PoolEpi {
     /// The pooled map.
@@ -288,6 +288,9 @@ pub(crate) struct PoolEpi {
 
 /// Odd lanes of two vectors (the even ones are `Simd::even`).
 const ODD: [u32; L] = [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31];
+/// The first and the second halves of two vectors: on a map 8 wide a vector holds two rows.
+const TOP_ROWS: [u32; L] = [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23];
+const BOTTOM_ROWS: [u32; L] = [8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31];
 
 /// Vectors per tile of the convolution kernels.
 pub(crate) const TILE: usize = 4;
@@ -327,8 +330,9 @@ pub(crate) struct TileOut<S: Simd> {
 /// Where one tile's pooled vector goes.
 #[derive(Clone, Copy)]
 struct TilePool {
-    /// The vector pairs that hold vertically adjacent rows of the windows.
-    pairs: [(usize, usize); 2],
+    /// The vector pairs that hold vertically adjacent rows of the windows, or (a map 8 wide)
+    /// None: each vector holds both rows of a window row.
+    pairs: Option<[(usize, usize); 2]>,
     /// The tile's pooled vector of channel 0, and the pooled plane.
     y: *mut f32,
     plane: usize,
@@ -355,10 +359,15 @@ impl Epi {
                 plane: yl.plane(),
                 store: from_fn(|v| a.outs[t.vl[v]].1),
                 act: ActV::new(self.act),
-                // a tile is 2 rows of 32 (vectors 0, 1 above 2, 3) or 4 rows of 16 (0 above 1, 2
-                // above 3); its windows pool into pooled pixels [outs / 4, outs / 4 + 16)
+                // a tile is 2 rows of 32 (vectors 0, 1 above 2, 3), 4 rows of 16 (0 above 1, 2
+                // above 3) or 8 of 8 (two per vector); its windows pool into pooled pixels
+                // [outs / 4, outs / 4 + 16)
                 pool: self.pool.map(|p| TilePool {
-                    pairs: if yl.w == 2 * L { [(0, 2), (1, 3)] } else { [(0, 1), (2, 3)] },
+                    pairs: match yl.w {
+                        32 => Some([(0, 2), (1, 3)]),
+                        16 => Some([(0, 1), (2, 3)]),
+                        _ => None,
+                    },
                     y: yb.add(t.img[0] * p.lay.img() + a.outs[t.vl[0]].0 / 4),
                     plane: p.lay.plane(),
                 }),
@@ -384,8 +393,14 @@ impl<S: Simd> TileOut<S> {
                 let buf = &mut *self.buf.get();
                 buf[t] = x;
                 if t == TILE - 1 {
-                    let a = S::max(buf[p.pairs[0].0], buf[p.pairs[0].1]);
-                    let b = S::max(buf[p.pairs[1].0], buf[p.pairs[1].1]);
+                    // the vertical maxima, as two vectors of window rows (each 2 x 8 or 1 x 16)
+                    let (a, b) = match p.pairs {
+                        Some([(i, j), (k, l)]) => (S::max(buf[i], buf[j]), S::max(buf[k], buf[l])),
+                        None => {
+                            let rows = |u: S::V, v: S::V| S::max(S::pick2(u, v, &TOP_ROWS), S::pick2(u, v, &BOTTOM_ROWS));
+                            (rows(buf[0], buf[1]), rows(buf[2], buf[3]))
+                        }
+                    };
                     S::store(p.y.add(n * p.plane), S::max(S::even(a, b), S::pick2(a, b, &ODD)));
                 }
                 return;
