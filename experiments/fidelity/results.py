@@ -211,7 +211,7 @@ def chart(results):
     y0, y1 = min(ys + [-2.5]) - 0.2, max(ys) + 0.2
     px = lambda x: left + (x - x0) / (x1 - x0) * (w - left - right)
     py = lambda y: top + (y1 - y) / (y1 - y0) * (h - top - bottom)
-    colours = {"resnet20": "#1f77b4", "vgg16": "#d62728", "vgg16avg": "#ff7f0e", "resnet18": "#2ca02c"}
+    colours = {"resnet20": "#1f77b4", "vgg16": "#d62728", "vgg16avg": "#ff7f0e", "resnet18": "#2ca02c", "resnet18w50": "#9467bd"}
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">',
            f'<rect x="0" y="0" width="{w}" height="{h}" fill="white"/>',
            # the target: >= 85% of MACs removed, no more than 0.3 points lost
@@ -241,12 +241,13 @@ def chart(results):
     for i, (m, c) in enumerate(colours.items()):
         out.append(f'<rect x="{lx}" y="{top + 10 + 16 * i}" width="10" height="10" fill="{c}"/><text x="{lx + 15}" y="{top + 19 + 16 * i}">{m}</text>')
     for i, (shape, name) in enumerate((("circle", "PENNI"), ("rect", "Tucker-2"), ("path", "auto"))):
-        yy = top + 70 + 16 * i
+        yy = top + 16 * len(colours) + 22 + 16 * i
         mark = {"circle": f'<circle cx="{lx + 5}" cy="{yy + 5}" r="5" fill="#555"/>',
                 "rect": f'<rect x="{lx}" y="{yy}" width="10" height="10" fill="#555"/>',
                 "path": f'<path d="M{lx + 5},{yy - 1} L{lx + 11},{yy + 10} L{lx - 1},{yy + 10} Z" fill="#555"/>'}[shape]
         out.append(mark + f'<text x="{lx + 15}" y="{yy + 9}">{name}</text>')
-    out.append(f'<text x="{lx}" y="{top + 130}" fill="#555">vs fair baseline,</text><text x="{lx}" y="{top + 144}" fill="#555">test measured once</text>')
+    note_y = top + 16 * len(colours) + 82
+    out.append(f'<text x="{lx}" y="{note_y}" fill="#555">vs fair baseline,</text><text x="{lx}" y="{note_y + 14}" fill="#555">test measured once</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
