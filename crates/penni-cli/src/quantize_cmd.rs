@@ -40,6 +40,10 @@ pub struct QuantizeArgs {
     /// Bits of the activations that convs, linear layers and adds read (0 = f32, 2..=8).
     #[arg(long)]
     pub activations: Option<u8>,
+    /// Bits of the basis maps between a PENNI layer's two stages (0 = f32, 2..=8): with them
+    /// (and quantized activations) the layer runs on integer kernels.
+    #[arg(long)]
+    pub basis_maps: Option<u8>,
     /// How activation ranges are chosen: min_max, percentile or mse.
     #[arg(long)]
     pub calibration: Option<Calibration>,
@@ -96,6 +100,9 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     if let Some(b) = args.activations {
         q.activations = b;
     }
+    if let Some(b) = args.basis_maps {
+        q.basis_maps = b;
+    }
     if let Some(c) = args.calibration {
         q.calibration = c;
     }
@@ -121,7 +128,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
     // folded first: the weights put on a grid and the ranges measured are those that run
     let mut folded = loaded.model.clone();
     let batchnorms_folded = passes::fold_batchnorms(&mut folded);
-    let (calibrated, ranges) = if bits.activations > 0 {
+    let (calibrated, ranges) = if bits.activations > 0 || bits.basis_maps > 0 {
         let images = data.train.subset(bits.calibration_images, config.seed);
         let shape = folded.input_shape();
         let batches: Vec<Batch> = BatchIter::new(&images, 64, &transform, false, false, 0, 0, false)
@@ -135,6 +142,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             bits: bits.activations,
             method: bits.calibration,
             percentile: bits.percentile,
+            basis_bits: bits.basis_maps,
         };
         calibrate_activations(&folded, &batches, &opts)?
     } else {
@@ -228,14 +236,21 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             max_err("weight")
         );
         println!("batchnorms folded into their convs: {batchnorms_folded}");
+        let basis_layers = ranges.iter().filter(|r| r.tensor.ends_with(".basis_maps")).count();
         if bits.activations > 0 {
             println!(
                 "activations: {} tensors at {} bits (unsigned, per tensor), ranges by {:?} on {} training images; at most {:.3}% of a tensor's calibration values clipped",
-                ranges.len(),
+                ranges.len() - basis_layers,
                 bits.activations,
                 bits.calibration,
                 bits.calibration_images.min(data.train.len()),
                 most_clipped * 100.0
+            );
+        }
+        if basis_layers > 0 {
+            println!(
+                "basis maps of {basis_layers} PENNI layers at {} bits (signed, symmetric, per tensor)",
+                bits.basis_maps
             );
         }
         println!(

@@ -12,10 +12,14 @@
 //! - `percentile`: the `percentile`-th and (100 - `percentile`)-th percentiles (outliers clip);
 //! - `mse`: the range [min, max] shrunk by the factor in 1, 0.95, ..., 0.3 with the least mean
 //!   squared quantization error over the sampled values.
+//!
+//! The basis maps between a PENNI layer's two stages (`DecomposedConv2d::basis_quant`) are
+//! signed and get a symmetric grid (zero point 0, -qmax..=qmax, qmax = 2^(bits-1) - 1), its
+//! magnitude chosen the same three ways from the maps' absolute values.
 
 use std::collections::{BTreeMap, HashSet};
 
-use penni_model::reference::{Activation as Batch, forward_all};
+use penni_model::reference::{Activation as Batch, basis_maps, forward_all};
 use penni_model::{Activation, Model, Node, Op};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +54,8 @@ pub struct CalibrationOptions {
     pub method: Calibration,
     /// For `Calibration::Percentile`: the upper percentile kept, in (50, 100].
     pub percentile: f64,
+    /// Bits per basis-map value of the PENNI layers (signed, symmetric), 0 (f32) or 2..=8.
+    pub basis_bits: u8,
 }
 
 /// One quantized tensor, for the report.
@@ -103,12 +109,13 @@ struct Stats {
     samples: Vec<f32>,
 }
 
-/// `model` with a quantize-dequantize node on every tensor of [`quantizable_tensors`], ranges
-/// from running `batches` through the reference forward pass.
+/// `model` with a quantize-dequantize node on every tensor of [`quantizable_tensors`] (unless
+/// `opts.bits` is 0) and a grid on the basis maps of every PENNI layer (unless
+/// `opts.basis_bits` is 0), ranges from running `batches` through the reference forward pass.
 pub fn calibrate_activations(model: &Model, batches: &[Batch], opts: &CalibrationOptions) -> Result<(Model, Vec<ActivationRange>)> {
     model.validate()?;
-    if !(2..=8).contains(&opts.bits) {
-        return Err(CompressError::Invalid(format!("activation bits must be 2..=8, got {}", opts.bits)));
+    if opts.bits == 1 || opts.bits > 8 {
+        return Err(CompressError::Invalid(format!("activation bits must be 0 (f32) or 2..=8, got {}", opts.bits)));
     }
     if opts.method == Calibration::Percentile && !(opts.percentile > 50.0 && opts.percentile <= 100.0) {
         return Err(CompressError::Invalid(format!(
@@ -116,28 +123,35 @@ pub fn calibrate_activations(model: &Model, batches: &[Batch], opts: &Calibratio
             opts.percentile
         )));
     }
+    if opts.basis_bits == 1 || opts.basis_bits > 8 {
+        return Err(CompressError::Invalid(format!(
+            "basis-map bits must be 0 (f32) or 2..=8, got {}",
+            opts.basis_bits
+        )));
+    }
     if batches.iter().all(|b| b.n == 0) {
         return Err(CompressError::Invalid("calibration needs at least one image".into()));
     }
-    let tensors = quantizable_tensors(model);
+    let tensors = if opts.bits == 0 { vec![] } else { quantizable_tensors(model) };
     let mut stats: BTreeMap<&str, Stats> = tensors.iter().map(|t| (t.as_str(), Stats::default())).collect();
+    // PENNI layers whose basis maps get a grid, by node index
+    let layers: Vec<usize> = if opts.basis_bits == 0 {
+        vec![]
+    } else {
+        (0..model.nodes.len())
+            .filter(|&i| matches!(&model.nodes[i].op, Op::DecomposedConv2d(dc) if dc.basis_quant.is_none()))
+            .collect()
+    };
+    let mut map_stats: Vec<Stats> = layers.iter().map(|_| Stats::default()).collect();
     for batch in batches.iter().filter(|b| b.n > 0) {
         let all = forward_all(model, batch)?;
         for (t, s) in stats.iter_mut() {
-            let v = &all[*t].data;
-            if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
-                return Err(CompressError::Invalid(format!(
-                    "tensor '{t}' holds {bad} on a calibration image: the model overflows"
-                )));
-            }
-            let (lo, hi) = v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
-            if s.samples.is_empty() {
-                (s.min, s.max) = (lo, hi);
-            } else {
-                (s.min, s.max) = (s.min.min(lo), s.max.max(hi));
-            }
-            let stride = v.len().div_ceil(SAMPLES_PER_BATCH).max(1);
-            s.samples.extend(v.iter().step_by(stride));
+            s.record(t, &all[*t].data)?;
+        }
+        for (&i, s) in layers.iter().zip(&mut map_stats) {
+            let node = &model.nodes[i];
+            let maps = basis_maps(node, &all[node.inputs[0].as_str()])?;
+            s.record(&format!("{}.basis_maps", node.output), &maps.data)?;
         }
     }
     let qmax = (1i32 << opts.bits) - 1;
@@ -166,8 +180,87 @@ pub fn calibrate_activations(model: &Model, batches: &[Batch], opts: &Calibratio
         });
         insert_quantizer(&mut out, t, q);
     }
+    let qmax = (1i32 << opts.basis_bits.saturating_sub(1)) - 1;
+    for (&i, s) in layers.iter().zip(&mut map_stats) {
+        let scale = symmetric_scale(s, opts, qmax);
+        let node = &model.nodes[i];
+        let clipped = s.samples.iter().filter(|x| x.abs() > scale * qmax as f32).count() as f64 / s.samples.len().max(1) as f64;
+        ranges.push(ActivationRange {
+            tensor: format!("{}.basis_maps", node.output),
+            min: s.min,
+            max: s.max,
+            low: -scale * qmax as f32,
+            high: scale * qmax as f32,
+            scale,
+            zero_point: 0,
+            clipped,
+        });
+        let name = node.name.clone();
+        if let Some(Op::DecomposedConv2d(dc)) = out.node_mut(&name).map(|n| &mut n.op) {
+            dc.basis_quant = Some(symmetric_grid(scale, qmax));
+        }
+    }
     out.validate()?;
     Ok((out, ranges))
+}
+
+impl Stats {
+    /// Adds the values `v` of tensor `t` seen on one calibration batch.
+    fn record(&mut self, t: &str, v: &[f32]) -> Result<()> {
+        if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+            return Err(CompressError::Invalid(format!(
+                "tensor '{t}' holds {bad} on a calibration image: the model overflows"
+            )));
+        }
+        let (lo, hi) = v.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &x| (a.min(x), b.max(x)));
+        if self.samples.is_empty() {
+            (self.min, self.max) = (lo, hi);
+        } else {
+            (self.min, self.max) = (self.min.min(lo), self.max.max(hi));
+        }
+        let stride = v.len().div_ceil(SAMPLES_PER_BATCH).max(1);
+        self.samples.extend(v.iter().step_by(stride));
+        Ok(())
+    }
+}
+
+/// The signed symmetric grid -qmax..=qmax with step `scale`.
+fn symmetric_grid(scale: f32, qmax: i32) -> Activation {
+    Activation::QuantizeDequantize {
+        scale,
+        zero_point: 0,
+        qmin: -qmax,
+        qmax,
+    }
+}
+
+/// The step of the symmetric grid that `opts.method` chooses for values seen in `s`.
+fn symmetric_scale(s: &mut Stats, opts: &CalibrationOptions, qmax: i32) -> f32 {
+    let amax = s.min.abs().max(s.max.abs());
+    let magnitude = match opts.method {
+        Calibration::MinMax => amax,
+        Calibration::Percentile => {
+            let mut a: Vec<f32> = s.samples.iter().map(|x| x.abs()).collect();
+            a.sort_by(f32::total_cmp);
+            a.get(((opts.percentile / 100.0) * a.len().saturating_sub(1) as f64).round() as usize)
+                .copied()
+                .unwrap_or(amax)
+        }
+        Calibration::Mse => {
+            let err = |f: f32| {
+                let q = symmetric_grid((amax * f / qmax as f32).max(f32::MIN_POSITIVE), qmax);
+                s.samples.iter().map(|&x| ((x - q.apply(x)) as f64).powi(2)).sum::<f64>()
+            };
+            let best = (0..=14)
+                .map(|i| 1.0 - 0.05 * i as f32)
+                .map(|f| (f, err(f)))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map_or(1.0, |(f, _)| f);
+            amax * best
+        }
+    };
+    // a map of zeros: any step represents it
+    if magnitude > f32::MIN_POSITIVE * qmax as f32 { magnitude / qmax as f32 } else { 1.0 }
 }
 
 /// The range [low, high] (holding 0) that `opts.method` chooses.
@@ -300,6 +393,7 @@ mod tests {
             bits: 8,
             method,
             percentile: 99.9,
+            basis_bits: 8,
         };
         assert_eq!(choose_range(&mut stats(), &opts(Calibration::MinMax), 255), (0.0, 50.0));
         let (_, hi) = choose_range(&mut stats(), &opts(Calibration::Percentile), 255);

@@ -33,6 +33,8 @@ pub struct QuantBits {
     pub pointwise: u8,
     /// Activations read by convs, linear layers and adds (per tensor, unsigned), 0 or 2..=8.
     pub activations: u8,
+    /// The basis maps between a PENNI layer's two stages (per tensor, signed), 0 or 2..=8.
+    pub basis_maps: u8,
     /// How each activation range is chosen from the calibration images.
     pub calibration: Calibration,
     /// Upper percentile kept by `calibration = "percentile"`.
@@ -49,6 +51,7 @@ impl Default for QuantBits {
             weights: 8,
             pointwise: 8,
             activations: 8,
+            basis_maps: 8,
             calibration: Calibration::MinMax,
             percentile: 99.99,
             calibration_images: 512,
@@ -69,17 +72,16 @@ impl QuantBits {
         .map(|(n, b)| format!("quantize.{n} must be 0 (f32) or 2..=16 bits, got {b}"))
         .collect();
         let mut bad = bad;
-        if self.activations == 1 || self.activations > 8 {
-            bad.push(format!(
-                "quantize.activations must be 0 (f32) or 2..=8 bits, got {}",
-                self.activations
-            ));
+        for (name, b) in [("activations", self.activations), ("basis_maps", self.basis_maps)] {
+            if b == 1 || b > 8 {
+                bad.push(format!("quantize.{name} must be 0 (f32) or 2..=8 bits, got {b}"));
+            }
         }
         if !(self.percentile > 50.0 && self.percentile <= 100.0) {
             bad.push(format!("quantize.percentile must be in (50, 100], got {}", self.percentile));
         }
-        if self.activations > 0 && self.calibration_images == 0 {
-            bad.push("quantize.calibration_images must be at least 1 when activations are quantized".into());
+        if (self.activations > 0 || self.basis_maps > 0) && self.calibration_images == 0 {
+            bad.push("quantize.calibration_images must be at least 1 when activations or basis maps are quantized".into());
         }
         if bad.is_empty() {
             Ok(())
@@ -177,24 +179,31 @@ pub fn quantize_weights(model: &Model, bits: &QuantBits) -> Result<(Model, Quant
     Ok((out, report))
 }
 
-/// Puts each bias of a conv or linear layer that reads a quantized activation and has
-/// integer weights on the int32 grid of input scale x weight scale, where an integer engine
+/// Puts each bias of a conv or linear layer that reads a quantized activation (of a PENNI
+/// layer whose combination reads quantized basis maps) and has integer weights (coefficients)
+/// on the int32 grid of input scale x weight scale, where an integer engine
 /// (onnxruntime's QLinearConv on the QDQ export) adds it: the model then computes what those
 /// engines do. The change is at most half a step of that fine grid.
 fn round_biases_to_integer_grid(model: &mut Model) {
     let input_scale = model.activation_scales();
     for node in &mut model.nodes {
-        let channels = match &node.op {
-            Op::Conv2d(c) => c.out_channels,
-            Op::Linear { out_features, .. } => *out_features,
+        // (output channels, the integer layer's input scale, its weight)
+        let (channels, s_in, weight) = match &node.op {
+            Op::Conv2d(c) => (c.out_channels, node.inputs.first().and_then(|x| input_scale.get(x)).copied(), "weight"),
+            Op::Linear { out_features, .. } => (*out_features, node.inputs.first().and_then(|x| input_scale.get(x)).copied(), "weight"),
+            // the combination stage reads the quantized basis maps
+            Op::DecomposedConv2d(dc) => match dc.basis_quant {
+                Some(penni_model::Activation::QuantizeDequantize { scale, .. }) => (dc.conv.out_channels, Some(scale), "coefficients"),
+                _ => continue,
+            },
             _ => continue,
         };
-        let Some(&s_in) = node.inputs.first().and_then(|x| input_scale.get(x)) else {
+        let Some(s_in) = s_in else {
             continue;
         };
         let Some((w_scales, _)) = node
             .params
-            .get("weight")
+            .get(weight)
             .and_then(|w| penni_model::grid::int8_channels(&w.data, channels))
         else {
             continue;

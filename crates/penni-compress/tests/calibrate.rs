@@ -51,6 +51,7 @@ fn calibrated_models_stay_close_and_run_on_the_engine() {
                 bits,
                 method,
                 percentile: 99.99,
+ basis_bits: 8,
             };
             let (q, ranges) = calibrate_activations(&m, &batches, &opts).unwrap();
             let quantizers = q

@@ -153,15 +153,15 @@ pub mod testing {
         )
     }
 
-    /// A plan on the channel-blocked backend with the portable kernels, the integer ones
-    /// included (which a plan uses only where the CPU has VNNI).
-    pub fn plan_int8_portable(model: &penni_model::Model, batch: usize, opts: &EngineOptions) -> Result<Plan, EngineError> {
+    /// A plan on a forced backend with the portable kernels, the integer ones included (which
+    /// a plan uses only where the CPU has VNNI).
+    pub fn plan_int8_portable(model: &penni_model::Model, batch: usize, opts: &EngineOptions, planar: bool) -> Result<Plan, EngineError> {
         Plan::with_knobs(
             model,
             batch,
             opts,
             Knobs {
-                planar: Some(false),
+                planar: Some(planar),
                 int8: IntKernels::Always,
                 ..Knobs::on(Isa::Fallback)
             },

@@ -190,7 +190,7 @@ proptest! {
         // the portable kernel everywhere, VNNI where the CPU has it
         for fallback in if has_vnni() { vec![false, true] } else { vec![true] } {
             let mut plan = if fallback {
-                plan_int8_portable(&model, batch, &opts).unwrap()
+                plan_int8_portable(&model, batch, &opts, false).unwrap()
             } else {
                 plan_backend(&model, batch, &opts, false, None).unwrap()
             };
@@ -220,7 +220,7 @@ fn quantized_networks_run_on_the_integer_kernels() {
             ..Default::default()
         };
         let convs = q.nodes.iter().filter(|n| matches!(n.op, Op::Conv2d(_))).count();
-        let mut portable = plan_int8_portable(&q, 2, &opts).unwrap();
+        let mut portable = plan_int8_portable(&q, 2, &opts, false).unwrap();
         assert_eq!(steps_with(&portable, "int8 portable"), convs, "{name}: {:#?}", portable.describe());
         let a = portable.run(&x).unwrap().to_vec();
         // a plain plan: VNNI where the CPU has it, the f32 kernels elsewhere (faster than the

@@ -154,6 +154,7 @@ fn conv_graph(cs: &ConvCase, decomposed: bool) -> (GraphBuilder, String) {
                     bias: cs.bias,
                 },
                 num_bases: cs.bases,
+                basis_quant: None,
             })
         } else {
             params.insert("weight".into(), randn(rng, vec![n, cs.cg, cs.kernel[0], cs.kernel[1]], std));

@@ -23,17 +23,29 @@ pub struct Conv2d {
 /// w[n, c] = sum_j coefficients[n * C/groups + c, j] * bases[j]. Parameters: `bases` (d x kh*kw),
 /// `coefficients` (N*C/groups x d, pruned entries are exactly zero), optional `bias` (N).
 /// Its geometry is the dense conv's it replaces; in files its fields sit beside `num_bases`.
+///
+/// With `basis_quant` (an `Activation::QuantizeDequantize`, per tensor) the layer computes in
+/// two stages, as an integer engine does: the basis maps m[c, j] = x[c] * bases[j] (every input
+/// channel with every basis), quantized and dequantized, then y[n] = sum over (c, j) of
+/// coefficients[n, c, j] m[c, j] + bias ([`crate::passes::split_decomposed`] spells it out).
+/// Without it the layer is the dense conv of its combined kernels.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DecomposedConv2d {
     #[serde(flatten)]
     pub conv: Conv2d,
     pub num_bases: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis_quant: Option<Activation>,
 }
 
 impl DecomposedConv2d {
-    /// The PENNI form of `conv` with `num_bases` bases per layer.
+    /// The PENNI form of `conv` with `num_bases` bases per layer (basis maps in f32).
     pub fn from_conv(conv: &Conv2d, num_bases: usize) -> Self {
-        DecomposedConv2d { conv: *conv, num_bases }
+        DecomposedConv2d {
+            conv: *conv,
+            num_bases,
+            basis_quant: None,
+        }
     }
 }
 
@@ -632,6 +644,20 @@ pub fn node_output_shape(node: &Node, ins: &[Shape]) -> Result<Shape> {
         Op::DecomposedConv2d(c) => {
             if c.num_bases == 0 {
                 return Err(shape_err(node, "needs at least one basis".into()));
+            }
+            match &c.basis_quant {
+                None => {}
+                Some(q @ Activation::QuantizeDequantize { .. }) => {
+                    if let Some(p) = q.param_problem() {
+                        return Err(shape_err(node, format!("basis maps: {p}")));
+                    }
+                }
+                Some(other) => {
+                    return Err(shape_err(
+                        node,
+                        format!("basis maps can only be quantized (QuantizeDequantize), got {}", other.name()),
+                    ));
+                }
             }
             conv_out(node, ins[0], &c.conv)
         }

@@ -133,6 +133,13 @@ pub fn int_output_factor(input_scale: f32, weight_scale: f32, bn_scale: f64) -> 
     (input_scale as f64 * weight_scale as f64 * bn_scale) as f32
 }
 
+/// The factor from the integer sum of a basis map (input codes x basis codes) to its code on
+/// the basis maps' grid, before rounding: input scale x basis scale / map scale, in f64,
+/// rounded once.
+pub fn basis_map_factor(input_scale: f32, basis_scale: f32, map_scale: f32) -> f32 {
+    (input_scale as f64 * basis_scale as f64 / map_scale as f64) as f32
+}
+
 /// The scale of a bias on the integer grid of an integer conv or linear layer: input scale
 /// times the output channel's weight scale, as ONNX QDQ writes int32 biases.
 pub fn bias_scales(input_scale: f32, weight_scales: &[f32]) -> Vec<f32> {

@@ -39,6 +39,15 @@ pub fn decomposed_weight(node: &Node) -> Result<Vec<f32>> {
     Ok(w)
 }
 
+/// The basis maps of a decomposed conv on `x`, its first stage before any quantizer: C x d
+/// channels, channel c * d + j the input channel c convolved with basis j.
+pub fn basis_maps(node: &Node, x: &Activation) -> Result<Activation> {
+    let stage1 = crate::passes::split_decomposed(node)?.swap_remove(0);
+    let shape = crate::graph::node_output_shape(&stage1, &[x.shape])?;
+    let data = eval_node(&stage1, &[x], shape)?.data;
+    Ok(Activation { n: x.n, shape, data })
+}
+
 pub fn forward(model: &Model, input: &Activation) -> Result<Activation> {
     let mut all = forward_all(model, input)?;
     Ok(all.remove(model.output.as_str()).expect("validated output"))
@@ -176,6 +185,79 @@ pub fn int8_conv2d(
     y
 }
 
+/// A PENNI layer with quantized basis maps (`DecomposedConv2d::basis_quant`) computed on the
+/// integers, as an integer engine must. The input lies on a grid of step `scale` (its values
+/// give back k - zero_point; the padding reads 0); per basis j,
+/// A = sum of base_codes x (k - zero_point), exact, and its map code
+/// clamp(round(f32(A) * f_j) + zp_m, qmin_m, qmax_m), f_j = [`grid::basis_map_factor`](crate::grid::basis_map_factor); per
+/// output channel o, S = sum of coef_codes x (map code - zp_m), exact, and the output
+/// f32(S) * factor + bias as in [`int8_conv2d`], the map scale as input scale.
+#[allow(clippy::too_many_arguments)]
+pub fn int8_decomposed(
+    x: &Activation,
+    out: Shape,
+    layer: &crate::graph::DecomposedConv2d,
+    scale: f32,
+    base_codes: &[i8],
+    base_scales: &[f32],
+    map_grid: (f32, i32, i32, i32),
+    coef_codes: &[i8],
+    coef_scales: &[f32],
+    bias: Option<&[f32]>,
+    fold: &Affine,
+) -> Vec<f32> {
+    let g = &layer.conv;
+    let d = layer.num_bases;
+    let [kh, kw] = g.kernel;
+    let (c, h, w) = dims(x.shape);
+    let (oc, oh, ow) = dims(out);
+    let (m_scale, m_zp, m_min, m_max) = map_grid;
+    let code = |v: f32| (v / scale).round_ties_even() as i64;
+    let (cpg, og) = (g.channels_per_group(), oc / g.groups.max(1));
+    let mut y = vec![0f32; x.n * oc * oh * ow];
+    let mut maps = vec![0i64; c * d * oh * ow];
+    for n in 0..x.n {
+        for ci in 0..c {
+            for j in 0..d {
+                let f = crate::grid::basis_map_factor(scale, base_scales[j], m_scale);
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut acc = 0i64;
+                        for ky in 0..kh {
+                            let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.padding[0] as isize;
+                            for kx in 0..kw {
+                                let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.padding[1] as isize;
+                                if iy < 0 || iy >= h as isize || ix < 0 || ix >= w as isize {
+                                    continue;
+                                }
+                                let b = base_codes[(j * kh + ky) * kw + kx] as i64;
+                                acc += code(x.data[((n * c + ci) * h + iy as usize) * w + ix as usize]) * b;
+                            }
+                        }
+                        let k = ((acc as i32 as f32 * f).round_ties_even() + m_zp as f32).clamp(m_min as f32, m_max as f32);
+                        maps[((ci * d + j) * oh + oy) * ow + ox] = k as i64 - m_zp as i64;
+                    }
+                }
+            }
+        }
+        for o in 0..oc {
+            let factor = crate::grid::int_output_factor(m_scale, coef_scales[o], fold.scale[o]);
+            let first = (o / og) * cpg;
+            for p in 0..oh * ow {
+                let mut acc = 0i64;
+                for cl in 0..cpg {
+                    for j in 0..d {
+                        let a = coef_codes[(o * cpg + cl) * d + j] as i64;
+                        acc += a * maps[((first + cl) * d + j) * oh * ow + p];
+                    }
+                }
+                y[(n * oc + o) * oh * ow + p] = acc as i32 as f32 * factor + fold.folded_bias(bias, o);
+            }
+        }
+    }
+    y
+}
+
 fn pool(x: &Activation, out: Shape, p: &Pool2d, max: bool) -> Vec<f32> {
     let (c, h, w) = dims(x.shape);
     let (_, oh, ow) = dims(out);
@@ -234,6 +316,15 @@ fn eval_node(node: &Node, ins: &[&Activation], out: Shape) -> Result<Activation>
         Op::Conv2d(c) => {
             let bias = node.params.get("bias").map(|b| b.data.as_slice());
             conv(x, out, &node.param("weight")?.data, bias, c)
+        }
+        Op::DecomposedConv2d(c) if c.basis_quant.is_some() => {
+            // quantized basis maps: the two stages as they are defined
+            let mut y = x.clone();
+            for part in crate::passes::split_decomposed(node)? {
+                let shape = crate::graph::node_output_shape(&part, &[y.shape])?;
+                y = eval_node(&part, &[&y], shape)?;
+            }
+            y.data
         }
         Op::DecomposedConv2d(c) => {
             let w = decomposed_weight(node)?;

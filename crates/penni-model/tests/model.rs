@@ -83,6 +83,7 @@ fn decomposed_model() -> Model {
             bias: true,
         },
         num_bases: 3,
+        basis_quant: None,
     });
     node.params = BTreeMap::from([
         (
@@ -316,6 +317,7 @@ fn decomposed_conv_macs_are_basis_stage_plus_nonzero_combinations() {
             bias: false,
         },
         num_bases: 2,
+        basis_quant: None,
     };
     let mut coefficients = vec![0f32; 4 * 3 * 2];
     for i in [0, 5, 9, 17, 23] {

@@ -75,7 +75,11 @@ fn model(cs: &Case) -> Option<Model> {
         let d = 1 + cs.seed as usize % kk;
         params.insert("bases".into(), randn(&mut rng, vec![d, kk]));
         params.insert("coefficients".into(), randn(&mut rng, vec![n * cs.c, d]));
-        Op::DecomposedConv2d(DecomposedConv2d { conv: spec, num_bases: d })
+        Op::DecomposedConv2d(DecomposedConv2d {
+            conv: spec,
+            num_bases: d,
+            basis_quant: None,
+        })
     } else {
         params.insert("weight".into(), randn(&mut rng, vec![n, cs.c, cs.k[0], cs.k[1]]));
         Op::Conv2d(spec)

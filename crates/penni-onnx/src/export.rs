@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use penni_model::{Activation, Model, Node, Op, Shape, grid};
+use penni_model::{Activation, Model, Node, Op, Shape, grid, passes};
 use prost::Message;
 
 use crate::error::OnnxError;
@@ -182,45 +182,53 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                 ));
             }
             Op::DecomposedConv2d(c) => {
-                let (cin, d, kk) = (c.conv.in_channels, c.num_bases, c.conv.kernel[0] * c.conv.kernel[1]);
-                let bases = n.param("bases")?;
-                let coef = n.param("coefficients")?;
-                // Stage 1: every input channel convolved with each of the d bases.
-                let mut w1 = Vec::with_capacity(cin * d * kk);
-                for _ in 0..cin {
-                    w1.extend_from_slice(&bases.data);
-                }
-                let w1_dims = [cin * d, 1, c.conv.kernel[0], c.conv.kernel[1]];
+                // the two stages as the IR defines them: the basis conv (each input channel with
+                // each basis), the basis maps' quantizer if any, the 1x1 combination
+                let parts = passes::split_decomposed(n)?;
+                let (basis, combine) = (&parts[0], &parts[parts.len() - 1]);
+                let w1 = basis.param("weight")?;
                 let mut q = Quantized::new(&mut tensors, &mut node_names, &mut qinits, &mut dq_nodes);
-                let w1_name = match q.weight(n, "bases", &w1_dims, &w1, cin * d, input_scale.contains_key(x.as_str())) {
+                let w1_name = match q.weight(n, "bases", &w1.shape, &w1.data, w1.shape[0], input_scale.contains_key(x.as_str())) {
                     Some((name, _)) => name,
-                    None => param(&mut tensors, n, "bases", &w1_dims, &w1),
+                    None => param(&mut tensors, n, "bases", &w1.shape, &w1.data),
                 };
-                let mid = tensors.fresh(format!("{}.basis_maps", n.output));
-                let stage1 = node_names.fresh(format!("{}.basis", n.name));
+                let mid = tensors.fresh(basis.output.clone());
+                let stage1 = node_names.fresh(basis.name.clone());
                 nodes.push(node(
                     "Conv",
                     &stage1,
                     vec![x, w1_name],
                     &mid,
-                    conv_attrs(c.conv.kernel, c.conv.stride, c.conv.padding, c.conv.dilation, cin),
+                    conv_attrs(c.conv.kernel, c.conv.stride, c.conv.padding, c.conv.dilation, c.conv.in_channels),
                 ));
-                // Stage 2: 1x1 conv whose weight (N, C/g*d) is the coefficient matrix, regrouped.
-                let cpg = cin / c.conv.groups;
-                let mut w2 = vec![0f32; c.conv.out_channels * cpg * d];
-                for o in 0..c.conv.out_channels {
-                    for cl in 0..cpg {
-                        for j in 0..d {
-                            w2[o * cpg * d + cl * d + j] = coef.data[(o * cpg + cl) * d + j];
-                        }
+                let (maps, maps_scale) = match c.basis_quant {
+                    Some(grid @ Activation::QuantizeDequantize { scale, .. }) => {
+                        let quantized = tensors.fresh(parts[1].output.clone());
+                        let qname = node_names.fresh(parts[1].name.clone());
+                        let mut out = Emitted {
+                            tensors: &mut tensors,
+                            node_names: &mut node_names,
+                            inits: &mut qinits,
+                            nodes: &mut nodes,
+                        };
+                        out.quantize_dequantize(&model.name, &qname, mid, &quantized, grid)?;
+                        (quantized, Some(scale))
                     }
-                }
-                let w2_dims = [c.conv.out_channels, cpg * d, 1, 1];
-                // the basis maps stay f32 (the IR does not quantize them): so do the coefficients
-                // and the bias
-                let mut ins = vec![mid, param(&mut tensors, n, "coefficients", &w2_dims, &w2)];
+                    _ => (mid, None),
+                };
+                // quantized basis maps: the coefficients and the bias as an integer 1x1 conv takes
+                // them; f32 maps keep them f32
+                let w2 = combine.param("weight")?;
+                let mut q = Quantized::new(&mut tensors, &mut node_names, &mut qinits, &mut dq_nodes);
+                let (w2_name, w2_scales) = match q.weight(n, "coefficients", &w2.shape, &w2.data, c.conv.out_channels, maps_scale.is_some()) {
+                    Some(v) => v,
+                    None => (param(&mut tensors, n, "coefficients", &w2.shape, &w2.data), vec![]),
+                };
+                let mut ins = vec![maps, w2_name];
                 if let Some(b) = n.params.get("bias") {
-                    ins.push(param(&mut tensors, n, "bias", &b.shape, &b.data));
+                    let mut q = Quantized::new(&mut tensors, &mut node_names, &mut qinits, &mut dq_nodes);
+                    let bname = q.bias(n, &b.data, maps_scale, &w2_scales);
+                    ins.push(bname.unwrap_or_else(|| param(&mut tensors, n, "bias", &b.shape, &b.data)));
                 }
                 nodes.push(node(
                     "Conv",
@@ -301,49 +309,14 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                     ));
                     nodes.push(node("Mul", &n.name, vec![x, gate], &n.output, vec![]));
                 }
-                Activation::QuantizeDequantize {
-                    scale,
-                    zero_point,
-                    qmin,
-                    qmax,
-                } => {
-                    // opset 13 integers are 8-bit; a narrower range is clipped after them
-                    let (ty, lo, hi) = if qmin >= 0 && qmax <= 255 {
-                        (data_type::UINT8, 0, 255)
-                    } else if qmin >= -128 && qmax <= 127 {
-                        (data_type::INT8, -128, 127)
-                    } else {
-                        return Err(OnnxError::Export {
-                            model: model.name.clone(),
-                            message: format!(
-                                "node '{}' quantizes to [{qmin}, {qmax}], wider than the 8-bit integers of ONNX opset {EXPORT_OPSET}",
-                                n.name
-                            ),
-                        });
+                q @ Activation::QuantizeDequantize { .. } => {
+                    let mut out = Emitted {
+                        tensors: &mut tensors,
+                        node_names: &mut node_names,
+                        inits: &mut qinits,
+                        nodes: &mut nodes,
                     };
-                    let s_name = param(&mut tensors, n, "scale", &[], &[scale]);
-                    let z_name = tensors.fresh(format!("{}.zero_point", n.name));
-                    qinits.push(encode_int(&z_name, &[], ty, &[zero_point as i64]));
-                    let ints = tensors.fresh(format!("{}.integers", n.output));
-                    let q_node = node_names.fresh(format!("{}.quantize", n.name));
-                    nodes.push(node(
-                        "QuantizeLinear",
-                        &q_node,
-                        vec![x, s_name.clone(), z_name.clone()],
-                        &ints,
-                        vec![],
-                    ));
-                    if (qmin, qmax) == (lo, hi) {
-                        nodes.push(node("DequantizeLinear", &n.name, vec![ints, s_name, z_name], &n.output, vec![]));
-                    } else {
-                        let deq = tensors.fresh(format!("{}.dequantized", n.output));
-                        let dq_node = node_names.fresh(format!("{}.dequantize", n.name));
-                        nodes.push(node("DequantizeLinear", &dq_node, vec![ints, s_name, z_name], &deq, vec![]));
-                        let f = |k: i32| (k - zero_point) as f32 * scale;
-                        let lo = param(&mut tensors, n, "min", &[], &[f(qmin)]);
-                        let hi = param(&mut tensors, n, "max", &[], &[f(qmax)]);
-                        nodes.push(node("Clip", &n.name, vec![deq, lo, hi], &n.output, vec![]));
-                    }
+                    out.quantize_dequantize(&model.name, &n.name, x, &n.output, q)?
                 }
             },
             Op::Mul => nodes.push(node("Mul", &n.name, n.inputs.clone(), &n.output, vec![])),
@@ -415,6 +388,73 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
 
 /// Writes quantized parameters: integer initializers and the DequantizeLinear nodes that read
 /// them, with names from the export's namespaces.
+/// Where the export writes: fresh names, initializers and nodes.
+struct Emitted<'a> {
+    tensors: &'a mut Names,
+    node_names: &'a mut Names,
+    inits: &'a mut Vec<TensorProto>,
+    nodes: &'a mut Vec<NodeProto>,
+}
+
+impl Emitted<'_> {
+    /// A per-tensor `Activation::QuantizeDequantize` named `name` from `x` to `output`:
+    /// QuantizeLinear -> DequantizeLinear, and a Clip where its range is narrower than the
+    /// 8-bit integers of opset 13.
+    fn quantize_dequantize(&mut self, model: &str, name: &str, x: String, output: &str, q: Activation) -> Result<(), OnnxError> {
+        let Activation::QuantizeDequantize {
+            scale,
+            zero_point,
+            qmin,
+            qmax,
+        } = q
+        else {
+            return Err(OnnxError::Export {
+                model: model.into(),
+                message: format!("node '{name}': {} is not a quantizer", q.name()),
+            });
+        };
+        let (ty, lo, hi) = if qmin >= 0 && qmax <= 255 {
+            (data_type::UINT8, 0, 255)
+        } else if qmin >= -128 && qmax <= 127 {
+            (data_type::INT8, -128, 127)
+        } else {
+            return Err(OnnxError::Export {
+                model: model.into(),
+                message: format!(
+                    "node '{name}' quantizes to [{qmin}, {qmax}], wider than the 8-bit integers of ONNX opset {EXPORT_OPSET}"
+                ),
+            });
+        };
+        let s_name = self.tensors.fresh(format!("{name}.scale"));
+        self.inits.push(encode_f32(&s_name, &[], &[scale]));
+        let z_name = self.tensors.fresh(format!("{name}.zero_point"));
+        self.inits.push(encode_int(&z_name, &[], ty, &[zero_point as i64]));
+        let ints = self.tensors.fresh(format!("{output}.integers"));
+        let q_node = self.node_names.fresh(format!("{name}.quantize"));
+        self.nodes.push(node(
+            "QuantizeLinear",
+            &q_node,
+            vec![x, s_name.clone(), z_name.clone()],
+            &ints,
+            vec![],
+        ));
+        if (qmin, qmax) == (lo, hi) {
+            self.nodes.push(node("DequantizeLinear", name, vec![ints, s_name, z_name], output, vec![]));
+        } else {
+            let deq = self.tensors.fresh(format!("{output}.dequantized"));
+            let dq_node = self.node_names.fresh(format!("{name}.dequantize"));
+            self.nodes.push(node("DequantizeLinear", &dq_node, vec![ints, s_name, z_name], &deq, vec![]));
+            let f = |k: i32| (k - zero_point) as f32 * scale;
+            let lo = self.tensors.fresh(format!("{name}.min"));
+            self.inits.push(encode_f32(&lo, &[], &[f(qmin)]));
+            let hi = self.tensors.fresh(format!("{name}.max"));
+            self.inits.push(encode_f32(&hi, &[], &[f(qmax)]));
+            self.nodes.push(node("Clip", name, vec![deq, lo, hi], output, vec![]));
+        }
+        Ok(())
+    }
+}
+
 struct Quantized<'a> {
     tensors: &'a mut Names,
     node_names: &'a mut Names,

@@ -26,6 +26,7 @@ fn quantized(model: &Model, seed: u64) -> Model {
         bits: 8,
         method: Calibration::MinMax,
         percentile: 99.99,
+ basis_bits: 8,
     };
     let (m, ranges) = calibrate_activations(&m, &batches, &opts).unwrap();
     assert!(!ranges.is_empty());

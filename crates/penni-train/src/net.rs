@@ -206,6 +206,29 @@ impl Net {
                 );
                 Act::Map(ops::conv2d(map(ins.remove(0))?, w, b, opts))
             }
+            Op::DecomposedConv2d(c @ penni_model::DecomposedConv2d { basis_quant: Some(q), .. }) => {
+                // quantized basis maps: the two stages, fake-quantized between them
+                let (cin, d, [kh, kw]) = (c.conv.in_channels, c.num_bases, c.conv.kernel);
+                let bases = self
+                    .p(i, "bases")
+                    .reshape([1, d, kh, kw])
+                    .repeat_dim(0, cin)
+                    .reshape([cin * d, 1, kh, kw]);
+                let basis = ConvOptions::new_with_padding(
+                    c.conv.stride,
+                    [(c.conv.padding[0], c.conv.padding[2]), (c.conv.padding[1], c.conv.padding[3])],
+                    c.conv.dilation,
+                    cin,
+                );
+                let maps = ops::conv2d(map(ins.remove(0))?, bases, None, basis);
+                let maps = activate(*q, maps);
+                let coef = self
+                    .p(i, "coefficients")
+                    .reshape([c.conv.out_channels, cin / c.conv.groups * d, 1, 1]);
+                let b = c.conv.bias.then(|| self.p(i, "bias"));
+                let combine = ConvOptions::new([1, 1], [0, 0], [1, 1], c.conv.groups);
+                Act::Map(ops::conv2d(maps, coef, b, combine))
+            }
             Op::DecomposedConv2d(c) => {
                 let cg = c.conv.in_channels / c.conv.groups;
                 let coef = self.p(i, "coefficients").reshape([c.conv.out_channels * cg, c.num_bases]);

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use penni_model::batchnorm::Affine;
-use penni_model::{Conv2d, Model, Node, Op, Shape};
+use penni_model::{Conv2d, DecomposedConv2d, Model, Node, Op, Shape};
 
 use super::fuse::{GKind, Group, Readers};
 use crate::error::EngineError;
@@ -82,7 +82,7 @@ fn dims(s: Shape) -> (usize, usize, usize) {
 
 /// The tensors of `model` on an activation grid: quantize-dequantize outputs, and what max
 /// pooling or a ReLU makes of them (the max of grid values, or zero, is on the grid).
-fn activation_grids(model: &Model) -> HashMap<String, InputGrid> {
+pub(super) fn activation_grids(model: &Model) -> HashMap<String, InputGrid> {
     let mut grids = HashMap::new();
     for n in &model.nodes {
         let g = match &n.op {
@@ -95,6 +95,12 @@ fn activation_grids(model: &Model) -> HashMap<String, InputGrid> {
         }
     }
     grids
+}
+
+/// Whether the knobs let integer kernels run: on VNNI, or everywhere when forced.
+pub(super) fn int8_allowed(knobs: &Knobs) -> bool {
+    let vnni = IntIsa::for_isa(knobs.isa) == IntIsa::Vnni;
+    knobs.int8 == IntKernels::Always || knobs.int8 == IntKernels::Vnni && vnni
 }
 
 /// A conversion step and the buffer it writes.
@@ -274,8 +280,7 @@ impl<'m> Builder<'m> {
     /// What an integer step of dense convolution `c` (weights `w`) reading `input` needs, when
     /// it can have one: the input's grid, the integer weights and the blocked layouts.
     fn int8_conv(&self, input: &str, c: &Conv2d, w: &[f32], io: &ConvIo) -> Option<(InputGrid, IntWeights, MapLay, MapLay)> {
-        let vnni = IntIsa::for_isa(self.knobs.isa) == IntIsa::Vnni;
-        if !(self.knobs.int8 == IntKernels::Always || self.knobs.int8 == IntKernels::Vnni && vnni) {
+        if !int8_allowed(&self.knobs) {
             return None;
         }
         let (Lay::Map(xl), Lay::Map(yl)) = (io.xl, io.yl) else {
@@ -283,6 +288,40 @@ impl<'m> Builder<'m> {
         };
         let xg = *self.grids.get(input)?;
         Some((xg, IntWeights::of(c, w)?, xl, yl))
+    }
+
+    /// The integer step of a PENNI layer with quantized basis maps (`rewrites` split those it
+    /// cannot take into their stages).
+    fn int8_penni(&self, n: &Node, c: &DecomposedConv2d, fold: &Affine, io: ConvIo) -> Result<Box<dyn StepOp>, EngineError> {
+        let ip = self
+            .grids
+            .get(&n.inputs[0])
+            .and_then(|&xg| decomposed::int8::IntPenni::of(n, c, xg));
+        match (ip, io.xl, io.yl, io.pool) {
+            (Some(ip), Lay::Planar(xl), Lay::Planar(yl), None) => {
+                let b = n.params.get("bias").map(|t| t.data.as_slice());
+                Ok(Box::new(decomposed::int8::QDecompStep::new(
+                    n,
+                    c,
+                    &ip,
+                    b,
+                    fold,
+                    io.x,
+                    xl,
+                    io.y,
+                    yl,
+                    io.res,
+                    io.act,
+                    io.batch,
+                    io.threads,
+                    IntIsa::for_isa(self.knobs.isa),
+                )?))
+            }
+            _ => Err(EngineError::Internal(format!(
+                "'{}': quantized basis maps without an integer planar step",
+                n.name
+            ))),
+        }
     }
 
     /// The step of a group that writes one new buffer in the working layout.
@@ -358,6 +397,7 @@ impl<'m> Builder<'m> {
                             None => conv::dense_step(&n.name, c, w, b, &prep.fold, io, String::new())?,
                         }
                     }
+                    (Op::DecomposedConv2d(c), _) if c.basis_quant.is_some() => self.int8_penni(n, c, &prep.fold, io)?,
                     (Op::DecomposedConv2d(c), Some((co, choice))) => decomposed::step(n, c, &prep.fold, co, *choice, io)?,
                     _ => return Err(EngineError::Internal(format!("'{}' is not a convolution", n.name))),
                 }
@@ -675,6 +715,8 @@ impl<'m> Builder<'m> {
             let out = (oh * ow) as u128;
             let (spec, decomposed): (Conv2d, bool) = match &n.op {
                 Op::Conv2d(c) => (*c, false),
+                // the integer PENNI step is planar only
+                Op::DecomposedConv2d(c) if c.basis_quant.is_some() => return true,
                 Op::DecomposedConv2d(c) => (c.conv, true),
                 _ => continue,
             };

@@ -222,8 +222,10 @@ impl<'m> Readers<'m> {
                     self.absorb_acts(&mut t, &mut act, &mut anchor, &mut names, &mut absorbed);
                     // the activations commute with the max (all are monotone), so the epilogue
                     // applies them all before pooling
+                    // (the integer PENNI step has no pool epilogue)
+                    let quantized_penni = matches!(&node.op, Op::DecomposedConv2d(d) if d.basis_quant.is_some());
                     let pool = match chain {
-                        None if planar => self.fusable_max_pool(&t, shapes, &absorbed),
+                        None if planar && !quantized_penni => self.fusable_max_pool(&t, shapes, &absorbed),
                         _ => None,
                     };
                     if let Some(j) = pool {

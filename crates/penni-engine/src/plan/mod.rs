@@ -18,6 +18,7 @@ use penni_model::{Model, Op, Shape, passes};
 use self::core::Core;
 use self::schedule::{Batching, batching, build_core};
 use crate::error::EngineError;
+use crate::ops::decomposed;
 use crate::options::{EngineOptions, IntKernels, Knobs, LayerTiming};
 use crate::simd::Isa;
 use crate::thread_pool::Pool;
@@ -67,17 +68,37 @@ impl std::fmt::Debug for Plan {
     }
 }
 
-/// MLCNN's exact conv-pool rewrites, where the model has pools: a linear conv's average pool
-/// computed at the pooled resolution (the input windows averaged once, then a strided conv
-/// with a fraction of the work), and monotone activations moved after max pools (so they run
-/// on the pooled map, in the pool's epilogue). `None` when nothing changes.
-fn pool_rewrites(model: &Model) -> Option<Model> {
-    if !model.nodes.iter().any(|n| matches!(&n.op, Op::AvgPool2d(_) | Op::MaxPool2d(_))) {
-        return None;
+/// The model as the engine runs it, `None` when nothing changes: MLCNN's exact conv-pool
+/// rewrites, where the model has pools (a linear conv's average pool computed at the pooled
+/// resolution: the input windows averaged once, then a strided conv with a fraction of the
+/// work; monotone activations moved after max pools, so they run on the pooled map in the
+/// pool's epilogue), and PENNI layers with quantized basis maps that no integer kernel takes
+/// split into their two stages (a grouped basis conv, the quantizer, a 1x1 combination).
+fn rewrites(model: &Model, knobs: &Knobs) -> Result<Option<Model>, EngineError> {
+    let pools = model.nodes.iter().any(|n| matches!(&n.op, Op::AvgPool2d(_) | Op::MaxPool2d(_)));
+    let quantized_penni = model
+        .nodes
+        .iter()
+        .any(|n| matches!(&n.op, Op::DecomposedConv2d(d) if d.basis_quant.is_some()));
+    if !pools && !quantized_penni {
+        return Ok(None);
     }
     let mut m = model.clone();
-    let moved = passes::pool_before_conv(&mut m) + passes::activation_after_max_pool(&mut m);
-    (moved > 0).then_some(m)
+    let grids = build::activation_grids(model);
+    let integer = build::int8_allowed(knobs) && knobs.planar != Some(false);
+    let mut changed = passes::split_quantized_decomposed(&mut m, |n| {
+        let keep = match &n.op {
+            Op::DecomposedConv2d(c) => {
+                integer && grids.get(&n.inputs[0]).is_some_and(|&xg| decomposed::int8::IntPenni::of(n, c, xg).is_some())
+            }
+            _ => false,
+        };
+        !keep
+    })?;
+    if pools {
+        changed += passes::pool_before_conv(&mut m) + passes::activation_after_max_pool(&mut m);
+    }
+    Ok((changed > 0).then_some(m))
 }
 
 impl Plan {
@@ -112,7 +133,7 @@ impl Plan {
         }
         let mut shapes = model.validate()?;
         let rewritten;
-        let model = match pool_rewrites(model) {
+        let model = match rewrites(model, &knobs)? {
             Some(m) => {
                 shapes = m.validate()?;
                 rewritten = m;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use penni_model::{Conv2d, DecomposedConv2d, Node, Op, Shape, Tensor};
+use penni_model::{Activation, Conv2d, DecomposedConv2d, Node, Op, Shape, Tensor};
 
 use super::context::{attr_float, attr_int, attr_ints, attr_string};
 use super::{Ctx, Importer, MAX_WINDOW, PResult, Value, unsupported};
@@ -235,9 +235,19 @@ fn try_decomposed(imp: &mut Importer, cx: &Ctx, x: &str, stage1: &str, spec: &Co
     let Op::Conv2d(c1) = &n1.op else {
         return Ok(false);
     };
-    let single_use = imp.uses.get(n1.output.as_str()).copied() == Some(1);
+    let used_once = |t: &str| imp.uses.get(t).copied() == Some(1);
+    // the basis maps' quantizer between the stages: the node right after the basis conv, and
+    // the last one imported so far (so that removing it moves no other node)
+    let basis_quant = match imp.nodes.get(i1 + 1) {
+        Some(q @ Node {
+            op: Op::Activation(grid @ Activation::QuantizeDequantize { .. }),
+            ..
+        }) if i1 + 2 == imp.nodes.len() && q.output == x && q.inputs == [n1.output.clone()] && used_once(&q.output) => Some(*grid),
+        _ => None,
+    };
     let c = c1.in_channels;
-    if n1.output != x || !single_use || c1.bias || c1.groups != c || c1.out_channels % c != 0 {
+    let reads_stage1 = n1.output == x || basis_quant.is_some();
+    if !reads_stage1 || !used_once(&n1.output) || c1.bias || c1.groups != c || c1.out_channels % c != 0 {
         return Ok(false);
     }
     let d = c1.out_channels / c;
@@ -273,6 +283,7 @@ fn try_decomposed(imp: &mut Importer, cx: &Ctx, x: &str, stage1: &str, spec: &Co
             bias: spec.bias,
         },
         num_bases: d,
+        basis_quant,
     };
     let mut p = BTreeMap::new();
     p.insert(
@@ -303,6 +314,14 @@ fn try_decomposed(imp: &mut Importer, cx: &Ctx, x: &str, stage1: &str, spec: &Co
         params: p,
     };
     let shape = imp.ir_shape(cx, &node)?;
+    if basis_quant.is_some()
+        && let Some(q) = imp.nodes.pop()
+    {
+        // the quantizer is now inside the layer (the last node, matched above)
+        imp.node_names.remove(&q.name);
+        imp.onnx_label.remove(&q.name);
+        imp.ir_index_of.retain(|_, at| *at != i1 + 1);
+    }
     // the pair becomes one node, at the basis conv's place and with the 1x1 conv's name
     let old = std::mem::take(&mut imp.nodes[i1].name);
     imp.node_names.remove(&old);

@@ -87,6 +87,7 @@ pub fn decompose(model: &Model, d: usize, seed: u64) -> Model {
                 bias,
             },
             num_bases: d,
+            basis_quant: None,
         });
         n.params = params;
     }
@@ -194,6 +195,7 @@ pub fn op_zoo() -> Model {
             bias: true,
         },
         num_bases: 3,
+        basis_quant: None,
     };
     push(
         "penni",

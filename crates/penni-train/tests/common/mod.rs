@@ -85,6 +85,7 @@ pub fn decompose_node(m: &mut Model, name: &str, d: usize, seed: u64) {
             bias: true,
         },
         num_bases: d,
+        basis_quant: None,
     });
     node.params = BTreeMap::from([
         (

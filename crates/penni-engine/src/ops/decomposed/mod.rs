@@ -7,6 +7,7 @@ pub(crate) mod analysis;
 mod blocked;
 pub(crate) mod cost;
 pub(crate) mod csr;
+pub(crate) mod int8;
 mod packed;
 mod planar;
 

@@ -1,0 +1,504 @@
+//! The integer PENNI layer (issue 13): a decomposed convolution whose input lies on an
+//! activation grid, whose bases and coefficients lie on symmetric grids of at most 8 bits and
+//! whose basis maps are quantized (`DecomposedConv2d::basis_quant`) runs both stages on the
+//! integers, four 8-bit products per 32-bit lane and instruction (VNNI), on planar maps.
+//!
+//! - Codes: each input channel becomes a byte plane with its zero-padding border (the border
+//!   holds the code of 0), `u = k - qmin`.
+//! - Basis stage: the taps of a kernel row are taken four at a time. For 16 output pixels, one
+//!   byte permute of a 128-byte window of the plane gives each lane the four input bytes of its
+//!   taps `kx = 4q .. 4q+3` (the same permute serves every kernel row and every basis); one
+//!   `vpdpbusd` per (basis, kernel row, quad) against the basis's four tap codes. A chunk whose
+//!   pixels lie too far apart for one window (very wide rows of a stride-2 layer) is gathered
+//!   lane by lane. Per basis j: `A = sum b u - u0 sum b` exactly (u0 the code of 0), then the
+//!   basis-map code `clamp(round(f32(A) * s_x s_j / s_m) + zp_m, qmin_m, qmax_m)`.
+//! - The codes of the C x d basis maps are packed four maps per 32-bit lane, maps i = c*d + j in
+//!   order, so the combination stage reads four maps of 16 pixels in one load.
+//! - Combination: per output channel, its non-zero quads of coefficients (four consecutive maps;
+//!   a quad with any non-zero coefficient is kept whole), one `vpdpbusd` per quad and 16
+//!   pixels. `S = sum a v - v0 sum a` exactly; the epilogue computes f32(S) * (s_m s_a bn) + bias
+//!   (a multiply and an add, as the dense integer convolution), then residuals and activation.
+//!
+//! The result equals `penni_model::reference::int8_decomposed` exactly, on every ISA.
+
+use penni_model::batchnorm::Affine;
+use penni_model::{DecomposedConv2d, Node};
+
+use crate::epilogue::{Act, ActV, MAX_RES, check_residuals, fold_bias};
+use crate::error::EngineError;
+use crate::layout::{PLay, prefix};
+use crate::ops::conv::int8::InputGrid;
+use crate::simd::{Dot8, IntIsa, L, dot8_dispatch};
+use crate::step::{Ctx, StepOp, ValId};
+
+/// Output vectors (of 16 pixels) per tile: the basis maps of a tile stay in L1 between stages.
+const TILE: usize = 4;
+/// Bytes a byte permute chooses from.
+const WINDOW: usize = 128;
+/// Bytes of slack after each code plane: a permute window reads WINDOW bytes.
+const SLACK: usize = WINDOW;
+
+/// The integer operands of a decomposed conv, when it has them (module docs): None otherwise.
+pub(crate) struct IntPenni {
+    pub xg: InputGrid,
+    /// Grid of the basis maps.
+    pub mg: InputGrid,
+    pub base_scales: Vec<f32>,
+    /// d x kh x kw codes.
+    pub bases: Vec<i8>,
+    pub coef_scales: Vec<f32>,
+    /// (N * C/groups) x d codes, as the IR orders the coefficients.
+    pub coefs: Vec<i8>,
+}
+
+impl IntPenni {
+    pub fn of(node: &Node, c: &DecomposedConv2d, xg: InputGrid) -> Option<IntPenni> {
+        let mg = InputGrid::of(c.basis_quant.as_ref()?)?;
+        let conv = &c.conv;
+        let (d, kk, cpg) = (c.num_bases, conv.kernel[0] * conv.kernel[1], conv.channels_per_group());
+        // the sums of both stages must fit an i32 (products and zero-point corrections)
+        let fits = |terms: usize| 2 * 255 * 127 * (terms as u64) < i32::MAX as u64;
+        // (a basis accumulator per basis in registers: at most 16)
+        if conv.dilation != [1, 1] || d > 16 || !fits(kk) || !fits(cpg * d) || conv.out_channels == 0 {
+            return None;
+        }
+        let (base_scales, bases) = penni_model::grid::int8_channels(&node.params.get("bases")?.data, d)?;
+        // |sum x factor| stays below 2^30, where every ISA converts a float to an i32 alike
+        let largest_sum = 2.0 * 255.0 * 127.0 * kk as f64;
+        if base_scales
+            .iter()
+            .any(|&s| largest_sum * penni_model::grid::basis_map_factor(xg.scale, s, mg.scale) as f64 >= (1u64 << 30) as f64)
+        {
+            return None;
+        }
+        let (coef_scales, coefs) = penni_model::grid::int8_channels(&node.params.get("coefficients")?.data, conv.out_channels)?;
+        Some(IntPenni {
+            xg,
+            mg,
+            base_scales,
+            bases,
+            coef_scales,
+            coefs,
+        })
+    }
+}
+
+/// Where the 16 lanes of an output vector read their taps: a window start (byte offset of tap
+/// (0, 0) of lane 0 in the padded code plane) and, per lane, the offset from it; `permute`
+/// when every lane's four bytes lie within the 128-byte window.
+struct Chunk {
+    start: usize,
+    offsets: [u32; 16],
+    idx: [i32; 16],
+    permute: bool,
+    lanes: usize,
+}
+
+pub(crate) struct QDecompStep {
+    x: ValId,
+    y: ValId,
+    res: Vec<ValId>,
+    act: Act,
+    xl: PLay,
+    yl: PLay,
+    d: usize,
+    kh: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    /// Quads of taps per kernel row.
+    nkq: usize,
+    /// Padded code plane: rows of `pw` bytes, `pstride` bytes per channel.
+    pad: [usize; 4],
+    ph: usize,
+    pw: usize,
+    pstride: usize,
+    chunks: Vec<Chunk>,
+    /// Per (basis, kernel row, quad): four tap codes as an i32.
+    taps: Vec<i32>,
+    /// Per basis: -u0 * sum of its codes; and s_x s_j / s_m.
+    corr1: Vec<i32>,
+    f1: Vec<f32>,
+    /// Basis-map codes: clamp(round(.) + off_m, 0, max_m) (k - qmin_m).
+    off_m: i32,
+    max_m: i32,
+    /// Quads of basis maps.
+    nq: usize,
+    /// CSR over output channels of (quad, four coefficient codes).
+    row_start: Vec<u32>,
+    terms: Vec<(u32, i32)>,
+    corr2: Vec<i32>,
+    f2: Vec<f32>,
+    bias: Vec<f32>,
+    inv_scale: f32,
+    code_offset: f32,
+    code_max: f32,
+    zero_code: u8,
+    batch: usize,
+    threads: usize,
+    macs: u64,
+    isa: IntIsa,
+    codes: Option<ValId>,
+    maps: Option<ValId>,
+}
+
+impl QDecompStep {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        node: &Node,
+        c: &DecomposedConv2d,
+        ip: &IntPenni,
+        b: Option<&[f32]>,
+        fold: &Affine,
+        x: ValId,
+        xl: PLay,
+        y: ValId,
+        yl: PLay,
+        res: Vec<ValId>,
+        act: Act,
+        batch: usize,
+        threads: usize,
+        isa: IntIsa,
+    ) -> Result<QDecompStep, EngineError> {
+        check_residuals(&node.name, res.len())?;
+        let conv = &c.conv;
+        let (d, [kh, kw], [sy, sx]) = (c.num_bases, conv.kernel, conv.stride);
+        let nkq = kw.div_ceil(4);
+        let pad = conv.padding;
+        let (ph, pw) = (xl.h + pad[0] + pad[2], xl.w + pad[1] + pad[3] + 4 * nkq);
+        let pstride = ph * pw + SLACK;
+        let hw = yl.hw();
+        let mut chunks = Vec::with_capacity(hw.div_ceil(L * TILE) * TILE);
+        for q in 0..hw.div_ceil(L) {
+            let lanes = L.min(hw - q * L);
+            let at = |l: usize| {
+                let p = q * L + l.min(lanes - 1);
+                (p / yl.w) * sy * pw + (p % yl.w) * sx
+            };
+            let start = at(0);
+            let offsets: [u32; 16] = std::array::from_fn(|l| (at(l) - start) as u32);
+            let permute = offsets.iter().all(|&o| o as usize + 4 <= WINDOW);
+            let idx = std::array::from_fn(|l| {
+                i32::from_le_bytes(std::array::from_fn(|k| if permute { (offsets[l] as usize + k) as u8 } else { 0 }))
+            });
+            chunks.push(Chunk {
+                start,
+                offsets,
+                idx,
+                permute,
+                lanes,
+            });
+        }
+        // whole tiles: vectors past the map read the plane's start and store nothing
+        while !chunks.len().is_multiple_of(TILE) {
+            chunks.push(Chunk {
+                start: 0,
+                offsets: [0; 16],
+                idx: [0; 16],
+                permute: true,
+                lanes: 0,
+            });
+        }
+        let u0 = ip.xg.zero_point - ip.xg.qmin;
+        let mut taps = Vec::with_capacity(d * kh * nkq);
+        let (mut corr1, mut f1) = (Vec::new(), Vec::new());
+        for j in 0..d {
+            let bj = &ip.bases[j * kh * kw..(j + 1) * kh * kw];
+            for ky in 0..kh {
+                for kq in 0..nkq {
+                    let quad: [u8; 4] = std::array::from_fn(|k| {
+                        let kx = 4 * kq + k;
+                        if kx < kw { bj[ky * kw + kx] as u8 } else { 0 }
+                    });
+                    taps.push(i32::from_le_bytes(quad));
+                }
+            }
+            let sum: i32 = bj.iter().map(|&v| v as i32).sum();
+            corr1.push(-u0 * sum);
+            f1.push(penni_model::grid::basis_map_factor(ip.xg.scale, ip.base_scales[j], ip.mg.scale));
+        }
+        let (n_out, cpg) = (conv.out_channels, conv.channels_per_group());
+        let og = n_out / conv.groups.max(1);
+        let nq = (xl.c * d).div_ceil(4);
+        let v0 = ip.mg.zero_point - ip.mg.qmin;
+        let (mut row_start, mut terms) = (vec![0u32], Vec::new());
+        let (mut corr2, mut f2, mut bias) = (Vec::new(), Vec::new(), Vec::new());
+        for o in 0..n_out {
+            // maps of this output's group: input channels g*cpg.., map i = c*d + j
+            let first = (o / og) * cpg * d;
+            let code = |i: usize| -> i8 {
+                if i < first || i >= first + cpg * d { 0 } else { ip.coefs[o * cpg * d + (i - first)] }
+            };
+            for g in first / 4..(first + cpg * d).div_ceil(4) {
+                let quad: [i8; 4] = std::array::from_fn(|k| code(4 * g + k));
+                if quad != [0; 4] {
+                    terms.push((g as u32, i32::from_le_bytes(quad.map(|v| v as u8))));
+                }
+            }
+            row_start.push(terms.len() as u32);
+            let sum: i32 = ip.coefs[o * cpg * d..(o + 1) * cpg * d].iter().map(|&v| v as i32).sum();
+            corr2.push(-v0 * sum);
+            f2.push(penni_model::grid::int_output_factor(ip.mg.scale, ip.coef_scales[o], fold.scale[o]));
+            bias.push(fold_bias(fold, b, o));
+        }
+        let nnz = ip.coefs.iter().filter(|&&v| v != 0).count();
+        let macs = (hw * batch) as u64 * (xl.c * d * kh * kw + nnz) as u64;
+        Ok(QDecompStep {
+            x,
+            y,
+            res,
+            act,
+            xl,
+            yl,
+            d,
+            kh,
+            kernel: conv.kernel,
+            stride: conv.stride,
+            nkq,
+            pad,
+            ph,
+            pw,
+            pstride,
+            chunks,
+            taps,
+            corr1,
+            f1,
+            off_m: v0,
+            max_m: ip.mg.qmax - ip.mg.qmin,
+            nq,
+            row_start,
+            terms,
+            corr2,
+            f2,
+            bias,
+            inv_scale: 1.0 / ip.xg.scale,
+            code_offset: u0 as f32,
+            code_max: (ip.xg.qmax - ip.xg.qmin) as f32,
+            zero_code: u0 as u8,
+            batch,
+            threads,
+            macs,
+            isa,
+            codes: None,
+            maps: None,
+        })
+    }
+
+    fn tiles_per_image(&self) -> usize {
+        self.chunks.len().div_ceil(TILE)
+    }
+
+    /// Bytes of one worker's basis maps of a tile.
+    fn worker_bytes(&self) -> usize {
+        self.nq * TILE * 64
+    }
+}
+
+impl StepOp for QDecompStep {
+    fn describe(&self) -> String {
+        let isa = match self.isa {
+            IntIsa::Vnni => "vnni",
+            IntIsa::Fallback => "portable",
+        };
+        let gathered = self.chunks.iter().filter(|c| !c.permute && c.lanes > 0).count();
+        format!(
+            "penni {}x{} s{} {}->{} d{} int8 {isa} [{} map quads, {} coefficient quads{}]",
+            self.kernel[0],
+            self.kernel[1],
+            self.stride[0],
+            self.xl.c,
+            self.yl.c,
+            self.d,
+            self.nq,
+            self.terms.len(),
+            if gathered > 0 { format!(", {gathered} gathered vectors") } else { String::new() }
+        )
+    }
+
+    fn macs(&self) -> u64 {
+        self.macs
+    }
+
+    fn f32_equivalent_macs(&self) -> u64 {
+        match self.isa {
+            IntIsa::Vnni => self.macs / 4,
+            IntIsa::Fallback => self.macs,
+        }
+    }
+
+    fn weight_floats(&self) -> usize {
+        self.taps.len() + self.corr1.len() + self.f1.len() + self.row_start.len() + 2 * self.terms.len() + 3 * self.f2.len()
+    }
+
+    fn scratch_floats(&self) -> Vec<usize> {
+        vec![
+            (self.batch * self.xl.c * self.pstride).div_ceil(4) + L,
+            (self.threads.max(1) * self.worker_bytes()).div_ceil(4) + L,
+        ]
+    }
+
+    fn set_scratch(&mut self, slot: usize, v: ValId) {
+        if slot == 0 {
+            self.codes = Some(v);
+        } else {
+            self.maps = Some(v);
+        }
+    }
+
+    fn exec(&self, ctx: &Ctx) -> Result<(), EngineError> {
+        let (Some(codes), Some(maps)) = (self.codes, self.maps) else {
+            return Err(EngineError::Internal("integer PENNI step without its scratch".into()));
+        };
+        ctx.par(self.batch * self.xl.c, &|t, _| {
+            input_codes(self.isa, self, ctx, codes, t);
+        })?;
+        let tiles = self.tiles_per_image();
+        ctx.par(self.batch * tiles, &|t, w| {
+            run_tile(self.isa, self, ctx, codes, maps, t / tiles, t % tiles, w);
+        })
+    }
+}
+
+dot8_dispatch!(fn input_codes => input_codes_g(st: &QDecompStep, ctx: &Ctx, codes: ValId, plane: usize));
+dot8_dispatch!(fn run_tile => tile_g(st: &QDecompStep, ctx: &Ctx, codes: ValId, maps: ValId, img: usize, tile: usize, worker: usize));
+
+/// The padded code plane of input plane `plane` (image * C + channel): the code of 0
+/// everywhere, then the interior u = clamp(round(x / s) + zp, qmin, qmax) - qmin row by row (a
+/// row's last vector runs into the border or the next row with the code of 0, which masked
+/// lanes load as, and the next row is written after).
+#[inline(always)]
+unsafe fn input_codes_g<D: Dot8>(st: &QDecompStep, ctx: &Ctx, codes: ValId, plane: usize) {
+    unsafe {
+        let x = (ctx.ptr(st.x) as *const f32).add(plane * st.xl.plane());
+        let dst = (ctx.ptr(codes) as *mut u8).add(plane * st.pstride);
+        std::ptr::write_bytes(dst, st.zero_code, st.pstride);
+        let (inv, off) = (D::splat(st.inv_scale), D::splat(st.code_offset));
+        let (lo, hi) = (D::zero(), D::splat(st.code_max));
+        let (w, pw) = (st.xl.w, st.pw);
+        for r in 0..st.xl.h {
+            let row = dst.add((r + st.pad[0]) * pw + st.pad[1]);
+            let mut c0 = 0;
+            while c0 < w {
+                let v = D::load_mask(x.add(r * w + c0), prefix(w - c0));
+                let k = D::add(D::round_even(D::mul(v, inv)), off);
+                D::store_u8(row.add(c0), D::min(D::max(k, lo), hi));
+                c0 += L;
+            }
+        }
+    }
+}
+
+/// Both stages for the output vectors of tile `tile` of image `img`, compiled for the common
+/// numbers of tap quads per kernel (KQ = kernel rows x quads per row; 0: any, slower).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile_g<D: Dot8>(st: &QDecompStep, ctx: &Ctx, codes: ValId, maps: ValId, img: usize, tile: usize, worker: usize) {
+    unsafe {
+        match st.kh * st.nkq {
+            1 => tile_k::<D, 1>(st, ctx, codes, maps, img, tile, worker),
+            2 => tile_k::<D, 2>(st, ctx, codes, maps, img, tile, worker),
+            3 => tile_k::<D, 3>(st, ctx, codes, maps, img, tile, worker),
+            4 => tile_k::<D, 4>(st, ctx, codes, maps, img, tile, worker),
+            5 => tile_k::<D, 5>(st, ctx, codes, maps, img, tile, worker),
+            10 => tile_k::<D, 10>(st, ctx, codes, maps, img, tile, worker),
+            _ => tile_k::<D, 0>(st, ctx, codes, maps, img, tile, worker),
+        }
+    }
+}
+
+/// The four input bytes of every lane's taps 4q..4q+3 of one kernel row, from `window`.
+#[inline(always)]
+unsafe fn tap_quad<D: Dot8>(window: *const u8, ch: &Chunk) -> D::I {
+    unsafe {
+        if ch.permute {
+            D::permute_bytes(window, D::iload(ch.idx.as_ptr() as *const i8))
+        } else {
+            let mut lanes = [0i32; 16];
+            for (lane, &o) in lanes.iter_mut().zip(&ch.offsets) {
+                *lane = (window.add(o as usize) as *const i32).read_unaligned();
+            }
+            D::iload(lanes.as_ptr() as *const i8)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile_k<D: Dot8, const KQ: usize>(st: &QDecompStep, ctx: &Ctx, codes: ValId, maps: ValId, img: usize, tile: usize, worker: usize) {
+    unsafe {
+        let q0 = tile * TILE;
+        let chunks = &st.chunks[q0..q0 + TILE];
+        let m = (ctx.ptr(maps) as *mut u8).add(worker * st.worker_bytes());
+        let (d, nkq, pw) = (st.d, st.nkq, st.pw);
+        let kq = st.kh * nkq;
+        let quad_at = |q: usize| (q / nkq) * pw + 4 * (q % nkq); // (plain arithmetic: no intrinsics)
+        let planes = (ctx.ptr(codes) as *const u8).add(img * st.xl.c * st.pstride);
+        let (off, max_m) = (D::isplat(st.off_m), D::isplat(st.max_m));
+        // the basis stage, vector by vector: each channel's tap quads once, then every basis;
+        // the maps' codes gathered four at a time into quads
+        for (t, ch) in chunks.iter().enumerate() {
+            let mut quad = [D::izero(); 4];
+            let (mut filled, mut g) = (0, 0);
+            for c in 0..st.xl.c {
+                let base = planes.add(c * st.pstride + ch.start);
+                // (a loop, not array::from_fn: closures do not inherit the target features)
+                let mut x = [D::izero(); KQ];
+                for (q, x) in x.iter_mut().enumerate() {
+                    *x = tap_quad::<D>(base.add(quad_at(q)), ch);
+                }
+                for j in 0..d {
+                    let taps = &st.taps[j * kq..(j + 1) * kq];
+                    let mut acc = D::isplat(st.corr1[j]);
+                    if KQ > 0 {
+                        for q in 0..KQ {
+                            acc = D::dot4_lanes(acc, x[q], taps[q]);
+                        }
+                    } else {
+                        for (q, &w) in taps.iter().enumerate() {
+                            acc = D::dot4_lanes(acc, tap_quad::<D>(base.add(quad_at(q)), ch), w);
+                        }
+                    }
+                    let s = D::mul(D::to_f32(acc), D::splat(st.f1[j]));
+                    quad[filled] = D::imin(D::iadd(D::round_to_i32(s), off), max_m);
+                    filled += 1;
+                    if filled == 4 {
+                        D::istore(m.add((g * TILE + t) * 64), D::pack_quads(quad[0], quad[1], quad[2], quad[3]));
+                        (filled, g) = (0, g + 1);
+                    }
+                }
+            }
+            if filled > 0 {
+                // the last quad's unused maps have no coefficients
+                D::istore(m.add((g * TILE + t) * 64), D::pack_quads(quad[0], quad[1], quad[2], quad[3]));
+            }
+        }
+        // the combination, output channel by output channel
+        let act = ActV::<D>::new(st.act);
+        let yb = ctx.ptr(st.y).add(img * st.yl.img());
+        let mut res = [std::ptr::null::<f32>(); MAX_RES];
+        for (r, &v) in res.iter_mut().zip(&st.res) {
+            *r = (ctx.ptr(v) as *const f32).add(img * st.yl.img());
+        }
+        let res = &res[..st.res.len()];
+        for o in 0..st.yl.c {
+            let mut acc = [D::isplat(st.corr2[o]); TILE];
+            for &(g, w) in &st.terms[st.row_start[o] as usize..st.row_start[o + 1] as usize] {
+                let mg = m.add(g as usize * TILE * 64);
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    *acc = D::dot4_lanes(*acc, D::iload(mg.add(t * 64) as *const i8), w);
+                }
+            }
+            let (f, b) = (D::splat(st.f2[o]), D::splat(st.bias[o]));
+            for (t, ch) in chunks.iter().enumerate() {
+                if ch.lanes == 0 {
+                    continue;
+                }
+                let at = o * st.yl.plane() + (q0 + t) * L;
+                let mut v = act.pre(D::add(D::mul(D::to_f32(acc[t]), f), b));
+                for r in res {
+                    v = D::add(v, D::load(r.add(at)));
+                }
+                D::store_mask(yb.add(at), prefix(ch.lanes), act.apply(v));
+            }
+        }
+    }
+}
