@@ -14,8 +14,9 @@
 //!   squared quantization error over the sampled values.
 //!
 //! The basis maps between a PENNI layer's two stages (`DecomposedConv2d::basis_quant`) are
-//! signed and get a symmetric grid (zero point 0, -qmax..=qmax, qmax = 2^(bits-1) - 1), its
-//! magnitude chosen the same three ways from the maps' absolute values.
+//! signed and get a symmetric grid (zero point 0, the signed integers -2^(bits-1)..2^(bits-1)-1,
+//! the largest magnitude at 2^(bits-1) - 1), chosen the same three ways from the maps'
+//! absolute values.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -115,7 +116,10 @@ struct Stats {
 pub fn calibrate_activations(model: &Model, batches: &[Batch], opts: &CalibrationOptions) -> Result<(Model, Vec<ActivationRange>)> {
     model.validate()?;
     if opts.bits == 1 || opts.bits > 8 {
-        return Err(CompressError::Invalid(format!("activation bits must be 0 (f32) or 2..=8, got {}", opts.bits)));
+        return Err(CompressError::Invalid(format!(
+            "activation bits must be 0 (f32) or 2..=8, got {}",
+            opts.bits
+        )));
     }
     if opts.method == Calibration::Percentile && !(opts.percentile > 50.0 && opts.percentile <= 100.0) {
         return Err(CompressError::Invalid(format!(
@@ -184,12 +188,17 @@ pub fn calibrate_activations(model: &Model, batches: &[Batch], opts: &Calibratio
     for (&i, s) in layers.iter().zip(&mut map_stats) {
         let scale = symmetric_scale(s, opts, qmax);
         let node = &model.nodes[i];
-        let clipped = s.samples.iter().filter(|x| x.abs() > scale * qmax as f32).count() as f64 / s.samples.len().max(1) as f64;
+        let clipped = s
+            .samples
+            .iter()
+            .filter(|&&x| x > scale * qmax as f32 || x < -scale * (qmax + 1) as f32)
+            .count() as f64
+            / s.samples.len().max(1) as f64;
         ranges.push(ActivationRange {
             tensor: format!("{}.basis_maps", node.output),
             min: s.min,
             max: s.max,
-            low: -scale * qmax as f32,
+            low: -scale * (qmax + 1) as f32,
             high: scale * qmax as f32,
             scale,
             zero_point: 0,
@@ -224,12 +233,13 @@ impl Stats {
     }
 }
 
-/// The signed symmetric grid -qmax..=qmax with step `scale`.
+/// The signed grid of step `scale` around 0, -qmax - 1..=qmax (the whole range of the signed
+/// integers, as ONNX's int8 holds it; the scale puts the largest magnitude at qmax).
 fn symmetric_grid(scale: f32, qmax: i32) -> Activation {
     Activation::QuantizeDequantize {
         scale,
         zero_point: 0,
-        qmin: -qmax,
+        qmin: -qmax - 1,
         qmax,
     }
 }
@@ -260,7 +270,11 @@ fn symmetric_scale(s: &mut Stats, opts: &CalibrationOptions, qmax: i32) -> f32 {
         }
     };
     // a map of zeros: any step represents it
-    if magnitude > f32::MIN_POSITIVE * qmax as f32 { magnitude / qmax as f32 } else { 1.0 }
+    if magnitude > f32::MIN_POSITIVE * qmax as f32 {
+        magnitude / qmax as f32
+    } else {
+        1.0
+    }
 }
 
 /// The range [low, high] (holding 0) that `opts.method` chooses.

@@ -33,7 +33,8 @@ pub struct QuantBits {
     pub pointwise: u8,
     /// Activations read by convs, linear layers and adds (per tensor, unsigned), 0 or 2..=8.
     pub activations: u8,
-    /// The basis maps between a PENNI layer's two stages (per tensor, signed), 0 or 2..=8.
+    /// The basis maps between a PENNI layer's two stages (per tensor, signed), 0 or 2..=8:
+    /// with them (and quantized activations and weights) the whole layer is integer.
     pub basis_maps: u8,
     /// How each activation range is chosen from the calibration images.
     pub calibration: Calibration,
@@ -51,7 +52,9 @@ impl Default for QuantBits {
             weights: 8,
             pointwise: 8,
             activations: 8,
-            basis_maps: 8,
+            // f32 maps by default: on penni's engine the f32 PENNI kernels outrun the integer
+            // ones on these layers (experiments/quantize/README.md)
+            basis_maps: 0,
             calibration: Calibration::MinMax,
             percentile: 99.99,
             calibration_images: 512,
@@ -189,8 +192,16 @@ fn round_biases_to_integer_grid(model: &mut Model) {
     for node in &mut model.nodes {
         // (output channels, the integer layer's input scale, its weight)
         let (channels, s_in, weight) = match &node.op {
-            Op::Conv2d(c) => (c.out_channels, node.inputs.first().and_then(|x| input_scale.get(x)).copied(), "weight"),
-            Op::Linear { out_features, .. } => (*out_features, node.inputs.first().and_then(|x| input_scale.get(x)).copied(), "weight"),
+            Op::Conv2d(c) => (
+                c.out_channels,
+                node.inputs.first().and_then(|x| input_scale.get(x)).copied(),
+                "weight",
+            ),
+            Op::Linear { out_features, .. } => (
+                *out_features,
+                node.inputs.first().and_then(|x| input_scale.get(x)).copied(),
+                "weight",
+            ),
             // the combination stage reads the quantized basis maps
             Op::DecomposedConv2d(dc) => match dc.basis_quant {
                 Some(penni_model::Activation::QuantizeDequantize { scale, .. }) => (dc.conv.out_channels, Some(scale), "coefficients"),

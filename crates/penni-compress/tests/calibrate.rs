@@ -51,7 +51,7 @@ fn calibrated_models_stay_close_and_run_on_the_engine() {
                 bits,
                 method,
                 percentile: 99.99,
- basis_bits: 8,
+                basis_bits: 8,
             };
             let (q, ranges) = calibrate_activations(&m, &batches, &opts).unwrap();
             let quantizers = q
@@ -59,8 +59,16 @@ fn calibrated_models_stay_close_and_run_on_the_engine() {
                 .iter()
                 .filter(|n| matches!(n.op, Op::Activation(Activation::QuantizeDequantize { .. })))
                 .count();
-            // the input and the inputs of every conv and add (shared ones once)
-            assert_eq!(quantizers, ranges.len());
+            // the input and the inputs of every conv and add (shared ones once), and the basis
+            // maps of every PENNI layer
+            let basis_maps = q
+                .nodes
+                .iter()
+                .filter(|n| matches!(&n.op, Op::DecomposedConv2d(d) if d.basis_quant.is_some()))
+                .count();
+            let penni_layers = m.nodes.iter().filter(|n| matches!(n.op, Op::DecomposedConv2d(_))).count();
+            assert_eq!(basis_maps, penni_layers);
+            assert_eq!(quantizers + basis_maps, ranges.len());
             assert!(quantizers >= 20, "{quantizers}");
             // calibrating again adds nothing: every such tensor is quantized already
             let (again, more) = calibrate_activations(&q, &batches, &opts).unwrap();

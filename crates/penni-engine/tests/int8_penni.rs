@@ -60,7 +60,10 @@ fn one_layer(c: &Conv2d, d: usize, (h, w): (usize, usize), grid: Act, map_zp: i3
     params.insert("bases".into(), Tensor::new(vec![d, kk], bases).unwrap());
     params.insert("coefficients".into(), Tensor::new(vec![c.out_channels * cpg, d], coef).unwrap());
     if c.bias {
-        params.insert("bias".into(), Tensor::new(vec![c.out_channels], (0..c.out_channels).map(|_| rng.normal()).collect()).unwrap());
+        params.insert(
+            "bias".into(),
+            Tensor::new(vec![c.out_channels], (0..c.out_channels).map(|_| rng.normal()).collect()).unwrap(),
+        );
     }
     let mut layer = Node {
         name: "penni".into(),

@@ -220,7 +220,8 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
                 // them; f32 maps keep them f32
                 let w2 = combine.param("weight")?;
                 let mut q = Quantized::new(&mut tensors, &mut node_names, &mut qinits, &mut dq_nodes);
-                let (w2_name, w2_scales) = match q.weight(n, "coefficients", &w2.shape, &w2.data, c.conv.out_channels, maps_scale.is_some()) {
+                let (w2_name, w2_scales) = match q.weight(n, "coefficients", &w2.shape, &w2.data, c.conv.out_channels, maps_scale.is_some())
+                {
                     Some(v) => v,
                     None => (param(&mut tensors, n, "coefficients", &w2.shape, &w2.data), vec![]),
                 };
@@ -420,9 +421,7 @@ impl Emitted<'_> {
         } else {
             return Err(OnnxError::Export {
                 model: model.into(),
-                message: format!(
-                    "node '{name}' quantizes to [{qmin}, {qmax}], wider than the 8-bit integers of ONNX opset {EXPORT_OPSET}"
-                ),
+                message: format!("node '{name}' quantizes to [{qmin}, {qmax}], wider than the 8-bit integers of ONNX opset {EXPORT_OPSET}"),
             });
         };
         let s_name = self.tensors.fresh(format!("{name}.scale"));
@@ -439,11 +438,13 @@ impl Emitted<'_> {
             vec![],
         ));
         if (qmin, qmax) == (lo, hi) {
-            self.nodes.push(node("DequantizeLinear", name, vec![ints, s_name, z_name], output, vec![]));
+            self.nodes
+                .push(node("DequantizeLinear", name, vec![ints, s_name, z_name], output, vec![]));
         } else {
             let deq = self.tensors.fresh(format!("{output}.dequantized"));
             let dq_node = self.node_names.fresh(format!("{name}.dequantize"));
-            self.nodes.push(node("DequantizeLinear", &dq_node, vec![ints, s_name, z_name], &deq, vec![]));
+            self.nodes
+                .push(node("DequantizeLinear", &dq_node, vec![ints, s_name, z_name], &deq, vec![]));
             let f = |k: i32| (k - zero_point) as f32 * scale;
             let lo = self.tensors.fresh(format!("{name}.min"));
             self.inits.push(encode_f32(&lo, &[], &[f(qmin)]));

@@ -19,7 +19,8 @@ impl IntIsa {
     pub fn for_isa(isa: Isa) -> IntIsa {
         #[cfg(target_arch = "x86_64")]
         {
-            if isa == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vbmi") {
+            if isa == Isa::Avx512 && std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vbmi")
+            {
                 return IntIsa::Vnni;
             }
         }

@@ -89,7 +89,10 @@ fn rewrites(model: &Model, knobs: &Knobs) -> Result<Option<Model>, EngineError> 
     let mut changed = passes::split_quantized_decomposed(&mut m, |n| {
         let keep = match &n.op {
             Op::DecomposedConv2d(c) => {
-                integer && grids.get(&n.inputs[0]).is_some_and(|&xg| decomposed::int8::IntPenni::of(n, c, xg).is_some())
+                integer
+                    && grids
+                        .get(&n.inputs[0])
+                        .is_some_and(|&xg| decomposed::int8::IntPenni::of(n, c, xg).is_some())
             }
             _ => false,
         };

@@ -239,10 +239,12 @@ fn try_decomposed(imp: &mut Importer, cx: &Ctx, x: &str, stage1: &str, spec: &Co
     // the basis maps' quantizer between the stages: the node right after the basis conv, and
     // the last one imported so far (so that removing it moves no other node)
     let basis_quant = match imp.nodes.get(i1 + 1) {
-        Some(q @ Node {
-            op: Op::Activation(grid @ Activation::QuantizeDequantize { .. }),
-            ..
-        }) if i1 + 2 == imp.nodes.len() && q.output == x && q.inputs == [n1.output.clone()] && used_once(&q.output) => Some(*grid),
+        Some(
+            q @ Node {
+                op: Op::Activation(grid @ Activation::QuantizeDequantize { .. }),
+                ..
+            },
+        ) if i1 + 2 == imp.nodes.len() && q.output == x && q.inputs == [n1.output.clone()] && used_once(&q.output) => Some(*grid),
         _ => None,
     };
     let c = c1.in_channels;

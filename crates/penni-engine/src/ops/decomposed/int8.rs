@@ -109,7 +109,6 @@ pub(crate) struct QDecompStep {
     nkq: usize,
     /// Padded code plane: rows of `pw` bytes, `pstride` bytes per channel.
     pad: [usize; 4],
-    ph: usize,
     pw: usize,
     pstride: usize,
     chunks: Vec<Chunk>,
@@ -226,7 +225,11 @@ impl QDecompStep {
             // maps of this output's group: input channels g*cpg.., map i = c*d + j
             let first = (o / og) * cpg * d;
             let code = |i: usize| -> i8 {
-                if i < first || i >= first + cpg * d { 0 } else { ip.coefs[o * cpg * d + (i - first)] }
+                if i < first || i >= first + cpg * d {
+                    0
+                } else {
+                    ip.coefs[o * cpg * d + (i - first)]
+                }
             };
             for g in first / 4..(first + cpg * d).div_ceil(4) {
                 let quad: [i8; 4] = std::array::from_fn(|k| code(4 * g + k));
@@ -255,7 +258,6 @@ impl QDecompStep {
             stride: conv.stride,
             nkq,
             pad,
-            ph,
             pw,
             pstride,
             chunks,
@@ -310,7 +312,11 @@ impl StepOp for QDecompStep {
             self.d,
             self.nq,
             self.terms.len(),
-            if gathered > 0 { format!(", {gathered} gathered vectors") } else { String::new() }
+            if gathered > 0 {
+                format!(", {gathered} gathered vectors")
+            } else {
+                String::new()
+            }
         )
     }
 
@@ -433,42 +439,47 @@ unsafe fn tile_k<D: Dot8, const KQ: usize>(st: &QDecompStep, ctx: &Ctx, codes: V
         let quad_at = |q: usize| (q / nkq) * pw + 4 * (q % nkq); // (plain arithmetic: no intrinsics)
         let planes = (ctx.ptr(codes) as *const u8).add(img * st.xl.c * st.pstride);
         let (off, max_m) = (D::isplat(st.off_m), D::isplat(st.max_m));
-        // the basis stage, vector by vector: each channel's tap quads once, then every basis;
-        // the maps' codes gathered four at a time into quads
-        for (t, ch) in chunks.iter().enumerate() {
-            let mut quad = [D::izero(); 4];
-            let (mut filled, mut g) = (0, 0);
-            for c in 0..st.xl.c {
-                let base = planes.add(c * st.pstride + ch.start);
-                // (a loop, not array::from_fn: closures do not inherit the target features)
-                let mut x = [D::izero(); KQ];
-                for (q, x) in x.iter_mut().enumerate() {
-                    *x = tap_quad::<D>(base.add(quad_at(q)), ch);
-                }
-                for j in 0..d {
-                    let taps = &st.taps[j * kq..(j + 1) * kq];
-                    let mut acc = D::isplat(st.corr1[j]);
-                    if KQ > 0 {
-                        for q in 0..KQ {
-                            acc = D::dot4_lanes(acc, x[q], taps[q]);
-                        }
-                    } else {
-                        for (q, &w) in taps.iter().enumerate() {
-                            acc = D::dot4_lanes(acc, tap_quad::<D>(base.add(quad_at(q)), ch), w);
-                        }
-                    }
-                    let s = D::mul(D::to_f32(acc), D::splat(st.f1[j]));
-                    quad[filled] = D::imin(D::iadd(D::round_to_i32(s), off), max_m);
-                    filled += 1;
-                    if filled == 4 {
-                        D::istore(m.add((g * TILE + t) * 64), D::pack_quads(quad[0], quad[1], quad[2], quad[3]));
-                        (filled, g) = (0, g + 1);
+        // the basis stage, channel by channel: the tap quads of the tile's vectors once, then
+        // every basis on all of them (four independent sums); map i = c * d + j goes to byte
+        // i % 4 of quad i / 4, stored once its four maps are there
+        let nmaps = st.xl.c * d;
+        let mut quad = [[D::izero(); 4]; TILE];
+        for c in 0..st.xl.c {
+            let base = planes.add(c * st.pstride);
+            let mut x = [[D::izero(); KQ]; TILE];
+            if KQ > 0 {
+                for (x, ch) in x.iter_mut().zip(chunks) {
+                    for (q, x) in x.iter_mut().enumerate() {
+                        *x = tap_quad::<D>(base.add(ch.start + quad_at(q)), ch);
                     }
                 }
             }
-            if filled > 0 {
-                // the last quad's unused maps have no coefficients
-                D::istore(m.add((g * TILE + t) * 64), D::pack_quads(quad[0], quad[1], quad[2], quad[3]));
+            for j in 0..d {
+                let taps = &st.taps[j * kq..(j + 1) * kq];
+                let mut acc = [D::isplat(st.corr1[j]); TILE];
+                if KQ > 0 {
+                    for q in 0..KQ {
+                        for t in 0..TILE {
+                            acc[t] = D::dot4_lanes(acc[t], x[t][q], taps[q]);
+                        }
+                    }
+                } else {
+                    for (q, &w) in taps.iter().enumerate() {
+                        for (acc, ch) in acc.iter_mut().zip(chunks) {
+                            *acc = D::dot4_lanes(*acc, tap_quad::<D>(base.add(ch.start + quad_at(q)), ch), w);
+                        }
+                    }
+                }
+                let (i, f) = (c * d + j, D::splat(st.f1[j]));
+                for t in 0..TILE {
+                    quad[t][i % 4] = D::imin(D::iadd(D::round_to_i32(D::mul(D::to_f32(acc[t]), f)), off), max_m);
+                }
+                if i % 4 == 3 || i + 1 == nmaps {
+                    // (a last quad's unused maps hold stale codes: they have no coefficients)
+                    for (t, q) in quad.iter().enumerate() {
+                        D::istore(m.add(((i / 4) * TILE + t) * 64), D::pack_quads(q[0], q[1], q[2], q[3]));
+                    }
+                }
             }
         }
         // the combination, output channel by output channel
