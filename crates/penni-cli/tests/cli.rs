@@ -768,4 +768,9 @@ fn quantize_puts_weights_on_their_grid_and_reports_accuracy() {
     args.extend(strings(&["--out", bad.to_str().unwrap()]));
     assert_clean_failure(&penni().args(&args).output().unwrap(), "quantize.activations");
     assert!(!bad.exists());
+    let mut args = strings(&["quantize", "--model", model.to_str().unwrap(), "--basis-maps", "1", "--no-test"]);
+    args.extend(strings(&data));
+    args.extend(strings(&["--out", bad.to_str().unwrap()]));
+    assert_clean_failure(&penni().args(&args).output().unwrap(), "quantize.basis_maps");
+    assert!(!bad.exists());
 }

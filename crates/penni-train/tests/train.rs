@@ -69,6 +69,41 @@ fn burn_forward_matches_the_reference_forward() {
     }
 }
 
+/// A PENNI layer with quantized basis maps computes its two stages with the quantizer between
+/// them in the trainer as in the reference (up to a rounding edge of the coarse grid).
+#[test]
+fn burn_forward_quantizes_basis_maps_as_the_reference() {
+    let mut m = small_model(4);
+    randomise_bn(&mut m, 2);
+    let x = random_input(&m, 2, 9);
+    let batch = Activation {
+        n: 2,
+        shape: m.input_shape(),
+        data: x.clone(),
+    };
+    let before = reference::forward(&m, &batch).unwrap();
+    let all = reference::forward_all(&m, &batch).unwrap();
+    let node = m.node("body.conv").unwrap().clone();
+    let maps = reference::basis_maps(&node, &all[node.inputs[0].as_str()]).unwrap();
+    let amax = maps.data.iter().fold(0f32, |a, v| a.max(v.abs()));
+    // a coarse grid (15 levels a side, clipping the largest maps): its effect is visible
+    let grid = penni_model::Activation::QuantizeDequantize {
+        scale: amax / 30.0,
+        zero_point: 0,
+        qmin: -15,
+        qmax: 15,
+    };
+    let Op::DecomposedConv2d(dc) = &mut m.node_mut("body.conv").unwrap().op else {
+        panic!()
+    };
+    dc.basis_quant = Some(grid);
+    let want = reference::forward(&m, &batch).unwrap();
+    assert!(max_rel_diff(&want.data, &before.data) > 1e-3, "the quantizer changes nothing");
+    let got = penni_train::forward(&m, &x, 2).unwrap();
+    let d = max_rel_diff(&got, &want.data);
+    assert!(d < 0.02, "burn and reference differ by {d}");
+}
+
 /// Cross-entropy of the reference forward pass, in f64, for finite differences.
 fn reference_loss(m: &Model, x: &[f32], labels: &[i64]) -> f64 {
     let out = reference::forward(
