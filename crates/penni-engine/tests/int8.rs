@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{input, randomize_bn, zoo};
+use common::{has_vnni, input, randomize_bn, steps_with, zoo};
 use penni_engine::EngineOptions;
 use penni_engine::testing::{plan_backend, plan_int8_portable};
 use penni_model::batchnorm::Affine;
@@ -80,21 +80,6 @@ fn quantize(model: &Model, batch: usize, x: &[f32]) -> Model {
     let m = Model { nodes, ..model.clone() };
     m.validate().unwrap();
     m
-}
-
-fn has_vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-fn steps_with(plan: &penni_engine::Plan, what: &str) -> usize {
-    plan.describe().iter().filter(|s| s.contains(what)).count()
 }
 
 /// One quantize -> conv model on input C x H x W.

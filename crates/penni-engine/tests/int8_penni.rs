@@ -7,6 +7,8 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::{has_vnni, steps_with};
+
 use penni_engine::EngineOptions;
 use penni_engine::testing::{plan_backend, plan_int8_portable};
 use penni_model::batchnorm::Affine;
@@ -14,22 +16,6 @@ use penni_model::grid::{canonical_scale, int8_channels};
 use penni_model::reference::{self, Activation};
 use penni_model::{Activation as Act, Conv2d, DecomposedConv2d, Input, Model, Node, Op, Tensor};
 use proptest::prelude::*;
-
-fn has_vnni() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("fma")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx512vbmi")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
-fn steps_with(plan: &penni_engine::Plan, what: &str) -> usize {
-    plan.describe().iter().filter(|s| s.contains(what)).count()
-}
 
 /// `values` put on a symmetric 8-bit grid in `groups` equal runs, as `penni quantize` does.
 fn on_grid(values: &mut [f32], groups: usize) {

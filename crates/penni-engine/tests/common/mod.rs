@@ -156,3 +156,21 @@ pub fn conv_step_time(plan: &mut penni_engine::Plan, x: &[f32], iters: u64) -> s
     let conv = t.iter().find(|l| l.name.starts_with("conv")).map_or(0, |l| l.median_ns);
     std::time::Duration::from_nanos(conv * iters)
 }
+
+/// Whether the CPU runs penni's VNNI integer kernels (AVX-512 with VNNI and VBMI).
+pub fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+            && std::arch::is_x86_feature_detected!("avx512vbmi")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Steps of `plan` whose description contains `what`.
+pub fn steps_with(plan: &penni_engine::Plan, what: &str) -> usize {
+    plan.describe().iter().filter(|s| s.contains(what)).count()
+}
