@@ -112,6 +112,8 @@ pub(crate) struct QDecompStep {
     pw: usize,
     pstride: usize,
     chunks: Vec<Chunk>,
+    /// What a tile's vectors past the batch's last one read (no lanes: nothing is stored).
+    dummy: Chunk,
     /// Per (basis, kernel row, quad): four tap codes as an i32.
     taps: Vec<i32>,
     /// Per basis: -u0 * sum of its codes; and s_x s_j / s_m.
@@ -166,7 +168,7 @@ impl QDecompStep {
         let (ph, pw) = (xl.h + pad[0] + pad[2], xl.w + pad[1] + pad[3] + 4 * nkq);
         let pstride = ph * pw + SLACK;
         let hw = yl.hw();
-        let mut chunks = Vec::with_capacity(hw.div_ceil(L * TILE) * TILE);
+        let mut chunks = Vec::with_capacity(hw.div_ceil(L));
         for q in 0..hw.div_ceil(L) {
             let lanes = L.min(hw - q * L);
             let at = |l: usize| {
@@ -185,16 +187,6 @@ impl QDecompStep {
                 idx,
                 permute,
                 lanes,
-            });
-        }
-        // whole tiles: vectors past the map read the plane's start and store nothing
-        while !chunks.len().is_multiple_of(TILE) {
-            chunks.push(Chunk {
-                start: 0,
-                offsets: [0; 16],
-                idx: [0; 16],
-                permute: true,
-                lanes: 0,
             });
         }
         let u0 = ip.xg.zero_point - ip.xg.qmin;
@@ -261,6 +253,13 @@ impl QDecompStep {
             pw,
             pstride,
             chunks,
+            dummy: Chunk {
+                start: 0,
+                offsets: [0; 16],
+                idx: [0; 16],
+                permute: true,
+                lanes: 0,
+            },
             taps,
             corr1,
             f1,
@@ -285,8 +284,10 @@ impl QDecompStep {
         })
     }
 
-    fn tiles_per_image(&self) -> usize {
-        self.chunks.len().div_ceil(TILE)
+    /// Tiles of TILE output vectors, taken in (image, vector) order across the batch, so that
+    /// small maps fill them too.
+    fn tiles(&self) -> usize {
+        (self.batch * self.chunks.len()).div_ceil(TILE)
     }
 
     /// Bytes of one worker's basis maps of a tile.
@@ -301,7 +302,7 @@ impl StepOp for QDecompStep {
             IntIsa::Vnni => "vnni",
             IntIsa::Fallback => "portable",
         };
-        let gathered = self.chunks.iter().filter(|c| !c.permute && c.lanes > 0).count();
+        let gathered = self.chunks.iter().filter(|c| !c.permute).count();
         format!(
             "penni {}x{} s{} {}->{} d{} int8 {isa} [{} map quads, {} coefficient quads{}]",
             self.kernel[0],
@@ -357,15 +358,14 @@ impl StepOp for QDecompStep {
         ctx.par(self.batch * self.xl.c, &|t, _| {
             input_codes(self.isa, self, ctx, codes, t);
         })?;
-        let tiles = self.tiles_per_image();
-        ctx.par(self.batch * tiles, &|t, w| {
-            run_tile(self.isa, self, ctx, codes, maps, t / tiles, t % tiles, w);
+        ctx.par(self.tiles(), &|t, w| {
+            run_tile(self.isa, self, ctx, codes, maps, t, w);
         })
     }
 }
 
 dot8_dispatch!(fn input_codes => input_codes_g(st: &QDecompStep, ctx: &Ctx, codes: ValId, plane: usize));
-dot8_dispatch!(fn run_tile => tile_g(st: &QDecompStep, ctx: &Ctx, codes: ValId, maps: ValId, img: usize, tile: usize, worker: usize));
+dot8_dispatch!(fn run_tile => tile_g(st: &QDecompStep, ctx: &Ctx, codes: ValId, maps: ValId, tile: usize, worker: usize));
 
 /// The padded code plane of input plane `plane` (image * C + channel): the code of 0
 /// everywhere, then the interior u = clamp(round(x / s) + zp, qmin, qmax) - qmin row by row (a
@@ -397,26 +397,27 @@ unsafe fn input_codes_g<D: Dot8>(st: &QDecompStep, ctx: &Ctx, codes: ValId, plan
 /// numbers of tap quads per kernel (KQ = kernel rows x quads per row; 0: any, slower).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn tile_g<D: Dot8>(st: &QDecompStep, ctx: &Ctx, codes: ValId, maps: ValId, img: usize, tile: usize, worker: usize) {
+unsafe fn tile_g<D: Dot8>(st: &QDecompStep, ctx: &Ctx, codes: ValId, maps: ValId, tile: usize, worker: usize) {
     unsafe {
         match st.kh * st.nkq {
-            1 => tile_k::<D, 1>(st, ctx, codes, maps, img, tile, worker),
-            2 => tile_k::<D, 2>(st, ctx, codes, maps, img, tile, worker),
-            3 => tile_k::<D, 3>(st, ctx, codes, maps, img, tile, worker),
-            4 => tile_k::<D, 4>(st, ctx, codes, maps, img, tile, worker),
-            5 => tile_k::<D, 5>(st, ctx, codes, maps, img, tile, worker),
-            10 => tile_k::<D, 10>(st, ctx, codes, maps, img, tile, worker),
-            _ => tile_k::<D, 0>(st, ctx, codes, maps, img, tile, worker),
+            1 => tile_k::<D, 1>(st, ctx, codes, maps, tile, worker),
+            2 => tile_k::<D, 2>(st, ctx, codes, maps, tile, worker),
+            3 => tile_k::<D, 3>(st, ctx, codes, maps, tile, worker),
+            4 => tile_k::<D, 4>(st, ctx, codes, maps, tile, worker),
+            5 => tile_k::<D, 5>(st, ctx, codes, maps, tile, worker),
+            10 => tile_k::<D, 10>(st, ctx, codes, maps, tile, worker),
+            _ => tile_k::<D, 0>(st, ctx, codes, maps, tile, worker),
         }
     }
 }
 
-/// The four input bytes of every lane's taps 4q..4q+3 of one kernel row, from `window`.
+/// The four input bytes of every lane's taps 4q..4q+3 of one kernel row, from `window` (`idx`:
+/// the chunk's permute indices, loaded once per tile).
 #[inline(always)]
-unsafe fn tap_quad<D: Dot8>(window: *const u8, ch: &Chunk) -> D::I {
+unsafe fn tap_quad<D: Dot8>(window: *const u8, ch: &Chunk, idx: D::I) -> D::I {
     unsafe {
         if ch.permute {
-            D::permute_bytes(window, D::iload(ch.idx.as_ptr() as *const i8))
+            D::permute_bytes(window, idx)
         } else {
             let mut lanes = [0i32; 16];
             for (lane, &o) in lanes.iter_mut().zip(&ch.offsets) {
@@ -429,28 +430,49 @@ unsafe fn tap_quad<D: Dot8>(window: *const u8, ch: &Chunk) -> D::I {
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn tile_k<D: Dot8, const KQ: usize>(st: &QDecompStep, ctx: &Ctx, codes: ValId, maps: ValId, img: usize, tile: usize, worker: usize) {
+unsafe fn tile_k<D: Dot8, const KQ: usize>(st: &QDecompStep, ctx: &Ctx, codes: ValId, maps: ValId, tile: usize, worker: usize) {
     unsafe {
-        let q0 = tile * TILE;
-        let chunks = &st.chunks[q0..q0 + TILE];
+        // the tile's vectors: (image, vector of the map); past the batch's last one, a vector
+        // with no lanes that reads the first plane and stores nothing
+        let nchunk = st.chunks.len();
+        let mut chunks = [&st.dummy; TILE];
+        let mut img = [0usize; TILE];
+        let mut vec_at = [0usize; TILE];
+        for t in 0..TILE {
+            let v = tile * TILE + t;
+            if v < st.batch * nchunk {
+                (img[t], vec_at[t]) = (v / nchunk, v % nchunk);
+                chunks[t] = &st.chunks[vec_at[t]];
+            }
+        }
         let m = (ctx.ptr(maps) as *mut u8).add(worker * st.worker_bytes());
         let (d, nkq, pw) = (st.d, st.nkq, st.pw);
         let kq = st.kh * nkq;
         let quad_at = |q: usize| (q / nkq) * pw + 4 * (q % nkq); // (plain arithmetic: no intrinsics)
-        let planes = (ctx.ptr(codes) as *const u8).add(img * st.xl.c * st.pstride);
+        let codes = ctx.ptr(codes) as *const u8;
+        let mut src = [codes; TILE];
+        for t in 0..TILE {
+            src[t] = codes.add(img[t] * st.xl.c * st.pstride + chunks[t].start);
+        }
         let (off, max_m) = (D::isplat(st.off_m), D::isplat(st.max_m));
+        // (8-bit maps: the packing saturates at 255 already)
+        let clamp_high = st.max_m < 255;
         // the basis stage, channel by channel: the tap quads of the tile's vectors once, then
         // every basis on all of them (four independent sums); map i = c * d + j goes to byte
         // i % 4 of quad i / 4, stored once its four maps are there
         let nmaps = st.xl.c * d;
         let mut quad = [[D::izero(); 4]; TILE];
+        let mut idx = [D::izero(); TILE];
+        for (v, ch) in idx.iter_mut().zip(chunks) {
+            *v = D::iload(ch.idx.as_ptr() as *const i8);
+        }
         for c in 0..st.xl.c {
-            let base = planes.add(c * st.pstride);
+            let plane = c * st.pstride;
             let mut x = [[D::izero(); KQ]; TILE];
             if KQ > 0 {
-                for (x, ch) in x.iter_mut().zip(chunks) {
-                    for (q, x) in x.iter_mut().enumerate() {
-                        *x = tap_quad::<D>(base.add(ch.start + quad_at(q)), ch);
+                for t in 0..TILE {
+                    for (q, x) in x[t].iter_mut().enumerate() {
+                        *x = tap_quad::<D>(src[t].add(plane + quad_at(q)), chunks[t], idx[t]);
                     }
                 }
             }
@@ -465,14 +487,15 @@ unsafe fn tile_k<D: Dot8, const KQ: usize>(st: &QDecompStep, ctx: &Ctx, codes: V
                     }
                 } else {
                     for (q, &w) in taps.iter().enumerate() {
-                        for (acc, ch) in acc.iter_mut().zip(chunks) {
-                            *acc = D::dot4_lanes(*acc, tap_quad::<D>(base.add(ch.start + quad_at(q)), ch), w);
+                        for t in 0..TILE {
+                            acc[t] = D::dot4_lanes(acc[t], tap_quad::<D>(src[t].add(plane + quad_at(q)), chunks[t], idx[t]), w);
                         }
                     }
                 }
                 let (i, f) = (c * d + j, D::splat(st.f1[j]));
                 for t in 0..TILE {
-                    quad[t][i % 4] = D::imin(D::iadd(D::round_to_i32(D::mul(D::to_f32(acc[t]), f)), off), max_m);
+                    let k = D::iadd(D::round_to_i32(D::mul(D::to_f32(acc[t]), f)), off);
+                    quad[t][i % 4] = if clamp_high { D::imin(k, max_m) } else { k };
                 }
                 if i % 4 == 3 || i + 1 == nmaps {
                     // (a last quad's unused maps hold stale codes: they have no coefficients)
@@ -484,10 +507,14 @@ unsafe fn tile_k<D: Dot8, const KQ: usize>(st: &QDecompStep, ctx: &Ctx, codes: V
         }
         // the combination, output channel by output channel
         let act = ActV::<D>::new(st.act);
-        let yb = ctx.ptr(st.y).add(img * st.yl.img());
+        let (yb, plane) = (ctx.ptr(st.y), st.yl.plane());
+        let mut out = [0usize; TILE];
+        for t in 0..TILE {
+            out[t] = img[t] * st.yl.img() + vec_at[t] * L;
+        }
         let mut res = [std::ptr::null::<f32>(); MAX_RES];
         for (r, &v) in res.iter_mut().zip(&st.res) {
-            *r = (ctx.ptr(v) as *const f32).add(img * st.yl.img());
+            *r = ctx.ptr(v) as *const f32;
         }
         let res = &res[..st.res.len()];
         for o in 0..st.yl.c {
@@ -503,7 +530,7 @@ unsafe fn tile_k<D: Dot8, const KQ: usize>(st: &QDecompStep, ctx: &Ctx, codes: V
                 if ch.lanes == 0 {
                     continue;
                 }
-                let at = o * st.yl.plane() + (q0 + t) * L;
+                let at = out[t] + o * plane;
                 let mut v = act.pre(D::add(D::mul(D::to_f32(acc[t]), f), b));
                 for r in res {
                     v = D::add(v, D::load(r.add(at)));
