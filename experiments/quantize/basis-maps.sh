@@ -8,7 +8,8 @@
 # of `penni bench`: the f32 PENNI model, the 8-bit one with f32 maps (models/*-a8w8.penni, the
 # f32 PENNI kernels) and the integer one. Writes basis-maps.jsonl, basis-maps-bench.jsonl and
 # basis-maps.md here. Usage: experiments/quantize/basis-maps.sh  (PENNI=path to skip the build;
-# PAUSE_PID=pid to stop a background job while timing)
+# PAUSE_PID=pid to stop a background job while timing; BENCH_ONLY=1 keeps basis-maps.jsonl and
+# the models and only times them again)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/../.."
@@ -22,6 +23,7 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"; [ -n "${PAUSE_PID:-}" ] && kill -CONT "$PAUSE_PID" 2>/dev/null || true' EXIT
 mkdir -p "$here/models"
 models="resnet20/penni-budget vgg16/penni resnet18/penni"
+if [ -z "${BENCH_ONLY:-}" ] || [ ! -f "$out" ]; then
 : > "$out.tmp"
 for model in $models; do
   m="$root/experiments/fidelity/$model.penni"
@@ -36,6 +38,7 @@ for model in $models; do
   echo "{\"model\": \"$model\", \"phase\": \"test\", \"basis_maps\": 8, \"result\": $line}" >> "$out.tmp"
 done
 mv "$out.tmp" "$out"
+fi
 [ -n "${PAUSE_PID:-}" ] && kill -STOP "$PAUSE_PID" 2>/dev/null || true
 bench="$here/basis-maps-bench.jsonl"
 : > "$bench.tmp"
