@@ -69,13 +69,15 @@ def penni_f32_ms(model, batch, threads):
     return penni_ms(model, batch, threads, f32_kernels=True)
 
 
-for name, dense, f32_penni, q_penni, q_dense in specs:
+for name, dense, f32_penni, q_penni, q_dense, int_penni in specs:
     subprocess.run([penni, "convert", dense, os.path.join(tmp, f"{name}-dense.onnx")], check=True, capture_output=True)
     dense_onnx = os.path.join(tmp, f"{name}-dense.onnx")
     int8_onnx = os.path.join(tmp, f"{name}-dense-int8.onnx")
     ort_int8(dense_onnx, int8_onnx)
     q_onnx = os.path.join(tmp, f"{name}-q.onnx")
     subprocess.run([penni, "convert", q_penni, q_onnx], check=True, capture_output=True)
+    int_onnx = os.path.join(tmp, f"{name}-int.onnx")
+    subprocess.run([penni, "convert", int_penni, int_onnx], check=True, capture_output=True)
     for batch in (1, 64):
         cells.append((name, batch, {
             "ort f32 dense": (ort_ms, dense_onnx),
@@ -86,6 +88,8 @@ for name, dense, f32_penni, q_penni, q_dense in specs:
             "penni 8-bit dense (f32 kernels)": (penni_f32_ms, q_dense),
             "penni f32 PENNI": (penni_ms, f32_penni),
             "penni 8-bit PENNI": (penni_ms, q_penni),
+            "penni integer PENNI (8-bit basis maps)": (penni_ms, int_penni),
+            "ort on penni's integer PENNI (QDQ)": (ort_ms, int_onnx),
         }))
 
 times = {}
@@ -108,7 +112,9 @@ with open(os.path.join(out_dir, "bench.md"), "w") as f:
               ("penni 8-bit dense / penni f32 dense", "penni 8-bit dense", "penni f32 dense"),
               ("penni 8-bit dense / ort int8 dense", "penni 8-bit dense", "ort int8 dense"),
               ("ort int8 dense / penni f32 PENNI", "ort int8 dense", "penni f32 PENNI"),
-              ("penni 8-bit PENNI / penni f32 PENNI", "penni 8-bit PENNI", "penni f32 PENNI")]
+              ("penni 8-bit PENNI / penni f32 PENNI", "penni 8-bit PENNI", "penni f32 PENNI"),
+              ("penni integer PENNI / penni f32 PENNI", "penni integer PENNI (8-bit basis maps)", "penni f32 PENNI"),
+              ("ort int8 dense / penni integer PENNI", "ort int8 dense", "penni integer PENNI (8-bit basis maps)")]
     f.write("| model | batch | " + " | ".join(labels) + " | " + " | ".join(r[0] for r in ratios) + " |\n")
     f.write("|---|---|" + "---|" * (len(labels) + len(ratios)) + "\n")
     for r in rows:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Latency of penni's 8-bit PENNI models (activations.sh keeps them in models/) and of penni's
+# Latency of penni's 8-bit PENNI models (activations.sh keeps them in models/; the integer ones,
+# with 8-bit basis maps, basis-maps.sh) and of penni's
 # 8-bit dense baselines (made here once, into models/) beside onnxruntime f32 and int8 on the
 # dense baselines (bench.py); run on a quiet machine.
 #   REPS=20 PASSES=3; writes bench.md, bench.json and bench.log here.
@@ -22,7 +23,10 @@ for m in resnet20:penni-budget vgg16:penni resnet18:penni; do
   # activations by min/max on 512 training images
   [ -f "$qd" ] || "$root/target/release/penni" quantize --model "$f/$net/baseline.penni" --dataset fashion-mnist \
     --weights 8 --pointwise 8 --activations 8 --calibration min_max --no-test --out "$qd" >/dev/null
-  specs+=("$net:$f/$net/baseline.penni:$f/$net/$v.penni:$q:$qd")
+  # the integer PENNI model (8-bit basis maps too) that basis-maps.sh keeps
+  qi="$here/models/$net-$v-a8w8m8.penni"
+  [ -f "$qi" ] || continue
+  specs+=("$net:$f/$net/baseline.penni:$f/$net/$v.penni:$q:$qd:$qi")
 done
 "$py" "$here/bench.py" "$root/target/release/penni" "${REPS:-20}" "${PASSES:-3}" "${specs[@]}"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
