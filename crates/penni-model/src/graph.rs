@@ -27,7 +27,7 @@ pub struct Conv2d {
 /// With `basis_quant` (an `Activation::QuantizeDequantize`, per tensor) the layer computes in
 /// two stages, as an integer engine does: the basis maps m[c, j] = x[c] * bases[j] (every input
 /// channel with every basis), quantized and dequantized, then y[n] = sum over (c, j) of
-/// coefficients[n, c, j] m[c, j] + bias ([`crate::passes::split_decomposed`] spells it out).
+/// coefficients[n, c, j] m[c, j] + bias ([`crate::stages::split_decomposed`] spells it out).
 /// Without it the layer is the dense conv of its combined kernels.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DecomposedConv2d {

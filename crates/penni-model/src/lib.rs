@@ -10,6 +10,7 @@ pub mod grid;
 pub mod io;
 pub mod passes;
 pub mod reference;
+pub mod stages;
 pub mod tensor;
 pub mod zoo;
 

@@ -42,7 +42,7 @@ pub fn decomposed_weight(node: &Node) -> Result<Vec<f32>> {
 /// The basis maps of a decomposed conv on `x`, its first stage before any quantizer: C x d
 /// channels, channel c * d + j the input channel c convolved with basis j.
 pub fn basis_maps(node: &Node, x: &Activation) -> Result<Activation> {
-    let stage1 = crate::passes::split_decomposed(node)?.swap_remove(0);
+    let stage1 = crate::stages::split_decomposed(node)?.swap_remove(0);
     let shape = crate::graph::node_output_shape(&stage1, &[x.shape])?;
     let data = eval_node(&stage1, &[x], shape)?.data;
     Ok(Activation { n: x.n, shape, data })
@@ -320,7 +320,7 @@ fn eval_node(node: &Node, ins: &[&Activation], out: Shape) -> Result<Activation>
         Op::DecomposedConv2d(c) if c.basis_quant.is_some() => {
             // quantized basis maps: the two stages as they are defined
             let mut y = x.clone();
-            for part in crate::passes::split_decomposed(node)? {
+            for part in crate::stages::split_decomposed(node)? {
                 let shape = crate::graph::node_output_shape(&part, &[y.shape])?;
                 y = eval_node(&part, &[&y], shape)?;
             }

@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use penni_model::{Activation, Model, Node, Op, Shape, grid, passes};
+use penni_model::{Activation, Model, Node, Op, Shape, grid, stages};
 use prost::Message;
 
 use crate::error::OnnxError;
@@ -184,7 +184,7 @@ pub fn export_proto(model: &Model) -> Result<ModelProto, OnnxError> {
             Op::DecomposedConv2d(c) => {
                 // the two stages as the IR defines them: the basis conv (each input channel with
                 // each basis), the basis maps' quantizer if any, the 1x1 combination
-                let parts = passes::split_decomposed(n)?;
+                let parts = stages::split_decomposed(n)?;
                 let (basis, combine) = (&parts[0], &parts[parts.len() - 1]);
                 let w1 = basis.param("weight")?;
                 let mut q = Quantized::new(&mut tensors, &mut node_names, &mut qinits, &mut dq_nodes);

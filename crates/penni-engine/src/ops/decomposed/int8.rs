@@ -18,6 +18,8 @@
 //!   a quad with any non-zero coefficient is kept whole), one `vpdpbusd` per quad and 16
 //!   pixels. `S = sum a v - v0 sum a` exactly; the epilogue computes f32(S) * (s_m s_a bn) + bias
 //!   (a multiply and an add, as the dense integer convolution), then residuals and activation.
+//! - Tiles: four output vectors, taken in (image, vector) order across the batch, both stages
+//!   per tile (its basis maps stay in L1).
 //!
 //! The result equals `penni_model::reference::int8_decomposed` exactly, on every ISA.
 
