@@ -114,8 +114,6 @@ pub(crate) struct QDecompStep {
     pw: usize,
     pstride: usize,
     chunks: Vec<Chunk>,
-    /// What a tile's vectors past the batch's last one read (no lanes: nothing is stored).
-    dummy: Chunk,
     /// Per (basis, kernel row, quad): four tap codes as an i32.
     taps: Vec<i32>,
     /// Per basis: -u0 * sum of its codes; and s_x s_j / s_m.
@@ -255,13 +253,6 @@ impl QDecompStep {
             pw,
             pstride,
             chunks,
-            dummy: Chunk {
-                start: 0,
-                offsets: [0; 16],
-                idx: [0; 16],
-                permute: true,
-                lanes: 0,
-            },
             taps,
             corr1,
             f1,
@@ -401,14 +392,32 @@ unsafe fn input_codes_g<D: Dot8>(st: &QDecompStep, ctx: &Ctx, codes: ValId, plan
 #[inline(always)]
 unsafe fn tile_g<D: Dot8>(st: &QDecompStep, ctx: &Ctx, codes: ValId, maps: ValId, tile: usize, worker: usize) {
     unsafe {
+        let first = tile * TILE;
+        let real = TILE.min(st.batch * st.chunks.len() - first);
+        if real == TILE {
+            tile_kq::<D, TILE>(st, ctx, codes, maps, first, worker);
+        } else {
+            // a last, partial tile: its vectors one at a time (at batch 1 a small map is one
+            // vector, which a full tile would compute four times over)
+            for v in first..first + real {
+                tile_kq::<D, 1>(st, ctx, codes, maps, v, worker);
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile_kq<D: Dot8, const T: usize>(st: &QDecompStep, ctx: &Ctx, codes: ValId, maps: ValId, first: usize, worker: usize) {
+    unsafe {
         match st.kh * st.nkq {
-            1 => tile_k::<D, 1>(st, ctx, codes, maps, tile, worker),
-            2 => tile_k::<D, 2>(st, ctx, codes, maps, tile, worker),
-            3 => tile_k::<D, 3>(st, ctx, codes, maps, tile, worker),
-            4 => tile_k::<D, 4>(st, ctx, codes, maps, tile, worker),
-            5 => tile_k::<D, 5>(st, ctx, codes, maps, tile, worker),
-            10 => tile_k::<D, 10>(st, ctx, codes, maps, tile, worker),
-            _ => tile_k::<D, 0>(st, ctx, codes, maps, tile, worker),
+            1 => tile_k::<D, 1, T>(st, ctx, codes, maps, first, worker),
+            2 => tile_k::<D, 2, T>(st, ctx, codes, maps, first, worker),
+            3 => tile_k::<D, 3, T>(st, ctx, codes, maps, first, worker),
+            4 => tile_k::<D, 4, T>(st, ctx, codes, maps, first, worker),
+            5 => tile_k::<D, 5, T>(st, ctx, codes, maps, first, worker),
+            10 => tile_k::<D, 10, T>(st, ctx, codes, maps, first, worker),
+            _ => tile_k::<D, 0, T>(st, ctx, codes, maps, first, worker),
         }
     }
 }
@@ -432,28 +441,31 @@ unsafe fn tap_quad<D: Dot8>(window: *const u8, ch: &Chunk, idx: D::I) -> D::I {
 
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn tile_k<D: Dot8, const KQ: usize>(st: &QDecompStep, ctx: &Ctx, codes: ValId, maps: ValId, tile: usize, worker: usize) {
+unsafe fn tile_k<D: Dot8, const KQ: usize, const T: usize>(
+    st: &QDecompStep,
+    ctx: &Ctx,
+    codes: ValId,
+    maps: ValId,
+    first: usize,
+    worker: usize,
+) {
     unsafe {
-        // the tile's vectors: (image, vector of the map); past the batch's last one, a vector
-        // with no lanes that reads the first plane and stores nothing
+        // the tile's vectors first..first + T, each (image, vector of the map)
         let nchunk = st.chunks.len();
-        let mut chunks = [&st.dummy; TILE];
-        let mut img = [0usize; TILE];
-        let mut vec_at = [0usize; TILE];
-        for t in 0..TILE {
-            let v = tile * TILE + t;
-            if v < st.batch * nchunk {
-                (img[t], vec_at[t]) = (v / nchunk, v % nchunk);
-                chunks[t] = &st.chunks[vec_at[t]];
-            }
+        let mut chunks = [&st.chunks[0]; T];
+        let mut img = [0usize; T];
+        let mut vec_at = [0usize; T];
+        for t in 0..T {
+            (img[t], vec_at[t]) = ((first + t) / nchunk, (first + t) % nchunk);
+            chunks[t] = &st.chunks[vec_at[t]];
         }
         let m = (ctx.ptr(maps) as *mut u8).add(worker * st.worker_bytes());
         let (d, nkq, pw) = (st.d, st.nkq, st.pw);
         let kq = st.kh * nkq;
         let quad_at = |q: usize| (q / nkq) * pw + 4 * (q % nkq); // (plain arithmetic: no intrinsics)
         let codes = ctx.ptr(codes) as *const u8;
-        let mut src = [codes; TILE];
-        for t in 0..TILE {
+        let mut src = [codes; T];
+        for t in 0..T {
             src[t] = codes.add(img[t] * st.xl.c * st.pstride + chunks[t].start);
         }
         let (off, max_m) = (D::isplat(st.off_m), D::isplat(st.max_m));
@@ -463,16 +475,16 @@ unsafe fn tile_k<D: Dot8, const KQ: usize>(st: &QDecompStep, ctx: &Ctx, codes: V
         // every basis on all of them (four independent sums); map i = c * d + j goes to byte
         // i % 4 of quad i / 4, stored once its four maps are there
         let nmaps = st.xl.c * d;
-        let mut quad = [[D::izero(); 4]; TILE];
-        let mut idx = [D::izero(); TILE];
+        let mut quad = [[D::izero(); 4]; T];
+        let mut idx = [D::izero(); T];
         for (v, ch) in idx.iter_mut().zip(chunks) {
             *v = D::iload(ch.idx.as_ptr() as *const i8);
         }
         for c in 0..st.xl.c {
             let plane = c * st.pstride;
-            let mut x = [[D::izero(); KQ]; TILE];
+            let mut x = [[D::izero(); KQ]; T];
             if KQ > 0 {
-                for t in 0..TILE {
+                for t in 0..T {
                     for (q, x) in x[t].iter_mut().enumerate() {
                         *x = tap_quad::<D>(src[t].add(plane + quad_at(q)), chunks[t], idx[t]);
                     }
@@ -480,29 +492,29 @@ unsafe fn tile_k<D: Dot8, const KQ: usize>(st: &QDecompStep, ctx: &Ctx, codes: V
             }
             for j in 0..d {
                 let taps = &st.taps[j * kq..(j + 1) * kq];
-                let mut acc = [D::isplat(st.corr1[j]); TILE];
+                let mut acc = [D::isplat(st.corr1[j]); T];
                 if KQ > 0 {
                     for q in 0..KQ {
-                        for t in 0..TILE {
+                        for t in 0..T {
                             acc[t] = D::dot4_lanes(acc[t], x[t][q], taps[q]);
                         }
                     }
                 } else {
                     for (q, &w) in taps.iter().enumerate() {
-                        for t in 0..TILE {
+                        for t in 0..T {
                             acc[t] = D::dot4_lanes(acc[t], tap_quad::<D>(src[t].add(plane + quad_at(q)), chunks[t], idx[t]), w);
                         }
                     }
                 }
                 let (i, f) = (c * d + j, D::splat(st.f1[j]));
-                for t in 0..TILE {
+                for t in 0..T {
                     let k = D::iadd(D::round_to_i32(D::mul(D::to_f32(acc[t]), f)), off);
                     quad[t][i % 4] = if clamp_high { D::imin(k, max_m) } else { k };
                 }
                 if i % 4 == 3 || i + 1 == nmaps {
                     // (a last quad's unused maps hold stale codes: they have no coefficients)
                     for (t, q) in quad.iter().enumerate() {
-                        D::istore(m.add(((i / 4) * TILE + t) * 64), D::pack_quads(q[0], q[1], q[2], q[3]));
+                        D::istore(m.add(((i / 4) * T + t) * 64), D::pack_quads(q[0], q[1], q[2], q[3]));
                     }
                 }
             }
@@ -510,8 +522,8 @@ unsafe fn tile_k<D: Dot8, const KQ: usize>(st: &QDecompStep, ctx: &Ctx, codes: V
         // the combination, output channel by output channel
         let act = ActV::<D>::new(st.act);
         let (yb, plane) = (ctx.ptr(st.y), st.yl.plane());
-        let mut out = [0usize; TILE];
-        for t in 0..TILE {
+        let mut out = [0usize; T];
+        for t in 0..T {
             out[t] = img[t] * st.yl.img() + vec_at[t] * L;
         }
         let mut res = [std::ptr::null::<f32>(); MAX_RES];
@@ -520,18 +532,15 @@ unsafe fn tile_k<D: Dot8, const KQ: usize>(st: &QDecompStep, ctx: &Ctx, codes: V
         }
         let res = &res[..st.res.len()];
         for o in 0..st.yl.c {
-            let mut acc = [D::isplat(st.corr2[o]); TILE];
+            let mut acc = [D::isplat(st.corr2[o]); T];
             for &(g, w) in &st.terms[st.row_start[o] as usize..st.row_start[o + 1] as usize] {
-                let mg = m.add(g as usize * TILE * 64);
+                let mg = m.add(g as usize * T * 64);
                 for (t, acc) in acc.iter_mut().enumerate() {
                     *acc = D::dot4_lanes(*acc, D::iload(mg.add(t * 64) as *const i8), w);
                 }
             }
             let (f, b) = (D::splat(st.f2[o]), D::splat(st.bias[o]));
             for (t, ch) in chunks.iter().enumerate() {
-                if ch.lanes == 0 {
-                    continue;
-                }
                 let at = out[t] + o * plane;
                 let mut v = act.pre(D::add(D::mul(D::to_f32(acc[t]), f), b));
                 for r in res {
