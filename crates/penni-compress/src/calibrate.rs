@@ -323,18 +323,8 @@ fn affine_params(low: f32, high: f32, qmax: i32) -> (f32, i32) {
 
 /// Puts `q` on tensor `t`: a new node right after `t`'s producer, read by all of `t`'s readers.
 fn insert_quantizer(model: &mut Model, t: &str, q: Activation) {
-    let fresh = |m: &Model, base: String| {
-        let taken = |s: &str| s == m.input.name || m.nodes.iter().any(|n| n.name == s || n.output == s);
-        let mut name = base.clone();
-        let mut k = 1;
-        while taken(&name) {
-            name = format!("{base}.{k}");
-            k += 1;
-        }
-        name
-    };
-    let name = fresh(model, format!("{t}:quantize"));
-    let output = fresh(model, format!("{t}:quantized"));
+    let name = model.unused_name(&format!("{t}:quantize"));
+    let output = model.unused_name(&format!("{t}:quantized"));
     for n in &mut model.nodes {
         for i in n.inputs.iter_mut().filter(|i| *i == t) {
             *i = output.clone();

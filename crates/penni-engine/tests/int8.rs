@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{has_vnni, input, randomize_bn, steps_with, zoo};
+use common::{has_vnni, input, int8_runs, randomize_bn, steps_with, zoo};
 use penni_engine::EngineOptions;
 use penni_engine::testing::{plan_backend, plan_int8_portable};
 use penni_model::batchnorm::Affine;
@@ -171,19 +171,11 @@ proptest! {
             &Activation { n: batch, shape: model.input_shape(), data: xq },
             out, &c, scale, &wc, &ws, b.as_deref(), &Affine::identity(n_out),
         );
-        let opts = EngineOptions { threads: 2, ..Default::default() };
         // the portable kernel everywhere, VNNI where the CPU has it
-        for fallback in if has_vnni() { vec![false, true] } else { vec![true] } {
-            let mut plan = if fallback {
-                plan_int8_portable(&model, batch, &opts, false).unwrap()
-            } else {
-                plan_backend(&model, batch, &opts, false, None).unwrap()
-            };
-            let kernel = if fallback { "int8 portable" } else { "int8 vnni" };
-            prop_assert_eq!(steps_with(&plan, kernel), 1, "{:?}", plan.describe());
-            let got = plan.run(&x).unwrap().to_vec();
+        for (kernel, steps, described, got) in int8_runs(&model, batch, &x, false) {
+            prop_assert_eq!(steps, 1, "{:?}", described);
             prop_assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "fallback={} {:?} vs {:?}", fallback, &got[..got.len().min(8)], &want[..want.len().min(8)]);
+                "{} {:?} vs {:?}", kernel, &got[..got.len().min(8)], &want[..want.len().min(8)]);
         }
     }
 }

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{has_vnni, steps_with};
+use common::{int8_runs, steps_with};
 
 use penni_engine::EngineOptions;
 use penni_engine::testing::{plan_backend, plan_int8_portable};
@@ -144,18 +144,11 @@ proptest! {
             out, dc, scale, &bc, &bs, (ms, mz, mmin, mmax), &cc, &cs,
             layer.params.get("bias").map(|b| b.data.as_slice()), &Affine::identity(n_out),
         );
-        let opts = EngineOptions { threads: 2, ..Default::default() };
-        for portable in if has_vnni() { vec![false, true] } else { vec![true] } {
-            let mut plan = if portable {
-                plan_int8_portable(&model, batch, &opts, true).unwrap()
-            } else {
-                plan_backend(&model, batch, &opts, true, None).unwrap()
-            };
-            let kernel = if portable { "int8 portable" } else { "int8 vnni" };
-            prop_assert_eq!(steps_with(&plan, kernel), 1, "{:?}", plan.describe());
-            let got = plan.run(&x).unwrap().to_vec();
+        // the portable kernel everywhere, VNNI where the CPU has it
+        for (kernel, steps, described, got) in int8_runs(&model, batch, &x, true) {
+            prop_assert_eq!(steps, 1, "{:?}", described);
             prop_assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
-                "portable={} {:?} vs {:?}", portable, &got[..got.len().min(8)], &want[..want.len().min(8)]);
+                "{} {:?} vs {:?}", kernel, &got[..got.len().min(8)], &want[..want.len().min(8)]);
         }
     }
 }

@@ -548,6 +548,19 @@ impl Model {
     pub fn producer(&self, tensor: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.output == tensor)
     }
+
+    /// `base`, or `base.1`, `base.2`, ...: the first that no node and no tensor of the model
+    /// is called (for nodes and tensors a rewrite adds).
+    pub fn unused_name(&self, base: &str) -> String {
+        let taken = |s: &str| s == self.input.name || self.nodes.iter().any(|n| n.name == s || n.output == s);
+        let mut name = base.to_string();
+        let mut k = 1;
+        while taken(&name) {
+            name = format!("{base}.{k}");
+            k += 1;
+        }
+        name
+    }
 }
 
 fn shape_err(node: &Node, message: String) -> ModelError {

@@ -390,17 +390,9 @@ pub fn split_quantized_decomposed(model: &mut Model, split: impl Fn(&Node) -> bo
         let mut parts = crate::stages::split_decomposed(n)?;
         let last = parts.len() - 1;
         for k in 0..last {
-            let taken = |s: &str| s == model.input.name || model.nodes.iter().any(|m| m.name == s || m.output == s);
-            let (name, output) = (parts[k].name.clone(), parts[k].output.clone());
-            let (mut fresh_name, mut fresh_output, mut suffix) = (name.clone(), output.clone(), 1);
-            while taken(&fresh_name) || taken(&fresh_output) {
-                fresh_name = format!("{name}.{suffix}");
-                fresh_output = format!("{output}.{suffix}");
-                suffix += 1;
-            }
-            parts[k].name = fresh_name;
-            parts[k].output = fresh_output.clone();
-            parts[k + 1].inputs = vec![fresh_output];
+            parts[k].name = model.unused_name(&parts[k].name);
+            parts[k].output = model.unused_name(&parts[k].output);
+            parts[k + 1].inputs = vec![parts[k].output.clone()];
         }
         let added = parts.len();
         model.nodes.splice(i..=i, parts);

@@ -174,3 +174,31 @@ pub fn has_vnni() -> bool {
 pub fn steps_with(plan: &penni_engine::Plan, what: &str) -> usize {
     plan.describe().iter().filter(|s| s.contains(what)).count()
 }
+
+/// A quantized model run on every integer kernel this CPU has (portable, and VNNI where the CPU
+/// has it) on the planar or channel-blocked backend: per kernel, its name in step descriptions
+/// ("int8 portable", "int8 vnni"), how many steps run on it, the plan's steps and the output.
+pub fn int8_runs(model: &Model, batch: usize, x: &[f32], planar: bool) -> Vec<(&'static str, usize, Vec<String>, Vec<f32>)> {
+    let opts = penni_engine::EngineOptions {
+        threads: 2,
+        ..Default::default()
+    };
+    let kernels: &[&'static str] = if has_vnni() {
+        &["int8 vnni", "int8 portable"]
+    } else {
+        &["int8 portable"]
+    };
+    kernels
+        .iter()
+        .map(|&kernel| {
+            let mut plan = if kernel == "int8 portable" {
+                penni_engine::testing::plan_int8_portable(model, batch, &opts, planar).unwrap()
+            } else {
+                penni_engine::testing::plan_backend(model, batch, &opts, planar, None).unwrap()
+            };
+            let steps = steps_with(&plan, kernel);
+            let out = plan.run(x).unwrap().to_vec();
+            (kernel, steps, plan.describe(), out)
+        })
+        .collect()
+}

@@ -56,6 +56,48 @@ impl InputGrid {
     }
 }
 
+/// How an integer step writes its f32 input as byte codes u = clamp(round(x / s) + zp, qmin,
+/// qmax) - qmin (the code of 0 is zp - qmin): the one formula both integer steps use.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Codes {
+    inv_scale: f32,
+    /// zp - qmin: the code of 0.
+    zero: f32,
+    max: f32,
+}
+
+impl Codes {
+    pub fn of(g: &InputGrid) -> Codes {
+        Codes {
+            inv_scale: 1.0 / g.scale,
+            zero: (g.zero_point - g.qmin) as f32,
+            max: (g.qmax - g.qmin) as f32,
+        }
+    }
+
+    /// The code of 0.
+    pub fn zero_code(&self) -> u8 {
+        self.zero as u8
+    }
+
+    /// Stores the codes of the 16 floats `x` at `p`.
+    #[inline(always)]
+    pub unsafe fn store<D: Dot8>(&self, p: *mut u8, x: D::V) {
+        unsafe {
+            let k = D::add(D::round_even(D::mul(x, D::splat(self.inv_scale))), D::splat(self.zero));
+            D::store_u8(p, D::min(D::max(k, D::zero()), D::splat(self.max)));
+        }
+    }
+}
+
+/// The name of an integer ISA in step descriptions.
+pub(crate) fn isa_name(isa: IntIsa) -> &'static str {
+    match isa {
+        IntIsa::Vnni => "vnni",
+        IntIsa::Fallback => "portable",
+    }
+}
+
 /// The integer form of a convolution's weights: codes per output channel and their scales.
 pub(crate) struct IntWeights {
     pub scales: Vec<f32>,
@@ -115,10 +157,7 @@ pub(crate) struct QConvStep {
     col0: isize,
     batch: usize,
     macs: u64,
-    /// Input codes: u = clamp(round(x / s) + zp, qmin, qmax) - qmin.
-    inv_scale: f32,
-    code_offset: f32,
-    code_max: f32,
+    codes_of: Codes,
     isa: IntIsa,
     codes: Option<ValId>,
 }
@@ -233,9 +272,7 @@ impl QConvStep {
             col0: xl.pad[1] as isize - c.padding[1] as isize,
             batch,
             macs: (n_out * n_in * kh * kw * yl.h * yl.w * batch) as u64,
-            inv_scale: 1.0 / xg.scale,
-            code_offset: (xg.zero_point - xg.qmin) as f32,
-            code_max: (xg.qmax - xg.qmin) as f32,
+            codes_of: Codes::of(&xg),
             isa,
             codes: None,
         })
@@ -252,13 +289,17 @@ const CODE_CHUNK: usize = 16 * 1024;
 
 impl StepOp for QConvStep {
     fn describe(&self) -> String {
-        let isa = match self.isa {
-            IntIsa::Vnni => "vnni",
-            IntIsa::Fallback => "portable",
-        };
         format!(
-            "conv {}x{} s{} {}->{} int8 {isa} [ob{} {}x{}]",
-            self.kernel[0], self.kernel[1], self.stride[0], self.xl.c, self.yl.c, self.ob, self.r, self.qc
+            "conv {}x{} s{} {}->{} int8 {} [ob{} {}x{}]",
+            self.kernel[0],
+            self.kernel[1],
+            self.stride[0],
+            self.xl.c,
+            self.yl.c,
+            isa_name(self.isa),
+            self.ob,
+            self.r,
+            self.qc
         )
     }
 
@@ -313,12 +354,9 @@ unsafe fn input_codes_g<D: Dot8>(st: &QConvStep, ctx: &Ctx, codes: ValId, i0: us
     unsafe {
         let x = ctx.ptr(st.x) as *const f32;
         let u = ctx.ptr(codes) as *mut u8;
-        let (inv, off) = (D::splat(st.inv_scale), D::splat(st.code_offset));
-        let (lo, hi) = (D::zero(), D::splat(st.code_max));
         let mut i = i0;
         while i < i1 {
-            let k = D::add(D::round_even(D::mul(D::load(x.add(i)), inv)), off);
-            D::store_u8(u.add(i), D::min(D::max(k, lo), hi));
+            st.codes_of.store::<D>(u.add(i), D::load(x.add(i)));
             i += L;
         }
     }

@@ -29,7 +29,7 @@ use penni_model::{DecomposedConv2d, Node};
 use crate::epilogue::{Act, ActV, MAX_RES, check_residuals, fold_bias};
 use crate::error::EngineError;
 use crate::layout::{PLay, prefix};
-use crate::ops::conv::int8::InputGrid;
+use crate::ops::conv::int8::{Codes, InputGrid, isa_name};
 use crate::simd::{Dot8, IntIsa, L, dot8_dispatch};
 use crate::step::{Ctx, StepOp, ValId};
 
@@ -104,7 +104,6 @@ pub(crate) struct QDecompStep {
     xl: PLay,
     yl: PLay,
     d: usize,
-    kh: usize,
     kernel: [usize; 2],
     stride: [usize; 2],
     /// Quads of taps per kernel row.
@@ -130,10 +129,7 @@ pub(crate) struct QDecompStep {
     corr2: Vec<i32>,
     f2: Vec<f32>,
     bias: Vec<f32>,
-    inv_scale: f32,
-    code_offset: f32,
-    code_max: f32,
-    zero_code: u8,
+    codes_of: Codes,
     batch: usize,
     threads: usize,
     macs: u64,
@@ -245,7 +241,6 @@ impl QDecompStep {
             xl,
             yl,
             d,
-            kh,
             kernel: conv.kernel,
             stride: conv.stride,
             nkq,
@@ -264,10 +259,7 @@ impl QDecompStep {
             corr2,
             f2,
             bias,
-            inv_scale: 1.0 / ip.xg.scale,
-            code_offset: u0 as f32,
-            code_max: (ip.xg.qmax - ip.xg.qmin) as f32,
-            zero_code: u0 as u8,
+            codes_of: Codes::of(&ip.xg),
             batch,
             threads,
             macs,
@@ -291,10 +283,7 @@ impl QDecompStep {
 
 impl StepOp for QDecompStep {
     fn describe(&self) -> String {
-        let isa = match self.isa {
-            IntIsa::Vnni => "vnni",
-            IntIsa::Fallback => "portable",
-        };
+        let isa = isa_name(self.isa);
         let gathered = self.chunks.iter().filter(|c| !c.permute).count();
         format!(
             "penni {}x{} s{} {}->{} d{} int8 {isa} [{} map quads, {} coefficient quads{}]",
@@ -369,17 +358,13 @@ unsafe fn input_codes_g<D: Dot8>(st: &QDecompStep, ctx: &Ctx, codes: ValId, plan
     unsafe {
         let x = (ctx.ptr(st.x) as *const f32).add(plane * st.xl.plane());
         let dst = (ctx.ptr(codes) as *mut u8).add(plane * st.pstride);
-        std::ptr::write_bytes(dst, st.zero_code, st.pstride);
-        let (inv, off) = (D::splat(st.inv_scale), D::splat(st.code_offset));
-        let (lo, hi) = (D::zero(), D::splat(st.code_max));
+        std::ptr::write_bytes(dst, st.codes_of.zero_code(), st.pstride);
         let (w, pw) = (st.xl.w, st.pw);
         for r in 0..st.xl.h {
             let row = dst.add((r + st.pad[0]) * pw + st.pad[1]);
             let mut c0 = 0;
             while c0 < w {
-                let v = D::load_mask(x.add(r * w + c0), prefix(w - c0));
-                let k = D::add(D::round_even(D::mul(v, inv)), off);
-                D::store_u8(row.add(c0), D::min(D::max(k, lo), hi));
+                st.codes_of.store::<D>(row.add(c0), D::load_mask(x.add(r * w + c0), prefix(w - c0)));
                 c0 += L;
             }
         }
@@ -410,7 +395,7 @@ unsafe fn tile_g<D: Dot8>(st: &QDecompStep, ctx: &Ctx, codes: ValId, maps: ValId
 #[inline(always)]
 unsafe fn tile_kq<D: Dot8, const T: usize>(st: &QDecompStep, ctx: &Ctx, codes: ValId, maps: ValId, first: usize, worker: usize) {
     unsafe {
-        match st.kh * st.nkq {
+        match st.kernel[0] * st.nkq {
             1 => tile_k::<D, 1, T>(st, ctx, codes, maps, first, worker),
             2 => tile_k::<D, 2, T>(st, ctx, codes, maps, first, worker),
             3 => tile_k::<D, 3, T>(st, ctx, codes, maps, first, worker),
@@ -461,7 +446,7 @@ unsafe fn tile_k<D: Dot8, const KQ: usize, const T: usize>(
         }
         let m = (ctx.ptr(maps) as *mut u8).add(worker * st.worker_bytes());
         let (d, nkq, pw) = (st.d, st.nkq, st.pw);
-        let kq = st.kh * nkq;
+        let kq = st.kernel[0] * nkq;
         let quad_at = |q: usize| (q / nkq) * pw + 4 * (q % nkq); // (plain arithmetic: no intrinsics)
         let codes = ctx.ptr(codes) as *const u8;
         let mut src = [codes; T];
